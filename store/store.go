@@ -1,0 +1,136 @@
+// Package store keeps Parley's durable state: accounts, per-user message
+// queues and the dedup records that make sends idempotent.
+//
+// The contract is the Store interface; Pebble (the single-node default) and,
+// later, NATS JetStream implement it, and both must pass the conformance
+// suite in store/storetest.
+//
+// Writes go through Commit, which is asynchronous: a session never blocks a
+// pool goroutine on fsync. Implementations group concurrent batches into one
+// durable write (group commit) and call each batch's done callback once the
+// batch is on disk.
+package store
+
+import (
+	"errors"
+	"time"
+)
+
+// Errors a Commit or read can report. Callers match them with errors.Is.
+var (
+	// ErrNotFound: no such account.
+	ErrNotFound = errors.New("not found")
+	// ErrUnknownUser: a batch appends to a queue of a phone number that has
+	// no account.
+	ErrUnknownUser = errors.New("unknown user")
+	// ErrQueueFull: a batch appends to a queue already holding
+	// Options.MaxQueueLen items.
+	ErrQueueFull = errors.New("queue full")
+	// ErrClosed: the store was closed.
+	ErrClosed = errors.New("store closed")
+)
+
+// Account is a registered phone number and the device key bound to it.
+type Account struct {
+	Phone      string    // E.164, e.g. "+14155550100"
+	Key        []byte    // the current device's 32-byte Curve25519 public key
+	Generation uint64    // 1 at first registration, +1 on each re-registration
+	Created    time.Time // first registration
+	Updated    time.Time // last registration
+}
+
+// Item is one entry of a user's queue.
+type Item struct {
+	Seq  uint64 // position in the queue: strictly increasing, never reused
+	TS   int64  // unix nanoseconds when it was queued (for the age limit)
+	Data []byte // the encoded item; opaque to the store
+}
+
+// Append adds one item to the tail of To's queue.
+type Append struct {
+	To   string
+	Data []byte
+}
+
+// Ack erases User's queue items with Seq <= UpTo.
+type Ack struct {
+	User string
+	UpTo uint64
+}
+
+// Dedup records that Sender's message ClientID was accepted as ServerID at
+// TS. A batch carrying a Dedup is conditional: if a record for the same
+// (Sender, ClientID) exists already, nothing in the batch is written and the
+// Result carries the earlier record in Dup.
+type Dedup struct {
+	Sender   string
+	ClientID uint64
+	ServerID uint64
+	TS       int64
+}
+
+// Batch is one atomic, durable unit of writes.
+type Batch struct {
+	Dedup   *Dedup
+	Appends []Append
+	Acks    []Ack
+}
+
+// Result is what a committed (or refused) batch reports.
+type Result struct {
+	// Err is nil when the batch is durable. ErrUnknownUser and ErrQueueFull
+	// refuse the whole batch; nothing of it is written.
+	Err error
+	// Seqs holds the sequence number given to each Append, in order.
+	Seqs []uint64
+	// Dup is the earlier record when Dedup matched one; then nothing was
+	// written and Seqs is empty.
+	Dup *Dedup
+}
+
+// Options bound what a store holds. Zero values mean the defaults.
+type Options struct {
+	// MaxQueueLen bounds one user's queue; appends past it get ErrQueueFull.
+	// Default 100000.
+	MaxQueueLen int
+	// MaxAge bounds how long an item waits; older items are expired by the
+	// sweeper. Default 30 days.
+	MaxAge time.Duration
+	// SweepEvery is how often the sweeper looks for expired items.
+	// Default 1 hour.
+	SweepEvery time.Duration
+	// DedupTTL is how long a Dedup record is kept. Default 7 days.
+	DedupTTL time.Duration
+	// OnExpire, if set, is called for every item the sweeper expires (after
+	// it is erased), so the loss is logged and counted, never silent.
+	OnExpire func(user string, it Item)
+}
+
+// Store is Parley's durable state.
+type Store interface {
+	// Commit writes b atomically and durably, then calls done exactly once
+	// from the store's own goroutine. done must not block. Batches committed
+	// one after another by the same caller are applied in that order.
+	Commit(b *Batch, done func(Result))
+
+	// ReadQueue returns up to max items of user's queue with Seq >= from,
+	// in order.
+	ReadQueue(user string, from uint64, max int) ([]Item, error)
+
+	// QueueLen is the number of items waiting in user's queue.
+	QueueLen(user string) (int, error)
+
+	// Account returns the account for phone, or ErrNotFound.
+	Account(phone string) (Account, error)
+
+	// PutAccount creates or replaces an account, durably.
+	PutAccount(a Account) error
+
+	// ReserveIDs durably reserves n ids and returns the first; ids are never
+	// handed out twice, across restarts included.
+	ReserveIDs(n uint64) (first uint64, err error)
+
+	// Close finishes in-flight commits, stops the sweeper and closes the
+	// store. Commit after Close reports ErrClosed.
+	Close() error
+}

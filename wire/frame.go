@@ -1,0 +1,143 @@
+// Package wire is Parley's native protocol: the protobuf schema of frames
+// (generated from proto/parley.proto) and the framing that carries them.
+//
+// On the byte stream every message — the two handshake messages and every
+// Noise transport message after them — is preceded by a 3-byte big-endian
+// length. A length over MaxMessage is a protocol error: Noise messages
+// cannot be longer, so such a length can only be garbage or an attack.
+package wire
+
+import (
+	"errors"
+	"fmt"
+	"io"
+
+	"google.golang.org/protobuf/proto"
+)
+
+const (
+	// HeaderLen is the size of the length prefix.
+	HeaderLen = 3
+	// MaxMessage is the largest message the stream may carry: Noise's own
+	// limit on one transport message (64 KiB - 1).
+	MaxMessage = 65535
+	// MaxBody bounds Send.body so that any frame stays under MaxMessage
+	// after the server stamps it and Noise adds its tag.
+	MaxBody = 60 << 10
+	// MaxPhone bounds phone-number fields: E.164 allows 15 digits and a '+'.
+	MaxPhone = 16
+	// MaxReadIDs bounds Read.ids.
+	MaxReadIDs = 1024
+)
+
+// ErrTooLarge reports a length prefix over MaxMessage.
+var ErrTooLarge = errors.New("message longer than 65535 bytes")
+
+// AppendHeader appends the length prefix for a message of n bytes.
+func AppendHeader(dst []byte, n int) []byte {
+	return append(dst, byte(n>>16), byte(n>>8), byte(n))
+}
+
+// PutHeader writes the length prefix for n into b[:3].
+func PutHeader(b []byte, n int) {
+	b[0], b[1], b[2] = byte(n>>16), byte(n>>8), byte(n)
+}
+
+// Next splits the first complete message off buf. It returns ok=false when
+// buf holds only part of one, and ErrTooLarge when the prefix is over the
+// limit (the stream cannot be trusted after that).
+func Next(buf []byte) (msg, rest []byte, ok bool, err error) {
+	if len(buf) < HeaderLen {
+		return nil, buf, false, nil
+	}
+	n := int(buf[0])<<16 | int(buf[1])<<8 | int(buf[2])
+	if n > MaxMessage {
+		return nil, buf, false, ErrTooLarge
+	}
+	if len(buf) < HeaderLen+n {
+		return nil, buf, false, nil
+	}
+	return buf[HeaderLen : HeaderLen+n], buf[HeaderLen+n:], true, nil
+}
+
+// ReadMessage reads one length-prefixed message from r into buf (grown as
+// needed) and returns it. For blocking readers such as the client SDK.
+func ReadMessage(r io.Reader, buf []byte) ([]byte, error) {
+	var h [HeaderLen]byte
+	if _, err := io.ReadFull(r, h[:]); err != nil {
+		return nil, err
+	}
+	n := int(h[0])<<16 | int(h[1])<<8 | int(h[2])
+	if n > MaxMessage {
+		return nil, ErrTooLarge
+	}
+	if cap(buf) < n {
+		buf = make([]byte, n)
+	}
+	buf = buf[:n]
+	if _, err := io.ReadFull(r, buf); err != nil {
+		return nil, fmt.Errorf("read %d-byte message: %w", n, err)
+	}
+	return buf, nil
+}
+
+// DecodeFrame parses one frame and checks the limits the schema cannot
+// express. A frame with no known kind set is an error: it is either from a
+// newer protocol or garbage, and either way the server cannot act on it.
+func DecodeFrame(b []byte, f *Frame) error {
+	if err := (proto.UnmarshalOptions{DiscardUnknown: true}).Unmarshal(b, f); err != nil {
+		return fmt.Errorf("decode frame: %w", err)
+	}
+	return Validate(f)
+}
+
+// Validate checks the limits of a decoded frame.
+func Validate(f *Frame) error {
+	switch k := f.Kind.(type) {
+	case nil:
+		return errors.New("frame has no known kind")
+	case *Frame_Send:
+		s := k.Send
+		if s == nil {
+			return errors.New("empty send")
+		}
+		if len(s.To) == 0 || len(s.To) > MaxPhone {
+			return fmt.Errorf("send.to must be an E.164 number (1..%d bytes)", MaxPhone)
+		}
+		if len(s.Body) > MaxBody {
+			return fmt.Errorf("send.body is %d bytes, over the %d-byte limit", len(s.Body), MaxBody)
+		}
+	case *Frame_Read:
+		r := k.Read
+		if r == nil || len(r.To) == 0 || len(r.To) > MaxPhone {
+			return fmt.Errorf("read.to must be an E.164 number (1..%d bytes)", MaxPhone)
+		}
+		if len(r.Ids) == 0 || len(r.Ids) > MaxReadIDs {
+			return fmt.Errorf("read.ids must hold 1..%d ids", MaxReadIDs)
+		}
+	case *Frame_Ack:
+		if k.Ack == nil {
+			return errors.New("empty ack")
+		}
+	}
+	return nil
+}
+
+// AppendFrame appends the encoding of f to dst.
+func AppendFrame(dst []byte, f *Frame) ([]byte, error) {
+	return proto.MarshalOptions{}.MarshalAppend(dst, f)
+}
+
+// EncodeItem encodes a queue item for the store.
+func EncodeItem(it *Item) ([]byte, error) {
+	return proto.Marshal(it)
+}
+
+// DecodeItem decodes a queue item read from the store.
+func DecodeItem(b []byte) (*Item, error) {
+	it := new(Item)
+	if err := proto.Unmarshal(b, it); err != nil {
+		return nil, fmt.Errorf("decode queue item: %w", err)
+	}
+	return it, nil
+}
