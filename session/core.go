@@ -34,9 +34,10 @@ type Load struct {
 	Max  int
 }
 
-// Ready is the work a Step produced. The caller performs it in order:
-// commit Writes (each done callback Steps a Committed, in commit order),
-// send Frames, perform Load, and finally close if Close is set.
+// Ready is the work Steps produced. The caller commits Writes (each one's
+// result is Stepped back as Committed, in commit order), sends Frames, closes
+// the connection after them if Close is set, calls Advance, and then
+// performs Load, if any, Stepping its result back as Loaded.
 type Ready struct {
 	Frames []*wire.Frame
 	Writes []*store.Batch
@@ -130,15 +131,17 @@ func (c *Core) Inflight() int { return len(c.inflight) }
 // Closed reports whether the session has ended.
 func (c *Core) Closed() bool { return c.closed }
 
-// Ready returns and clears the accumulated work. The slices are reused by
-// the next Step: the caller must be done with them before stepping again.
-func (c *Core) Ready() Ready {
-	rd := c.rd
-	c.rd.Frames = c.rd.Frames[:0]
-	c.rd.Writes = c.rd.Writes[:0]
-	c.rd.Load = nil
-	c.rd.Close = nil
-	return rd
+// Ready returns the work accumulated since the last Advance. The caller
+// carries it out, then calls Advance before the next Step.
+func (c *Core) Ready() Ready { return c.rd }
+
+// Advance says the last Ready was carried out. It keeps the slices' room for
+// the next Step but drops what they point to, so an idle session does not
+// hold on to the last frames it sent.
+func (c *Core) Advance() {
+	clear(c.rd.Frames)
+	clear(c.rd.Writes)
+	c.rd = Ready{Frames: c.rd.Frames[:0], Writes: c.rd.Writes[:0]}
 }
 
 // Step applies one event.

@@ -1,0 +1,477 @@
+package store
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cockroachdb/pebble"
+	"github.com/cockroachdb/pebble/bloom"
+)
+
+// Defaults for zero Options fields (see Options).
+const (
+	defaultMaxQueueLen = 100000
+	defaultMaxAge      = 30 * 24 * time.Hour
+	defaultSweepEvery  = time.Hour
+	defaultDedupTTL    = 7 * 24 * time.Hour
+)
+
+// Pebble settings. A message server's data is small records written once and
+// deleted soon after (when the recipient acks), plus point lookups (accounts,
+// dedup) that almost always miss.
+const (
+	// pebbleCacheSize: the hot set is the tail of each online user's queue,
+	// which mostly still sits in the memtable; a modest block cache covers
+	// accounts and the queues of users who come back after a while.
+	pebbleCacheSize = 64 << 20
+	// pebbleMemTableSize: bigger than the 4 MB default so that most items are
+	// appended and acked while still in the memtable; a flush then writes
+	// only the tombstone instead of the item and its tombstone, and there
+	// are fewer L0 files to compact.
+	pebbleMemTableSize = 32 << 20
+	// pebbleBloomBits: dedup and account lookups for keys that do not exist
+	// are the common case; a 10-bit bloom filter (~1% false positives)
+	// answers them without reading data blocks.
+	pebbleBloomBits = 10
+	// pebbleLevels is Pebble's number of LSM levels.
+	pebbleLevels = 7
+)
+
+// Pebble is the single-node Store, kept in a Pebble (LSM) database.
+//
+// Writes go through one committer goroutine (see pebble_commit.go) that groups
+// whatever batches are pending into one Pebble batch and one fsync. The
+// committer is the only writer of queues and dedup records, which lets it
+// keep each queue's head and tail in memory and decide every batch without
+// locks around Pebble.
+type Pebble struct {
+	db   *pebble.DB
+	opts Options
+	log  *slog.Logger
+
+	// life guards db against use after Close: every direct read or write
+	// holds it shared and checks closed; Close takes it exclusively before
+	// closing db. The committer and sweeper do not take it: Close stops
+	// them first.
+	life   sync.RWMutex
+	closed bool
+
+	q         commitQueue
+	committed chan struct{} // closed when the committer goroutine returns
+
+	stopSweep chan struct{} // closed by Close to stop the sweeper
+	swept     chan struct{} // closed when the sweeper goroutine returns
+	sweepMu   sync.Mutex    // one sweep pass at a time
+
+	closeOnce sync.Once
+	closeErr  error
+
+	// qmu guards the head and tail fields of the queueState values in
+	// queues and the map itself. The committer is their only writer;
+	// QueueLen reads them.
+	qmu    sync.Mutex
+	queues map[string]*queueState
+
+	// acctMu guards accounts, the phones known to have an account. It only
+	// grows (accounts are never deleted), so a hit needs no Pebble read.
+	acctMu   sync.RWMutex
+	accounts map[string]struct{}
+
+	idMu   sync.Mutex
+	nextID uint64 // first id not yet reserved; guarded by idMu
+
+	// Counters for tests and benchmarks; written by the committer only.
+	groups, batches atomic.Uint64
+}
+
+var _ Store = (*Pebble)(nil)
+
+// OpenPebble opens (creating if needed) the Pebble store in dir and starts
+// its committer and sweeper goroutines. A nil log means slog.Default().
+func OpenPebble(dir string, opts Options, log *slog.Logger) (*Pebble, error) {
+	if log == nil {
+		log = slog.Default()
+	}
+	log = log.With("component", "store")
+	opts = opts.withDefaults()
+
+	cache := pebble.NewCache(pebbleCacheSize)
+	// Pebble takes its own reference; dropping ours means closing the DB
+	// frees the cache.
+	defer cache.Unref()
+	po := &pebble.Options{
+		Cache:        cache,
+		MemTableSize: pebbleMemTableSize,
+		// A store created by this code has no older binary to stay readable
+		// by, and the newer formats handle deletion tombstones better, which
+		// matters when every item written is later deleted.
+		FormatMajorVersion: pebble.FormatNewest,
+		// Pebble's own chatter goes to debug; problems an operator must see
+		// are raised to warn by the event listener below.
+		Logger:        pebbleLogger{log: log},
+		EventListener: eventListener(log),
+		Levels:        make([]pebble.LevelOptions, pebbleLevels),
+	}
+	for i := range po.Levels {
+		po.Levels[i].FilterPolicy = bloom.FilterPolicy(pebbleBloomBits)
+	}
+	db, err := pebble.Open(dir, po)
+	if err != nil {
+		return nil, fmt.Errorf("open pebble store in %s: %w", dir, err)
+	}
+	next, err := loadNextID(db)
+	if err != nil {
+		_ = db.Close()
+		return nil, err
+	}
+	p := &Pebble{
+		db:        db,
+		opts:      opts,
+		log:       log,
+		committed: make(chan struct{}),
+		stopSweep: make(chan struct{}),
+		swept:     make(chan struct{}),
+		queues:    make(map[string]*queueState),
+		accounts:  make(map[string]struct{}),
+		nextID:    next,
+	}
+	p.q.init()
+	c := newCommitter(p)
+	go c.run()
+	go p.sweepLoop()
+	return p, nil
+}
+
+func (o Options) withDefaults() Options {
+	if o.MaxQueueLen <= 0 {
+		o.MaxQueueLen = defaultMaxQueueLen
+	}
+	if o.MaxAge <= 0 {
+		o.MaxAge = defaultMaxAge
+	}
+	if o.SweepEvery <= 0 {
+		o.SweepEvery = defaultSweepEvery
+	}
+	if o.DedupTTL <= 0 {
+		o.DedupTTL = defaultDedupTTL
+	}
+	return o
+}
+
+func loadNextID(db *pebble.DB) (uint64, error) {
+	v, closer, err := db.Get([]byte(keyNextID))
+	if errors.Is(err, pebble.ErrNotFound) {
+		return 1, nil // ids start at 1 so that 0 can mean "none"
+	}
+	if err != nil {
+		return 0, fmt.Errorf("load next id: %w", err)
+	}
+	defer closer.Close()
+	if len(v) != 8 {
+		return 0, fmt.Errorf("load next id: %d-byte record, want 8", len(v))
+	}
+	return binary.BigEndian.Uint64(v), nil
+}
+
+// Commit queues b for the committer and returns at once; done is called
+// from the committer goroutine once b is durable or refused. b must not be
+// modified until done is called. After Close, done gets ErrClosed (from a
+// new goroutine, since the committer is gone and the caller may hold locks
+// that done needs).
+func (p *Pebble) Commit(b *Batch, done func(Result)) {
+	if p.q.push(request{b: b, done: done}) {
+		return
+	}
+	if done != nil {
+		go done(Result{Err: ErrClosed})
+	}
+}
+
+// Close stops accepting commits, lets the committer finish every batch
+// already queued, stops the sweeper and closes Pebble. Later calls return
+// the first call's result.
+func (p *Pebble) Close() error {
+	p.closeOnce.Do(func() {
+		// The sweeper first: its deletes go through the committer, which
+		// must still be running to answer them.
+		close(p.stopSweep)
+		<-p.swept
+		p.q.close()
+		<-p.committed
+
+		p.life.Lock()
+		p.closed = true
+		err := p.db.Close()
+		p.life.Unlock()
+		if err != nil {
+			p.closeErr = fmt.Errorf("close pebble store: %w", err)
+		}
+	})
+	return p.closeErr
+}
+
+// ReadQueue returns up to max items of user's queue with Seq >= from, in
+// order; max <= 0 returns none. It reads committed data only.
+func (p *Pebble) ReadQueue(user string, from uint64, max int) ([]Item, error) {
+	if max <= 0 {
+		return nil, nil
+	}
+	p.life.RLock()
+	defer p.life.RUnlock()
+	if p.closed {
+		return nil, fmt.Errorf("read queue %s: %w", user, ErrClosed)
+	}
+	it, err := p.db.NewIter(&pebble.IterOptions{
+		LowerBound: appendQueueKey(nil, user, from),
+		UpperBound: queueUpperBound(user),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("read queue %s: %w", user, err)
+	}
+	var (
+		items []Item
+		// Items' data share buffers (a few allocations instead of one per
+		// item). Each Data is capped so appending to it cannot overwrite
+		// its neighbour.
+		buf []byte
+	)
+	for ok := it.First(); ok && len(items) < max; ok = it.Next() {
+		_, seq, okKey := splitQueueKey(it.Key())
+		v := it.Value()
+		if !okKey || len(v) < itemHeaderLen {
+			_ = it.Close()
+			return nil, fmt.Errorf("read queue %s: malformed item %q", user, it.Key())
+		}
+		start := len(buf)
+		buf = append(buf, v[itemHeaderLen:]...)
+		items = append(items, Item{
+			Seq:  seq,
+			TS:   int64(binary.BigEndian.Uint64(v)),
+			Data: buf[start:len(buf):len(buf)],
+		})
+	}
+	if err := it.Close(); err != nil {
+		return nil, fmt.Errorf("read queue %s: %w", user, err)
+	}
+	return items, nil
+}
+
+// QueueLen is the number of items in user's queue, including those of
+// batches the committer has decided but not yet made durable.
+func (p *Pebble) QueueLen(user string) (int, error) {
+	p.life.RLock()
+	if p.closed {
+		p.life.RUnlock()
+		return 0, fmt.Errorf("queue length %s: %w", user, ErrClosed)
+	}
+	if n, ok := p.cachedQueueLen(user); ok {
+		p.life.RUnlock()
+		return n, nil
+	}
+	head, tail, err := loadQueueBounds(p.db, user)
+	p.life.RUnlock()
+	if err != nil {
+		return 0, err
+	}
+	// The committer may have loaded this queue meanwhile; its view is
+	// newer than what we read. We do not insert ours: QueueLen for users
+	// that never get a commit should not grow the map.
+	if n, ok := p.cachedQueueLen(user); ok {
+		return n, nil
+	}
+	return int(tail + 1 - head), nil
+}
+
+func (p *Pebble) cachedQueueLen(user string) (int, bool) {
+	p.qmu.Lock()
+	defer p.qmu.Unlock()
+	st := p.queues[user]
+	if st == nil {
+		return 0, false
+	}
+	return int(st.tail + 1 - st.head), true
+}
+
+// loadQueueBounds reads user's queue head (lowest seq present) and tail
+// (last seq assigned) from one consistent view of db. An empty queue has
+// head == tail+1.
+func loadQueueBounds(db *pebble.DB, user string) (head, tail uint64, err error) {
+	// One iterator rather than a Get and an iterator: an iterator is a
+	// point-in-time view, so head and tail agree even while the committer
+	// writes.
+	it, err := db.NewIter(nil)
+	if err != nil {
+		return 0, 0, fmt.Errorf("load queue %s: %w", user, err)
+	}
+	tk := tailKey(user)
+	if it.SeekGE(tk) && string(it.Key()) == string(tk) {
+		if v := it.Value(); len(v) == seqLen {
+			tail = binary.BigEndian.Uint64(v)
+		} else {
+			_ = it.Close()
+			return 0, 0, fmt.Errorf("load queue %s: %d-byte tail record, want %d", user, len(v), seqLen)
+		}
+	}
+	head = tail + 1
+	prefix := appendQueuePrefix(nil, user)
+	if it.SeekGE(prefix) && strings.HasPrefix(string(it.Key()), string(prefix)) {
+		if _, seq, ok := splitQueueKey(it.Key()); ok {
+			head = seq
+		}
+		// Items past the recorded tail cannot happen (the tail is written
+		// in the same batch as the items) but if they did, reusing their
+		// seqs would overwrite them; take the tail from the last item.
+		if it.SeekLT(queueUpperBound(user)) {
+			if _, seq, ok := splitQueueKey(it.Key()); ok && seq > tail {
+				tail = seq
+			}
+		}
+	}
+	if err := it.Close(); err != nil {
+		return 0, 0, fmt.Errorf("load queue %s: %w", user, err)
+	}
+	return head, tail, nil
+}
+
+// Account returns a copy of phone's account, or ErrNotFound.
+func (p *Pebble) Account(phone string) (Account, error) {
+	p.life.RLock()
+	defer p.life.RUnlock()
+	if p.closed {
+		return Account{}, fmt.Errorf("account %s: %w", phone, ErrClosed)
+	}
+	v, closer, err := p.db.Get(accountKey(phone))
+	if errors.Is(err, pebble.ErrNotFound) {
+		return Account{}, fmt.Errorf("account %s: %w", phone, ErrNotFound)
+	}
+	if err != nil {
+		return Account{}, fmt.Errorf("account %s: %w", phone, err)
+	}
+	defer closer.Close()
+	a, err := decodeAccount(phone, v) // copies v
+	if err != nil {
+		return Account{}, fmt.Errorf("account %s: %w", phone, err)
+	}
+	return a, nil
+}
+
+// PutAccount creates or replaces a's account and syncs it to disk.
+func (p *Pebble) PutAccount(a Account) error {
+	if a.Phone == "" || strings.IndexByte(a.Phone, 0) >= 0 {
+		// NUL ends the user name in queue and dedup keys (see pebble_keys.go).
+		return fmt.Errorf("put account %q: phone must be non-empty and contain no NUL byte", a.Phone)
+	}
+	p.life.RLock()
+	defer p.life.RUnlock()
+	if p.closed {
+		return fmt.Errorf("put account %s: %w", a.Phone, ErrClosed)
+	}
+	if err := p.db.Set(accountKey(a.Phone), encodeAccount(a), pebble.Sync); err != nil {
+		return fmt.Errorf("put account %s: %w", a.Phone, err)
+	}
+	p.acctMu.Lock()
+	p.accounts[a.Phone] = struct{}{}
+	p.acctMu.Unlock()
+	return nil
+}
+
+// accountExists reports whether phone has an account, from memory when it
+// can. Only hits are cached: a miss is rare (a client addressing a stranger)
+// and caching misses would let such clients grow the set without bound.
+func (p *Pebble) accountExists(phone string) (bool, error) {
+	p.acctMu.RLock()
+	_, ok := p.accounts[phone]
+	p.acctMu.RUnlock()
+	if ok {
+		return true, nil
+	}
+	_, closer, err := p.db.Get(accountKey(phone))
+	if errors.Is(err, pebble.ErrNotFound) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("look up account %s: %w", phone, err)
+	}
+	_ = closer.Close()
+	p.acctMu.Lock()
+	p.accounts[phone] = struct{}{}
+	p.acctMu.Unlock()
+	return true, nil
+}
+
+// ReserveIDs durably reserves n ids and returns the first. Reservations are
+// serialised by a mutex and each is synced before it is handed out, so no
+// id is given twice, across restarts included.
+func (p *Pebble) ReserveIDs(n uint64) (uint64, error) {
+	p.idMu.Lock()
+	defer p.idMu.Unlock()
+	p.life.RLock()
+	defer p.life.RUnlock()
+	if p.closed {
+		return 0, fmt.Errorf("reserve %d ids: %w", n, ErrClosed)
+	}
+	first := p.nextID
+	if n == 0 {
+		return first, nil
+	}
+	next := first + n
+	if next < first {
+		return 0, fmt.Errorf("reserve %d ids: id space exhausted", n)
+	}
+	if err := p.db.Set([]byte(keyNextID), binary.BigEndian.AppendUint64(nil, next), pebble.Sync); err != nil {
+		return 0, fmt.Errorf("reserve %d ids: %w", n, err)
+	}
+	p.nextID = next
+	return first, nil
+}
+
+// groupStats returns how many groups the committer has written and how many
+// batches they held.
+func (p *Pebble) groupStats() (groups, batches uint64) {
+	return p.groups.Load(), p.batches.Load()
+}
+
+// pebbleLogger routes Pebble's log lines to slog at debug level: they are
+// routine (flushes, compactions) and would drown the server's own logs.
+type pebbleLogger struct{ log *slog.Logger }
+
+func (l pebbleLogger) Infof(format string, args ...any) {
+	if l.log.Enabled(context.Background(), slog.LevelDebug) {
+		l.log.Debug(fmt.Sprintf(format, args...), "source", "pebble")
+	}
+}
+
+// Fatalf is called on invariant violations that Pebble cannot recover from;
+// it must not return. Panicking rather than os.Exit lets deferred handlers
+// and crash reporting run.
+func (l pebbleLogger) Fatalf(format string, args ...any) {
+	msg := fmt.Sprintf(format, args...)
+	l.log.Error(msg, "source", "pebble")
+	panic("pebble: " + msg)
+}
+
+// eventListener raises the Pebble events an operator must see (errors, slow
+// disks, write stalls) above debug.
+func eventListener(log *slog.Logger) *pebble.EventListener {
+	return &pebble.EventListener{
+		BackgroundError: func(err error) {
+			log.Error("pebble background error", "err", err)
+		},
+		DiskSlow: func(info pebble.DiskSlowInfo) {
+			log.Warn("pebble disk slow", "info", info.String())
+		},
+		WriteStallBegin: func(info pebble.WriteStallBeginInfo) {
+			log.Warn("pebble write stall", "reason", info.Reason)
+		},
+		WriteStallEnd: func() {
+			log.Info("pebble write stall ended")
+		},
+	}
+}

@@ -1,0 +1,417 @@
+package store
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/cockroachdb/pebble"
+)
+
+// maxGroup caps how many batches go into one Pebble batch: enough to turn a
+// burst into a handful of fsyncs, small enough that one group's Pebble batch
+// stays well under the memtable size and its callbacks run promptly.
+const maxGroup = 1024
+
+// request is one entry of the commit queue: a caller's batch, or an internal
+// sweep (whose deletes must go through the committer so that the in-memory
+// queue heads stay right).
+type request struct {
+	b     *Batch
+	sweep *sweepOp
+	done  func(Result)
+	res   Result // filled in by the committer
+}
+
+// commitQueue is the FIFO between Commit and the committer.
+//
+// It is a mutex-guarded slice rather than a buffered channel so that Commit
+// never blocks: a channel would block once full, and a Commit made from a
+// done callback (which runs on the committer goroutine) would then deadlock.
+// Memory is the limit instead; callers bound what they have in flight.
+type commitQueue struct {
+	mu     sync.Mutex
+	reqs   []request
+	closed bool
+	// wake carries at most one token telling the committer that reqs went
+	// from empty to non-empty (or that the queue closed).
+	wake chan struct{}
+}
+
+func (q *commitQueue) init() { q.wake = make(chan struct{}, 1) }
+
+// push appends r; false if the queue is closed.
+func (q *commitQueue) push(r request) bool {
+	q.mu.Lock()
+	if q.closed {
+		q.mu.Unlock()
+		return false
+	}
+	q.reqs = append(q.reqs, r)
+	first := len(q.reqs) == 1
+	q.mu.Unlock()
+	if first {
+		q.signal()
+	}
+	return true
+}
+
+func (q *commitQueue) signal() {
+	select {
+	case q.wake <- struct{}{}:
+	default: // a token is already pending
+	}
+}
+
+// close stops push; requests already queued are still taken.
+func (q *commitQueue) close() {
+	q.mu.Lock()
+	q.closed = true
+	q.mu.Unlock()
+	q.signal()
+}
+
+// take waits for at least one request, then moves up to max of the pending
+// ones into group (reusing its storage) without waiting for more. ok is
+// false once the queue is closed and empty.
+func (q *commitQueue) take(group []request, max int) (_ []request, ok bool) {
+	for {
+		q.mu.Lock()
+		if n := len(q.reqs); n > 0 {
+			if n <= max {
+				// Swap buffers: the common case costs no copying.
+				group, q.reqs = q.reqs, group[:0]
+			} else {
+				group = append(group[:0], q.reqs[:max]...)
+				rest := copy(q.reqs, q.reqs[max:])
+				clear(q.reqs[rest:])
+				q.reqs = q.reqs[:rest]
+			}
+			q.mu.Unlock()
+			return group, true
+		}
+		closed := q.closed
+		q.mu.Unlock()
+		if closed {
+			return nil, false
+		}
+		<-q.wake
+	}
+}
+
+// queueState is the committer's view of one user's queue.
+type queueState struct {
+	user string
+
+	// head is the lowest seq present and tail the last seq assigned; the
+	// queue holds tail+1-head items (acks and expiry remove only from the
+	// head, so there are no holes). Written by the committer under
+	// Pebble.qmu, read by QueueLen under it.
+	head, tail uint64
+
+	// Committer-only scratch for the batch being decided: stamp marks the
+	// batch that last initialised newHead/newTail.
+	stamp            uint64
+	newHead, newTail uint64
+	dirty            bool // tail changed in this group: write qt/<user>
+}
+
+// dedupSlot is the group overlay's entry for one dedup key.
+type dedupSlot struct {
+	rec     dedupRecord
+	deleted bool
+}
+
+// committer owns all writes to queues and dedup records.
+type committer struct {
+	p *Pebble
+
+	// states is the committer's own index of p.queues (same pointers),
+	// read without taking p.qmu since the committer is the map's only
+	// writer.
+	states map[string]*queueState
+
+	// overlay holds the dedup records this group has written or deleted
+	// but not yet committed, so a later batch in the group sees them.
+	// A map beats a Pebble indexed batch here: an indexed batch would index
+	// every write of the group (items included) in a skiplist to serve the
+	// few dedup reads, and read them through a merging iterator.
+	overlay map[string]dedupSlot
+
+	stamp   uint64
+	touched []*queueState // queues this batch touches
+	targets []*queueState // queue of each append of this batch
+	dirty   []*queueState // queues whose tail this group changed
+	key     []byte        // scratch key
+}
+
+func newCommitter(p *Pebble) *committer {
+	return &committer{
+		p:       p,
+		states:  make(map[string]*queueState),
+		overlay: make(map[string]dedupSlot),
+	}
+}
+
+// run is the committer goroutine: take everything pending, decide and write
+// it as one Pebble batch with one fsync, report, repeat. Batches that arrive
+// during the fsync form the next group.
+func (c *committer) run() {
+	defer close(c.p.committed)
+	var group []request
+	for {
+		var ok bool
+		group, ok = c.p.q.take(group, maxGroup)
+		if !ok {
+			return
+		}
+		c.commitGroup(group)
+		clear(group) // drop references to batches and callbacks
+	}
+}
+
+func (c *committer) commitGroup(group []request) {
+	wb := c.p.db.NewBatch()
+	// One timestamp per group: the items are written together, and a
+	// queue's items stay in time order, which the sweeper relies on.
+	now := time.Now().UnixNano()
+	clear(c.overlay)
+	for i := range group {
+		r := &group[i]
+		if r.sweep != nil {
+			r.res = c.applySweep(wb, r.sweep)
+		} else {
+			r.res = c.apply(wb, r.b, now)
+		}
+	}
+	for _, st := range c.dirty {
+		// Persist the tail with the items so seqs are never reused, even
+		// once the queue is emptied and the process restarts.
+		op := wb.SetDeferred(len(prefixTail)+len(st.user), seqLen)
+		copy(op.Key[copy(op.Key, prefixTail):], st.user)
+		binary.BigEndian.PutUint64(op.Value, st.tail)
+		_ = op.Finish() // only fails for indexed batches
+		st.dirty = false
+	}
+	c.dirty = c.dirty[:0]
+
+	var err error
+	if !wb.Empty() {
+		err = wb.Commit(pebble.Sync)
+	}
+	_ = wb.Close()
+	c.p.groups.Add(1)
+	c.p.batches.Add(uint64(len(group)))
+	if err != nil {
+		err = fmt.Errorf("commit group of %d batches: %w", len(group), err)
+		c.p.log.Error("store commit failed", "err", err)
+		// Nothing of the group is on disk, and every decision in it may
+		// rest on an earlier batch of the group: all of it fails. The
+		// in-memory queue state ran ahead of the disk; forget it and
+		// reload lazily.
+		for i := range group {
+			group[i].res = Result{Err: err}
+		}
+		c.forgetStates()
+	}
+	for i := range group {
+		if done := group[i].done; done != nil {
+			done(group[i].res)
+		}
+	}
+}
+
+// state returns user's queue state, loading it from Pebble on first use.
+func (c *committer) state(user string) (*queueState, error) {
+	if st := c.states[user]; st != nil {
+		return st, nil
+	}
+	head, tail, err := loadQueueBounds(c.p.db, user)
+	if err != nil {
+		return nil, err
+	}
+	st := &queueState{user: user, head: head, tail: tail}
+	c.states[user] = st
+	c.p.qmu.Lock()
+	c.p.queues[user] = st
+	c.p.qmu.Unlock()
+	return st, nil
+}
+
+func (c *committer) forgetStates() {
+	clear(c.states)
+	c.p.qmu.Lock()
+	clear(c.p.queues)
+	c.p.qmu.Unlock()
+}
+
+// touch includes st in the batch being decided.
+func (c *committer) touch(st *queueState) {
+	if st.stamp != c.stamp {
+		st.stamp = c.stamp
+		st.newHead, st.newTail = st.head, st.tail
+		c.touched = append(c.touched, st)
+	}
+}
+
+// apply decides b against the state left by every earlier batch (this
+// group's included) and, if it is accepted, adds its writes to wb and
+// advances the in-memory state. A refused batch changes nothing.
+func (c *committer) apply(wb *pebble.Batch, b *Batch, now int64) Result {
+	if b == nil {
+		return Result{}
+	}
+	var ddKey []byte
+	if d := b.Dedup; d != nil {
+		c.key = appendDedupKey(c.key[:0], d.Sender, d.ClientID)
+		rec, found, err := c.lookupDedup(c.key)
+		if err != nil {
+			return Result{Err: err}
+		}
+		if found {
+			return Result{Dup: &Dedup{Sender: d.Sender, ClientID: d.ClientID, ServerID: rec.serverID, TS: rec.ts}}
+		}
+		ddKey = c.key
+	}
+
+	// Decide. Acks come before appends: an ack names seqs the client has
+	// seen, so it must not erase items appended by the same batch, and the
+	// room it frees counts toward MaxQueueLen.
+	c.stamp++
+	c.touched = c.touched[:0]
+	c.targets = c.targets[:0]
+	for _, a := range b.Acks {
+		st, err := c.state(a.User)
+		if err != nil {
+			return Result{Err: err}
+		}
+		c.touch(st)
+		if a.UpTo >= st.newHead {
+			st.newHead = min(a.UpTo, st.tail) + 1
+		}
+	}
+	for _, a := range b.Appends {
+		ok, err := c.p.accountExists(a.To)
+		if err != nil {
+			return Result{Err: err}
+		}
+		if !ok {
+			return Result{Err: fmt.Errorf("append to %s: %w", a.To, ErrUnknownUser)}
+		}
+		st, err := c.state(a.To)
+		if err != nil {
+			return Result{Err: err}
+		}
+		c.touch(st)
+		st.newTail++
+		if st.newTail+1-st.newHead > uint64(c.p.opts.MaxQueueLen) {
+			return Result{Err: fmt.Errorf("append to %s: %w", a.To, ErrQueueFull)}
+		}
+		c.targets = append(c.targets, st)
+	}
+
+	// Accepted: write.
+	for _, st := range c.touched {
+		c.deleteItems(wb, st.user, st.head, st.newHead)
+		st.newTail = st.tail // reused below as the running seq counter
+	}
+	var seqs []uint64
+	if len(b.Appends) > 0 {
+		seqs = make([]uint64, len(b.Appends))
+	}
+	for i, a := range b.Appends {
+		st := c.targets[i]
+		st.newTail++
+		seqs[i] = st.newTail
+		op := wb.SetDeferred(queueKeyLen(st.user), itemHeaderLen+len(a.Data))
+		putQueueKey(op.Key, st.user, st.newTail)
+		binary.BigEndian.PutUint64(op.Value, uint64(now))
+		copy(op.Value[itemHeaderLen:], a.Data)
+		_ = op.Finish()
+	}
+	if d := b.Dedup; d != nil {
+		rec := dedupRecord{serverID: d.ServerID, ts: d.TS}
+		op := wb.SetDeferred(len(ddKey), dedupValueLen)
+		copy(op.Key, ddKey)
+		putDedupValue(op.Value, rec)
+		_ = op.Finish()
+		c.overlay[string(ddKey)] = dedupSlot{rec: rec}
+	}
+
+	c.p.qmu.Lock()
+	for _, st := range c.touched {
+		if st.newTail != st.tail && !st.dirty {
+			st.dirty = true
+			c.dirty = append(c.dirty, st)
+		}
+		st.head, st.tail = st.newHead, st.newTail
+	}
+	c.p.qmu.Unlock()
+	return Result{Seqs: seqs}
+}
+
+// deleteItems point-deletes user's items with seq in [from, to). Point
+// deletes rather than one DeleteRange: at high ack rates range tombstones
+// pile up and slow every read that crosses them.
+func (c *committer) deleteItems(wb *pebble.Batch, user string, from, to uint64) {
+	for seq := from; seq < to; seq++ {
+		op := wb.DeleteDeferred(queueKeyLen(user))
+		putQueueKey(op.Key, user, seq)
+		_ = op.Finish()
+	}
+}
+
+// lookupDedup finds the record for key, this group's unwritten changes
+// first.
+func (c *committer) lookupDedup(key []byte) (dedupRecord, bool, error) {
+	if slot, ok := c.overlay[string(key)]; ok {
+		return slot.rec, !slot.deleted, nil
+	}
+	v, closer, err := c.p.db.Get(key)
+	if errors.Is(err, pebble.ErrNotFound) {
+		return dedupRecord{}, false, nil
+	}
+	if err != nil {
+		return dedupRecord{}, false, fmt.Errorf("look up dedup %q: %w", key, err)
+	}
+	defer closer.Close()
+	rec, err := decodeDedupValue(v)
+	if err != nil {
+		return dedupRecord{}, false, fmt.Errorf("look up dedup %q: %w", key, err)
+	}
+	return rec, true, nil
+}
+
+// applySweep erases what the sweeper found expired. Between its scan and
+// now the queues may have moved (acks), so each queue is trimmed only up to
+// what is still there, and op records exactly what was erased.
+func (c *committer) applySweep(wb *pebble.Batch, op *sweepOp) Result {
+	// Load every state first so that a load error leaves nothing half
+	// applied.
+	for i := range op.queues {
+		if _, err := c.state(op.queues[i].user); err != nil {
+			return Result{Err: err}
+		}
+	}
+	for i := range op.queues {
+		q := &op.queues[i]
+		st := c.states[q.user]
+		from, to := st.head, min(q.upTo, st.tail)+1 // erase [from, to)
+		q.from, q.to = from, from
+		if to <= from {
+			continue
+		}
+		c.deleteItems(wb, q.user, from, to)
+		q.to = to
+		c.p.qmu.Lock()
+		st.head = to
+		c.p.qmu.Unlock()
+	}
+	for _, k := range op.dedup {
+		_ = wb.Delete(k, nil)
+		c.overlay[string(k)] = dedupSlot{deleted: true}
+	}
+	return Result{}
+}
