@@ -1,0 +1,98 @@
+package main
+
+import (
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/parleyhq/parley/account"
+	"github.com/parleyhq/parley/node"
+)
+
+func newServeCmd() *cobra.Command {
+	var (
+		cfg       node.Config
+		sms       string
+		smsHTTP   account.HTTPGatewayConfig
+		logLevel  string
+		logFormat string
+	)
+	cmd := &cobra.Command{
+		Use:   "serve",
+		Short: "Run a Parley server on this machine",
+		Long: `Run a Parley node. It needs nothing else on the machine: the store
+(Pebble) and the server's Noise key live under --data, created on first start.
+
+Listeners:
+  --listen  the native protocol (Noise over TCP) that clients connect to
+  --http    the public HTTP API (registration, server key)
+  --admin   the admin listener (health); keep it on loopback
+
+SMS gateways (--sms):
+  log        codes appear in the server log (development default)
+  file:PATH  one JSON line {"phone":...,"code":...} per code appended to PATH
+  http       POST {"to":...,"message":...} to --sms-http-url`,
+		Example: `  parley serve
+  parley serve --data /var/lib/parley --sms file:/tmp/codes.jsonl
+  PARLEY_LISTEN=0.0.0.0:5222 parley serve`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			log, err := newLogger(logLevel, logFormat)
+			if err != nil {
+				return err
+			}
+			cfg.Log = log
+			if cfg.SMS, err = account.ParseGateway(sms, smsHTTP, log); err != nil {
+				return fmt.Errorf("--sms: %w", err)
+			}
+			n, err := node.Start(cmd.Context(), cfg)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "parley serving: native %s, http %s, admin %s\nserver key: %x\n",
+				n.NativeAddr(), n.HTTPURL(), n.AdminURL(), n.PublicKey())
+			<-cmd.Context().Done()
+			log.Info("shutting down: finishing in-flight commits")
+			return n.Close()
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&cfg.DataDir, "data", "./parley-data", "data directory (store and server key)")
+	f.StringVar(&cfg.Listen, "listen", "127.0.0.1:5222", "native protocol listen address")
+	f.StringVar(&cfg.HTTP, "http", "127.0.0.1:8080", "public HTTP API listen address")
+	f.StringVar(&cfg.Admin, "admin", "127.0.0.1:9090", "admin listen address (keep on loopback)")
+	f.StringVar(&sms, "sms", "log", "SMS gateway: log, file:PATH or http")
+	f.StringVar(&smsHTTP.URL, "sms-http-url", "", "SMS provider URL for --sms http")
+	f.StringVar(&smsHTTP.Token, "sms-http-token", "", "bearer token for the SMS provider")
+	f.StringVar(&smsHTTP.User, "sms-http-user", "", "basic-auth user for the SMS provider")
+	f.StringVar(&smsHTTP.Password, "sms-http-password", "", "basic-auth password for the SMS provider")
+	f.StringVar(&cfg.SMSDefaultRegion, "region", "", "region for numbers without a country code, e.g. US (empty: require +CC)")
+	f.IntVar(&cfg.Window, "window", 256, "most unacknowledged deliveries per session")
+	f.IntVar(&cfg.Workers, "workers", 0, "session worker goroutines (0: 4 x CPUs)")
+	f.IntVar(&cfg.Pollers, "pollers", 0, "event-loop goroutines (0: one per CPU)")
+	f.IntVar(&cfg.MaxQueueLen, "max-queue-len", 100000, "most items waiting for one user")
+	f.DurationVar(&cfg.MaxQueueAge, "max-queue-age", 30*24*time.Hour, "how long an undelivered item waits before it expires")
+	f.DurationVar(&cfg.HandshakeTimeout, "handshake-timeout", 10*time.Second, "close connections that have not logged in by then")
+	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")
+	f.StringVar(&logFormat, "log-format", "text", "log format: text or json")
+	return cmd
+}
+
+func newLogger(level, format string) (*slog.Logger, error) {
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", level)
+	}
+	opts := &slog.HandlerOptions{Level: lv}
+	switch strings.ToLower(format) {
+	case "text":
+		return slog.New(slog.NewTextHandler(os.Stderr, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(os.Stderr, opts)), nil
+	}
+	return nil, fmt.Errorf("--log-format %q: want text or json", format)
+}

@@ -1,0 +1,371 @@
+package node
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/lesismal/nbio"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/parleyhq/parley/noise"
+	"github.com/parleyhq/parley/session"
+	"github.com/parleyhq/parley/store"
+	"github.com/parleyhq/parley/wire"
+)
+
+type evKind uint8
+
+const (
+	evStart evKind = iota + 1
+	evFrame
+	evCommitted
+	evPush
+	evKick
+	evClosed
+)
+
+// event is one entry of a session's mailbox.
+type event struct {
+	kind  evKind
+	code  wire.Error_Code
+	seq   uint64
+	frame *wire.Frame
+	data  []byte
+	res   store.Result
+	text  string
+}
+
+// conn is one client connection and the actor that runs its session.
+//
+// Fields are owned by one side at a time, which is why most need no lock:
+// the event loop's poller goroutine owns the read side (partial, rx,
+// failed); the worker running the actor owns the session (tx, core); mu
+// guards only the mailbox hand-off between them.
+type conn struct {
+	n  *Node
+	nc *nbio.Conn
+
+	// poller side
+	partial []byte // an incomplete inbound message; nil when idle
+	rx      *noise.Cipher
+	failed  bool
+
+	// set once by the handshake, before evStart is posted
+	user string
+	gen  uint64
+
+	// actor side
+	tx   *noise.Cipher
+	core *session.Core
+
+	mu        sync.Mutex
+	mbox      []event
+	scheduled bool
+	dead      bool
+}
+
+// post appends ev to the mailbox and schedules the actor if it is idle. It
+// never blocks: it is called from the event loop and from commit callbacks.
+func (c *conn) post(ev event) {
+	c.mu.Lock()
+	if c.dead {
+		c.mu.Unlock()
+		return
+	}
+	if ev.kind == evClosed {
+		c.dead = true
+	}
+	c.mbox = append(c.mbox, ev)
+	sched := !c.scheduled
+	c.scheduled = true
+	c.mu.Unlock()
+	if sched {
+		c.n.pool.push(c)
+	}
+}
+
+// maxRounds bounds how long one session keeps a worker before yielding it
+// to others, so one flooded session cannot starve the rest.
+const maxRounds = 4
+
+// run processes the mailbox on a borrowed worker goroutine.
+func (c *conn) run(w *worker) {
+	for round := 0; ; round++ {
+		c.mu.Lock()
+		evs := c.mbox
+		if len(evs) == 0 {
+			c.mbox = nil
+			c.scheduled = false
+			c.mu.Unlock()
+			return
+		}
+		if round == maxRounds {
+			c.mu.Unlock()
+			c.n.pool.push(c)
+			return
+		}
+		c.mbox = nil
+		c.mu.Unlock()
+		closeNow := false
+		for i := range evs {
+			if c.handle(w, &evs[i]) {
+				closeNow = true
+			}
+		}
+		c.flush(w, closeNow)
+	}
+}
+
+// handle applies one event; it reports whether the connection must close
+// once the frames produced so far are written.
+func (c *conn) handle(w *worker, ev *event) bool {
+	switch ev.kind {
+	case evStart:
+		return c.start(w)
+	case evClosed:
+		if c.core != nil {
+			c.n.router.unregister(c.user, c)
+			c.n.log.Debug("session closed", "user", c.user, "conn", c.id())
+			c.core = nil
+		}
+		return false
+	}
+	if c.core == nil {
+		return false
+	}
+	switch ev.kind {
+	case evFrame:
+		return c.step(w, session.Received{Frame: ev.frame})
+	case evCommitted:
+		return c.step(w, session.Committed{Result: ev.res})
+	case evPush:
+		return c.step(w, session.Pushed{Seq: ev.seq, Data: ev.data})
+	case evKick:
+		return c.step(w, session.Kicked{Code: ev.code, Text: ev.text})
+	}
+	return false
+}
+
+func (c *conn) start(w *worker) bool {
+	c.core = session.New(session.Config{
+		User:   c.user,
+		Window: c.n.cfg.Window,
+		Now:    func() int64 { return time.Now().UnixNano() },
+		NewID:  c.n.ids.next,
+	})
+	if prev := c.n.router.register(c.user, c); prev != nil && prev != c {
+		prev.post(event{kind: evKick, code: wire.Error_REPLACED, text: "this account logged in on a newer connection"})
+	}
+	// A re-registration may have landed between the handshake's key check
+	// and the registration above; it kicked whoever was registered then, so
+	// check again now that this connection is the one a kick would find.
+	if a, err := c.n.store.Account(c.user); err != nil || a.Generation != c.gen {
+		return c.step(w, session.Kicked{Code: wire.Error_REGISTERED_ELSEWHERE, Text: "this number was registered on another device"})
+	}
+	c.n.log.Debug("session started", "user", c.user, "conn", c.id())
+	return c.step(w, session.Start{})
+}
+
+// step feeds the core one event and carries out its Ready.
+func (c *conn) step(w *worker, ev any) (closeNow bool) {
+	c.core.Step(ev)
+	for {
+		rd := c.core.Ready()
+		for _, b := range rd.Writes {
+			c.n.commit(c, b)
+		}
+		for _, f := range rd.Frames {
+			if err := c.encode(w, f); err != nil {
+				c.n.log.Error("encode frame", "user", c.user, "err", err)
+				closeNow = true
+			}
+		}
+		if rd.Close != nil {
+			c.n.log.Info("closing session", "user", c.user, "conn", c.id(), "code", rd.Close.Code.String(), "reason", rd.Close.Text)
+			closeNow = true
+		}
+		load := rd.Load
+		c.core.Advance()
+		if load == nil || closeNow {
+			return closeNow
+		}
+		items, err := c.n.store.ReadQueue(c.user, load.From, load.Max)
+		if err != nil {
+			c.n.log.Error("read queue", "user", c.user, "err", err)
+		}
+		c.core.Step(session.Loaded{Items: items, Err: err})
+	}
+}
+
+// encode appends one sealed, length-prefixed frame to the worker's buffer.
+func (c *conn) encode(w *worker, f *wire.Frame) error {
+	off := len(w.out)
+	out := append(w.out, 0, 0, 0)
+	out, err := wire.AppendFrame(out, f)
+	if err != nil {
+		w.out = w.out[:off]
+		return err
+	}
+	out = slices.Grow(out, noise.TagLen) // room to seal in place
+	pt := out[off+wire.HeaderLen:]
+	sealed, err := c.tx.Seal(pt[:0], pt)
+	if err != nil {
+		w.out = out[:off]
+		return err
+	}
+	out = out[:off+wire.HeaderLen+len(sealed)]
+	wire.PutHeader(out[off:], len(sealed))
+	w.out = out
+	return nil
+}
+
+// flush writes everything one mailbox round produced with one write.
+func (c *conn) flush(w *worker, closeNow bool) {
+	if len(w.out) > 0 {
+		if _, err := c.nc.Write(w.out); err != nil {
+			c.n.log.Debug("write", "user", c.user, "err", err)
+		}
+		if cap(w.out) > 1<<20 {
+			w.out = nil // do not keep a burst's buffer forever
+		} else {
+			w.out = w.out[:0]
+		}
+	}
+	if closeNow {
+		c.nc.Close()
+	}
+}
+
+func (c *conn) id() string { return c.nc.RemoteAddr().String() }
+
+// onData runs on the event loop for every read. It splits messages off the
+// stream; only an incomplete tail is kept between reads, so an idle
+// connection holds no buffer.
+func (c *conn) onData(data []byte) {
+	if c.failed {
+		return
+	}
+	buf := data
+	if c.partial != nil {
+		c.partial = append(c.partial, data...)
+		buf = c.partial
+	}
+	for {
+		msg, rest, ok, err := wire.Next(buf)
+		if err != nil {
+			c.fail(wire.Error_BAD_FRAME, err.Error())
+			return
+		}
+		if !ok {
+			break
+		}
+		buf = rest
+		if !c.onMessage(msg) {
+			return
+		}
+	}
+	switch {
+	case len(buf) == 0:
+		c.partial = nil
+	case c.partial != nil && &buf[0] == &c.partial[0]:
+		// nothing consumed: keep the buffer as it is
+	default:
+		c.partial = append(make([]byte, 0, len(buf)+512), buf...)
+	}
+}
+
+// onMessage handles one complete message; false stops reading.
+func (c *conn) onMessage(msg []byte) bool {
+	if c.rx == nil {
+		return c.handshake(msg)
+	}
+	pt, err := c.rx.Open(msg[:0], msg)
+	if err != nil {
+		c.fail(wire.Error_BAD_FRAME, "message does not decrypt")
+		return false
+	}
+	f := new(wire.Frame)
+	if err := wire.DecodeFrame(pt, f); err != nil {
+		c.fail(wire.Error_BAD_FRAME, err.Error())
+		return false
+	}
+	c.post(event{kind: evFrame, frame: f})
+	return true
+}
+
+// fail ends a logged-in connection for bad input: the actor sends a Close
+// frame with the reason, then closes. Reading stops at once.
+func (c *conn) fail(code wire.Error_Code, text string) {
+	c.failed = true
+	c.partial = nil
+	c.n.metrics.badInput.Add(1)
+	if c.rx == nil {
+		c.n.log.Info("connection refused", "conn", c.id(), "reason", text)
+		c.nc.Close()
+		return
+	}
+	c.post(event{kind: evKick, code: code, text: text})
+}
+
+// handshake answers the client's first message: Noise IK carries the
+// client's static key and the login, so the reply both completes the
+// handshake and says whether the login succeeded.
+func (c *conn) handshake(msg []byte) bool {
+	c.n.metrics.handshakes.Add(1)
+	hs, peer, payload, err := noise.Accept(c.n.key, msg)
+	if err != nil {
+		c.n.metrics.handshakeFailures.Add(1)
+		c.fail(wire.Error_LOGIN_FAILED, err.Error())
+		return false
+	}
+	var login wire.Login
+	res := &wire.LoginResult{ServerTime: time.Now().UnixNano(), Window: uint32(c.n.cfg.Window)}
+	var acct store.Account
+	switch err = proto.Unmarshal(payload, &login); {
+	case err != nil:
+		res.Error = &wire.Error{Code: wire.Error_BAD_FRAME, Text: "login payload does not decode"}
+	case login.Version != 1:
+		res.Error = &wire.Error{Code: wire.Error_UNSUPPORTED_VERSION, Text: fmt.Sprintf("protocol version %d is not supported; this server speaks 1: update the client", login.Version)}
+	default:
+		acct, err = c.n.store.Account(login.Phone)
+		switch {
+		case errors.Is(err, store.ErrNotFound):
+			res.Error = &wire.Error{Code: wire.Error_LOGIN_FAILED, Text: "no account has this number: register first"}
+		case err != nil:
+			res.Error = &wire.Error{Code: wire.Error_INTERNAL, Text: "account lookup failed: try again"}
+			c.n.log.Error("account lookup", "user", login.Phone, "err", err)
+		case !bytes.Equal(acct.Key, peer):
+			res.Error = &wire.Error{Code: wire.Error_LOGIN_FAILED, Text: "this device's key is not registered for this number (registered on another device?): register again"}
+		}
+	}
+	reply, err := proto.Marshal(res)
+	if err == nil {
+		var tx, rx *noise.Cipher
+		reply, tx, rx, err = hs.Reply(reply)
+		if err == nil && res.Error == nil {
+			c.tx, c.rx = tx, rx
+		}
+	}
+	if err != nil {
+		c.fail(wire.Error_INTERNAL, err.Error())
+		return false
+	}
+	out := make([]byte, 0, wire.HeaderLen+len(reply))
+	out = append(wire.AppendHeader(out, len(reply)), reply...)
+	if _, err := c.nc.Write(out); err != nil || res.Error != nil {
+		c.n.metrics.loginFailures.Add(1)
+		c.n.log.Info("login refused", "user", login.Phone, "conn", c.id(), "reason", res.Error.GetText())
+		c.failed = true
+		c.nc.Close()
+		return false
+	}
+	c.nc.SetReadDeadline(time.Time{})
+	c.user, c.gen = login.Phone, acct.Generation
+	c.n.metrics.logins.Add(1)
+	c.post(event{kind: evStart})
+	return true
+}
