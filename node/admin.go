@@ -1,17 +1,31 @@
 package node
 
 import (
+	"encoding/base64"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"net/http"
+	"os"
+	"regexp"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/parleyhq/parley/noise"
+	"github.com/parleyhq/parley/store"
 )
 
-// adminHandler serves the admin listener: health now; metrics, sessions and
-// alerts build on it.
+// adminHandler serves the admin listener: health, process figures, and the
+// trusted bulk provisioning that load tests use. It is bound to loopback by
+// default; the public registration path stays exactly as strict.
 func (n *Node) adminHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "application/json")
-		json.NewEncoder(w).Encode(map[string]any{
+		writeJSON(w, http.StatusOK, map[string]any{
 			"status":   "ok",
 			"sessions": n.router.len(),
 			"accepted": n.metrics.accepted.Load(),
@@ -20,5 +34,144 @@ func (n *Node) adminHandler() http.Handler {
 			"backlog":  n.pool.backlog(),
 		})
 	})
+	mux.HandleFunc("GET /admin/process", n.handleProcess)
+	mux.HandleFunc("POST /admin/accounts/bulk", n.handleBulkAccounts)
 	return mux
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	json.NewEncoder(w).Encode(v)
+}
+
+func writeError(w http.ResponseWriter, status int, code, msg string) {
+	writeJSON(w, status, map[string]any{"error": map[string]string{"code": code, "message": msg}})
+}
+
+// ProcessStats is what GET /admin/process answers: the server's own CPU time
+// and memory, so a load generator on the same machine can report cost per
+// message and per connection without reading another process's /proc.
+type ProcessStats struct {
+	CPUSeconds  float64 `json:"cpu_seconds"` // user + system since start
+	RSSBytes    int64   `json:"rss_bytes"`
+	HeapInuse   uint64  `json:"heap_inuse_bytes"`
+	Goroutines  int     `json:"goroutines"`
+	Sessions    int     `json:"sessions"`
+	Connections int64   `json:"connections"`
+	Logins      int64   `json:"logins"`
+	Commits     int64   `json:"commits"`
+	Backlog     int     `json:"backlog"`
+	Time        int64   `json:"time_unix_nano"`
+}
+
+func (n *Node) handleProcess(w http.ResponseWriter, r *http.Request) {
+	st := ProcessStats{
+		Goroutines:  runtime.NumGoroutine(),
+		Sessions:    n.router.len(),
+		Connections: n.metrics.accepted.Load() - n.metrics.closed.Load(),
+		Logins:      n.metrics.logins.Load(),
+		Commits:     n.metrics.commits.Load(),
+		Backlog:     n.pool.backlog(),
+		Time:        time.Now().UnixNano(),
+	}
+	if r.URL.Query().Get("gc") == "1" {
+		// A settled heap makes RSS deltas comparable between runs.
+		runtime.GC()
+	}
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	st.HeapInuse = ms.HeapInuse
+	cpu, rss, err := readProcSelf()
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, "internal", "read /proc/self: "+err.Error())
+		return
+	}
+	st.CPUSeconds, st.RSSBytes = cpu, rss
+	writeJSON(w, http.StatusOK, st)
+}
+
+// readProcSelf reads CPU seconds and resident memory from /proc (Linux).
+func readProcSelf() (cpu float64, rss int64, err error) {
+	b, err := os.ReadFile("/proc/self/stat")
+	if err != nil {
+		return 0, 0, err
+	}
+	// Fields after the command name, which is in parentheses and may hold
+	// spaces: state is field 3, utime 14, stime 15, rss 24 (in pages).
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 {
+		return 0, 0, errors.New("unexpected /proc/self/stat format")
+	}
+	f := strings.Fields(s[i+1:])
+	if len(f) < 22 {
+		return 0, 0, errors.New("short /proc/self/stat")
+	}
+	ut, _ := strconv.ParseFloat(f[11], 64)
+	stt, _ := strconv.ParseFloat(f[12], 64)
+	pages, _ := strconv.ParseInt(f[21], 10, 64)
+	const clkTck = 100 // USER_HZ on Linux
+	return (ut + stt) / clkTck, pages * int64(os.Getpagesize()), nil
+}
+
+var e164 = regexp.MustCompile(`^\+[1-9][0-9]{6,14}$`)
+
+// BulkAccount is one account of a POST /admin/accounts/bulk request.
+type BulkAccount struct {
+	Phone string `json:"phone"`
+	Key   string `json:"key"` // base64 (std) of the 32-byte device public key
+}
+
+// handleBulkAccounts creates or replaces many accounts at once, with no SMS
+// round: for load tests and migrations, on the trusted listener only.
+func (n *Node) handleBulkAccounts(w http.ResponseWriter, r *http.Request) {
+	var req struct {
+		Accounts []BulkAccount `json:"accounts"`
+	}
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 64<<20))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil {
+		writeError(w, http.StatusBadRequest, "bad_request", "body must be {\"accounts\":[{\"phone\":\"+E164\",\"key\":\"<base64>\"}]}: "+err.Error())
+		return
+	}
+	now := time.Now()
+	accts := make([]store.Account, 0, len(req.Accounts))
+	for i, a := range req.Accounts {
+		key, err := base64.StdEncoding.DecodeString(a.Key)
+		if err != nil || len(key) != noise.KeyLen {
+			writeError(w, http.StatusBadRequest, "invalid_key", fmt.Sprintf("accounts[%d]: key must be base64 of %d bytes", i, noise.KeyLen))
+			return
+		}
+		if !e164.MatchString(a.Phone) {
+			writeError(w, http.StatusBadRequest, "invalid_phone", fmt.Sprintf("accounts[%d]: phone %q is not E.164 (+ and 7 to 15 digits)", i, a.Phone))
+			return
+		}
+		accts = append(accts, store.Account{Phone: a.Phone, Key: key, Generation: 1, Created: now, Updated: now})
+	}
+	// Concurrent synced writes share fsyncs in Pebble's commit pipeline,
+	// so a few dozen writers make bulk provisioning fast without a
+	// separate batch API.
+	var (
+		wg       sync.WaitGroup
+		next     atomic.Int64
+		firstErr atomic.Pointer[error]
+	)
+	for range min(32, len(accts)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := int(next.Add(1) - 1); i < len(accts) && firstErr.Load() == nil; i = int(next.Add(1) - 1) {
+				if err := n.store.PutAccount(accts[i]); err != nil {
+					firstErr.CompareAndSwap(nil, &err)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if err := firstErr.Load(); err != nil {
+		writeError(w, http.StatusInternalServerError, "internal", "store account: "+(*err).Error())
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]int{"created": len(accts)})
 }

@@ -25,6 +25,10 @@ type Config struct {
 	Now func() int64
 	// NewID returns a fresh server message id.
 	NewID func() uint64
+	// IssueUpload returns an upload token for the user, the URL to upload
+	// to and the token's expiry (unix nanoseconds); nil when the server
+	// takes no media.
+	IssueUpload func(user string) (token, url string, expires int64)
 }
 
 // Load asks the caller to read the user's queue from seq From, at most Max
@@ -191,6 +195,14 @@ func (c *Core) received(f *wire.Frame) {
 		c.onRead(k.Read)
 	case *wire.Frame_Ping:
 		c.send(&wire.Frame{Kind: &wire.Frame_Pong{Pong: &wire.Pong{Id: k.Ping.Id}}})
+	case *wire.Frame_UploadRequest:
+		id := k.UploadRequest.GetId()
+		if c.cfg.IssueUpload == nil {
+			c.send(errFrame(id, wire.Error_BAD_REQUEST, "this server does not take media uploads"))
+			return
+		}
+		tok, url, exp := c.cfg.IssueUpload(c.cfg.User)
+		c.send(&wire.Frame{Kind: &wire.Frame_UploadToken{UploadToken: &wire.UploadToken{Id: id, Token: tok, Url: url, Expires: exp}}})
 	default:
 		c.close(wire.Error_BAD_FRAME, fmt.Sprintf("a client may not send %T frames", f.Kind))
 	}
@@ -199,7 +211,7 @@ func (c *Core) received(f *wire.Frame) {
 func (c *Core) onSend(s *wire.Send) {
 	serverID, ts := c.cfg.NewID(), c.cfg.Now()
 	data, err := wire.EncodeItem(&wire.Item{Kind: &wire.Item_Message{Message: &wire.Message{
-		From: c.cfg.User, Id: s.Id, ServerId: serverID, Ts: ts, Body: s.Body,
+		From: c.cfg.User, Id: s.Id, ServerId: serverID, Ts: ts, Body: s.Body, Media: s.Media,
 	}}})
 	if err != nil {
 		c.send(errFrame(s.Id, wire.Error_INTERNAL, "encode message: "+err.Error()))

@@ -91,6 +91,9 @@ func (w *world) run(t *testing.T, d *datadriven.TestData) string {
 			User: pos[0], Window: win,
 			Now:   func() int64 { w.clock++; return w.clock },
 			NewID: func() uint64 { w.ids++; return 100 + w.ids },
+			IssueUpload: func(u string) (string, string, int64) {
+				return "token-for-" + u, "http://127.0.0.1:8080/v1/media", 5000
+			},
 		})
 		w.sessions[pos[0]] = core
 		w.step(pos[0], session.Start{})
@@ -101,6 +104,14 @@ func (w *world) run(t *testing.T, d *datadriven.TestData) string {
 	case "send":
 		need(3)
 		w.frame(pos[0], &wire.Frame{Kind: &wire.Frame_Send{Send: &wire.Send{Id: u64(args["id"]), To: pos[1], Body: []byte(strings.Join(pos[2:], " "))}}})
+	case "upload":
+		need(1)
+		w.frame(pos[0], &wire.Frame{Kind: &wire.Frame_UploadRequest{UploadRequest: &wire.UploadRequest{Id: u64(args["id"])}}})
+	case "send-media":
+		need(2)
+		w.frame(pos[0], &wire.Frame{Kind: &wire.Frame_Send{Send: &wire.Send{Id: u64(args["id"]), To: pos[1], Media: &wire.Media{
+			Url: args["url"], Mime: args["mime"], Size: u64(args["size"]), Thumbnail: []byte("jpeg"), Caption: strings.Join(pos[2:], " "),
+		}}}})
 	case "ack":
 		need(2)
 		w.frame(pos[0], &wire.Frame{Kind: &wire.Frame_Ack{Ack: &wire.Ack{Seq: u64(pos[1])}}})
@@ -211,6 +222,8 @@ func fmtFrame(f *wire.Frame) string {
 		return fmt.Sprintf("Error id=%d %s: %s", k.Error.Id, k.Error.Code, k.Error.Text)
 	case *wire.Frame_Ok:
 		return fmt.Sprintf("Ok id=%d", k.Ok.Id)
+	case *wire.Frame_UploadToken:
+		return fmt.Sprintf("UploadToken id=%d token=%s url=%s", k.UploadToken.Id, k.UploadToken.Token, k.UploadToken.Url)
 	case *wire.Frame_Pong:
 		return fmt.Sprintf("Pong id=%d", k.Pong.Id)
 	case *wire.Frame_Close:
@@ -220,6 +233,9 @@ func fmtFrame(f *wire.Frame) string {
 }
 
 func fmtItem(it *wire.Item) string {
+	if m := it.GetMessage(); m != nil && m.Media != nil {
+		return fmt.Sprintf("media from=%s id=%d server_id=%d url=%s mime=%s size=%d thumbnail=%dB caption=%q", m.From, m.Id, m.ServerId, m.Media.Url, m.Media.Mime, m.Media.Size, len(m.Media.Thumbnail), m.Media.Caption)
+	}
 	if m := it.GetMessage(); m != nil {
 		return fmt.Sprintf("message from=%s id=%d server_id=%d %q", m.From, m.Id, m.ServerId, m.Body)
 	}

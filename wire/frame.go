@@ -22,12 +22,21 @@ const (
 	// limit on one transport message (64 KiB - 1).
 	MaxMessage = 65535
 	// MaxBody bounds Send.body so that any frame stays under MaxMessage
-	// after the server stamps it and Noise adds its tag.
-	MaxBody = 60 << 10
+	// after the server stamps it and Noise adds its tag (with a media
+	// attachment, body + thumbnail + caption share the same room).
+	MaxBody = 40 << 10
 	// MaxPhone bounds phone-number fields: E.164 allows 15 digits and a '+'.
 	MaxPhone = 16
 	// MaxReadIDs bounds Read.ids.
 	MaxReadIDs = 1024
+	// MaxThumbnail bounds Media.thumbnail: a preview, not the picture.
+	MaxThumbnail = 16 << 10
+	// MaxCaption bounds Media.caption.
+	MaxCaption = 4 << 10
+	// MaxMediaText bounds Media's url, id and mime.
+	MaxMediaText = 2048
+	// MaxMediaKey bounds Media.key.
+	MaxMediaKey = 128
 )
 
 // ErrTooLarge reports a length prefix over MaxMessage.
@@ -107,6 +116,11 @@ func Validate(f *Frame) error {
 		if len(s.Body) > MaxBody {
 			return fmt.Errorf("send.body is %d bytes, over the %d-byte limit", len(s.Body), MaxBody)
 		}
+		if m := s.Media; m != nil {
+			if err := validateMedia(m); err != nil {
+				return err
+			}
+		}
 	case *Frame_Read:
 		r := k.Read
 		if r == nil || len(r.To) == 0 || len(r.To) > MaxPhone {
@@ -119,6 +133,24 @@ func Validate(f *Frame) error {
 		if k.Ack == nil {
 			return errors.New("empty ack")
 		}
+	}
+	return nil
+}
+
+func validateMedia(m *Media) error {
+	switch {
+	case len(m.Url) == 0 || len(m.Url) > MaxMediaText:
+		return fmt.Errorf("send.media.url must be 1..%d bytes", MaxMediaText)
+	case len(m.Id) > MaxMediaText || len(m.Mime) > MaxMediaText:
+		return fmt.Errorf("send.media id and mime must be at most %d bytes", MaxMediaText)
+	case len(m.Sha256) != 0 && len(m.Sha256) != 32:
+		return errors.New("send.media.sha256 must be 32 bytes")
+	case len(m.Thumbnail) > MaxThumbnail:
+		return fmt.Errorf("send.media.thumbnail is %d bytes, over the %d-byte limit", len(m.Thumbnail), MaxThumbnail)
+	case len(m.Caption) > MaxCaption:
+		return fmt.Errorf("send.media.caption is over the %d-byte limit", MaxCaption)
+	case len(m.Key) > MaxMediaKey:
+		return fmt.Errorf("send.media.key is over the %d-byte limit", MaxMediaKey)
 	}
 	return nil
 }

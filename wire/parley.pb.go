@@ -72,7 +72,7 @@ func (x Receipt_Kind) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Receipt_Kind.Descriptor instead.
 func (Receipt_Kind) EnumDescriptor() ([]byte, []int) {
-	return file_parley_proto_rawDescGZIP(), []int{13, 0}
+	return file_parley_proto_rawDescGZIP(), []int{16, 0}
 }
 
 type Error_Code int32
@@ -148,7 +148,7 @@ func (x Error_Code) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Error_Code.Descriptor instead.
 func (Error_Code) EnumDescriptor() ([]byte, []int) {
-	return file_parley_proto_rawDescGZIP(), []int{14, 0}
+	return file_parley_proto_rawDescGZIP(), []int{17, 0}
 }
 
 // Login is the payload of the client's first handshake message: the login
@@ -282,12 +282,14 @@ type Frame struct {
 	//	*Frame_Ack
 	//	*Frame_Read
 	//	*Frame_Ping
+	//	*Frame_UploadRequest
 	//	*Frame_SendAck
 	//	*Frame_Deliver
 	//	*Frame_Ok
 	//	*Frame_Error
 	//	*Frame_Pong
 	//	*Frame_Close
+	//	*Frame_UploadToken
 	Kind          isFrame_Kind `protobuf_oneof:"kind"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -366,6 +368,15 @@ func (x *Frame) GetPing() *Ping {
 	return nil
 }
 
+func (x *Frame) GetUploadRequest() *UploadRequest {
+	if x != nil {
+		if x, ok := x.Kind.(*Frame_UploadRequest); ok {
+			return x.UploadRequest
+		}
+	}
+	return nil
+}
+
 func (x *Frame) GetSendAck() *SendAck {
 	if x != nil {
 		if x, ok := x.Kind.(*Frame_SendAck); ok {
@@ -420,6 +431,15 @@ func (x *Frame) GetClose() *Close {
 	return nil
 }
 
+func (x *Frame) GetUploadToken() *UploadToken {
+	if x != nil {
+		if x, ok := x.Kind.(*Frame_UploadToken); ok {
+			return x.UploadToken
+		}
+	}
+	return nil
+}
+
 type isFrame_Kind interface {
 	isFrame_Kind()
 }
@@ -439,6 +459,10 @@ type Frame_Read struct {
 
 type Frame_Ping struct {
 	Ping *Ping `protobuf:"bytes,4,opt,name=ping,proto3,oneof"`
+}
+
+type Frame_UploadRequest struct {
+	UploadRequest *UploadRequest `protobuf:"bytes,5,opt,name=upload_request,json=uploadRequest,proto3,oneof"`
 }
 
 type Frame_SendAck struct {
@@ -466,6 +490,10 @@ type Frame_Close struct {
 	Close *Close `protobuf:"bytes,15,opt,name=close,proto3,oneof"`
 }
 
+type Frame_UploadToken struct {
+	UploadToken *UploadToken `protobuf:"bytes,16,opt,name=upload_token,json=uploadToken,proto3,oneof"`
+}
+
 func (*Frame_Send) isFrame_Kind() {}
 
 func (*Frame_Ack) isFrame_Kind() {}
@@ -473,6 +501,8 @@ func (*Frame_Ack) isFrame_Kind() {}
 func (*Frame_Read) isFrame_Kind() {}
 
 func (*Frame_Ping) isFrame_Kind() {}
+
+func (*Frame_UploadRequest) isFrame_Kind() {}
 
 func (*Frame_SendAck) isFrame_Kind() {}
 
@@ -486,6 +516,8 @@ func (*Frame_Pong) isFrame_Kind() {}
 
 func (*Frame_Close) isFrame_Kind() {}
 
+func (*Frame_UploadToken) isFrame_Kind() {}
+
 // Send asks the server to queue body for the account `to`. id is chosen by
 // the client; a resend with the same id gets the same SendAck and queues
 // nothing new.
@@ -494,6 +526,7 @@ type Send struct {
 	Id            uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
 	To            string                 `protobuf:"bytes,2,opt,name=to,proto3" json:"to,omitempty"`
 	Body          []byte                 `protobuf:"bytes,3,opt,name=body,proto3" json:"body,omitempty"`
+	Media         *Media                 `protobuf:"bytes,4,opt,name=media,proto3" json:"media,omitempty"` // set for a picture, audio, video or file
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -549,6 +582,230 @@ func (x *Send) GetBody() []byte {
 	return nil
 }
 
+func (x *Send) GetMedia() *Media {
+	if x != nil {
+		return x.Media
+	}
+	return nil
+}
+
+// UploadRequest asks for a token to upload one file over HTTP (media are
+// never carried on the connection). Answered with UploadToken.
+type UploadRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UploadRequest) Reset() {
+	*x = UploadRequest{}
+	mi := &file_parley_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UploadRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UploadRequest) ProtoMessage() {}
+
+func (x *UploadRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_parley_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UploadRequest.ProtoReflect.Descriptor instead.
+func (*UploadRequest) Descriptor() ([]byte, []int) {
+	return file_parley_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *UploadRequest) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+// UploadToken authorises uploads for this account until `expires`:
+// POST the file to `url` with "Authorization: Bearer <token>".
+type UploadToken struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	Token         string                 `protobuf:"bytes,2,opt,name=token,proto3" json:"token,omitempty"`
+	Url           string                 `protobuf:"bytes,3,opt,name=url,proto3" json:"url,omitempty"`
+	Expires       int64                  `protobuf:"varint,4,opt,name=expires,proto3" json:"expires,omitempty"` // unix nanoseconds
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UploadToken) Reset() {
+	*x = UploadToken{}
+	mi := &file_parley_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UploadToken) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UploadToken) ProtoMessage() {}
+
+func (x *UploadToken) ProtoReflect() protoreflect.Message {
+	mi := &file_parley_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UploadToken.ProtoReflect.Descriptor instead.
+func (*UploadToken) Descriptor() ([]byte, []int) {
+	return file_parley_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *UploadToken) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *UploadToken) GetToken() string {
+	if x != nil {
+		return x.Token
+	}
+	return ""
+}
+
+func (x *UploadToken) GetUrl() string {
+	if x != nil {
+		return x.Url
+	}
+	return ""
+}
+
+func (x *UploadToken) GetExpires() int64 {
+	if x != nil {
+		return x.Expires
+	}
+	return 0
+}
+
+// Media describes an uploaded file; the message carries only the link.
+type Media struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Url           string                 `protobuf:"bytes,1,opt,name=url,proto3" json:"url,omitempty"` // where to download it
+	Id            string                 `protobuf:"bytes,2,opt,name=id,proto3" json:"id,omitempty"`   // the media id (unguessable)
+	Size          uint64                 `protobuf:"varint,3,opt,name=size,proto3" json:"size,omitempty"`
+	Mime          string                 `protobuf:"bytes,4,opt,name=mime,proto3" json:"mime,omitempty"`           // sniffed by the server at upload
+	Sha256        []byte                 `protobuf:"bytes,5,opt,name=sha256,proto3" json:"sha256,omitempty"`       // of the file as uploaded
+	Thumbnail     []byte                 `protobuf:"bytes,6,opt,name=thumbnail,proto3" json:"thumbnail,omitempty"` // a small JPEG for images; shown Base64 in JSON
+	Caption       string                 `protobuf:"bytes,7,opt,name=caption,proto3" json:"caption,omitempty"`
+	Key           []byte                 `protobuf:"bytes,8,opt,name=key,proto3" json:"key,omitempty"` // optional client-side encryption key; opaque to the server
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Media) Reset() {
+	*x = Media{}
+	mi := &file_parley_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Media) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Media) ProtoMessage() {}
+
+func (x *Media) ProtoReflect() protoreflect.Message {
+	mi := &file_parley_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Media.ProtoReflect.Descriptor instead.
+func (*Media) Descriptor() ([]byte, []int) {
+	return file_parley_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *Media) GetUrl() string {
+	if x != nil {
+		return x.Url
+	}
+	return ""
+}
+
+func (x *Media) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *Media) GetSize() uint64 {
+	if x != nil {
+		return x.Size
+	}
+	return 0
+}
+
+func (x *Media) GetMime() string {
+	if x != nil {
+		return x.Mime
+	}
+	return ""
+}
+
+func (x *Media) GetSha256() []byte {
+	if x != nil {
+		return x.Sha256
+	}
+	return nil
+}
+
+func (x *Media) GetThumbnail() []byte {
+	if x != nil {
+		return x.Thumbnail
+	}
+	return nil
+}
+
+func (x *Media) GetCaption() string {
+	if x != nil {
+		return x.Caption
+	}
+	return ""
+}
+
+func (x *Media) GetKey() []byte {
+	if x != nil {
+		return x.Key
+	}
+	return nil
+}
+
 // SendAck says the message is durable in the recipient's queue.
 type SendAck struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -561,7 +818,7 @@ type SendAck struct {
 
 func (x *SendAck) Reset() {
 	*x = SendAck{}
-	mi := &file_parley_proto_msgTypes[4]
+	mi := &file_parley_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -573,7 +830,7 @@ func (x *SendAck) String() string {
 func (*SendAck) ProtoMessage() {}
 
 func (x *SendAck) ProtoReflect() protoreflect.Message {
-	mi := &file_parley_proto_msgTypes[4]
+	mi := &file_parley_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -586,7 +843,7 @@ func (x *SendAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SendAck.ProtoReflect.Descriptor instead.
 func (*SendAck) Descriptor() ([]byte, []int) {
-	return file_parley_proto_rawDescGZIP(), []int{4}
+	return file_parley_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *SendAck) GetId() uint64 {
@@ -621,7 +878,7 @@ type Deliver struct {
 
 func (x *Deliver) Reset() {
 	*x = Deliver{}
-	mi := &file_parley_proto_msgTypes[5]
+	mi := &file_parley_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -633,7 +890,7 @@ func (x *Deliver) String() string {
 func (*Deliver) ProtoMessage() {}
 
 func (x *Deliver) ProtoReflect() protoreflect.Message {
-	mi := &file_parley_proto_msgTypes[5]
+	mi := &file_parley_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -646,7 +903,7 @@ func (x *Deliver) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Deliver.ProtoReflect.Descriptor instead.
 func (*Deliver) Descriptor() ([]byte, []int) {
-	return file_parley_proto_rawDescGZIP(), []int{5}
+	return file_parley_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Deliver) GetSeq() uint64 {
@@ -674,7 +931,7 @@ type Ack struct {
 
 func (x *Ack) Reset() {
 	*x = Ack{}
-	mi := &file_parley_proto_msgTypes[6]
+	mi := &file_parley_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -686,7 +943,7 @@ func (x *Ack) String() string {
 func (*Ack) ProtoMessage() {}
 
 func (x *Ack) ProtoReflect() protoreflect.Message {
-	mi := &file_parley_proto_msgTypes[6]
+	mi := &file_parley_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -699,7 +956,7 @@ func (x *Ack) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Ack.ProtoReflect.Descriptor instead.
 func (*Ack) Descriptor() ([]byte, []int) {
-	return file_parley_proto_rawDescGZIP(), []int{6}
+	return file_parley_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Ack) GetSeq() uint64 {
@@ -722,7 +979,7 @@ type Read struct {
 
 func (x *Read) Reset() {
 	*x = Read{}
-	mi := &file_parley_proto_msgTypes[7]
+	mi := &file_parley_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -734,7 +991,7 @@ func (x *Read) String() string {
 func (*Read) ProtoMessage() {}
 
 func (x *Read) ProtoReflect() protoreflect.Message {
-	mi := &file_parley_proto_msgTypes[7]
+	mi := &file_parley_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -747,7 +1004,7 @@ func (x *Read) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Read.ProtoReflect.Descriptor instead.
 func (*Read) Descriptor() ([]byte, []int) {
-	return file_parley_proto_rawDescGZIP(), []int{7}
+	return file_parley_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Read) GetId() uint64 {
@@ -780,7 +1037,7 @@ type Ping struct {
 
 func (x *Ping) Reset() {
 	*x = Ping{}
-	mi := &file_parley_proto_msgTypes[8]
+	mi := &file_parley_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -792,7 +1049,7 @@ func (x *Ping) String() string {
 func (*Ping) ProtoMessage() {}
 
 func (x *Ping) ProtoReflect() protoreflect.Message {
-	mi := &file_parley_proto_msgTypes[8]
+	mi := &file_parley_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -805,7 +1062,7 @@ func (x *Ping) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Ping.ProtoReflect.Descriptor instead.
 func (*Ping) Descriptor() ([]byte, []int) {
-	return file_parley_proto_rawDescGZIP(), []int{8}
+	return file_parley_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Ping) GetId() uint64 {
@@ -824,7 +1081,7 @@ type Pong struct {
 
 func (x *Pong) Reset() {
 	*x = Pong{}
-	mi := &file_parley_proto_msgTypes[9]
+	mi := &file_parley_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -836,7 +1093,7 @@ func (x *Pong) String() string {
 func (*Pong) ProtoMessage() {}
 
 func (x *Pong) ProtoReflect() protoreflect.Message {
-	mi := &file_parley_proto_msgTypes[9]
+	mi := &file_parley_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -849,7 +1106,7 @@ func (x *Pong) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Pong.ProtoReflect.Descriptor instead.
 func (*Pong) Descriptor() ([]byte, []int) {
-	return file_parley_proto_rawDescGZIP(), []int{9}
+	return file_parley_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Pong) GetId() uint64 {
@@ -868,7 +1125,7 @@ type Ok struct {
 
 func (x *Ok) Reset() {
 	*x = Ok{}
-	mi := &file_parley_proto_msgTypes[10]
+	mi := &file_parley_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -880,7 +1137,7 @@ func (x *Ok) String() string {
 func (*Ok) ProtoMessage() {}
 
 func (x *Ok) ProtoReflect() protoreflect.Message {
-	mi := &file_parley_proto_msgTypes[10]
+	mi := &file_parley_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -893,7 +1150,7 @@ func (x *Ok) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Ok.ProtoReflect.Descriptor instead.
 func (*Ok) Descriptor() ([]byte, []int) {
-	return file_parley_proto_rawDescGZIP(), []int{10}
+	return file_parley_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Ok) GetId() uint64 {
@@ -917,7 +1174,7 @@ type Item struct {
 
 func (x *Item) Reset() {
 	*x = Item{}
-	mi := &file_parley_proto_msgTypes[11]
+	mi := &file_parley_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -929,7 +1186,7 @@ func (x *Item) String() string {
 func (*Item) ProtoMessage() {}
 
 func (x *Item) ProtoReflect() protoreflect.Message {
-	mi := &file_parley_proto_msgTypes[11]
+	mi := &file_parley_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -942,7 +1199,7 @@ func (x *Item) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Item.ProtoReflect.Descriptor instead.
 func (*Item) Descriptor() ([]byte, []int) {
-	return file_parley_proto_rawDescGZIP(), []int{11}
+	return file_parley_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Item) GetKind() isItem_Kind {
@@ -993,13 +1250,14 @@ type Message struct {
 	ServerId      uint64                 `protobuf:"varint,3,opt,name=server_id,json=serverId,proto3" json:"server_id,omitempty"` // unique per server; clients dedup by it
 	Ts            int64                  `protobuf:"varint,4,opt,name=ts,proto3" json:"ts,omitempty"`                             // unix nanoseconds when the server accepted it
 	Body          []byte                 `protobuf:"bytes,5,opt,name=body,proto3" json:"body,omitempty"`                          // opaque to the server
+	Media         *Media                 `protobuf:"bytes,6,opt,name=media,proto3" json:"media,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Message) Reset() {
 	*x = Message{}
-	mi := &file_parley_proto_msgTypes[12]
+	mi := &file_parley_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1011,7 +1269,7 @@ func (x *Message) String() string {
 func (*Message) ProtoMessage() {}
 
 func (x *Message) ProtoReflect() protoreflect.Message {
-	mi := &file_parley_proto_msgTypes[12]
+	mi := &file_parley_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1024,7 +1282,7 @@ func (x *Message) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Message.ProtoReflect.Descriptor instead.
 func (*Message) Descriptor() ([]byte, []int) {
-	return file_parley_proto_rawDescGZIP(), []int{12}
+	return file_parley_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *Message) GetFrom() string {
@@ -1062,6 +1320,13 @@ func (x *Message) GetBody() []byte {
 	return nil
 }
 
+func (x *Message) GetMedia() *Media {
+	if x != nil {
+		return x.Media
+	}
+	return nil
+}
+
 type Receipt struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Kind          Receipt_Kind           `protobuf:"varint,1,opt,name=kind,proto3,enum=parley.v1.Receipt_Kind" json:"kind,omitempty"`
@@ -1075,7 +1340,7 @@ type Receipt struct {
 
 func (x *Receipt) Reset() {
 	*x = Receipt{}
-	mi := &file_parley_proto_msgTypes[13]
+	mi := &file_parley_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1087,7 +1352,7 @@ func (x *Receipt) String() string {
 func (*Receipt) ProtoMessage() {}
 
 func (x *Receipt) ProtoReflect() protoreflect.Message {
-	mi := &file_parley_proto_msgTypes[13]
+	mi := &file_parley_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1100,7 +1365,7 @@ func (x *Receipt) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Receipt.ProtoReflect.Descriptor instead.
 func (*Receipt) Descriptor() ([]byte, []int) {
-	return file_parley_proto_rawDescGZIP(), []int{13}
+	return file_parley_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *Receipt) GetKind() Receipt_Kind {
@@ -1150,7 +1415,7 @@ type Error struct {
 
 func (x *Error) Reset() {
 	*x = Error{}
-	mi := &file_parley_proto_msgTypes[14]
+	mi := &file_parley_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1162,7 +1427,7 @@ func (x *Error) String() string {
 func (*Error) ProtoMessage() {}
 
 func (x *Error) ProtoReflect() protoreflect.Message {
-	mi := &file_parley_proto_msgTypes[14]
+	mi := &file_parley_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1175,7 +1440,7 @@ func (x *Error) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Error.ProtoReflect.Descriptor instead.
 func (*Error) Descriptor() ([]byte, []int) {
-	return file_parley_proto_rawDescGZIP(), []int{14}
+	return file_parley_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *Error) GetId() uint64 {
@@ -1210,7 +1475,7 @@ type Close struct {
 
 func (x *Close) Reset() {
 	*x = Close{}
-	mi := &file_parley_proto_msgTypes[15]
+	mi := &file_parley_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1222,7 +1487,7 @@ func (x *Close) String() string {
 func (*Close) ProtoMessage() {}
 
 func (x *Close) ProtoReflect() protoreflect.Message {
-	mi := &file_parley_proto_msgTypes[15]
+	mi := &file_parley_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1235,7 +1500,7 @@ func (x *Close) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Close.ProtoReflect.Descriptor instead.
 func (*Close) Descriptor() ([]byte, []int) {
-	return file_parley_proto_rawDescGZIP(), []int{15}
+	return file_parley_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *Close) GetCode() Error_Code {
@@ -1265,24 +1530,43 @@ const file_parley_proto_rawDesc = "" +
 	"\x05error\x18\x01 \x01(\v2\x10.parley.v1.ErrorR\x05error\x12\x1f\n" +
 	"\vserver_time\x18\x02 \x01(\x03R\n" +
 	"serverTime\x12\x16\n" +
-	"\x06window\x18\x03 \x01(\rR\x06window\"\xa5\x03\n" +
+	"\x06window\x18\x03 \x01(\rR\x06window\"\xa5\x04\n" +
 	"\x05Frame\x12%\n" +
 	"\x04send\x18\x01 \x01(\v2\x0f.parley.v1.SendH\x00R\x04send\x12\"\n" +
 	"\x03ack\x18\x02 \x01(\v2\x0e.parley.v1.AckH\x00R\x03ack\x12%\n" +
 	"\x04read\x18\x03 \x01(\v2\x0f.parley.v1.ReadH\x00R\x04read\x12%\n" +
-	"\x04ping\x18\x04 \x01(\v2\x0f.parley.v1.PingH\x00R\x04ping\x12/\n" +
+	"\x04ping\x18\x04 \x01(\v2\x0f.parley.v1.PingH\x00R\x04ping\x12A\n" +
+	"\x0eupload_request\x18\x05 \x01(\v2\x18.parley.v1.UploadRequestH\x00R\ruploadRequest\x12/\n" +
 	"\bsend_ack\x18\n" +
 	" \x01(\v2\x12.parley.v1.SendAckH\x00R\asendAck\x12.\n" +
 	"\adeliver\x18\v \x01(\v2\x12.parley.v1.DeliverH\x00R\adeliver\x12\x1f\n" +
 	"\x02ok\x18\f \x01(\v2\r.parley.v1.OkH\x00R\x02ok\x12(\n" +
 	"\x05error\x18\r \x01(\v2\x10.parley.v1.ErrorH\x00R\x05error\x12%\n" +
 	"\x04pong\x18\x0e \x01(\v2\x0f.parley.v1.PongH\x00R\x04pong\x12(\n" +
-	"\x05close\x18\x0f \x01(\v2\x10.parley.v1.CloseH\x00R\x05closeB\x06\n" +
-	"\x04kind\":\n" +
+	"\x05close\x18\x0f \x01(\v2\x10.parley.v1.CloseH\x00R\x05close\x12;\n" +
+	"\fupload_token\x18\x10 \x01(\v2\x16.parley.v1.UploadTokenH\x00R\vuploadTokenB\x06\n" +
+	"\x04kind\"b\n" +
 	"\x04Send\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x0e\n" +
 	"\x02to\x18\x02 \x01(\tR\x02to\x12\x12\n" +
-	"\x04body\x18\x03 \x01(\fR\x04body\"F\n" +
+	"\x04body\x18\x03 \x01(\fR\x04body\x12&\n" +
+	"\x05media\x18\x04 \x01(\v2\x10.parley.v1.MediaR\x05media\"\x1f\n" +
+	"\rUploadRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x04R\x02id\"_\n" +
+	"\vUploadToken\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x14\n" +
+	"\x05token\x18\x02 \x01(\tR\x05token\x12\x10\n" +
+	"\x03url\x18\x03 \x01(\tR\x03url\x12\x18\n" +
+	"\aexpires\x18\x04 \x01(\x03R\aexpires\"\xb3\x01\n" +
+	"\x05Media\x12\x10\n" +
+	"\x03url\x18\x01 \x01(\tR\x03url\x12\x0e\n" +
+	"\x02id\x18\x02 \x01(\tR\x02id\x12\x12\n" +
+	"\x04size\x18\x03 \x01(\x04R\x04size\x12\x12\n" +
+	"\x04mime\x18\x04 \x01(\tR\x04mime\x12\x16\n" +
+	"\x06sha256\x18\x05 \x01(\fR\x06sha256\x12\x1c\n" +
+	"\tthumbnail\x18\x06 \x01(\fR\tthumbnail\x12\x18\n" +
+	"\acaption\x18\a \x01(\tR\acaption\x12\x10\n" +
+	"\x03key\x18\b \x01(\fR\x03key\"F\n" +
 	"\aSendAck\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x1b\n" +
 	"\tserver_id\x18\x02 \x01(\x04R\bserverId\x12\x0e\n" +
@@ -1305,13 +1589,14 @@ const file_parley_proto_rawDesc = "" +
 	"\x04Item\x12.\n" +
 	"\amessage\x18\x01 \x01(\v2\x12.parley.v1.MessageH\x00R\amessage\x12.\n" +
 	"\areceipt\x18\x02 \x01(\v2\x12.parley.v1.ReceiptH\x00R\areceiptB\x06\n" +
-	"\x04kind\"n\n" +
+	"\x04kind\"\x96\x01\n" +
 	"\aMessage\x12\x12\n" +
 	"\x04from\x18\x01 \x01(\tR\x04from\x12\x0e\n" +
 	"\x02id\x18\x02 \x01(\x04R\x02id\x12\x1b\n" +
 	"\tserver_id\x18\x03 \x01(\x04R\bserverId\x12\x0e\n" +
 	"\x02ts\x18\x04 \x01(\x03R\x02ts\x12\x12\n" +
-	"\x04body\x18\x05 \x01(\fR\x04body\"\xbe\x01\n" +
+	"\x04body\x18\x05 \x01(\fR\x04body\x12&\n" +
+	"\x05media\x18\x06 \x01(\v2\x10.parley.v1.MediaR\x05media\"\xbe\x01\n" +
 	"\aReceipt\x12+\n" +
 	"\x04kind\x18\x01 \x01(\x0e2\x17.parley.v1.Receipt.KindR\x04kind\x12\x0e\n" +
 	"\x02by\x18\x02 \x01(\tR\x02by\x12\x10\n" +
@@ -1359,50 +1644,57 @@ func file_parley_proto_rawDescGZIP() []byte {
 }
 
 var file_parley_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_parley_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
+var file_parley_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
 var file_parley_proto_goTypes = []any{
-	(Receipt_Kind)(0),   // 0: parley.v1.Receipt.Kind
-	(Error_Code)(0),     // 1: parley.v1.Error.Code
-	(*Login)(nil),       // 2: parley.v1.Login
-	(*LoginResult)(nil), // 3: parley.v1.LoginResult
-	(*Frame)(nil),       // 4: parley.v1.Frame
-	(*Send)(nil),        // 5: parley.v1.Send
-	(*SendAck)(nil),     // 6: parley.v1.SendAck
-	(*Deliver)(nil),     // 7: parley.v1.Deliver
-	(*Ack)(nil),         // 8: parley.v1.Ack
-	(*Read)(nil),        // 9: parley.v1.Read
-	(*Ping)(nil),        // 10: parley.v1.Ping
-	(*Pong)(nil),        // 11: parley.v1.Pong
-	(*Ok)(nil),          // 12: parley.v1.Ok
-	(*Item)(nil),        // 13: parley.v1.Item
-	(*Message)(nil),     // 14: parley.v1.Message
-	(*Receipt)(nil),     // 15: parley.v1.Receipt
-	(*Error)(nil),       // 16: parley.v1.Error
-	(*Close)(nil),       // 17: parley.v1.Close
+	(Receipt_Kind)(0),     // 0: parley.v1.Receipt.Kind
+	(Error_Code)(0),       // 1: parley.v1.Error.Code
+	(*Login)(nil),         // 2: parley.v1.Login
+	(*LoginResult)(nil),   // 3: parley.v1.LoginResult
+	(*Frame)(nil),         // 4: parley.v1.Frame
+	(*Send)(nil),          // 5: parley.v1.Send
+	(*UploadRequest)(nil), // 6: parley.v1.UploadRequest
+	(*UploadToken)(nil),   // 7: parley.v1.UploadToken
+	(*Media)(nil),         // 8: parley.v1.Media
+	(*SendAck)(nil),       // 9: parley.v1.SendAck
+	(*Deliver)(nil),       // 10: parley.v1.Deliver
+	(*Ack)(nil),           // 11: parley.v1.Ack
+	(*Read)(nil),          // 12: parley.v1.Read
+	(*Ping)(nil),          // 13: parley.v1.Ping
+	(*Pong)(nil),          // 14: parley.v1.Pong
+	(*Ok)(nil),            // 15: parley.v1.Ok
+	(*Item)(nil),          // 16: parley.v1.Item
+	(*Message)(nil),       // 17: parley.v1.Message
+	(*Receipt)(nil),       // 18: parley.v1.Receipt
+	(*Error)(nil),         // 19: parley.v1.Error
+	(*Close)(nil),         // 20: parley.v1.Close
 }
 var file_parley_proto_depIdxs = []int32{
-	16, // 0: parley.v1.LoginResult.error:type_name -> parley.v1.Error
+	19, // 0: parley.v1.LoginResult.error:type_name -> parley.v1.Error
 	5,  // 1: parley.v1.Frame.send:type_name -> parley.v1.Send
-	8,  // 2: parley.v1.Frame.ack:type_name -> parley.v1.Ack
-	9,  // 3: parley.v1.Frame.read:type_name -> parley.v1.Read
-	10, // 4: parley.v1.Frame.ping:type_name -> parley.v1.Ping
-	6,  // 5: parley.v1.Frame.send_ack:type_name -> parley.v1.SendAck
-	7,  // 6: parley.v1.Frame.deliver:type_name -> parley.v1.Deliver
-	12, // 7: parley.v1.Frame.ok:type_name -> parley.v1.Ok
-	16, // 8: parley.v1.Frame.error:type_name -> parley.v1.Error
-	11, // 9: parley.v1.Frame.pong:type_name -> parley.v1.Pong
-	17, // 10: parley.v1.Frame.close:type_name -> parley.v1.Close
-	13, // 11: parley.v1.Deliver.item:type_name -> parley.v1.Item
-	14, // 12: parley.v1.Item.message:type_name -> parley.v1.Message
-	15, // 13: parley.v1.Item.receipt:type_name -> parley.v1.Receipt
-	0,  // 14: parley.v1.Receipt.kind:type_name -> parley.v1.Receipt.Kind
-	1,  // 15: parley.v1.Error.code:type_name -> parley.v1.Error.Code
-	1,  // 16: parley.v1.Close.code:type_name -> parley.v1.Error.Code
-	17, // [17:17] is the sub-list for method output_type
-	17, // [17:17] is the sub-list for method input_type
-	17, // [17:17] is the sub-list for extension type_name
-	17, // [17:17] is the sub-list for extension extendee
-	0,  // [0:17] is the sub-list for field type_name
+	11, // 2: parley.v1.Frame.ack:type_name -> parley.v1.Ack
+	12, // 3: parley.v1.Frame.read:type_name -> parley.v1.Read
+	13, // 4: parley.v1.Frame.ping:type_name -> parley.v1.Ping
+	6,  // 5: parley.v1.Frame.upload_request:type_name -> parley.v1.UploadRequest
+	9,  // 6: parley.v1.Frame.send_ack:type_name -> parley.v1.SendAck
+	10, // 7: parley.v1.Frame.deliver:type_name -> parley.v1.Deliver
+	15, // 8: parley.v1.Frame.ok:type_name -> parley.v1.Ok
+	19, // 9: parley.v1.Frame.error:type_name -> parley.v1.Error
+	14, // 10: parley.v1.Frame.pong:type_name -> parley.v1.Pong
+	20, // 11: parley.v1.Frame.close:type_name -> parley.v1.Close
+	7,  // 12: parley.v1.Frame.upload_token:type_name -> parley.v1.UploadToken
+	8,  // 13: parley.v1.Send.media:type_name -> parley.v1.Media
+	16, // 14: parley.v1.Deliver.item:type_name -> parley.v1.Item
+	17, // 15: parley.v1.Item.message:type_name -> parley.v1.Message
+	18, // 16: parley.v1.Item.receipt:type_name -> parley.v1.Receipt
+	8,  // 17: parley.v1.Message.media:type_name -> parley.v1.Media
+	0,  // 18: parley.v1.Receipt.kind:type_name -> parley.v1.Receipt.Kind
+	1,  // 19: parley.v1.Error.code:type_name -> parley.v1.Error.Code
+	1,  // 20: parley.v1.Close.code:type_name -> parley.v1.Error.Code
+	21, // [21:21] is the sub-list for method output_type
+	21, // [21:21] is the sub-list for method input_type
+	21, // [21:21] is the sub-list for extension type_name
+	21, // [21:21] is the sub-list for extension extendee
+	0,  // [0:21] is the sub-list for field type_name
 }
 
 func init() { file_parley_proto_init() }
@@ -1415,14 +1707,16 @@ func file_parley_proto_init() {
 		(*Frame_Ack)(nil),
 		(*Frame_Read)(nil),
 		(*Frame_Ping)(nil),
+		(*Frame_UploadRequest)(nil),
 		(*Frame_SendAck)(nil),
 		(*Frame_Deliver)(nil),
 		(*Frame_Ok)(nil),
 		(*Frame_Error)(nil),
 		(*Frame_Pong)(nil),
 		(*Frame_Close)(nil),
+		(*Frame_UploadToken)(nil),
 	}
-	file_parley_proto_msgTypes[11].OneofWrappers = []any{
+	file_parley_proto_msgTypes[14].OneofWrappers = []any{
 		(*Item_Message)(nil),
 		(*Item_Receipt)(nil),
 	}
@@ -1432,7 +1726,7 @@ func file_parley_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_parley_proto_rawDesc), len(file_parley_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   16,
+			NumMessages:   19,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
