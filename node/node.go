@@ -55,6 +55,10 @@ type Config struct {
 	// SMSDefaultRegion is the region assumed for numbers given without a
 	// country code (e.g. "US"); empty requires "+<country code>".
 	SMSDefaultRegion string
+	// PerNumber and PerAddr rate-limit registration code requests per phone
+	// number and per client address. Zero values mean account's defaults
+	// (3 per number per 10 minutes, 30 s apart; 20 per address).
+	PerNumber, PerAddr account.RateLimit
 	// Window is the most deliveries a session keeps unacknowledged.
 	// Default 256.
 	Window int
@@ -227,6 +231,8 @@ func (n *Node) startHTTP() error {
 		Accounts:      n.store,
 		SMS:           n.smsGateway(),
 		DefaultRegion: n.cfg.SMSDefaultRegion,
+		PerNumber:     n.cfg.PerNumber,
+		PerAddr:       n.cfg.PerAddr,
 		ServerKey:     n.key.Public,
 		NativeAddr:    n.NativeAddr(),
 		Log:           n.log,

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/lesismal/nbio/logging"
 	"github.com/spf13/cobra"
 
 	"github.com/parleyhq/parley/account"
@@ -46,6 +47,9 @@ SMS gateways (--sms):
 				return err
 			}
 			cfg.Log = log
+			// nbio logs through a process-wide logger of its own; the process
+			// is ours here, so send it through slog with everything else.
+			logging.SetLogger(nbioLog{log.With("component", "eventloop")})
 			if cfg.SMS, err = account.ParseGateway(sms, smsHTTP, log); err != nil {
 				return fmt.Errorf("--sms: %w", err)
 			}
@@ -71,6 +75,10 @@ SMS gateways (--sms):
 	f.StringVar(&smsHTTP.User, "sms-http-user", "", "basic-auth user for the SMS provider")
 	f.StringVar(&smsHTTP.Password, "sms-http-password", "", "basic-auth password for the SMS provider")
 	f.StringVar(&cfg.SMSDefaultRegion, "region", "", "region for numbers without a country code, e.g. US (empty: require +CC)")
+	cfg.PerNumber, cfg.PerAddr = account.DefaultPerNumber(), account.DefaultPerAddr()
+	f.IntVar(&cfg.PerNumber.Max, "reg-per-number", cfg.PerNumber.Max, "code requests allowed per number per "+cfg.PerNumber.Window.String())
+	f.DurationVar(&cfg.PerNumber.MinGap, "reg-min-gap", cfg.PerNumber.MinGap, "least time between two code requests for one number")
+	f.IntVar(&cfg.PerAddr.Max, "reg-per-addr", cfg.PerAddr.Max, "code requests allowed per client address per "+cfg.PerAddr.Window.String())
 	f.IntVar(&cfg.Window, "window", 256, "most unacknowledged deliveries per session")
 	f.IntVar(&cfg.Workers, "workers", 0, "session worker goroutines (0: 4 x CPUs)")
 	f.IntVar(&cfg.Pollers, "pollers", 0, "event-loop goroutines (0: one per CPU)")
@@ -81,6 +89,14 @@ SMS gateways (--sms):
 	f.StringVar(&logFormat, "log-format", "text", "log format: text or json")
 	return cmd
 }
+
+// nbioLog adapts slog to nbio's printf-style logger.
+type nbioLog struct{ l *slog.Logger }
+
+func (n nbioLog) Debug(f string, v ...any) { n.l.Debug(fmt.Sprintf(f, v...)) }
+func (n nbioLog) Info(f string, v ...any)  { n.l.Debug(fmt.Sprintf(f, v...)) }
+func (n nbioLog) Warn(f string, v ...any)  { n.l.Warn(fmt.Sprintf(f, v...)) }
+func (n nbioLog) Error(f string, v ...any) { n.l.Error(fmt.Sprintf(f, v...)) }
 
 func newLogger(level, format string) (*slog.Logger, error) {
 	var lv slog.Level

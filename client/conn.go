@@ -1,0 +1,174 @@
+package client
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"slices"
+	"sync"
+	"syscall"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/parleyhq/parley/noise"
+	"github.com/parleyhq/parley/wire"
+)
+
+// protocolVersion is the native protocol version this SDK speaks.
+const protocolVersion = 1
+
+// writeTimeout bounds one write: a server that takes nothing for this long
+// is gone, and the connection is dropped (and, with Reconnect, replaced)
+// rather than left to block every caller behind the write lock.
+const writeTimeout = 30 * time.Second
+
+// conn is one logged-in connection.
+type conn struct {
+	nc     net.Conn
+	br     *bufio.Reader
+	rx     *noise.Cipher // the reader goroutine's alone
+	window uint32
+	since  time.Time
+
+	// wmu serialises writes: the tx cipher's nonces must reach the server
+	// in the order they were used, so sealing and writing are one step.
+	wmu  sync.Mutex
+	tx   *noise.Cipher
+	wbuf []byte
+
+	// Under Client.mu: acks must never name a seq this connection has not
+	// delivered (the server closes the session for that), so each
+	// connection counts its own.
+	delivered uint64 // highest seq delivered on this connection
+	ackSent   uint64 // highest ack written on this connection
+
+	stopClose func() bool // unregisters the close-on-Client-close hook
+}
+
+// write seals f and writes it. A failed write leaves the stream unusable (a
+// nonce was spent), so it closes the connection; the reader goroutine then
+// sees the failure and reconnects or ends the client.
+func (cn *conn) write(f *wire.Frame) error {
+	cn.wmu.Lock()
+	defer cn.wmu.Unlock()
+	return cn.writeLocked(f)
+}
+
+func (cn *conn) writeLocked(f *wire.Frame) error {
+	b := append(cn.wbuf[:0], 0, 0, 0)
+	b, err := wire.AppendFrame(b, f)
+	if err != nil {
+		return fmt.Errorf("encode frame: %w", err)
+	}
+	b = slices.Grow(b, noise.TagLen)
+	pt := b[wire.HeaderLen:]
+	sealed, err := cn.tx.Seal(pt[:0], pt)
+	if err != nil {
+		cn.nc.Close()
+		return err
+	}
+	b = b[:wire.HeaderLen+len(sealed)]
+	wire.PutHeader(b, len(sealed))
+	cn.nc.SetWriteDeadline(time.Now().Add(writeTimeout))
+	_, err = cn.nc.Write(b)
+	if cap(b) <= 64<<10 {
+		cn.wbuf = b[:0]
+	}
+	if err != nil {
+		cn.nc.Close()
+		return fmt.Errorf("write: %w", err)
+	}
+	return nil
+}
+
+// readFrame reads and decrypts the next frame.
+func (cn *conn) readFrame(buf []byte) (*wire.Frame, []byte, error) {
+	msg, err := wire.ReadMessage(cn.br, buf)
+	if err != nil {
+		return nil, buf, err
+	}
+	pt, err := cn.rx.Open(msg[:0], msg)
+	if err != nil {
+		return nil, msg, err
+	}
+	f := new(wire.Frame)
+	// Unmarshal copies what it keeps, so the buffer is reused next time.
+	if err := proto.Unmarshal(pt, f); err != nil {
+		return nil, msg, fmt.Errorf("decode frame: %w", err)
+	}
+	return f, msg, nil
+}
+
+// connect dials, runs the handshake and logs in. ctx and DialTimeout bound
+// all of it.
+func (c *Client) connect(parent context.Context) (*conn, error) {
+	ctx, cancel := context.WithTimeout(parent, c.cfg.DialTimeout)
+	defer cancel()
+	var d net.Dialer
+	nc, err := d.DialContext(ctx, "tcp", c.cfg.Addr)
+	if err != nil {
+		if parent.Err() != nil {
+			return nil, fmt.Errorf("connect to %s: %w", c.cfg.Addr, parent.Err())
+		}
+		return nil, fmt.Errorf("connect to %s: %w (is the server running, and is this its native address?)", c.cfg.Addr, err)
+	}
+	// A deadline in the past unblocks the handshake's read or write when
+	// ctx ends; net.Conn has no other way to cancel them.
+	stop := context.AfterFunc(ctx, func() { nc.SetDeadline(time.Now()) })
+	cn, err := c.handshake(nc)
+	if !stop() || err != nil {
+		nc.Close()
+		switch {
+		case parent.Err() != nil:
+			return nil, fmt.Errorf("log in to %s: %w", c.cfg.Addr, parent.Err())
+		case ctx.Err() != nil:
+			return nil, fmt.Errorf("log in to %s: no handshake reply within %s (is this a Parley server's native address?)", c.cfg.Addr, c.cfg.DialTimeout)
+		}
+		return nil, err
+	}
+	nc.SetDeadline(time.Time{})
+	return cn, nil
+}
+
+// handshake runs Noise IK with the login in the first message; the reply
+// completes the channel and carries the login result.
+func (c *Client) handshake(nc net.Conn) (*conn, error) {
+	login, err := proto.Marshal(&wire.Login{Phone: c.cfg.Phone, Version: protocolVersion, Agent: c.cfg.Agent})
+	if err != nil {
+		return nil, err
+	}
+	hs, first, err := noise.NewClient(c.cfg.Key, c.cfg.ServerKey, login)
+	if err != nil {
+		return nil, err
+	}
+	out := wire.AppendHeader(make([]byte, 0, wire.HeaderLen+len(first)), len(first))
+	if _, err := nc.Write(append(out, first...)); err != nil {
+		return nil, fmt.Errorf("send handshake to %s: %w", c.cfg.Addr, err)
+	}
+	br := bufio.NewReaderSize(nc, 16<<10)
+	reply, err := wire.ReadMessage(br, nil)
+	if err != nil {
+		// The server answers a first message it cannot decrypt by closing
+		// the connection; nothing else ends a handshake this way.
+		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET) {
+			return nil, fmt.Errorf("%w (%s closed the connection)", ErrHandshake, c.cfg.Addr)
+		}
+		return nil, fmt.Errorf("read handshake reply from %s: %w", c.cfg.Addr, err)
+	}
+	payload, tx, rx, err := hs.Finish(reply)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrHandshake, err)
+	}
+	var res wire.LoginResult
+	if err := proto.Unmarshal(payload, &res); err != nil {
+		return nil, fmt.Errorf("%w: login result does not decode: %v", ErrHandshake, err)
+	}
+	if e := res.GetError(); e != nil {
+		return nil, &LoginError{Code: e.Code, Text: e.Text}
+	}
+	return &conn{nc: nc, br: br, rx: rx, tx: tx, window: res.Window, since: time.Now()}, nil
+}
