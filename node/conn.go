@@ -249,6 +249,7 @@ func (c *conn) onData(data []byte) {
 	if c.failed {
 		return
 	}
+	wasPartial := c.partial != nil
 	buf := data
 	if c.partial != nil {
 		c.partial = append(c.partial, data...)
@@ -275,6 +276,17 @@ func (c *conn) onData(data []byte) {
 		// nothing consumed: keep the buffer as it is
 	default:
 		c.partial = append(make([]byte, 0, len(buf)+512), buf...)
+	}
+	// A logged-in peer that stops in the middle of a message holds a
+	// buffer of up to 64 KiB: give it FrameTimeout to finish. Idle peers
+	// between messages hold nothing and get no timer.
+	if c.rx != nil && !c.failed {
+		switch {
+		case c.partial != nil && !wasPartial:
+			c.nc.SetReadDeadline(time.Now().Add(c.n.cfg.FrameTimeout))
+		case c.partial == nil && wasPartial:
+			c.nc.SetReadDeadline(time.Time{})
+		}
 	}
 }
 

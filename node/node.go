@@ -73,6 +73,9 @@ type Config struct {
 	// HandshakeTimeout closes connections that do not complete the
 	// handshake in time. Default 10s.
 	HandshakeTimeout time.Duration
+	// FrameTimeout closes logged-in connections that stop in the middle
+	// of a message for this long. Default 30s.
+	FrameTimeout time.Duration
 	// Log receives the node's structured log. Default slog.Default().
 	Log *slog.Logger
 }
@@ -98,6 +101,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.HandshakeTimeout <= 0 {
 		c.HandshakeTimeout = 10 * time.Second
+	}
+	if c.FrameTimeout <= 0 {
+		c.FrameTimeout = 30 * time.Second
 	}
 	if c.Log == nil {
 		c.Log = slog.Default()
@@ -200,7 +206,7 @@ func (n *Node) startNative() error {
 		NPoller: n.cfg.Pollers,
 		// The listener is made above so that port 0 works and its address
 		// is known before clients are told where to connect.
-		Listen: func(string, string) (net.Listener, error) { return ln, nil },
+		Listen: func(string, string) (net.Listener, error) { return wrapListener(ln), nil },
 	})
 	e.OnOpen(func(nc *nbio.Conn) {
 		n.metrics.accepted.Add(1)

@@ -475,3 +475,23 @@ func eventListener(log *slog.Logger) *pebble.EventListener {
 		},
 	}
 }
+
+// QueueDepths sums the queues the store has in memory: every queue written
+// to or acked since the store was opened (a queue untouched since a
+// restart is counted once it is next written or acked). It is for
+// monitoring: one pass over the map under its lock.
+func (p *Pebble) QueueDepths() (total int64, maxUser string, maxLen int) {
+	p.qmu.Lock()
+	defer p.qmu.Unlock()
+	for user, st := range p.queues {
+		if st.tail < st.head {
+			continue
+		}
+		n := int(st.tail + 1 - st.head)
+		total += int64(n)
+		if n > maxLen {
+			maxUser, maxLen = user, n
+		}
+	}
+	return total, maxUser, maxLen
+}

@@ -85,6 +85,7 @@ SMS gateways (--sms):
 	f.IntVar(&cfg.MaxQueueLen, "max-queue-len", 100000, "most items waiting for one user")
 	f.DurationVar(&cfg.MaxQueueAge, "max-queue-age", 30*24*time.Hour, "how long an undelivered item waits before it expires")
 	f.DurationVar(&cfg.HandshakeTimeout, "handshake-timeout", 10*time.Second, "close connections that have not logged in by then")
+	f.DurationVar(&cfg.FrameTimeout, "frame-timeout", 30*time.Second, "close logged-in connections that stall mid-message this long")
 	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	f.StringVar(&logFormat, "log-format", "text", "log format: text or json")
 	return cmd

@@ -1,0 +1,213 @@
+package wire
+
+import (
+	"bytes"
+	"errors"
+	"testing"
+
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
+)
+
+// seedSendFrame is the encoding of a valid Send frame.
+func seedSendFrame(tb testing.TB) []byte {
+	tb.Helper()
+	b, err := AppendFrame(nil, &Frame{Kind: &Frame_Send{Send: &Send{Id: 7, To: "+14155550101", Body: []byte("hello")}}})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return b
+}
+
+// unknownFieldFrame is a Frame holding only field 99, which no version of
+// the schema defines.
+func unknownFieldFrame() []byte {
+	b := protowire.AppendTag(nil, 99, protowire.BytesType)
+	return protowire.AppendBytes(b, []byte("from the future"))
+}
+
+// framed prefixes each message with its length.
+func framed(msgs ...[]byte) []byte {
+	var out []byte
+	for _, m := range msgs {
+		out = AppendHeader(out, len(m))
+		out = append(out, m...)
+	}
+	return out
+}
+
+// FuzzNext feeds arbitrary stream bytes to Next and splits as a reader
+// would: Next must never panic, never return a message over MaxMessage, and
+// what it returns must account for the input exactly.
+func FuzzNext(f *testing.F) {
+	f.Add(framed(seedSendFrame(f)))
+	f.Add([]byte{})
+	f.Add([]byte{0x01, 0x00, 0x00, 'x'})                     // oversized prefix (65536)
+	f.Add([]byte{0xff, 0xff, 0xff})                          // largest prefix
+	f.Add([]byte{0x00, 0xff, 0xff})                          // MaxMessage, body missing
+	f.Add(framed(unknownFieldFrame(), seedSendFrame(f))[:9]) // partial second message
+	f.Add(framed(nil, nil, []byte("abc")))                   // empty messages
+	f.Add([]byte("GET / HTTP/1.1\r\n\r\n"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		in := append([]byte(nil), data...)
+		buf := data
+		consumed := 0
+		for {
+			msg, rest, ok, err := Next(buf)
+			if err != nil {
+				if !errors.Is(err, ErrTooLarge) {
+					t.Fatalf("Next error %v, want ErrTooLarge", err)
+				}
+				if ok || msg != nil {
+					t.Fatalf("Next returned ok=%v msg of %d bytes with an error", ok, len(msg))
+				}
+				if len(buf) < HeaderLen {
+					t.Fatalf("ErrTooLarge from a %d-byte buffer", len(buf))
+				}
+				n := int(buf[0])<<16 | int(buf[1])<<8 | int(buf[2])
+				if n <= MaxMessage {
+					t.Fatalf("ErrTooLarge for prefix %d", n)
+				}
+				break
+			}
+			if !ok {
+				if msg != nil {
+					t.Fatalf("ok=false with a %d-byte message", len(msg))
+				}
+				if !bytes.Equal(rest, buf) {
+					t.Fatalf("ok=false but rest (%d bytes) is not the whole buffer (%d bytes)", len(rest), len(buf))
+				}
+				if len(buf) >= HeaderLen {
+					n := int(buf[0])<<16 | int(buf[1])<<8 | int(buf[2])
+					if len(buf) >= HeaderLen+n {
+						t.Fatalf("ok=false with a complete %d-byte message buffered", n)
+					}
+				}
+				break
+			}
+			if len(msg) > MaxMessage {
+				t.Fatalf("message of %d bytes, over MaxMessage", len(msg))
+			}
+			if HeaderLen+len(msg)+len(rest) != len(buf) {
+				t.Fatalf("header %d + msg %d + rest %d != buffer %d", HeaderLen, len(msg), len(rest), len(buf))
+			}
+			n := int(buf[0])<<16 | int(buf[1])<<8 | int(buf[2])
+			if n != len(msg) {
+				t.Fatalf("prefix says %d, message is %d bytes", n, len(msg))
+			}
+			if !bytes.Equal(msg, in[consumed+HeaderLen:consumed+HeaderLen+n]) {
+				t.Fatal("message is not the bytes after its prefix")
+			}
+			consumed += HeaderLen + n
+			buf = rest
+		}
+		if !bytes.Equal(buf, in[consumed:]) {
+			t.Fatal("unconsumed tail is not the end of the input")
+		}
+		if !bytes.Equal(data, in) {
+			t.Fatal("Next modified its input")
+		}
+	})
+}
+
+// FuzzDecodeFrame feeds arbitrary bytes to DecodeFrame: it must never panic,
+// and a frame it accepts must validate and survive re-encoding.
+func FuzzDecodeFrame(f *testing.F) {
+	f.Add(seedSendFrame(f))
+	f.Add([]byte{})
+	f.Add([]byte{0x01, 0x00, 0x00}) // an oversized length prefix, as frame bytes
+	f.Add(unknownFieldFrame())
+	f.Add(append(unknownFieldFrame(), seedSendFrame(f)...))
+	for _, fr := range []*Frame{
+		{Kind: &Frame_Ack{Ack: &Ack{Seq: 3}}},
+		{Kind: &Frame_Read{Read: &Read{Id: 1, To: "+14155550102", Ids: []uint64{1, 2, 3}}}},
+		{Kind: &Frame_Ping{Ping: &Ping{Id: 9}}},
+		{Kind: &Frame_Deliver{Deliver: &Deliver{Seq: 1, Item: &Item{Kind: &Item_Message{Message: &Message{From: "+14155550101", Id: 1, Body: []byte("x")}}}}}},
+		{Kind: &Frame_Close{Close: &Close{Code: Error_BAD_FRAME, Text: "bye"}}},
+		{Kind: &Frame_Send{Send: &Send{Id: 1, To: "+14155550102", Body: make([]byte, MaxBody+1)}}},
+		{Kind: &Frame_Send{Send: &Send{Id: 1}}},
+		{Kind: &Frame_Ack{}},
+	} {
+		b, err := AppendFrame(nil, fr)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b)
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		var fr Frame
+		if err := DecodeFrame(data, &fr); err != nil {
+			return
+		}
+		if err := Validate(&fr); err != nil {
+			t.Fatalf("DecodeFrame accepted a frame Validate rejects: %v", err)
+		}
+		enc, err := AppendFrame(nil, &fr)
+		if err != nil {
+			t.Fatalf("re-encode: %v", err)
+		}
+		var again Frame
+		if err := DecodeFrame(enc, &again); err != nil {
+			t.Fatalf("decode of re-encoded frame: %v", err)
+		}
+		if !proto.Equal(&fr, &again) {
+			t.Fatalf("round trip changed the frame:\n first %v\nsecond %v", &fr, &again)
+		}
+	})
+}
+
+func TestNext(t *testing.T) {
+	send := seedSendFrame(t)
+	one := framed(send)
+	two := framed(send, []byte("second"))
+	big := make([]byte, MaxMessage)
+	for _, tc := range []struct {
+		name     string
+		in       []byte
+		wantMsgs [][]byte
+		wantRest []byte
+		wantErr  error
+	}{
+		{name: "empty", in: nil, wantRest: nil},
+		{name: "partial header", in: one[:2], wantRest: one[:2]},
+		{name: "header only", in: one[:HeaderLen], wantRest: one[:HeaderLen]},
+		{name: "partial body", in: one[:len(one)-1], wantRest: one[:len(one)-1]},
+		{name: "exact", in: one, wantMsgs: [][]byte{send}},
+		{name: "empty message", in: []byte{0, 0, 0}, wantMsgs: [][]byte{{}}},
+		{name: "two back to back", in: two, wantMsgs: [][]byte{send, []byte("second")}},
+		{name: "one and a partial", in: two[:len(one)+4], wantMsgs: [][]byte{send}, wantRest: two[len(one) : len(one)+4]},
+		{name: "largest allowed", in: framed(big), wantMsgs: [][]byte{big}},
+		{name: "oversized", in: []byte{0x01, 0x00, 0x00, 'x'}, wantRest: []byte{0x01, 0x00, 0x00, 'x'}, wantErr: ErrTooLarge},
+		{name: "oversized header alone", in: []byte{0xff, 0xff, 0xff}, wantRest: []byte{0xff, 0xff, 0xff}, wantErr: ErrTooLarge},
+		{name: "oversized after a good one", in: append(framed(send), 0x01, 0x00, 0x00), wantMsgs: [][]byte{send}, wantRest: []byte{0x01, 0x00, 0x00}, wantErr: ErrTooLarge},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			buf := tc.in
+			var got [][]byte
+			var err error
+			for {
+				var msg []byte
+				var ok bool
+				msg, buf, ok, err = Next(buf)
+				if err != nil || !ok {
+					break
+				}
+				got = append(got, msg)
+			}
+			if !errors.Is(err, tc.wantErr) {
+				t.Fatalf("error %v, want %v", err, tc.wantErr)
+			}
+			if len(got) != len(tc.wantMsgs) {
+				t.Fatalf("got %d messages, want %d", len(got), len(tc.wantMsgs))
+			}
+			for i := range got {
+				if !bytes.Equal(got[i], tc.wantMsgs[i]) {
+					t.Fatalf("message %d is %q, want %q", i, got[i], tc.wantMsgs[i])
+				}
+			}
+			if !bytes.Equal(buf, tc.wantRest) {
+				t.Fatalf("rest is %q, want %q", buf, tc.wantRest)
+			}
+		})
+	}
+}
