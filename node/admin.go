@@ -1,6 +1,7 @@
 package node
 
 import (
+	"crypto/subtle"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -24,19 +25,42 @@ import (
 // default; the public registration path stays exactly as strict.
 func (n *Node) adminHandler() http.Handler {
 	mux := http.NewServeMux()
+	// Health stays open: load balancers and supervisors probe it.
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]any{
-			"status":   "ok",
-			"sessions": n.router.len(),
-			"accepted": n.metrics.accepted.Load(),
-			"logins":   n.metrics.logins.Load(),
-			"commits":  n.metrics.commits.Load(),
-			"backlog":  n.pool.backlog(),
+			"status":      "ok",
+			"sessions":    n.router.len(),
+			"connections": n.counts.open.Load(),
+			"logins":      n.counts.logins.Load(),
+			"commits":     n.counts.commits.Load(),
+			"backlog":     n.pool.backlog(),
 		})
 	})
-	mux.HandleFunc("GET /admin/process", n.handleProcess)
-	mux.HandleFunc("POST /admin/accounts/bulk", n.handleBulkAccounts)
+	mux.Handle("GET /admin/process", n.requireToken(http.HandlerFunc(n.handleProcess)))
+	mux.Handle("POST /admin/accounts/bulk", n.requireToken(http.HandlerFunc(n.handleBulkAccounts)))
+	// Metrics, sessions, alerts, stats and the dashboard (at "/"); the
+	// monitor checks the token itself, letting the static page load.
+	mux.Handle("/", n.monitor.Handler())
 	return mux
+}
+
+// requireToken guards an admin endpoint with the admin token, if one is set.
+func (n *Node) requireToken(h http.Handler) http.Handler {
+	if n.cfg.AdminToken == "" {
+		return h
+	}
+	want := []byte("Bearer " + n.cfg.AdminToken)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got := []byte(r.Header.Get("Authorization"))
+		if q := r.URL.Query().Get("token"); q != "" {
+			got = []byte("Bearer " + q)
+		}
+		if subtle.ConstantTimeCompare(got, want) != 1 {
+			writeError(w, http.StatusUnauthorized, "unauthorized", "the admin listener needs its token: send Authorization: Bearer <token>")
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {
@@ -69,9 +93,9 @@ func (n *Node) handleProcess(w http.ResponseWriter, r *http.Request) {
 	st := ProcessStats{
 		Goroutines:  runtime.NumGoroutine(),
 		Sessions:    n.router.len(),
-		Connections: n.metrics.accepted.Load() - n.metrics.closed.Load(),
-		Logins:      n.metrics.logins.Load(),
-		Commits:     n.metrics.commits.Load(),
+		Connections: n.counts.open.Load(),
+		Logins:      n.counts.logins.Load(),
+		Commits:     n.counts.commits.Load(),
 		Backlog:     n.pool.backlog(),
 		Time:        time.Now().UnixNano(),
 	}

@@ -568,9 +568,9 @@ func (tn *testNode) login(t *testing.T, phone string) *rawConn {
 func (tn *testNode) waitSessions(t *testing.T, want int) {
 	t.Helper()
 	deadline := time.Now().Add(ioGuard)
-	for tn.n.Sessions() != want {
+	for tn.n.SessionCount() != want {
 		if time.Now().After(deadline) {
-			t.Fatalf("the node has %d sessions, want %d", tn.n.Sessions(), want)
+			t.Fatalf("the node has %d sessions, want %d", tn.n.SessionCount(), want)
 		}
 		time.Sleep(5 * time.Millisecond)
 	}

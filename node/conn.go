@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/lesismal/nbio"
@@ -62,11 +63,23 @@ type conn struct {
 	tx   *noise.Cipher
 	core *session.Core
 
+	// read by the monitor from its own goroutine
+	stage           atomic.Uint32 // stageNew, stageRefused, stageLoggedIn
+	msgsIn, msgsOut atomic.Uint64
+	inflight        atomic.Int32
+
 	mu        sync.Mutex
 	mbox      []event
 	scheduled bool
 	dead      bool
+	schedAt   int64 // when the actor was last queued for a worker
 }
+
+const (
+	stageNew uint32 = iota
+	stageRefused
+	stageLoggedIn
+)
 
 // post appends ev to the mailbox and schedules the actor if it is idle. It
 // never blocks: it is called from the event loop and from commit callbacks.
@@ -81,7 +94,10 @@ func (c *conn) post(ev event) {
 	}
 	c.mbox = append(c.mbox, ev)
 	sched := !c.scheduled
-	c.scheduled = true
+	if sched {
+		c.scheduled = true
+		c.schedAt = time.Now().UnixNano()
+	}
 	c.mu.Unlock()
 	if sched {
 		c.n.pool.push(c)
@@ -104,9 +120,13 @@ func (c *conn) run(w *worker) {
 			return
 		}
 		if round == maxRounds {
+			c.schedAt = time.Now().UnixNano()
 			c.mu.Unlock()
 			c.n.pool.push(c)
 			return
+		}
+		if round == 0 {
+			c.n.noteLag(time.Now().UnixNano() - c.schedAt)
 		}
 		c.mbox = nil
 		c.mu.Unlock()
@@ -139,6 +159,9 @@ func (c *conn) handle(w *worker, ev *event) bool {
 	}
 	switch ev.kind {
 	case evFrame:
+		if _, ok := ev.frame.Kind.(*wire.Frame_Send); ok {
+			c.msgsIn.Add(1)
+		}
 		return c.step(w, session.Received{Frame: ev.frame})
 	case evCommitted:
 		return c.step(w, session.Committed{Result: ev.res})
@@ -152,10 +175,11 @@ func (c *conn) handle(w *worker, ev *event) bool {
 
 func (c *conn) start(w *worker) bool {
 	c.core = session.New(session.Config{
-		User:   c.user,
-		Window: c.n.cfg.Window,
-		Now:    func() int64 { return time.Now().UnixNano() },
-		NewID:  c.n.ids.next,
+		User:        c.user,
+		Window:      c.n.cfg.Window,
+		Now:         func() int64 { return time.Now().UnixNano() },
+		NewID:       c.n.ids.next,
+		IssueUpload: c.n.issueUpload,
 	})
 	if prev := c.n.router.register(c.user, c); prev != nil && prev != c {
 		prev.post(event{kind: evKick, code: wire.Error_REPLACED, text: "this account logged in on a newer connection"})
@@ -188,8 +212,12 @@ func (c *conn) step(w *worker, ev any) (closeNow bool) {
 			c.n.log.Info("closing session", "user", c.user, "conn", c.id(), "code", rd.Close.Code.String(), "reason", rd.Close.Text)
 			closeNow = true
 		}
+		for _, d := range rd.AckDelays {
+			c.n.mx.DeliverToAck.Observe(float64(d) / 1e9)
+		}
 		load := rd.Load
 		c.core.Advance()
+		c.inflight.Store(int32(c.core.Inflight()))
 		if load == nil || closeNow {
 			return closeNow
 		}
@@ -203,6 +231,14 @@ func (c *conn) step(w *worker, ev any) (closeNow bool) {
 
 // encode appends one sealed, length-prefixed frame to the worker's buffer.
 func (c *conn) encode(w *worker, f *wire.Frame) error {
+	c.n.mx.FramesOut.Inc()
+	if d, ok := f.Kind.(*wire.Frame_Deliver); ok {
+		if m := d.Deliver.GetItem().GetMessage(); m != nil {
+			c.msgsOut.Add(1)
+			c.n.mx.MessagesOut.Inc()
+			c.n.mx.SendToDeliver.Observe(float64(time.Now().UnixNano()-m.Ts) / 1e9)
+		}
+	}
 	off := len(w.out)
 	out := append(w.out, 0, 0, 0)
 	out, err := wire.AppendFrame(out, f)
@@ -258,6 +294,10 @@ func (c *conn) onData(data []byte) {
 	for {
 		msg, rest, ok, err := wire.Next(buf)
 		if err != nil {
+			if c.rx == nil {
+				c.stage.Store(stageRefused)
+				c.n.mx.HandshakeFailures.BadFrame.Inc()
+			}
 			c.fail(wire.Error_BAD_FRAME, err.Error())
 			return
 		}
@@ -305,6 +345,7 @@ func (c *conn) onMessage(msg []byte) bool {
 		c.fail(wire.Error_BAD_FRAME, err.Error())
 		return false
 	}
+	c.n.mx.FramesIn.Inc()
 	c.post(event{kind: evFrame, frame: f})
 	return true
 }
@@ -314,7 +355,7 @@ func (c *conn) onMessage(msg []byte) bool {
 func (c *conn) fail(code wire.Error_Code, text string) {
 	c.failed = true
 	c.partial = nil
-	c.n.metrics.badInput.Add(1)
+	c.n.mx.BadInput.Inc()
 	if c.rx == nil {
 		c.n.log.Info("connection refused", "conn", c.id(), "reason", text)
 		c.nc.Close()
@@ -327,10 +368,10 @@ func (c *conn) fail(code wire.Error_Code, text string) {
 // client's static key and the login, so the reply both completes the
 // handshake and says whether the login succeeded.
 func (c *conn) handshake(msg []byte) bool {
-	c.n.metrics.handshakes.Add(1)
 	hs, peer, payload, err := noise.Accept(c.n.key, msg)
 	if err != nil {
-		c.n.metrics.handshakeFailures.Add(1)
+		c.stage.Store(stageRefused)
+		c.n.mx.HandshakeFailures.BadHandshake.Inc()
 		c.fail(wire.Error_LOGIN_FAILED, err.Error())
 		return false
 	}
@@ -369,7 +410,9 @@ func (c *conn) handshake(msg []byte) bool {
 	out := make([]byte, 0, wire.HeaderLen+len(reply))
 	out = append(wire.AppendHeader(out, len(reply)), reply...)
 	if _, err := c.nc.Write(out); err != nil || res.Error != nil {
-		c.n.metrics.loginFailures.Add(1)
+		c.stage.Store(stageRefused)
+		c.n.mx.LoginFailures.Inc()
+		c.n.mx.HandshakeFailures.LoginRefused.Inc()
 		c.n.log.Info("login refused", "user", login.Phone, "conn", c.id(), "reason", res.Error.GetText())
 		c.failed = true
 		c.nc.Close()
@@ -377,7 +420,9 @@ func (c *conn) handshake(msg []byte) bool {
 	}
 	c.nc.SetReadDeadline(time.Time{})
 	c.user, c.gen = login.Phone, acct.Generation
-	c.n.metrics.logins.Add(1)
+	c.stage.Store(stageLoggedIn)
+	c.n.counts.logins.Add(1)
+	c.n.mx.Logins.Inc()
 	c.post(event{kind: evStart})
 	return true
 }

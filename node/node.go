@@ -16,6 +16,7 @@ package node
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -29,8 +30,11 @@ import (
 	"time"
 
 	"github.com/lesismal/nbio"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/parleyhq/parley/account"
+	"github.com/parleyhq/parley/media"
+	"github.com/parleyhq/parley/monitor"
 	"github.com/parleyhq/parley/noise"
 	"github.com/parleyhq/parley/store"
 	"github.com/parleyhq/parley/wire"
@@ -76,6 +80,22 @@ type Config struct {
 	// FrameTimeout closes logged-in connections that stop in the middle
 	// of a message for this long. Default 30s.
 	FrameTimeout time.Duration
+	// AdminToken, when set, is required (Authorization: Bearer) on the
+	// admin listener. It must be set when Admin is not a loopback address.
+	AdminToken string
+	// AlertWebhook, if set, receives a JSON POST when an alert fires or
+	// clears.
+	AlertWebhook string
+	// Alerts are the queue-watch thresholds; zero fields mean monitor's
+	// defaults.
+	Alerts monitor.Thresholds
+	// PublicURL is the HTTP API's base URL as clients reach it (media
+	// links and upload URLs are built on it). Default: http:// + HTTP.
+	PublicURL string
+	// MediaMaxSize bounds one upload (default 64 MiB); MediaTTL is how
+	// long media are kept (default 30 days).
+	MediaMaxSize int64
+	MediaTTL     time.Duration
 	// Log receives the node's structured log. Default slog.Default().
 	Log *slog.Logger
 }
@@ -110,13 +130,13 @@ func (c *Config) setDefaults() {
 	}
 }
 
-// metrics are the node's counters; exported on the admin listener.
-type metrics struct {
-	accepted, closed                atomic.Int64
-	handshakes, handshakeFailures   atomic.Int64
-	logins, loginFailures, badInput atomic.Int64
-	commits, commitErrors, expired  atomic.Int64
-	pushes                          atomic.Int64
+// counts are the figures the admin endpoints read back directly; every
+// other figure is a Prometheus metric in mx.
+type counts struct {
+	open, logins, commits atomic.Int64
+	// maxLag is the longest a session waited for a worker since the
+	// monitor last asked (nanoseconds): the actor system's loop lag.
+	maxLag atomic.Int64
 }
 
 // Node is one running Parley server.
@@ -129,7 +149,10 @@ type Node struct {
 	router  *router
 	pool    *pool
 	engine  *nbio.Engine
-	metrics metrics
+	counts  counts
+	mx      *monitor.Metrics
+	monitor *monitor.Monitor
+	media   *media.Service
 
 	nativeLn          net.Listener
 	httpLn, adminLn   net.Listener
@@ -147,7 +170,11 @@ type Node struct {
 // listener. The node runs until Close.
 func Start(ctx context.Context, cfg Config) (n *Node, err error) {
 	cfg.setDefaults()
-	n = &Node{cfg: cfg, log: cfg.Log, router: newRouter()}
+	if !monitor.Loopback(cfg.Admin) && cfg.AdminToken == "" {
+		return nil, fmt.Errorf("admin listener %s is not on loopback: set an admin token (--admin-token) so that only operators reach it", cfg.Admin)
+	}
+	reg := prometheus.NewRegistry()
+	n = &Node{cfg: cfg, log: cfg.Log, router: newRouter(), mx: monitor.NewMetrics(reg)}
 	defer func() {
 		if err != nil {
 			n.Close()
@@ -168,15 +195,29 @@ func Start(ctx context.Context, cfg Config) (n *Node, err error) {
 		MaxQueueLen: cfg.MaxQueueLen,
 		MaxAge:      cfg.MaxQueueAge,
 		OnExpire: func(user string, it store.Item) {
-			n.metrics.expired.Add(1)
+			n.mx.Expired.Inc()
 			n.log.Warn("queue item expired undelivered", "user", user, "seq", it.Seq, "queued", time.Unix(0, it.TS))
 		},
+		OnGroup: func(batches int) { n.mx.CommitBatchSize.Observe(float64(batches)) },
 	}, n.log)
 	if err != nil {
 		return nil, fmt.Errorf("open store: %w", err)
 	}
 	n.ids = &idGen{st: n.store}
 	n.pool = newPool(cfg.Workers)
+	n.monitor, err = monitor.New(monitor.Config{
+		Source:       n,
+		Metrics:      n.mx,
+		Registry:     reg,
+		Thresholds:   cfg.Alerts,
+		Webhook:      cfg.AlertWebhook,
+		Log:          n.log,
+		AdminToken:   cfg.AdminToken,
+		RequireToken: cfg.AdminToken != "",
+	})
+	if err != nil {
+		return nil, fmt.Errorf("monitor: %w", err)
+	}
 
 	if err := n.startNative(); err != nil {
 		return nil, err
@@ -187,6 +228,12 @@ func Start(ctx context.Context, cfg Config) (n *Node, err error) {
 	bgCtx, stop := context.WithCancel(context.Background())
 	n.stopBG = stop
 	n.every(bgCtx, time.Minute, func(now time.Time) { n.accounts.Sweep(now) })
+	n.background(func() { n.monitor.Run(bgCtx) })
+	n.background(func() {
+		if err := n.media.Run(bgCtx); err != nil {
+			n.log.Error("media sweeper stopped", "err", err)
+		}
+	})
 	n.log.Info("parley node started",
 		"native", n.NativeAddr(), "http", n.HTTPURL(), "admin", n.AdminURL(),
 		"data", cfg.DataDir, "server_key", fmt.Sprintf("%x", n.key.Public))
@@ -209,7 +256,9 @@ func (n *Node) startNative() error {
 		Listen: func(string, string) (net.Listener, error) { return wrapListener(ln), nil },
 	})
 	e.OnOpen(func(nc *nbio.Conn) {
-		n.metrics.accepted.Add(1)
+		n.mx.Accepted.Inc()
+		n.mx.ConnectionsOpen.Inc()
+		n.counts.open.Add(1)
 		c := &conn{n: n, nc: nc}
 		nc.SetSession(c)
 		nc.SetReadDeadline(time.Now().Add(n.cfg.HandshakeTimeout))
@@ -220,8 +269,15 @@ func (n *Node) startNative() error {
 		}
 	})
 	e.OnClose(func(nc *nbio.Conn, err error) {
-		n.metrics.closed.Add(1)
+		n.mx.Closed.Inc()
+		n.mx.ConnectionsOpen.Dec()
+		n.counts.open.Add(-1)
 		if c, ok := nc.Session().(*conn); ok {
+			if c.stage.Load() == stageNew {
+				// Closed before the handshake finished: the deadline, or
+				// a peer that gave up.
+				n.mx.HandshakeFailures.Timeout.Inc()
+			}
 			c.post(event{kind: evClosed})
 		}
 	})
@@ -258,10 +314,34 @@ func (n *Node) startHTTP() error {
 	if n.httpLn, err = net.Listen("tcp", n.cfg.HTTP); err != nil {
 		return fmt.Errorf("HTTP listener on %s: %w (choose another address with --http)", n.cfg.HTTP, err)
 	}
+	if n.cfg.PublicURL == "" {
+		n.cfg.PublicURL = "http://" + n.httpLn.Addr().String()
+	}
+	secret, err := loadOrCreateSecret(filepath.Join(n.cfg.DataDir, "media.secret"))
+	if err != nil {
+		return err
+	}
+	n.media, err = media.New(media.Config{
+		Dir:     filepath.Join(n.cfg.DataDir, "media"),
+		Secret:  secret,
+		MaxSize: n.cfg.MediaMaxSize,
+		TTL:     n.cfg.MediaTTL,
+		BaseURL: n.cfg.PublicURL,
+		Log:     n.log,
+	})
+	if err != nil {
+		return fmt.Errorf("media: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/v1/media", n.media.Handler())
+	mux.Handle("/v1/media/", n.media.Handler())
+	mux.Handle("/", svc.Handler())
 	if n.adminLn, err = net.Listen("tcp", n.cfg.Admin); err != nil {
 		return fmt.Errorf("admin listener on %s: %w (choose another address with --admin)", n.cfg.Admin, err)
 	}
-	n.httpSrv = &http.Server{Handler: svc.Handler(), ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(n.log.Handler(), slog.LevelWarn)}
+	// No whole-request ReadTimeout: media uploads of 64 MiB are slow on
+	// slow links; the media handler cuts off stalled uploads itself.
+	n.httpSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(n.log.Handler(), slog.LevelWarn)}
 	n.adminSrv = &http.Server{Handler: n.adminHandler(), ReadHeaderTimeout: 10 * time.Second}
 	go n.httpSrv.Serve(n.httpLn)
 	go n.adminSrv.Serve(n.adminLn)
@@ -285,11 +365,58 @@ func (n *Node) HTTPURL() string { return "http://" + n.httpLn.Addr().String() }
 // AdminURL is the admin listener's base URL.
 func (n *Node) AdminURL() string { return "http://" + n.adminLn.Addr().String() }
 
+// issueUpload answers a session's UploadRequest.
+func (n *Node) issueUpload(user string) (token, url string, expires int64) {
+	tok, exp := n.media.IssueUploadToken(user)
+	return tok, n.cfg.PublicURL + "/v1/media", exp.UnixNano()
+}
+
+// noteLag records how long a session waited for a worker.
+func (n *Node) noteLag(ns int64) {
+	for {
+		cur := n.counts.maxLag.Load()
+		if ns <= cur || n.counts.maxLag.CompareAndSwap(cur, ns) {
+			return
+		}
+	}
+}
+
+// Totals implements monitor.Source.
+func (n *Node) Totals() monitor.Totals {
+	total, maxUser, maxLen := n.store.QueueDepths()
+	return monitor.Totals{
+		Connections:       int(n.counts.open.Load()),
+		Sessions:          n.router.len(),
+		Backlog:           n.pool.backlog(),
+		QueueDepthTotal:   total,
+		QueueDepthMaxUser: maxUser,
+		QueueDepthMax:     maxLen,
+		LoopLag:           time.Duration(n.counts.maxLag.Swap(0)),
+	}
+}
+
+// Sessions implements monitor.Source: one row per logged-in session.
+func (n *Node) Sessions() []monitor.SessionStat {
+	var out []monitor.SessionStat
+	n.router.each(func(c *conn) {
+		c.mu.Lock()
+		mbox := len(c.mbox)
+		c.mu.Unlock()
+		queued, _ := n.store.QueueLen(c.user)
+		out = append(out, monitor.SessionStat{
+			User: c.user, Conn: c.id(),
+			MsgsIn: c.msgsIn.Load(), MsgsOut: c.msgsOut.Load(),
+			Mailbox: mbox, Inflight: int(c.inflight.Load()), Queued: queued,
+		})
+	})
+	return out
+}
+
 // PublicKey is the server's static Noise public key, which clients pin.
 func (n *Node) PublicKey() []byte { return n.key.Public }
 
-// Sessions is the number of logged-in sessions.
-func (n *Node) Sessions() int { return n.router.len() }
+// SessionCount is the number of logged-in sessions.
+func (n *Node) SessionCount() int { return n.router.len() }
 
 // commit hands a session's batch to the store. The callback runs on the
 // store's committer goroutine: it routes every committed append to the
@@ -297,20 +424,33 @@ func (n *Node) Sessions() int { return n.router.len() }
 // mailbox. Routing here rather than in the sender's actor keeps delivery
 // going even if the sender disconnects before its commit lands.
 func (n *Node) commit(c *conn, b *store.Batch) {
+	start := time.Now()
 	n.store.Commit(b, func(r store.Result) {
-		n.metrics.commits.Add(1)
-		if r.Err != nil {
-			n.metrics.commitErrors.Add(1)
-		} else if r.Dup == nil {
+		n.counts.commits.Add(1)
+		n.mx.CommitLatency.Observe(time.Since(start).Seconds())
+		if r.Err == nil && r.Dup == nil {
+			if b.Dedup != nil {
+				n.mx.MessagesIn.Add(float64(len(b.Appends)))
+			} else {
+				n.mx.Receipts.Add(float64(len(b.Appends)))
+			}
 			for i, a := range b.Appends {
 				if to := n.router.lookup(a.To); to != nil {
-					n.metrics.pushes.Add(1)
 					to.post(event{kind: evPush, seq: r.Seqs[i], data: a.Data})
 				}
 			}
 		}
 		c.post(event{kind: evCommitted, res: r})
 	})
+}
+
+// background runs f on a goroutine that Close waits for.
+func (n *Node) background(f func()) {
+	n.bg.Add(1)
+	go func() {
+		defer n.bg.Done()
+		f()
+	}()
 }
 
 // every runs f every d on one goroutine until ctx ends.
@@ -369,6 +509,29 @@ func (n *Node) Close() error {
 		n.log.Info("parley node stopped")
 	})
 	return n.closeErr
+}
+
+// loadOrCreateSecret reads the 32-byte secret kept at path, creating it on
+// first start so that tokens signed with it survive restarts.
+func loadOrCreateSecret(path string) ([]byte, error) {
+	b, err := os.ReadFile(path)
+	if err == nil {
+		if len(b) != 32 {
+			return nil, fmt.Errorf("secret file %s is %d bytes, want 32: remove it to make a new one (outstanding upload tokens stop working)", path, len(b))
+		}
+		return b, nil
+	}
+	if !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("read secret: %w", err)
+	}
+	b = make([]byte, 32)
+	if _, err := rand.Read(b); err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(path, b, 0o600); err != nil {
+		return nil, fmt.Errorf("write secret: %w", err)
+	}
+	return b, nil
 }
 
 // idGen hands out server message ids from blocks reserved durably in the

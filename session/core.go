@@ -47,6 +47,9 @@ type Ready struct {
 	Writes []*store.Batch
 	Load   *Load
 	Close  *wire.Close
+	// AckDelays holds, for each item acked, the nanoseconds from its
+	// delivery to its ack (for the deliver->ack latency histogram).
+	AckDelays []int64
 }
 
 // Event kinds a Core accepts.
@@ -97,6 +100,7 @@ type pending struct {
 // delivered receipt when it is acked.
 type inflight struct {
 	seq      uint64
+	at       int64  // when it was delivered
 	from     string // "" for receipts, which get no receipt of their own
 	id       uint64
 	serverID uint64
@@ -145,7 +149,7 @@ func (c *Core) Ready() Ready { return c.rd }
 func (c *Core) Advance() {
 	clear(c.rd.Frames)
 	clear(c.rd.Writes)
-	c.rd = Ready{Frames: c.rd.Frames[:0], Writes: c.rd.Writes[:0]}
+	c.rd = Ready{Frames: c.rd.Frames[:0], Writes: c.rd.Writes[:0], AckDelays: c.rd.AckDelays[:0]}
 }
 
 // Step applies one event.
@@ -256,6 +260,7 @@ func (c *Core) onAck(seq uint64) {
 	var bySender map[string]*wire.Receipt
 	var order []string
 	for _, it := range c.inflight[:n] {
+		c.rd.AckDelays = append(c.rd.AckDelays, now-it.at)
 		if it.from == "" {
 			continue
 		}
@@ -400,7 +405,7 @@ func (c *Core) deliver(seq uint64, data []byte) bool {
 		c.close(wire.Error_INTERNAL, fmt.Sprintf("queue item %d is corrupt: %v", seq, err))
 		return false
 	}
-	fl := inflight{seq: seq}
+	fl := inflight{seq: seq, at: c.cfg.Now()}
 	if m := it.GetMessage(); m != nil {
 		fl.from, fl.id, fl.serverID = m.From, m.Id, m.ServerId
 	}

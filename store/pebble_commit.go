@@ -204,6 +204,9 @@ func (c *committer) commitGroup(group []request) {
 	_ = wb.Close()
 	c.p.groups.Add(1)
 	c.p.batches.Add(uint64(len(group)))
+	if f := c.p.opts.OnGroup; f != nil {
+		f(len(group))
+	}
 	if err != nil {
 		err = fmt.Errorf("commit group of %d batches: %w", len(group), err)
 		c.p.log.Error("store commit failed", "err", err)

@@ -104,6 +104,10 @@ type Options struct {
 	// OnExpire, if set, is called for every item the sweeper expires (after
 	// it is erased), so the loss is logged and counted, never silent.
 	OnExpire func(user string, it Item)
+	// OnGroup, if set, is called by the committer after each durable write
+	// with the number of batches it carried (the group-commit factor).
+	// It must not block.
+	OnGroup func(batches int)
 }
 
 // Store is Parley's durable state.

@@ -1,0 +1,63 @@
+// Package media is Parley's media service: clients upload pictures, audio,
+// video and files over HTTP, get back an unguessable link, the SHA-256 and,
+// for images, a small JPEG thumbnail, and send those in a message; the
+// recipients download by the link. Blobs expire.
+//
+// # Flow
+//
+// A client asks over its connection for an upload token
+// ([Service.IssueUploadToken]: HMAC-SHA256 over the account and an expiry,
+// five minutes by default), then POSTs the raw file to /v1/media with
+// "Authorization: Bearer <token>". The body is streamed to a temporary file
+// beside its final place, hashed on the way, and renamed into place only
+// once complete and fsynced; an upload cut off or refused midway leaves
+// nothing. The type is sniffed from the first bytes, never taken from the
+// client. JPEG, PNG, GIF and WebP images get a thumbnail (longest side 100
+// px by default); one too large to decode safely (over 50 megapixels by
+// its declared dimensions, checked before any decoding) or corrupt is kept
+// without one, since a message may carry any file.
+//
+// # Who may download
+//
+// The download URL is the capability, as WhatsApp's CDN links are: anyone
+// who holds it may GET it, no token needed. The id in it is 128 bits from
+// crypto/rand, so it cannot be guessed or enumerated, and it reaches
+// recipients only inside messages. A per-account download token would
+// need the media server to know who may read each message (every member of
+// a group, whoever a message is forwarded to, later joiners), which the
+// message layer does not tell it and need not; the link model needs no
+// such coupling, lets the bytes move to a CDN or object store without an
+// authorisation hook, and stays correct when messages are end-to-end
+// encrypted, where the server cannot read the link at all. What it costs is that a leaked link works until
+// the media expire; clients that need more encrypt the file before upload
+// and put the key in the message, as WhatsApp does.
+//
+// Consequently:
+//   - Every id that leads to nothing the request may see (unknown,
+//     malformed, expired, or, for DELETE, someone else's) gets the same
+//     404 with the same body. Ids are validated by form before the store is
+//     touched.
+//   - The store is keyed by a hash of the id, never the id, and logs name
+//     that key: a directory listing, a backup or a log line does not yield
+//     download links, and a lookup's timing says nothing about a guessed
+//     id. Upload tokens are checked with hmac.Equal.
+//   - Downloads are Cache-Control private (the URL is a secret; shared
+//     caches must not keep it), immutable, with the SHA-256 as ETag and a
+//     max-age running to the expiry; ranges and conditional requests are
+//     served by http.ServeContent.
+//
+// # Limits
+//
+// Uploads are bounded in size (64 MiB, 413 too_large), per account in rate
+// (30 a minute, 429 rate_limited with Retry-After) and in total stored (1
+// GiB, 413 quota_exceeded: the request is too large for what the account
+// has left; it may upload again once it deletes media or old media expire).
+// Image decodes run at most two at a time.
+//
+// # Storage
+//
+// [BlobStore] is the storage interface; [FSStore] is the default, files
+// under one directory with a JSON sidecar of [Meta] beside each blob.
+// [Service.Run] sweeps expired blobs in the background; [Service.Sweep] is
+// the same, once, at a given time.
+package media

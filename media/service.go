@@ -1,0 +1,316 @@
+package media
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+)
+
+// Defaults of the Config fields left zero.
+const (
+	DefaultMaxSize          = 64 << 20
+	DefaultTTL              = 30 * 24 * time.Hour
+	DefaultTokenTTL         = 5 * time.Minute
+	DefaultThumbMax         = 100
+	DefaultMaxDecodes       = 2
+	DefaultUploadsPerMinute = 30
+	DefaultQuotaBytes       = 1 << 30
+)
+
+const (
+	// sweepInterval is how often Run sweeps. Expired media already answer
+	// 404 before they are swept (downloads check Meta.Expires), so the
+	// sweep only reclaims disk and quota and need not be prompt.
+	sweepInterval = 10 * time.Minute
+	// staleAfter is how old an abandoned temporary file must be before the
+	// sweep removes it: far longer than any upload under the server's
+	// timeouts takes, so an upload in progress is never cut.
+	staleAfter = time.Hour
+	// rateWindow is the window of Config.UploadsPerMinute.
+	rateWindow = time.Minute
+	// minSecret is the least HMAC key length: the full strength of SHA-256.
+	minSecret = 32
+)
+
+// Config configures a Service. Zero fields take the defaults above.
+type Config struct {
+	// Dir is where the default filesystem store keeps blobs. Required
+	// unless Store is set.
+	Dir string
+	// Store replaces the filesystem store (an object store, a test spy).
+	Store BlobStore
+	// Secret is the HMAC-SHA256 key of upload tokens, at least 32 bytes.
+	// Tokens survive a restart only if it does.
+	Secret []byte
+	// MaxSize is the largest upload in bytes.
+	MaxSize int64
+	// TTL is how long media are kept after upload.
+	TTL time.Duration
+	// TokenTTL is how long an upload token is valid.
+	TokenTTL time.Duration
+	// ThumbMax is the longest side of a thumbnail in pixels.
+	ThumbMax int
+	// MaxPixels is the largest image (width x height) that gets a
+	// thumbnail; larger ones are stored without one. 0: DefaultMaxPixels.
+	MaxPixels int
+	// MaxDecodes bounds concurrent image decodes, each of which may need
+	// a few hundred MiB for an image near MaxPixels.
+	MaxDecodes int
+	// UploadsPerMinute is how many uploads one account may start per
+	// minute (sliding window); < 0 lifts the limit. Every attempt with a
+	// valid token counts, refused ones included, since they cost too.
+	UploadsPerMinute int
+	// QuotaBytes is how much one account may have stored at once; < 0
+	// lifts the limit.
+	QuotaBytes int64
+	// BaseURL is the public HTTP base of the Handler, e.g.
+	// "https://media.example.com", used to build download URLs. Empty:
+	// URLs are absolute paths ("/v1/media/{id}").
+	BaseURL string
+	// Now is the clock; nil: time.Now. Tests inject one to move time.
+	Now func() time.Time
+	// Log receives operational events; nil: discarded.
+	Log *slog.Logger
+}
+
+// Service uploads, serves and expires media. It is safe for concurrent use.
+type Service struct {
+	cfg     Config
+	store   BlobStore
+	log     *slog.Logger
+	baseURL string
+	// decodes is a semaphore over image decodes (see Config.MaxDecodes).
+	decodes chan struct{}
+	// bufs holds copy buffers for uploads, so that a busy server does not
+	// allocate one per request.
+	bufs sync.Pool
+
+	mu    sync.Mutex
+	usage map[string]int64       // bytes stored, per account
+	hits  map[string][]time.Time // upload starts within rateWindow, per account, ascending
+}
+
+// New checks cfg, fills in defaults, opens the store and counts what each
+// account has stored (a walk over the store's metadata, so it takes a
+// while on a large store).
+func New(cfg Config) (*Service, error) {
+	if len(cfg.Secret) < minSecret {
+		return nil, fmt.Errorf("media: Secret is %d bytes, want at least %d", len(cfg.Secret), minSecret)
+	}
+	cfg.Secret = append([]byte(nil), cfg.Secret...)
+	switch {
+	case cfg.MaxSize < 0:
+		return nil, fmt.Errorf("media: negative MaxSize %d", cfg.MaxSize)
+	case cfg.TTL < 0 || cfg.TokenTTL < 0:
+		return nil, errors.New("media: negative TTL or TokenTTL")
+	case cfg.ThumbMax < 0 || cfg.MaxPixels < 0 || cfg.MaxDecodes < 0:
+		return nil, errors.New("media: negative ThumbMax, MaxPixels or MaxDecodes")
+	}
+	setDefault(&cfg.MaxSize, DefaultMaxSize)
+	setDefault(&cfg.TTL, DefaultTTL)
+	setDefault(&cfg.TokenTTL, DefaultTokenTTL)
+	setDefault(&cfg.ThumbMax, DefaultThumbMax)
+	setDefault(&cfg.MaxPixels, DefaultMaxPixels)
+	setDefault(&cfg.MaxDecodes, DefaultMaxDecodes)
+	setDefault(&cfg.UploadsPerMinute, DefaultUploadsPerMinute)
+	setDefault(&cfg.QuotaBytes, DefaultQuotaBytes)
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	base := strings.TrimSuffix(cfg.BaseURL, "/")
+	if base != "" {
+		u, err := url.Parse(base)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.RawQuery != "" || u.Fragment != "" {
+			return nil, fmt.Errorf("media: BaseURL %q is not an http(s) URL like https://media.example.com", cfg.BaseURL)
+		}
+	}
+	store := cfg.Store
+	if store == nil {
+		fs, err := NewFSStore(cfg.Dir)
+		if err != nil {
+			return nil, err
+		}
+		store = fs
+	}
+	s := &Service{
+		cfg:     cfg,
+		store:   store,
+		log:     cfg.Log,
+		baseURL: base,
+		decodes: make(chan struct{}, cfg.MaxDecodes),
+		usage:   make(map[string]int64),
+		hits:    make(map[string][]time.Time),
+	}
+	s.bufs.New = func() any { return new([copyBufSize]byte) }
+	err := store.List(context.Background(), func(_ string, m Meta) error {
+		s.usage[m.Owner] += m.Size
+		return nil
+	})
+	if err != nil {
+		// Usage of the blobs that could not be read is not counted; better
+		// a slightly generous quota than no media service.
+		s.log.Warn("media: counting stored media", "err", err)
+	}
+	return s, nil
+}
+
+func setDefault[T comparable](p *T, def T) {
+	var zero T
+	if *p == zero {
+		*p = def
+	}
+}
+
+// takeUpload records an upload start for account at now, or, over the
+// rate limit, records nothing and says how long until one more fits.
+func (s *Service) takeUpload(account string, now time.Time) (bool, time.Duration) {
+	limit := s.cfg.UploadsPerMinute
+	if limit < 0 {
+		return true, 0
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ts := pruneHits(s.hits[account], now)
+	if len(ts) >= limit {
+		s.hits[account] = ts
+		return false, ts[len(ts)-limit].Add(rateWindow).Sub(now)
+	}
+	s.hits[account] = append(ts, now)
+	return true, 0
+}
+
+// pruneHits drops the times that have left the window.
+func pruneHits(ts []time.Time, now time.Time) []time.Time {
+	cut := now.Add(-rateWindow)
+	i := 0
+	for i < len(ts) && !ts[i].After(cut) {
+		i++
+	}
+	return ts[i:]
+}
+
+// used returns what account has stored.
+func (s *Service) used(account string) int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.usage[account]
+}
+
+// reserve adds n bytes to account's usage if they fit in its quota, and
+// otherwise reports what it has stored. This, under the lock, is the one
+// place the quota is enforced, so concurrent uploads cannot overrun it
+// together; earlier checks only fail fast.
+func (s *Service) reserve(account string, n int64) (ok bool, used int64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	used = s.usage[account]
+	if s.cfg.QuotaBytes >= 0 && used+n > s.cfg.QuotaBytes {
+		return false, used
+	}
+	s.usage[account] = used + n
+	return true, used
+}
+
+// release takes n bytes off account's usage.
+func (s *Service) release(account string, n int64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if u := s.usage[account] - n; u > 0 {
+		s.usage[account] = u
+	} else {
+		delete(s.usage, account)
+	}
+}
+
+// Run sweeps expired media now and then every few minutes, until ctx is
+// done; then it returns nil. Start it once, in its own goroutine.
+func (s *Service) Run(ctx context.Context) error {
+	t := time.NewTicker(sweepInterval)
+	defer t.Stop()
+	for {
+		if _, err := s.Sweep(ctx, s.cfg.Now()); err != nil && ctx.Err() == nil {
+			s.log.Error("media: sweep", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+	}
+}
+
+// staleRemover is what a store may offer to clean up after crashes (the
+// FSStore does): temporary files and half-committed blobs.
+type staleRemover interface {
+	RemoveStale(ctx context.Context, before time.Time) (int, error)
+}
+
+// Sweep deletes the media that have expired at now and frees their quota;
+// it also forgets rate-limit history older than the window and, where the
+// store offers it, removes files abandoned by crashes. It returns how many
+// media it deleted. Run calls it; tests call it with a chosen now.
+func (s *Service) Sweep(ctx context.Context, now time.Time) (removed int, err error) {
+	type victim struct {
+		key   string
+		owner string
+		size  int64
+	}
+	var expired []victim
+	listErr := s.store.List(ctx, func(key string, m Meta) error {
+		if !now.Before(m.Expires) {
+			expired = append(expired, victim{key, m.Owner, m.Size})
+		}
+		return nil
+	})
+	var errs []error
+	if listErr != nil {
+		errs = append(errs, listErr)
+	}
+	for _, v := range expired {
+		err := s.store.Delete(ctx, v.key)
+		switch {
+		case errors.Is(err, ErrNotFound):
+			// Deleted by its owner meanwhile, who freed the quota.
+		case err != nil:
+			errs = append(errs, err)
+		default:
+			s.release(v.owner, v.size)
+			removed++
+		}
+		if ctx.Err() != nil {
+			break
+		}
+	}
+
+	s.mu.Lock()
+	for a, ts := range s.hits {
+		if ts = pruneHits(ts, now); len(ts) == 0 {
+			delete(s.hits, a)
+		} else {
+			s.hits[a] = ts
+		}
+	}
+	s.mu.Unlock()
+
+	if sr, ok := s.store.(staleRemover); ok && ctx.Err() == nil {
+		n, err := sr.RemoveStale(ctx, now.Add(-staleAfter))
+		if err != nil {
+			errs = append(errs, err)
+		}
+		if n > 0 {
+			s.log.Info("media: removed abandoned files", "count", n)
+		}
+	}
+	if removed > 0 {
+		s.log.Info("media: swept expired media", "count", removed)
+	}
+	return removed, errors.Join(errs...)
+}

@@ -1,0 +1,259 @@
+package monitor
+
+import (
+	"cmp"
+	"container/heap"
+	"crypto/subtle"
+	"encoding/json"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"net/http"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// SortKey orders /admin/sessions.
+type SortKey string
+
+const (
+	SortMailbox SortKey = "mailbox"  // longest mailbox first
+	SortInRate  SortKey = "in_rate"  // most messages sent per second first
+	SortOutRate SortKey = "out_rate" // most messages delivered per second first
+	SortQueued  SortKey = "queued"   // largest offline queue first
+)
+
+// SortKeys lists the valid sort keys.
+func SortKeys() []SortKey { return []SortKey{SortMailbox, SortInRate, SortOutRate, SortQueued} }
+
+// ParseSortKey checks a sort key; the empty string means SortMailbox.
+func ParseSortKey(s string) (SortKey, error) {
+	if s == "" {
+		return SortMailbox, nil
+	}
+	for _, k := range SortKeys() {
+		if string(k) == s {
+			return k, nil
+		}
+	}
+	return "", fmt.Errorf("unknown sort %q: want mailbox, in_rate, out_rate or queued", s)
+}
+
+// DefaultSessionLimit is how many sessions /admin/sessions returns when no
+// limit is given.
+const DefaultSessionLimit = 100
+
+// Sessions are the latest sample's sessions, sorted by key (ties by user),
+// at most limit of them (limit <= 0: all), and how many there are in all.
+func (m *Monitor) Sessions(by SortKey, limit int) (rows []Session, total int) {
+	all := m.current().sessions
+	order := sessionOrder(by)
+	if limit <= 0 || limit >= len(all) {
+		rows = slices.Clone(all)
+		slices.SortFunc(rows, order)
+		return nonNil(rows), len(all)
+	}
+	return nonNil(firstN(all, limit, order)), len(all)
+}
+
+// sessionOrder compares sessions: larger figure first, then by user and
+// connection so that equal rows keep a stable order between refreshes.
+func sessionOrder(by SortKey) func(a, b Session) int {
+	val := func(s *Session) float64 {
+		switch by {
+		case SortInRate:
+			return s.InRate
+		case SortOutRate:
+			return s.OutRate
+		case SortQueued:
+			return float64(s.Queued)
+		}
+		return float64(s.Mailbox)
+	}
+	return func(a, b Session) int {
+		if c := cmp.Compare(val(&b), val(&a)); c != 0 {
+			return c
+		}
+		return cmp.Or(strings.Compare(a.User, b.User), strings.Compare(a.Conn, b.Conn))
+	}
+}
+
+// firstN selects the n first rows by order without sorting them all: a
+// node with a million sessions answers `parley top` every second, and
+// top shows a screenful.
+func firstN(all []Session, n int, order func(a, b Session) int) []Session {
+	h := &worstFirst{order: order, rows: make([]Session, 0, n)}
+	for _, r := range all {
+		switch {
+		case len(h.rows) < n:
+			heap.Push(h, r)
+		case order(r, h.rows[0]) < 0:
+			h.rows[0] = r
+			heap.Fix(h, 0)
+		}
+	}
+	slices.SortFunc(h.rows, order)
+	return h.rows
+}
+
+// worstFirst is a heap whose root is the last of the rows kept.
+type worstFirst struct {
+	order func(a, b Session) int
+	rows  []Session
+}
+
+func (h *worstFirst) Len() int           { return len(h.rows) }
+func (h *worstFirst) Less(i, j int) bool { return h.order(h.rows[i], h.rows[j]) > 0 }
+func (h *worstFirst) Swap(i, j int)      { h.rows[i], h.rows[j] = h.rows[j], h.rows[i] }
+func (h *worstFirst) Push(x any)         { h.rows = append(h.rows, x.(Session)) }
+func (h *worstFirst) Pop() any {
+	r := h.rows[len(h.rows)-1]
+	h.rows = h.rows[:len(h.rows)-1]
+	return r
+}
+
+// nonNil makes an empty list encode as [] rather than null.
+func nonNil[T any](s []T) []T {
+	if s == nil {
+		return []T{}
+	}
+	return s
+}
+
+// SessionsResponse is the body of GET /admin/sessions.
+type SessionsResponse struct {
+	Sort     SortKey   `json:"sort"`
+	Total    int       `json:"total"` // sessions in the sample, before the limit
+	Sessions []Session `json:"sessions"`
+}
+
+// AlertsResponse is the body of GET /admin/alerts.
+type AlertsResponse struct {
+	Firing []Alert `json:"firing"`
+	// Recent are up to 100 resolved alerts, newest first.
+	Recent []Alert `json:"recent"`
+}
+
+// HistoryResponse is the body of GET /admin/stats/history.
+type HistoryResponse struct {
+	IntervalSeconds float64 `json:"interval_seconds"`
+	Stats           []Stats `json:"stats"` // oldest first
+}
+
+// Handler serves the admin listener's monitoring endpoints:
+//
+//	GET /                      the live dashboard (and its assets under /dashboard/)
+//	GET /metrics               Prometheus metrics
+//	GET /admin/stats           node totals and rates (JSON Stats)
+//	GET /admin/stats/history   the last samples, for charts (?n=, default all kept)
+//	GET /admin/sessions        ?sort=mailbox|in_rate|out_rate|queued&limit=N
+//	GET /admin/alerts          firing and recently resolved alerts
+//
+// With RequireToken, each demands the admin token, except the dashboard's
+// static assets, which hold no data.
+func (m *Monitor) Handler() http.Handler {
+	mux := http.NewServeMux()
+	guard := func(h http.HandlerFunc) http.Handler { return m.requireToken(h) }
+
+	mux.Handle("GET /metrics", m.requireToken(promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{
+		ErrorLog:      slog.NewLogLogger(m.log.Handler(), slog.LevelError),
+		ErrorHandling: promhttp.ContinueOnError,
+	})))
+	mux.Handle("GET /admin/stats", guard(func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, m.Stats())
+	}))
+	mux.Handle("GET /admin/stats/history", guard(func(w http.ResponseWriter, r *http.Request) {
+		n := historyLen
+		if s := r.URL.Query().Get("n"); s != "" {
+			v, err := strconv.Atoi(s)
+			if err != nil || v < 1 {
+				writeError(w, http.StatusBadRequest, fmt.Sprintf("n=%q: want a positive number of samples", s))
+				return
+			}
+			n = v
+		}
+		writeJSON(w, http.StatusOK, HistoryResponse{IntervalSeconds: m.interval.Seconds(), Stats: m.History(n)})
+	}))
+	mux.Handle("GET /admin/sessions", guard(func(w http.ResponseWriter, r *http.Request) {
+		q := r.URL.Query()
+		by, err := ParseSortKey(q.Get("sort"))
+		if err != nil {
+			writeError(w, http.StatusBadRequest, err.Error())
+			return
+		}
+		limit := DefaultSessionLimit
+		if s := q.Get("limit"); s != "" {
+			v, err := strconv.Atoi(s)
+			if err != nil || v < 1 {
+				writeError(w, http.StatusBadRequest, fmt.Sprintf("limit=%q: want a positive number of sessions", s))
+				return
+			}
+			limit = v
+		}
+		rows, total := m.Sessions(by, limit)
+		writeJSON(w, http.StatusOK, SessionsResponse{Sort: by, Total: total, Sessions: rows})
+	}))
+	mux.Handle("GET /admin/alerts", guard(func(w http.ResponseWriter, r *http.Request) {
+		firing, recent := m.Alerts()
+		writeJSON(w, http.StatusOK, AlertsResponse{Firing: firing, Recent: recent})
+	}))
+
+	assets := dashboardAssets()
+	mux.Handle("GET /{$}", guard(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Cache-Control", "no-store")
+		http.ServeFileFS(w, r, assets, "index.html")
+	}))
+	mux.Handle("GET /dashboard/", http.StripPrefix("/dashboard/", http.FileServerFS(assets)))
+	return mux
+}
+
+// requireToken checks the admin token when one is required. The token may
+// come as a bearer token (scrapers, top) or as ?token= (a browser opening
+// the dashboard).
+func (m *Monitor) requireToken(h http.Handler) http.Handler {
+	if !m.needTok {
+		return h
+	}
+	want := []byte(m.token)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got := r.URL.Query().Get("token")
+		if auth, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer "); ok {
+			got = strings.TrimSpace(auth)
+		}
+		if subtle.ConstantTimeCompare([]byte(got), want) != 1 {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="parley admin"`)
+			msg := "this admin listener needs the admin token: send Authorization: Bearer TOKEN or add ?token=TOKEN"
+			if got != "" {
+				msg = "wrong admin token: check the token the server was started with"
+			}
+			writeError(w, http.StatusUnauthorized, msg)
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(code)
+	json.NewEncoder(w).Encode(v)
+}
+
+// writeError answers with {"error": "..."}: a sentence that says what to do.
+func writeError(w http.ResponseWriter, code int, msg string) {
+	writeJSON(w, code, map[string]string{"error": msg})
+}
+
+// dashboardAssets are the dashboard's files, embedded in the binary so the
+// page works on a machine with no internet access.
+func dashboardAssets() fs.FS {
+	sub, err := fs.Sub(dashboardFS, "dashboard")
+	if err != nil {
+		panic(err) // the embed directive guarantees the directory
+	}
+	return sub
+}

@@ -1,0 +1,193 @@
+package monitor_test
+
+import (
+	"fmt"
+	"io"
+	"net/http"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/parleyhq/parley/monitor"
+)
+
+func TestSessionsEndpoint(t *testing.T) {
+	h := newHarness(t)
+	for _, s := range []monitor.SessionStat{
+		{User: "+1555a", Mailbox: 5, Queued: 0, MsgsIn: 10, MsgsOut: 300},
+		{User: "+1555b", Mailbox: 50, Queued: 7, MsgsIn: 20, MsgsOut: 100},
+		{User: "+1555c", Mailbox: 1, Queued: 90, MsgsIn: 90, MsgsOut: 200},
+		{User: "+1555d", Mailbox: 0, Queued: 3, MsgsIn: 0, MsgsOut: 0},
+	} {
+		h.node.session(s.User, func(x *monitor.SessionStat) { *x = s; x.Conn = "c-" + s.User })
+	}
+	h.sample()
+	h.node.session("+1555d", func(x *monitor.SessionStat) {}) // unchanged
+	for _, u := range []string{"+1555a", "+1555b", "+1555c"} {
+		h.node.session(u, func(x *monitor.SessionStat) { x.MsgsIn *= 2; x.MsgsOut *= 2 })
+	}
+	h.sample()
+
+	tests := []struct {
+		query string
+		want  []string
+	}{
+		{"", []string{"+1555b", "+1555a", "+1555c", "+1555d"}},
+		{"?sort=mailbox", []string{"+1555b", "+1555a", "+1555c", "+1555d"}},
+		{"?sort=in_rate", []string{"+1555c", "+1555b", "+1555a", "+1555d"}},
+		{"?sort=out_rate", []string{"+1555a", "+1555c", "+1555b", "+1555d"}},
+		{"?sort=queued", []string{"+1555c", "+1555b", "+1555d", "+1555a"}},
+		{"?sort=queued&limit=2", []string{"+1555c", "+1555b"}},
+		{"?limit=1", []string{"+1555b"}},
+	}
+	for _, tc := range tests {
+		var r monitor.SessionsResponse
+		if code := h.get("/admin/sessions"+tc.query, &r); code != 200 {
+			t.Errorf("%s: status %d", tc.query, code)
+			continue
+		}
+		var got []string
+		for _, s := range r.Sessions {
+			got = append(got, s.User)
+		}
+		if strings.Join(got, ",") != strings.Join(tc.want, ",") || r.Total != 4 {
+			t.Errorf("/admin/sessions%s = %v (total %d), want %v (total 4)", tc.query, got, r.Total, tc.want)
+		}
+	}
+
+	var first monitor.SessionsResponse
+	h.get("/admin/sessions?sort=in_rate&limit=1", &first)
+	if s := first.Sessions[0]; s.Conn != "c-+1555c" || s.MsgsIn != 180 || s.InRate != 90 || s.Queued != 90 {
+		t.Errorf("row = %+v, want conn, counters and rate of +1555c", s)
+	}
+
+	for _, q := range []string{"?sort=bytes", "?limit=0", "?limit=-3", "?limit=ten"} {
+		var e struct{ Error string }
+		code := h.get("/admin/sessions"+q, &e)
+		if code != http.StatusBadRequest || e.Error == "" {
+			t.Errorf("/admin/sessions%s: %d %q, want 400 with an error message", q, code, e.Error)
+		}
+	}
+	var e struct{ Error string }
+	h.get("/admin/sessions?sort=bytes", &e)
+	if !strings.Contains(e.Error, "mailbox, in_rate, out_rate or queued") {
+		t.Errorf("bad sort error %q does not list the valid sorts", e.Error)
+	}
+}
+
+func TestTokenRequired(t *testing.T) {
+	h := newHarness(t, withToken("s3cret"))
+	h.sample()
+	paths := []string{"/metrics", "/admin/stats", "/admin/stats/history", "/admin/sessions", "/admin/alerts", "/"}
+	for _, p := range paths {
+		var e struct{ Error string }
+		if code := h.get(p, &e); code != http.StatusUnauthorized || !strings.Contains(e.Error, "token") {
+			t.Errorf("GET %s without a token: %d %q, want 401 naming the token", p, code, e.Error)
+		}
+		if code := h.get(p, nil, "Authorization", "Bearer wrong"); code != http.StatusUnauthorized {
+			t.Errorf("GET %s with a wrong token: %d, want 401", p, code)
+		}
+		if code := h.get(p, nil, "Authorization", "Bearer s3cret"); code != 200 {
+			t.Errorf("GET %s with the bearer token: %d, want 200", p, code)
+		}
+		sep := "?"
+		if strings.Contains(p, "?") {
+			sep = "&"
+		}
+		if code := h.get(p+sep+"token=s3cret", nil); code != 200 {
+			t.Errorf("GET %s?token=: %d, want 200", p, code)
+		}
+	}
+	// The dashboard's script and style hold no data: a browser loads them
+	// without the token the page's URL carries.
+	if code := h.get("/dashboard/dashboard.js", nil); code != 200 {
+		t.Errorf("GET /dashboard/dashboard.js: %d, want 200", code)
+	}
+}
+
+func TestNoTokenOnLoopback(t *testing.T) {
+	h := newHarness(t)
+	if code := h.get("/admin/stats", nil); code != 200 {
+		t.Errorf("GET /admin/stats with no token configured: %d", code)
+	}
+}
+
+func TestLoopback(t *testing.T) {
+	for addr, want := range map[string]bool{
+		"127.0.0.1:9090": true, "localhost:9090": true, "[::1]:9090": true, "127.0.0.2:1": true,
+		":9090": false, "0.0.0.0:9090": false, "[::]:9090": false, "10.1.2.3:9090": false, "example.com:9090": false,
+	} {
+		if got := monitor.Loopback(addr); got != want {
+			t.Errorf("Loopback(%q) = %v, want %v", addr, got, want)
+		}
+	}
+}
+
+func TestMetricsScrape(t *testing.T) {
+	h := newHarness(t)
+	m := h.mon.Metrics()
+	m.ConnectionsOpen.Inc()
+	m.Accepted.Inc()
+	m.HandshakeFailures.Timeout.Inc()
+	m.MessagesIn.Add(3)
+	m.SendToDeliver.Observe(0.002)
+	m.CommitBatchSize.Observe(4)
+	h.node.setTotals(func(t *monitor.Totals) { t.Backlog, t.QueueDepthTotal = 2, 77 })
+	h.node.session("+1555a", func(s *monitor.SessionStat) { s.Mailbox = 6 })
+	h.sample()
+
+	resp, err := http.Get(h.srv.URL + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	text := string(body)
+	for _, want := range []string{
+		"parley_connections_open 1",
+		"parley_connections_accepted_total 1",
+		`parley_handshake_failures_total{reason="timeout"} 1`,
+		`parley_handshake_failures_total{reason="bad_frame"} 0`,
+		"parley_messages_in_total 3",
+		"parley_delivery_send_to_deliver_seconds_count 1",
+		"parley_delivery_deliver_to_ack_seconds_bucket",
+		"parley_store_commit_seconds_bucket",
+		"parley_store_commit_batch_size_sum 4",
+		"parley_sessions 1",
+		"parley_worker_backlog 2",
+		"parley_queue_depth 77",
+		"parley_queue_depth_user_max 0",
+		"parley_session_mailbox_max 6",
+		"parley_event_loop_lag_seconds 0",
+		`parley_alerts_firing{alert="mailbox_high"} 0`,
+		"# HELP parley_worker_backlog ",
+		"go_goroutines ",
+		"process_cpu_seconds_total ",
+	} {
+		if !strings.Contains(text, want) {
+			t.Errorf("/metrics lacks %q", want)
+		}
+	}
+}
+
+// Taking the first N without sorting everything gives the same rows as
+// sorting everything.
+func TestSessionsLimitMatchesFullSort(t *testing.T) {
+	h := newHarness(t)
+	for i := range 500 {
+		u := fmt.Sprintf("+1555%04d", i)
+		h.node.session(u, func(s *monitor.SessionStat) {
+			s.Mailbox, s.Queued, s.MsgsIn = (i*7919)%37, (i*104729)%11, uint64(i%13)
+		})
+	}
+	h.sample()
+	for _, by := range monitor.SortKeys() {
+		all, _ := h.mon.Sessions(by, 0)
+		for _, n := range []int{1, 10, 99} {
+			got, total := h.mon.Sessions(by, n)
+			if total != 500 || !slices.Equal(got, all[:n]) {
+				t.Errorf("Sessions(%s, %d) differs from the first %d of the full sort", by, n, n)
+			}
+		}
+	}
+}
