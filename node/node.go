@@ -396,17 +396,25 @@ func (n *Node) Totals() monitor.Totals {
 }
 
 // Sessions implements monitor.Source: one row per logged-in session.
+//
+// Mailbox is what an Erlang process's mailbox would hold: everything sent
+// to the session and not yet handled. In Parley messages for a session wait
+// in its durable queue, not in memory, once its flow-control window is
+// full, so the mailbox is the actor's pending events plus the queued items
+// not yet delivered. A slow receiver therefore shows a growing mailbox,
+// exactly as in etop, while its memory stays flat.
 func (n *Node) Sessions() []monitor.SessionStat {
 	var out []monitor.SessionStat
 	n.router.each(func(c *conn) {
 		c.mu.Lock()
-		mbox := len(c.mbox)
+		events := len(c.mbox)
 		c.mu.Unlock()
 		queued, _ := n.store.QueueLen(c.user)
+		inflight := int(c.inflight.Load())
 		out = append(out, monitor.SessionStat{
 			User: c.user, Conn: c.id(),
 			MsgsIn: c.msgsIn.Load(), MsgsOut: c.msgsOut.Load(),
-			Mailbox: mbox, Inflight: int(c.inflight.Load()), Queued: queued,
+			Mailbox: events + max(0, queued-inflight), Inflight: inflight, Queued: queued,
 		})
 	})
 	return out
