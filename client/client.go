@@ -224,21 +224,34 @@ func (c *Client) Send(ctx context.Context, to string, body []byte) (SendAck, err
 // one's SendAck and stores nothing. Ids must therefore be unique per
 // account, not only per client (NewID gives such ids).
 func (c *Client) SendWithID(ctx context.Context, id uint64, to string, body []byte) (SendAck, error) {
+	return c.send(ctx, id, to, body, nil)
+}
+
+// send sends a message: body, media (may be nil), or both.
+func (c *Client) send(ctx context.Context, id uint64, to string, body []byte, media *wire.Media) (SendAck, error) {
 	switch {
 	case id == 0:
 		return SendAck{}, errors.New("send: id 0 is reserved: use NewID")
 	case !isE164(to):
 		return SendAck{}, fmt.Errorf("send: recipient %q is not an E.164 number (+, then the country code and number: up to 15 digits)", to)
 	case len(body) > wire.MaxBody:
-		return SendAck{}, fmt.Errorf("send: message is %d bytes, over the %d-byte limit: send large content by link", len(body), wire.MaxBody)
+		return SendAck{}, fmt.Errorf("send: message is %d bytes, over the %d-byte limit: send large content as media (Upload, SendMedia)", len(body), wire.MaxBody)
 	}
-	f, err := c.do(ctx, id, &wire.Frame{Kind: &wire.Frame_Send{Send: &wire.Send{Id: id, To: to, Body: body}}})
+	f := &wire.Frame{Kind: &wire.Frame_Send{Send: &wire.Send{Id: id, To: to, Body: body, Media: media}}}
+	if media != nil {
+		// The server would refuse it too, and close the connection for
+		// a bad frame; say so here, before anything is sent.
+		if err := wire.Validate(f); err != nil {
+			return SendAck{}, fmt.Errorf("send media: %w", err)
+		}
+	}
+	ans, err := c.do(ctx, id, f)
 	if err != nil {
 		return SendAck{}, fmt.Errorf("send to %s: %w", to, err)
 	}
-	a := f.GetSendAck()
+	a := ans.GetSendAck()
 	if a == nil {
-		return SendAck{}, fmt.Errorf("send to %s: server answered with %T, not a SendAck", to, f.Kind)
+		return SendAck{}, fmt.Errorf("send to %s: server answered with %T, not a SendAck", to, ans.Kind)
 	}
 	return SendAck{ID: id, ServerID: a.ServerId, TS: a.Ts}, nil
 }
@@ -623,6 +636,8 @@ func (c *Client) dispatch(cn *conn, f *wire.Frame) error {
 		c.answer(k.Ok.GetId(), result{f: f})
 	case *wire.Frame_Pong:
 		c.answer(k.Pong.GetId(), result{f: f})
+	case *wire.Frame_UploadToken:
+		c.answer(k.UploadToken.GetId(), result{f: f})
 	case *wire.Frame_Error:
 		e := k.Error
 		if e.GetId() == 0 {

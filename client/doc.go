@@ -17,6 +17,17 @@
 //		c.Ack(in.Seq) // then let the server erase it
 //	}
 //
+// Media (pictures, audio, video, files) go over HTTP, not the connection:
+//
+//	tok, err := c.UploadToken(ctx)
+//	m, err := client.Upload(ctx, nil, tok, file, size) // streamed; URL, SHA-256, thumbnail
+//	m.Caption = "the view"
+//	ack, err := c.SendMedia(ctx, "+14155550102", m)
+//
+// and the recipient, given in.Message.Media,
+//
+//	n, err := client.DownloadVerified(ctx, nil, m.Url, m.Sha256, w)
+//
 // Delivery is at-least-once from the server's queue; the SDK turns it into
 // exactly-once for the application. Sends are idempotent by their id, so a
 // Send interrupted by a lost connection is sent again with the same id after

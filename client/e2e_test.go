@@ -79,17 +79,19 @@ func newQuietLog(t *testing.T, level slog.Level) *slog.Logger {
 }
 
 type testNode struct {
-	n   *node.Node
-	gw  *codeBook
-	log *slog.Logger
+	n    *node.Node
+	gw   *codeBook
+	log  *slog.Logger
+	data string // the node's data directory
 }
 
 func startNode(t *testing.T) *testNode {
 	t.Helper()
 	log := newQuietLog(t, slog.LevelWarn)
 	gw := &codeBook{codes: make(map[string]string)}
+	data := t.TempDir()
 	n, err := node.Start(testCtx(t), node.Config{
-		DataDir: t.TempDir(),
+		DataDir: data,
 		Listen:  "127.0.0.1:0", HTTP: "127.0.0.1:0", Admin: "127.0.0.1:0",
 		SMS: gw, Log: log,
 		// Tests re-register numbers: keep the per-number gap out of the way.
@@ -99,7 +101,7 @@ func startNode(t *testing.T) *testNode {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { n.Close() })
-	return &testNode{n: n, gw: gw, log: log}
+	return &testNode{n: n, gw: gw, log: log, data: data}
 }
 
 // register binds phone to key through the HTTP API. A second code for one

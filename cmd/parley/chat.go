@@ -27,6 +27,8 @@ arrives is printed as it comes:
 
   hello alice             a message from the person you chat with
   [+14155550103] hi       a message from anyone else, with their number
+  [image/jpeg 2.1 MiB] the view — https://.../v1/media/ID
+                          a file (get it with 'parley fetch URL')
     ✓ sent: "are you…"    your message is stored for the recipient
     ✓✓ delivered: "are…"  their device received it
     ✓✓ read: "are you…"   they read it
@@ -179,11 +181,22 @@ func (ch *chat) receive(ctx context.Context) error {
 		switch {
 		case in.Message != nil:
 			m := in.Message
+			var lines []string
+			if m.Media != nil {
+				lines = append(lines, mediaSummary(m.Media))
+			}
+			if len(m.Body) > 0 || m.Media == nil {
+				lines = append(lines, textOf(m.Body))
+			}
+			for _, l := range lines {
+				if m.From == ch.peer {
+					ch.out.line("%s", l)
+				} else {
+					ch.out.line("[%s] %s", m.From, l)
+				}
+			}
 			if m.From == ch.peer {
-				ch.out.line("%s", textOf(m.Body))
 				readFrom = m // shown on screen: that is what "read" means here
-			} else {
-				ch.out.line("[%s] %s", m.From, textOf(m.Body))
 			}
 		case in.Receipt != nil:
 			ch.showReceipt(in.Receipt)

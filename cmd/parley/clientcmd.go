@@ -1,22 +1,27 @@
 package main
 
-// What the client commands (register, send, recv, chat) share: the profile
+// What the client commands (register, send, recv, chat, fetch) share: the profile
 // directory, connecting with it, phone numbers, output helpers, and errors
 // that tell the user what to do next.
 
 import (
 	"context"
+	"encoding/base64"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
+	"unicode"
 	"unicode/utf8"
 
 	"github.com/spf13/cobra"
@@ -270,4 +275,68 @@ func withTimeout(ctx context.Context, d time.Duration) (context.Context, context
 		return context.WithCancel(ctx)
 	}
 	return context.WithTimeout(ctx, d)
+}
+
+// humanBytes writes a byte count the way a person reads it: "512 bytes",
+// "1.5 MiB", "64 MiB".
+func humanBytes(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return strconv.FormatInt(n, 10) + " bytes"
+	}
+	v, i := float64(n), 0
+	for v >= unit && i < 4 {
+		v /= unit
+		i++
+	}
+	name := [...]string{"bytes", "KiB", "MiB", "GiB", "TiB"}[i]
+	if v < 10 && math.Round(v) != v {
+		return strconv.FormatFloat(math.Floor(v*10)/10, 'f', 1, 64) + " " + name
+	}
+	return strconv.FormatInt(int64(v), 10) + " " + name
+}
+
+// mediaType is a media's MIME type for a line of output.
+func mediaType(m *wire.Media) string {
+	if m.Mime == "" {
+		return "file"
+	}
+	return printable(m.Mime)
+}
+
+// mediaSummary is a media message for a line of output:
+// "[image/jpeg 2.1 MiB] caption — URL".
+func mediaSummary(m *wire.Media) string {
+	s := fmt.Sprintf("[%s %s]", mediaType(m), humanBytes(int64(m.Size)))
+	if m.Caption != "" {
+		s += " " + textOf([]byte(m.Caption))
+	}
+	return s + " — " + printable(m.Url)
+}
+
+// mediaJSON is a media's object in --json output; the thumbnail (standard
+// base64 of a JPEG) only with thumb, and only when there is one.
+func mediaJSON(m *wire.Media, thumb bool) map[string]any {
+	obj := map[string]any{
+		"url": m.Url, "id": m.Id, "size": m.Size, "mime": m.Mime,
+		"sha256": hex.EncodeToString(m.Sha256), "caption": m.Caption,
+	}
+	if thumb && len(m.Thumbnail) > 0 {
+		obj["thumbnail"] = base64.StdEncoding.EncodeToString(m.Thumbnail)
+	}
+	if len(m.Key) > 0 {
+		obj["key"] = base64.StdEncoding.EncodeToString(m.Key)
+	}
+	return obj
+}
+
+// printable is s, or s quoted when it holds anything that is not printable
+// text (another client's URL or type could carry terminal escapes).
+func printable(s string) string {
+	for _, r := range s {
+		if !unicode.IsPrint(r) {
+			return strconv.Quote(s)
+		}
+	}
+	return s
 }

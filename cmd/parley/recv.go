@@ -31,13 +31,22 @@ then erases it, and the sender of a message gets its delivered tick).
 
 With --read, a read receipt is sent for every message printed.
 
+A message carrying a file (a picture, audio, ...) is shown as
+  [15:04:05] +14155550101: [image/jpeg 2.1 MiB] the caption — https://.../v1/media/ID
+Download it with 'parley fetch URL' (or the id).
+
 With --json every line is one object:
   {"type":"message","from":"+..","id":..,"server_id":..,"ts":..,"text":".."}
   {"type":"receipt","from":"+..","id":..,"server_id":..,"kind":"delivered|read","ts":..}
 A message's id is the sender's id for it; a receipt says that its sender
 ("from") received or read your message id, one line per id (a read receipt
 names no server id). ts is unix nanoseconds. A body that is not UTF-8 also
-comes as "body_base64".
+comes as "body_base64". A message carrying a file also has
+  "media":{"url":"..","id":"..","sha256":"<hex>","size":..,"mime":"..",
+           "thumbnail":"<base64 JPEG>","caption":".."}
+and its "text" is the caption. thumbnail comes only with pictures the server
+could make one for; pass url and sha256 to 'parley fetch URL --sha256 HEX'
+(or the whole line: parley fetch --from-json LINE).
 
 recv stops after --count items (a receipt naming several messages is one
 item), when --timeout passes, or on Ctrl-C; with neither flag it runs until
@@ -135,7 +144,21 @@ func printIncoming(p *printer, in client.Incoming, asJSON bool) error {
 			if !utf8.Valid(m.Body) {
 				obj["body_base64"] = base64.StdEncoding.EncodeToString(m.Body)
 			}
+			if md := m.Media; md != nil {
+				obj["media"] = mediaJSON(md, true)
+				obj["text"] = md.Caption
+				if len(m.Body) > 0 && utf8.Valid(m.Body) {
+					obj["body"] = string(m.Body) // another client's body beside its media
+				}
+			}
 			return p.json(obj)
+		}
+		if md := m.Media; md != nil {
+			p.line("[%s] %s: %s", clock(m.Ts), m.From, mediaSummary(md))
+			if len(m.Body) > 0 {
+				p.line("[%s] %s: %s", clock(m.Ts), m.From, textOf(m.Body))
+			}
+			return nil
 		}
 		p.line("[%s] %s: %s", clock(m.Ts), m.From, textOf(m.Body))
 	case in.Receipt != nil:
