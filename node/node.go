@@ -168,16 +168,16 @@ type Node struct {
 
 // Start opens the store, loads or creates the server key and starts every
 // listener. The node runs until Close.
-func Start(ctx context.Context, cfg Config) (n *Node, err error) {
+func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 	cfg.setDefaults()
 	if !monitor.Loopback(cfg.Admin) && cfg.AdminToken == "" {
 		return nil, fmt.Errorf("admin listener %s is not on loopback: set an admin token (--admin-token) so that only operators reach it", cfg.Admin)
 	}
 	reg := prometheus.NewRegistry()
-	n = &Node{cfg: cfg, log: cfg.Log, router: newRouter(), mx: monitor.NewMetrics(reg)}
+	n := &Node{cfg: cfg, log: cfg.Log, router: newRouter(), mx: monitor.NewMetrics(reg)}
 	defer func() {
 		if err != nil {
-			n.Close()
+			n.Close() // whatever was started before the failure
 		}
 	}()
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
