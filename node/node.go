@@ -155,6 +155,7 @@ type Node struct {
 	media   *media.Service
 
 	nativeLn          net.Listener
+	loopLn            *loopListener
 	httpLn, adminLn   net.Listener
 	httpSrv, adminSrv *http.Server
 	accounts          *account.Service
@@ -246,6 +247,7 @@ func (n *Node) startNative() error {
 		return fmt.Errorf("native listener on %s: %w (is another server running? choose another address with --listen)", n.cfg.Listen, err)
 	}
 	n.nativeLn = ln
+	n.loopLn = newLoopListener(ln)
 	e := nbio.NewEngine(nbio.Config{
 		Name:    "parley",
 		Network: "tcp",
@@ -253,7 +255,7 @@ func (n *Node) startNative() error {
 		NPoller: n.cfg.Pollers,
 		// The listener is made above so that port 0 works and its address
 		// is known before clients are told where to connect.
-		Listen: func(string, string) (net.Listener, error) { return wrapListener(ln), nil },
+		Listen: func(string, string) (net.Listener, error) { return n.loopLn, nil },
 	})
 	e.OnOpen(func(nc *nbio.Conn) {
 		n.mx.Accepted.Inc()
@@ -503,6 +505,7 @@ func (n *Node) Close() error {
 			for i := 0; i < 100 && n.router.len() > 0; i++ {
 				time.Sleep(10 * time.Millisecond)
 			}
+			<-n.loopLn.started // see loopListener
 			n.engine.Stop()
 		} else if n.nativeLn != nil {
 			n.nativeLn.Close()
