@@ -15,8 +15,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/parleyhq/parley/account"
 	"github.com/parleyhq/parley/client"
+	"github.com/parleyhq/parley/internal/nodetest"
 	"github.com/parleyhq/parley/node"
 	"github.com/parleyhq/parley/noise"
 	"github.com/parleyhq/parley/wire"
@@ -27,81 +27,17 @@ const (
 	bob   = "+14155550102"
 )
 
-// codeBook is the test's SMS gateway: it keeps the last code per number.
-type codeBook struct {
-	mu    sync.Mutex
-	codes map[string]string
-}
-
-func (g *codeBook) Send(_ context.Context, phone, code string) error {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	g.codes[phone] = code
-	return nil
-}
-
-func (g *codeBook) code(t *testing.T, phone string) string {
-	t.Helper()
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	c, ok := g.codes[phone]
-	if !ok {
-		t.Fatalf("no code was sent to %s", phone)
-	}
-	return c
-}
-
-// quietLog passes warnings and errors to the test log until the test ends
-// (a server goroutine logging after that must not touch t).
-type quietLog struct {
-	mu   sync.Mutex
-	t    *testing.T
-	over bool
-}
-
-func (l *quietLog) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if !l.over {
-		l.t.Logf("%s", p)
-	}
-	return len(p), nil
-}
-
-func newQuietLog(t *testing.T, level slog.Level) *slog.Logger {
-	l := &quietLog{t: t}
-	t.Cleanup(func() { // registered first, so it runs after every other cleanup
-		l.mu.Lock()
-		l.over = true
-		l.mu.Unlock()
-	})
-	return slog.New(slog.NewTextHandler(l, &slog.HandlerOptions{Level: level}))
-}
-
 type testNode struct {
 	n    *node.Node
-	gw   *codeBook
+	gw   *nodetest.Codes
 	log  *slog.Logger
 	data string // the node's data directory
 }
 
 func startNode(t *testing.T) *testNode {
 	t.Helper()
-	log := newQuietLog(t, slog.LevelWarn)
-	gw := &codeBook{codes: make(map[string]string)}
-	data := t.TempDir()
-	n, err := node.Start(testCtx(t), node.Config{
-		DataDir: data,
-		Listen:  "127.0.0.1:0", HTTP: "127.0.0.1:0", Admin: "127.0.0.1:0",
-		SMS: gw, Log: log,
-		// Tests re-register numbers: keep the per-number gap out of the way.
-		PerNumber: account.RateLimit{Max: 100, Window: time.Minute},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { n.Close() })
-	return &testNode{n: n, gw: gw, log: log, data: data}
+	tn := nodetest.Start(t)
+	return &testNode{n: tn.Node, gw: tn.Codes, log: nodetest.Log(t, slog.LevelWarn), data: tn.DataDir}
 }
 
 // register binds phone to key through the HTTP API. A second code for one
@@ -130,7 +66,7 @@ func (tn *testNode) register(t *testing.T, phone string, key noise.Keypair) clie
 			t.Fatalf("still rate limited: %v", err)
 		}
 	}
-	reg, err := client.Verify(ctx, nil, tn.n.HTTPURL(), phone, tn.gw.code(t, phone), key.Public)
+	reg, err := client.Verify(ctx, nil, tn.n.HTTPURL(), phone, tn.gw.Code(t, phone), key.Public)
 	if err != nil {
 		t.Fatal(err)
 	}

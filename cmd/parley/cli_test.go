@@ -12,11 +12,11 @@ import (
 	"log/slog"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/parleyhq/parley/client"
+	"github.com/parleyhq/parley/internal/nodetest"
 	"github.com/parleyhq/parley/node"
 )
 
@@ -28,49 +28,15 @@ const (
 	bobPhone   = "+14155550102"
 )
 
-type codeBook struct {
-	mu    sync.Mutex
-	codes map[string]string
-}
-
-func (g *codeBook) Send(_ context.Context, phone, code string) error {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	g.codes[phone] = code
-	return nil
-}
-
-func (g *codeBook) code(t *testing.T, phone string) string {
-	t.Helper()
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	c, ok := g.codes[phone]
-	if !ok {
-		t.Fatalf("no code was sent to %s", phone)
-	}
-	return c
-}
-
 type cliEnv struct {
 	n  *node.Node
-	gw *codeBook
+	gw *nodetest.Codes
 }
 
 func startNode(t *testing.T) *cliEnv {
 	t.Helper()
-	gw := &codeBook{codes: make(map[string]string)}
-	ctx, cancel := context.WithTimeout(context.Background(), guard)
-	defer cancel()
-	n, err := node.Start(ctx, node.Config{
-		DataDir: t.TempDir(),
-		Listen:  "127.0.0.1:0", HTTP: "127.0.0.1:0", Admin: "127.0.0.1:0",
-		SMS: gw, Log: slog.New(slog.DiscardHandler),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { n.Close() })
-	return &cliEnv{n: n, gw: gw}
+	tn := nodetest.Start(t, func(c *node.Config) { c.Log = slog.New(slog.DiscardHandler) })
+	return &cliEnv{n: tn.Node, gw: tn.Codes}
 }
 
 // result is what one command run produced.
@@ -128,7 +94,7 @@ func (e *cliEnv) register(t *testing.T, phone string) string {
 	if got := jsonLines(t, r.stdout); len(got) != 1 || got[0]["status"] != "code_sent" || got[0]["phone"] != phone {
 		t.Fatalf("register (request) printed %v", got)
 	}
-	r = parley(t, "", "register", "--server", url, "--phone", phone, "--code", e.gw.code(t, phone), "--profile", dir, "--json").must(t)
+	r = parley(t, "", "register", "--server", url, "--phone", phone, "--code", e.gw.Code(t, phone), "--profile", dir, "--json").must(t)
 	got := jsonLines(t, r.stdout)
 	if len(got) != 1 || got[0]["status"] != "registered" || got[0]["phone"] != phone || got[0]["profile"] != dir {
 		t.Fatalf("register (verify) printed %v", got)
