@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"regexp"
 	"runtime"
@@ -38,6 +39,11 @@ func (n *Node) adminHandler() http.Handler {
 	})
 	mux.Handle("GET /admin/process", n.requireToken(http.HandlerFunc(n.handleProcess)))
 	mux.Handle("POST /admin/accounts/bulk", n.requireToken(http.HandlerFunc(n.handleBulkAccounts)))
+	// Profiles of the running server (go tool pprof URL/debug/pprof/profile).
+	mux.Handle("/debug/pprof/", n.requireToken(http.HandlerFunc(pprof.Index)))
+	mux.Handle("/debug/pprof/profile", n.requireToken(http.HandlerFunc(pprof.Profile)))
+	mux.Handle("/debug/pprof/symbol", n.requireToken(http.HandlerFunc(pprof.Symbol)))
+	mux.Handle("/debug/pprof/trace", n.requireToken(http.HandlerFunc(pprof.Trace)))
 	// Metrics, sessions, alerts, stats and the dashboard (at "/"); the
 	// monitor checks the token itself, letting the static page load.
 	mux.Handle("/", n.monitor.Handler())
