@@ -11,6 +11,7 @@ import (
 	"os"
 	"regexp"
 	"runtime"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"sync"
@@ -106,8 +107,9 @@ func (n *Node) handleProcess(w http.ResponseWriter, r *http.Request) {
 		Time:        time.Now().UnixNano(),
 	}
 	if r.URL.Query().Get("gc") == "1" {
-		// A settled heap makes RSS deltas comparable between runs.
-		runtime.GC()
+		// A settled heap, returned to the OS, makes RSS deltas comparable
+		// between runs (freed-but-kept memory would count otherwise).
+		debug.FreeOSMemory()
 	}
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)

@@ -286,6 +286,7 @@ func (c *conn) onData(data []byte) {
 		return
 	}
 	wasPartial := c.partial != nil
+	completed := 0
 	buf := data
 	if c.partial != nil {
 		c.partial = append(c.partial, data...)
@@ -305,6 +306,7 @@ func (c *conn) onData(data []byte) {
 			break
 		}
 		buf = rest
+		completed++
 		if !c.onMessage(msg) {
 			return
 		}
@@ -318,11 +320,13 @@ func (c *conn) onData(data []byte) {
 		c.partial = append(make([]byte, 0, len(buf)+512), buf...)
 	}
 	// A logged-in peer that stops in the middle of a message holds a
-	// buffer of up to 64 KiB: give it FrameTimeout to finish. Idle peers
-	// between messages hold nothing and get no timer.
+	// buffer of up to 64 KiB: give it FrameTimeout to finish that message.
+	// The clock starts with each new partial message (reads that keep
+	// ending mid-message while messages complete are progress), and idle
+	// peers between messages hold nothing and get no timer.
 	if c.rx != nil && !c.failed {
 		switch {
-		case c.partial != nil && !wasPartial:
+		case c.partial != nil && (!wasPartial || completed > 0):
 			c.nc.SetReadDeadline(time.Now().Add(c.n.cfg.FrameTimeout))
 		case c.partial == nil && wasPartial:
 			c.nc.SetReadDeadline(time.Time{})

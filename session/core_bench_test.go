@@ -113,3 +113,30 @@ func BenchmarkPushedAck(b *testing.B) {
 		c.Advance()
 	}
 }
+
+// BenchmarkAck: the client's cumulative Ack of one delivered message (the
+// erase and the delivered receipt out as one batch) and that batch's commit
+// result; the items are delivered before the timer starts.
+func BenchmarkAck(b *testing.B) {
+	data := benchItem(b)
+	c := benchCore(b.N + 1)
+	started(b, c, data)
+	for seq := uint64(2); seq <= uint64(b.N)+1; seq++ {
+		c.Step(session.Pushed{Seq: seq, Data: data})
+		c.Advance()
+	}
+	ack := &wire.Frame{Kind: &wire.Frame_Ack{Ack: &wire.Ack{}}}
+	res := session.Committed{Result: store.Result{Seqs: []uint64{1}}}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		ack.GetAck().Seq = uint64(i) + 1
+		c.Step(session.Received{Frame: ack})
+		if rd := c.Ready(); len(rd.Writes) != 1 {
+			b.Fatal("the ack made no batch")
+		}
+		c.Advance()
+		c.Step(res)
+		c.Advance()
+	}
+}

@@ -1,0 +1,205 @@
+package bench
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// process is the server's answer to GET /admin/process.
+type process struct {
+	CPUSeconds  float64 `json:"cpu_seconds"`
+	RSSBytes    int64   `json:"rss_bytes"`
+	HeapInuse   int64   `json:"heap_inuse_bytes"`
+	Goroutines  int     `json:"goroutines"`
+	Sessions    int     `json:"sessions"`
+	Connections int64   `json:"connections"`
+	Logins      int64   `json:"logins"`
+	Commits     int64   `json:"commits"`
+	Backlog     int     `json:"backlog"`
+	Time        int64   `json:"time_unix_nano"`
+}
+
+// admin talks to the node's admin listener (and, for setup, to its public
+// HTTP API).
+type admin struct {
+	url string
+	hc  *http.Client
+}
+
+func newAdmin(url string) *admin {
+	return &admin{url: strings.TrimRight(url, "/"), hc: &http.Client{Timeout: 60 * time.Second}}
+}
+
+func unreachable(what, url string, err error) error {
+	return fmt.Errorf("cannot reach %s at %s: %v: is `parley serve` running? check --%s", what, url, err, map[string]string{"admin listener": "admin", "HTTP API": "server"}[what])
+}
+
+// process reads the server's process figures; gc asks it to collect first.
+func (a *admin) process(ctx context.Context, gc bool) (process, error) {
+	u := a.url + "/admin/process"
+	if gc {
+		u += "?gc=1"
+	}
+	var p process
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	if err != nil {
+		return p, err
+	}
+	resp, err := a.hc.Do(req)
+	if err != nil {
+		return p, unreachable("admin listener", a.url, err)
+	}
+	defer resp.Body.Close()
+	if err := decodeResponse(resp, &p); err != nil {
+		return p, fmt.Errorf("GET %s: %w", u, err)
+	}
+	return p, nil
+}
+
+// bulkAccount is one account of POST /admin/accounts/bulk.
+type bulkAccount struct {
+	Phone string `json:"phone"`
+	Key   string `json:"key"`
+}
+
+// createAccounts provisions users through the trusted bulk endpoint.
+func (a *admin) createAccounts(ctx context.Context, us []*user) (int, error) {
+	req := struct {
+		Accounts []bulkAccount `json:"accounts"`
+	}{Accounts: make([]bulkAccount, len(us))}
+	for i, u := range us {
+		req.Accounts[i] = bulkAccount{Phone: u.phone, Key: base64.StdEncoding.EncodeToString(u.key.Public)}
+	}
+	body, err := json.Marshal(req)
+	if err != nil {
+		return 0, err
+	}
+	u := a.url + "/admin/accounts/bulk"
+	hr, err := http.NewRequestWithContext(ctx, http.MethodPost, u, bytes.NewReader(body))
+	if err != nil {
+		return 0, err
+	}
+	hr.Header.Set("Content-Type", "application/json")
+	resp, err := a.hc.Do(hr)
+	if err != nil {
+		return 0, unreachable("admin listener", a.url, err)
+	}
+	defer resp.Body.Close()
+	var out struct {
+		Created int `json:"created"`
+	}
+	if err := decodeResponse(resp, &out); err != nil {
+		return 0, fmt.Errorf("POST %s: %w", u, err)
+	}
+	return out.Created, nil
+}
+
+// serverInfo is GET /v1/server on the public HTTP API.
+type serverInfo struct {
+	ServerKey  string `json:"server_key"`
+	NativeAddr string `json:"native_addr"`
+}
+
+func fetchServerInfo(ctx context.Context, hc *http.Client, base string) (serverInfo, []byte, error) {
+	base = strings.TrimRight(base, "/")
+	var si serverInfo
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+"/v1/server", nil)
+	if err != nil {
+		return si, nil, err
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		return si, nil, unreachable("HTTP API", base, err)
+	}
+	defer resp.Body.Close()
+	if err := decodeResponse(resp, &si); err != nil {
+		return si, nil, fmt.Errorf("GET %s/v1/server: %w", base, err)
+	}
+	key, err := base64.StdEncoding.DecodeString(si.ServerKey)
+	if err != nil || len(key) != 32 {
+		return si, nil, fmt.Errorf("GET %s/v1/server: server_key %q is not base64 of 32 bytes: is --server a Parley HTTP API?", base, si.ServerKey)
+	}
+	return si, key, nil
+}
+
+func decodeResponse(resp *http.Response, v any) error {
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if err != nil {
+		return err
+	}
+	if resp.StatusCode != http.StatusOK {
+		var e struct {
+			Error struct {
+				Code, Message string
+			} `json:"error"`
+		}
+		if json.Unmarshal(b, &e) == nil && e.Error.Message != "" {
+			return fmt.Errorf("%s: %s (%s)", resp.Status, e.Error.Message, e.Error.Code)
+		}
+		if resp.StatusCode == http.StatusNotFound {
+			return fmt.Errorf("%s: this server has no such endpoint (an older parley, or not the admin listener?)", resp.Status)
+		}
+		return fmt.Errorf("%s: %.200s", resp.Status, b)
+	}
+	if err := json.Unmarshal(b, v); err != nil {
+		return fmt.Errorf("answer does not decode: %w", err)
+	}
+	return nil
+}
+
+// kernelMem is a snapshot of the machine-wide kernel memory that sockets
+// use: slab objects and TCP socket buffer pages.
+type kernelMem struct {
+	SlabBytes   int64
+	TCPMemBytes int64
+	TCPInuse    int64
+}
+
+// readKernelMem reads /proc/meminfo and /proc/net/sockstat (Linux). On
+// other systems it returns ok=false and the kernel figure is left out.
+func readKernelMem() (k kernelMem, ok bool) {
+	mi, err := os.Open("/proc/meminfo")
+	if err != nil {
+		return k, false
+	}
+	defer mi.Close()
+	sc := bufio.NewScanner(mi)
+	found := false
+	for sc.Scan() {
+		f := strings.Fields(sc.Text())
+		if len(f) >= 2 && f[0] == "Slab:" {
+			kb, _ := strconv.ParseInt(f[1], 10, 64)
+			k.SlabBytes, found = kb<<10, true
+		}
+	}
+	ss, err := os.ReadFile("/proc/net/sockstat")
+	if err != nil || !found {
+		return k, false
+	}
+	for _, line := range strings.Split(string(ss), "\n") {
+		f := strings.Fields(line)
+		if len(f) == 0 || f[0] != "TCP:" {
+			continue
+		}
+		for i := 1; i+1 < len(f); i += 2 {
+			v, _ := strconv.ParseInt(f[i+1], 10, 64)
+			switch f[i] {
+			case "mem":
+				k.TCPMemBytes = v * int64(os.Getpagesize())
+			case "inuse":
+				k.TCPInuse = v
+			}
+		}
+	}
+	return k, true
+}

@@ -1,0 +1,109 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// prepareAll makes a first handshake message for every user, on every CPU.
+func (e *env) prepareAll(us []*user) ([]hello, error) {
+	hs := make([]hello, len(us))
+	errs := make([]error, len(us))
+	parallel(len(us), func(i int) { hs[i], errs[i] = e.d.prepare(us[i]) })
+	return hs, errors.Join(errs...)
+}
+
+// loginStats counts a loginAll as it goes, for the progress line.
+type loginStats struct {
+	done    atomic.Int64
+	retries atomic.Int64
+	errs    tally
+}
+
+// loginAll logs every user in, at most cfg.Concurrency at a time, using
+// the prepared hellos (consumed). A connection that fails for a reason other
+// than a refused login is tried again, up to 3 times, with a fresh
+// handshake. Failed users have a nil conn. With lazy, each connection ends
+// at the server's reply: completeAll verifies them afterwards.
+func (e *env) loginAll(ctx context.Context, us []*user, hellos []hello, rbuf int, st *loginStats, lazy bool) []*conn {
+	conns := make([]*conn, len(us))
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range min(e.cfg.Concurrency, len(us)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= len(us) || ctx.Err() != nil {
+					return
+				}
+				var h hello
+				if hellos != nil {
+					h, hellos[i] = hellos[i], hello{}
+				}
+				for attempt := 0; ; attempt++ {
+					dial := e.d.dial
+					if lazy {
+						dial = e.d.dialLazy
+					}
+					c, err := dial(ctx, us[i], h, rbuf)
+					if err == nil {
+						conns[i] = c
+						st.done.Add(1)
+						break
+					}
+					var le *errLogin
+					if attempt == 3 || ctx.Err() != nil || errors.As(err, &le) {
+						st.errs.add(err)
+						break
+					}
+					st.retries.Add(1)
+					h = hello{}
+					time.Sleep(time.Duration(10<<attempt) * time.Millisecond)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	return conns
+}
+
+// completeAll verifies the replies of lazily dialled connections; those
+// whose login failed are closed, set to nil and counted in st.
+func completeAll(conns []*conn, st *loginStats) {
+	parallel(len(conns), func(i int) {
+		if c := conns[i]; c != nil {
+			if err := c.complete(); err != nil {
+				st.errs.add(err)
+				st.done.Add(-1)
+				c.close()
+				conns[i] = nil
+			}
+		}
+	})
+}
+
+// interruptOnDone unblocks every read and write on conns when ctx ends
+// (Ctrl-C), since a blocked net.Conn sees no context; call the result to
+// stop watching.
+func interruptOnDone(ctx context.Context, conns ...*conn) (stop func() bool) {
+	return context.AfterFunc(ctx, func() {
+		for _, c := range conns {
+			if c != nil {
+				c.nc.SetDeadline(time.Now())
+			}
+		}
+	})
+}
+
+func closeAll(conns []*conn) {
+	parallel(len(conns), func(i int) {
+		if conns[i] != nil {
+			conns[i].close()
+		}
+	})
+}

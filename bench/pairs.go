@@ -1,0 +1,603 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	hdrhistogram "github.com/HdrHistogram/hdrhistogram-go"
+)
+
+// Latency is a latency distribution in milliseconds.
+type Latency struct {
+	P50  float64 `json:"p50"`
+	P90  float64 `json:"p90"`
+	P99  float64 `json:"p99"`
+	P999 float64 `json:"p999"`
+	Max  float64 `json:"max"`
+}
+
+// PairsResult is what Pairs reports.
+type PairsResult struct {
+	Mode        string  `json:"mode"`
+	Pairs       int     `json:"pairs"`
+	Window      int     `json:"window"`
+	Size        int     `json:"size"`
+	Rate        float64 `json:"rate"` // asked pace, msgs/s; 0: as fast as the windows allow
+	MsgsPerPair int     `json:"msgs_per_pair"`
+	Seconds     float64 `json:"seconds"`
+
+	Sent      int64   `json:"sent"`
+	Delivered int64   `json:"delivered"` // delivered receipts read by the senders
+	Received  int64   `json:"received"`  // messages read by the receivers
+	MsgsPerS  float64 `json:"msgs_per_s"`
+	Latency   Latency `json:"latency_ms"`
+
+	ServerCPUUsPerMsg float64 `json:"server_cpu_us_per_msg"`
+	ServerCPUS        float64 `json:"server_cpu_s"`
+	BenchCPUUsPerMsg  float64 `json:"bench_cpu_us_per_msg"`
+
+	Errors       int64    `json:"errors"`
+	ErrorSamples []string `json:"error_samples,omitempty"`
+	Lost         int64    `json:"lost"`
+	Stale        int64    `json:"stale"` // items left by earlier runs, acked and ignored
+}
+
+// Rows implements Result.
+func (r *PairsResult) Rows() []Row {
+	pace := "as fast as the windows allow"
+	if r.Rate > 0 {
+		pace = fmt.Sprintf("paced at %.0f msgs/s", r.Rate)
+	}
+	rows := []Row{
+		{Name: "pairs x window x size", Value: fmt.Sprintf("%d x %d x %d B", r.Pairs, r.Window, r.Size), Note: pace},
+		{Name: "msgs_per_s", Value: fmtF(r.MsgsPerS, 0), Note: fmt.Sprintf("%s delivered receipts in %.2f s (%s sent, %s received)", fmtInt(r.Delivered), r.Seconds, fmtInt(r.Sent), fmtInt(r.Received))},
+		{Name: "latency_ms p50", Value: fmtF(r.Latency.P50, 3), Note: "send -> delivered receipt"},
+		{Name: "latency_ms p90", Value: fmtF(r.Latency.P90, 3)},
+		{Name: "latency_ms p99", Value: fmtF(r.Latency.P99, 3)},
+		{Name: "latency_ms p999", Value: fmtF(r.Latency.P999, 3)},
+		{Name: "latency_ms max", Value: fmtF(r.Latency.Max, 3)},
+		{Name: "server_cpu_us_per_msg", Value: fmtF(r.ServerCPUUsPerMsg, 2), Note: fmt.Sprintf("%.2f server CPU-seconds, from /admin/process", r.ServerCPUS)},
+		{Name: "bench_cpu_us_per_msg", Value: fmtF(r.BenchCPUUsPerMsg, 2), Note: "this load generator's own CPU"},
+		{Name: "lost", Value: fmtInt(r.Lost), Note: "missing + duplicated + out of order; anything but 0 is a bug"},
+		{Name: "stale", Value: fmtInt(r.Stale), Note: "items from earlier runs, acked and ignored"},
+	}
+	return append(rows, errorRows(r.Errors, r.ErrorSamples)...)
+}
+
+// histShards spread latency recording over a few locks.
+type histShards [16]struct {
+	mu sync.Mutex
+	h  *hdrhistogram.Histogram
+	_  [40]byte // keep the locks on separate cache lines
+}
+
+func newHist() *hdrhistogram.Histogram { return hdrhistogram.New(1, 60_000_000, 3) }
+
+func (hs *histShards) init() {
+	for i := range hs {
+		hs[i].h = newHist()
+	}
+}
+
+func (hs *histShards) merged() *hdrhistogram.Histogram {
+	all := newHist()
+	for i := range hs {
+		all.Merge(hs[i].h)
+	}
+	return all
+}
+
+func latencyOf(h *hdrhistogram.Histogram) Latency {
+	ms := func(us int64) float64 { return float64(us) / 1000 }
+	return Latency{
+		P50: ms(h.ValueAtQuantile(50)), P90: ms(h.ValueAtQuantile(90)), P99: ms(h.ValueAtQuantile(99)),
+		P999: ms(h.ValueAtQuantile(99.9)), Max: ms(h.Max()),
+	}
+}
+
+// pairsRun is what the pairs of one run share.
+type pairsRun struct {
+	t0       time.Time
+	stopping atomic.Bool // no new sends
+	limit    int64       // sends per pair; 0: until stopping
+	body     []byte
+	hist     histShards
+	errs     tally
+}
+
+func (r *pairsRun) now() int64 { return int64(time.Since(r.t0)) }
+
+// sender is one pair's sending side. Its fields belong to its goroutine
+// (paced: to whoever holds mu), except the atomics read by the progress line.
+type sender struct {
+	r     *pairsRun
+	c     *conn
+	to    string
+	base  uint64
+	shard int
+
+	mu     sync.Mutex // paced mode: pacer and reader share the conn
+	slots  chan struct{}
+	sendAt []int64 // ring by message number: when it was written
+
+	sent, failed, acked int64
+	rcptHigh            uint64 // highest message number with a receipt
+	seqHigh, ackSent    uint64 // highest delivery seq seen, and acked
+	stale               int64
+	lastRcpt            int64 // r.now() at the last receipt
+	sendingDone         bool
+	err                 error
+
+	delivered atomic.Int64
+}
+
+func (s *sender) outstanding() int64 { return s.sent - s.delivered.Load() - s.failed }
+
+func (s *sender) maySend() bool {
+	return !s.r.stopping.Load() && (s.r.limit == 0 || s.sent < s.r.limit)
+}
+
+// queueOne adds the next Send to the write buffer.
+func (s *sender) queueOne() error {
+	k := s.sent + 1
+	s.sendAt[(k-1)%int64(len(s.sendAt))] = s.r.now()
+	if err := s.c.queueSend(s.base+uint64(k), s.to, s.r.body); err != nil {
+		return err
+	}
+	s.sent = k
+	return nil
+}
+
+// handle applies one frame; now is r.now() at the read.
+func (s *sender) handle(f *frame, now int64) error {
+	switch f.kind {
+	case fSendAck:
+		s.acked++
+	case fError:
+		if k := int64(f.id - s.base); f.id > s.base && k <= s.sent {
+			s.failed++
+			s.r.errs.add(fmt.Errorf("send refused (%d): %s", f.code, f.text))
+			if s.slots != nil {
+				s.slots <- struct{}{}
+			}
+			return nil
+		}
+		return fmt.Errorf("server error for request %d (%d): %s", f.id, f.code, f.text)
+	case fClose:
+		return closeErr(f)
+	case fDeliver:
+		s.seqHigh = max(s.seqHigh, f.seq)
+		if !f.isRcpt || f.rKind != receiptDelivered {
+			s.stale++
+			return nil
+		}
+		sh := &s.r.hist[s.shard]
+		n := 0
+		for _, id := range f.ids {
+			k := int64(id - s.base)
+			if id <= s.base || k > s.sent {
+				s.stale++
+				continue
+			}
+			if uint64(k) <= s.rcptHigh {
+				s.r.errs.add(fmt.Errorf("duplicate delivered receipt for message %d", id))
+				continue
+			}
+			s.rcptHigh = uint64(k)
+			us := (now - s.sendAt[(k-1)%int64(len(s.sendAt))]) / 1000
+			if n == 0 {
+				sh.mu.Lock()
+			}
+			sh.h.RecordValue(max(us, 1))
+			n++
+		}
+		if n > 0 {
+			sh.mu.Unlock()
+			s.delivered.Add(int64(n))
+			s.lastRcpt = now
+			if s.slots != nil {
+				for range n {
+					s.slots <- struct{}{}
+				}
+			}
+		}
+	}
+	return nil
+}
+
+// readBatch reads what is available and applies every complete frame,
+// queueing the ack of the deliveries among them.
+func (s *sender) readBatch(f *frame, lock bool) error {
+	if err := s.c.wait(); err != nil {
+		return err
+	}
+	now := s.r.now()
+	if lock {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+	}
+	for {
+		pt, ok, err := s.c.next()
+		if err != nil {
+			return err
+		}
+		if !ok {
+			break
+		}
+		if err := parseFrame(pt, f); err != nil {
+			return err
+		}
+		if err := s.handle(f, now); err != nil {
+			return err
+		}
+	}
+	if s.seqHigh > s.ackSent {
+		if err := s.c.queueAck(s.seqHigh); err != nil {
+			return err
+		}
+		s.ackSent = s.seqHigh
+	}
+	if lock {
+		return s.c.flush()
+	}
+	return nil
+}
+
+// run is the unpaced sender: it keeps the window full, clocked by the
+// receipts it reads, writing each batch's acks and new sends together.
+func (s *sender) run() {
+	var f frame
+	for {
+		for s.outstanding() < int64(len(s.sendAt)) && s.maySend() {
+			if s.err = s.queueOne(); s.err != nil {
+				return
+			}
+		}
+		if s.err = s.c.flush(); s.err != nil {
+			return
+		}
+		if s.outstanding() == 0 {
+			return
+		}
+		if s.err = s.readBatch(&f, false); s.err != nil {
+			return
+		}
+	}
+}
+
+// pace is the paced sender's writer: one send every interval (from its
+// offset), whenever the window has room.
+func (s *sender) pace(start time.Time, interval time.Duration, stop <-chan struct{}) {
+	next := start
+	defer func() {
+		s.mu.Lock()
+		s.sendingDone = true
+		idle := s.outstanding() == 0
+		s.mu.Unlock()
+		if idle {
+			s.c.nc.SetReadDeadline(time.Now()) // wake the reader to end
+		}
+	}()
+	t := time.NewTimer(0)
+	defer t.Stop()
+	<-t.C
+	for {
+		s.mu.Lock()
+		ok := s.maySend()
+		s.mu.Unlock()
+		if !ok {
+			return
+		}
+		if d := time.Until(next); d > 0 {
+			t.Reset(d)
+			select {
+			case <-t.C:
+			case <-stop:
+				return
+			}
+		}
+		select {
+		case <-s.slots:
+		case <-stop:
+			return
+		}
+		s.mu.Lock()
+		err := s.queueOne()
+		if err == nil {
+			err = s.c.flush()
+		}
+		s.mu.Unlock()
+		if err != nil {
+			s.c.nc.SetReadDeadline(time.Now())
+			return
+		}
+		next = next.Add(interval)
+	}
+}
+
+// read is the paced sender's reader; it ends once the pacer is done and
+// every send has its receipt (or failed).
+func (s *sender) read() {
+	var f frame
+	for {
+		err := s.readBatch(&f, true)
+		s.mu.Lock()
+		over := s.sendingDone && s.outstanding() == 0
+		s.mu.Unlock()
+		if over {
+			return
+		}
+		if err != nil {
+			s.err = err
+			return
+		}
+	}
+}
+
+// receiver is one pair's receiving side: it checks the order and acks
+// every read batch.
+type receiver struct {
+	c       *conn
+	from    string
+	base    uint64
+	next    uint64 // the message number expected next
+	unique  int64
+	dups    int64 // seen before (or late after a gap)
+	jumps   int64 // arrived ahead of a missing one
+	stale   int64
+	seqHigh uint64
+	ackSent uint64
+	err     error
+
+	received atomic.Int64
+}
+
+func (v *receiver) run(closing *atomic.Bool) {
+	var f frame
+	for {
+		if err := v.batch(&f); err != nil {
+			if !closing.Load() {
+				v.err = err
+			}
+			return
+		}
+	}
+}
+
+// batch reads what is available, checks every message and acks them all.
+func (v *receiver) batch(f *frame) error {
+	if v.next == 0 {
+		v.next = 1
+	}
+	if err := v.c.wait(); err != nil {
+		return err
+	}
+	for {
+		pt, ok, err := v.c.next()
+		if err == nil && ok {
+			err = parseFrame(pt, f)
+		}
+		if err != nil {
+			return err
+		}
+		if !ok {
+			break
+		}
+		switch f.kind {
+		case fClose:
+			return closeErr(f)
+		case fDeliver:
+			v.seqHigh = max(v.seqHigh, f.seq)
+			if !f.isMsg || string(f.from) != v.from || f.msgID <= v.base {
+				v.stale++
+				continue
+			}
+			k := f.msgID - v.base
+			switch {
+			case k == v.next:
+				v.unique++
+				v.next++
+			case k > v.next:
+				v.jumps++
+				v.unique++
+				v.next = k + 1
+			default:
+				v.dups++
+			}
+			v.received.Add(1)
+		}
+	}
+	if v.seqHigh > v.ackSent {
+		if err := v.c.queueAck(v.seqHigh); err != nil {
+			return err
+		}
+		v.ackSent = v.seqHigh
+		return v.c.flush()
+	}
+	return nil
+}
+
+// drainGrace is how long senders get, after the sending stopped, for their
+// last receipts; what has not come by then counts as lost.
+const drainGrace = 10 * time.Second
+
+// Pairs runs cfg.Pairs sender->receiver pairs, each sender keeping at most
+// cfg.Window messages of cfg.Size bytes outstanding until their delivered
+// receipts arrive, for cfg.Msgs messages per pair or cfg.Duration, whichever
+// comes first (cfg.Rate paces them). Users offset+2i send to offset+2i+1.
+func Pairs(ctx context.Context, cfg Config, progress io.Writer) (*PairsResult, error) {
+	cfg.setDefaults()
+	if cfg.Pairs <= 0 {
+		return nil, fmt.Errorf("--pairs %d: give 1 or more", cfg.Pairs)
+	}
+	if cfg.Window <= 0 {
+		cfg.Window = 1
+	}
+	if cfg.Duration <= 0 {
+		cfg.Duration = 10 * time.Second
+	}
+	if cfg.Size > 60<<10 {
+		return nil, fmt.Errorf("--size %d: at most %d bytes", cfg.Size, 60<<10)
+	}
+	if cfg.Msgs < 0 || cfg.Rate < 0 || math.IsInf(cfg.Rate, 0) || math.IsNaN(cfg.Rate) {
+		return nil, errors.New("--msgs and --rate must be 0 or more")
+	}
+	e, err := open(ctx, cfg, "pairs", 2*cfg.Pairs)
+	if err != nil {
+		return nil, err
+	}
+	var ls loginStats
+	conns := e.loginAll(ctx, e.users, nil, 64<<10, &ls, false)
+	defer closeAll(conns)
+	if ls.errs.count() > 0 {
+		return nil, fmt.Errorf("pairs: %d of %d logins failed, e.g. %s", ls.errs.count(), len(conns), ls.errs.list()[0])
+	}
+
+	r := &pairsRun{limit: int64(cfg.Msgs), body: make([]byte, cfg.Size)}
+	r.hist.init()
+	base := runBase()
+	senders := make([]*sender, cfg.Pairs)
+	receivers := make([]*receiver, cfg.Pairs)
+	for i := range cfg.Pairs {
+		s, v := conns[2*i], conns[2*i+1]
+		senders[i] = &sender{r: r, c: s, to: e.users[2*i+1].phone, base: base, shard: i % len(r.hist), sendAt: make([]int64, cfg.Window)}
+		receivers[i] = &receiver{c: v, from: e.users[2*i].phone, base: base}
+		if cfg.Rate > 0 {
+			senders[i].slots = make(chan struct{}, cfg.Window)
+			for range cfg.Window {
+				senders[i].slots <- struct{}{}
+			}
+		}
+	}
+	delivered := func() (n int64) {
+		for _, s := range senders {
+			n += s.delivered.Load()
+		}
+		return n
+	}
+
+	p0, err := e.admin.process(ctx, false)
+	if err != nil {
+		return nil, err
+	}
+	defer interruptOnDone(ctx, conns...)()
+	cpu0 := cpuSelf()
+	var closing atomic.Bool
+	var rwg, swg sync.WaitGroup
+	for _, v := range receivers {
+		rwg.Add(1)
+		go func() { defer rwg.Done(); v.run(&closing) }()
+	}
+	stop := make(chan struct{})
+	r.t0 = time.Now()
+	var lastN int64
+	lastT := r.t0
+	pr := startProgress(progress, func() string {
+		n, now := delivered(), time.Now()
+		cur := rate(n-lastN, now.Sub(lastT))
+		lastN, lastT = n, now
+		p, _ := e.admin.process(ctx, false)
+		return fmt.Sprintf("pairs: %.0fs  delivered %s  %.0f msgs/s now  server cpu %.1fs backlog %d",
+			time.Since(r.t0).Seconds(), fmtInt(n), cur, p.CPUSeconds, p.Backlog)
+	})
+	defer pr.end()
+	for i, s := range senders {
+		if cfg.Rate > 0 {
+			interval := time.Duration(float64(time.Second) * float64(cfg.Pairs) / cfg.Rate)
+			start := r.t0.Add(interval * time.Duration(i) / time.Duration(cfg.Pairs))
+			swg.Add(2)
+			go func() { defer swg.Done(); s.pace(start, interval, stop) }()
+			go func() { defer swg.Done(); s.read() }()
+		} else {
+			swg.Add(1)
+			go func() { defer swg.Done(); s.run() }()
+		}
+	}
+	sendersDone := make(chan struct{})
+	go func() { swg.Wait(); close(sendersDone) }()
+	timer := time.NewTimer(cfg.Duration)
+	defer timer.Stop()
+	select {
+	case <-sendersDone:
+	case <-timer.C:
+	case <-ctx.Done():
+	}
+	r.stopping.Store(true)
+	close(stop)
+	grace := time.NewTimer(drainGrace)
+	defer grace.Stop()
+	select {
+	case <-sendersDone:
+	case <-grace.C:
+		for _, s := range senders {
+			s.c.nc.SetReadDeadline(time.Now())
+		}
+		<-sendersDone
+	}
+	if ctx.Err() != nil {
+		closing.Store(true)
+		rwg.Wait()
+		return nil, ctx.Err()
+	}
+	p1, err := e.admin.process(ctx, false)
+	benchCPU := cpuSelf() - cpu0
+	closing.Store(true)
+	for _, v := range receivers {
+		v.c.nc.SetReadDeadline(time.Now())
+	}
+	rwg.Wait()
+	if err != nil {
+		return nil, err
+	}
+
+	res := &PairsResult{
+		Mode: "pairs", Pairs: cfg.Pairs, Window: cfg.Window, Size: cfg.Size, Rate: cfg.Rate, MsgsPerPair: cfg.Msgs,
+	}
+	var last int64
+	for i, s := range senders {
+		v := receivers[i]
+		res.Sent += s.sent
+		res.Delivered += s.delivered.Load()
+		res.Received += v.received.Load()
+		res.Stale += s.stale + v.stale
+		last = max(last, s.lastRcpt)
+		if s.err != nil && !isTimeout(s.err) {
+			r.errs.add(fmt.Errorf("sender %s: %w", e.users[2*i].phone, s.err))
+		}
+		if v.err != nil {
+			r.errs.add(fmt.Errorf("receiver %s: %w", e.users[2*i+1].phone, v.err))
+		}
+		if o := s.outstanding(); o > 0 {
+			r.errs.add(fmt.Errorf("%d messages of %s had no delivered receipt %s after the sending stopped", o, e.users[2*i].phone, drainGrace))
+		}
+		expected := s.sent - s.failed
+		missing := expected - v.unique
+		if missing < 0 {
+			missing = -missing
+		}
+		res.Lost += missing + v.dups + v.jumps
+	}
+	res.Seconds = time.Duration(last).Seconds()
+	res.MsgsPerS = rate(res.Delivered, time.Duration(last))
+	res.Latency = latencyOf(r.hist.merged())
+	res.ServerCPUS = p1.CPUSeconds - p0.CPUSeconds
+	if res.Delivered > 0 {
+		res.ServerCPUUsPerMsg = res.ServerCPUS * 1e6 / float64(res.Delivered)
+		res.BenchCPUUsPerMsg = float64(benchCPU.Microseconds()) / float64(res.Delivered)
+	}
+	res.Errors, res.ErrorSamples = r.errs.count(), r.errs.list()
+	pr.end()
+	return res, nil
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
