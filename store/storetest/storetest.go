@@ -553,7 +553,7 @@ func runReadQueue(t *testing.T, open Opener) {
 		e := newEnv(t, open, store.Options{}, alice)
 		data := []byte("original")
 		e.mustCommit(&store.Batch{Appends: []store.Append{{To: alice, Data: data}}})
-		copy(data, "XXXXXXXX") // the caller may reuse its buffer after done
+		copy(data, "scribble") // the caller may reuse its buffer after done
 		items := e.read(alice, 0, 1)
 		items[0].Data[0] = 'Y' // and may scribble on what it read
 		if got := e.read(alice, 0, 1); string(got[0].Data) != "original" {
