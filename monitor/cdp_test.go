@@ -17,10 +17,12 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"os"
 	"os/exec"
 	"regexp"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -259,25 +261,38 @@ var devtoolsURL = regexp.MustCompile(`DevTools listening on (ws://\S+)`)
 
 func startBrowser(ctx context.Context, t *testing.T, bin string, width, height int) *browser {
 	t.Helper()
+	// Not t.TempDir: Chromium's helper processes write to the profile until
+	// they are gone, so the directory is removed after the whole process
+	// group is killed, below.
+	profile, err := os.MkdirTemp("", "parley-chromium-")
+	if err != nil {
+		t.Fatal(err)
+	}
 	cmd := exec.Command(bin,
 		"--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
 		"--disable-background-networking", "--disable-component-update", "--disable-sync",
 		"--disable-dev-shm-usage", "--hide-scrollbars", "--mute-audio",
-		"--user-data-dir="+t.TempDir(),
+		"--user-data-dir="+profile,
 		"--remote-debugging-port=0",
 		fmt.Sprintf("--window-size=%d,%d", width, height),
 		"about:blank")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true} // its own group, to kill the helpers too
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
 	}
 	if err := cmd.Start(); err != nil {
+		os.RemoveAll(profile)
 		t.Fatalf("start %s: %v", bin, err)
 	}
 	b := &browser{cmd: cmd, stderr: &lockedBuffer{}}
 	t.Cleanup(func() {
-		cmd.Process.Kill()
+		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
 		cmd.Wait()
+		// A helper may still be exiting: retry briefly, then leave it.
+		for i := 0; i < 20 && os.RemoveAll(profile) != nil; i++ {
+			time.Sleep(50 * time.Millisecond)
+		}
 	})
 	found := make(chan string, 1)
 	go func() {
