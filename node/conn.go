@@ -187,7 +187,11 @@ func (c *conn) start(w *worker) bool {
 	// A re-registration may have landed between the handshake's key check
 	// and the registration above; it kicked whoever was registered then, so
 	// check again now that this connection is the one a kick would find.
-	if a, err := c.n.store.Account(c.user); err != nil || a.Generation != c.gen {
+	switch a, err := c.n.store.Account(c.user); {
+	case err != nil:
+		c.n.log.Error("account lookup at login", "user", c.user, "err", err)
+		return c.step(w, session.Kicked{Code: wire.Error_INTERNAL, Text: "account lookup failed: reconnect"})
+	case a.Generation != c.gen:
 		return c.step(w, session.Kicked{Code: wire.Error_REGISTERED_ELSEWHERE, Text: "this number was registered on another device"})
 	}
 	c.n.log.Debug("session started", "user", c.user, "conn", c.id())

@@ -77,6 +77,10 @@ type Config struct {
 	// HandshakeTimeout closes connections that do not complete the
 	// handshake in time. Default 10s.
 	HandshakeTimeout time.Duration
+	// MaxWriteBuffer bounds what the server holds for one client that does
+	// not read what it is sent; past it the connection is closed (the
+	// client reconnects and its queue is delivered again). Default 4 MiB.
+	MaxWriteBuffer int
 	// FrameTimeout closes logged-in connections that stop in the middle
 	// of a message for this long. Default 30s.
 	FrameTimeout time.Duration
@@ -121,6 +125,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.HandshakeTimeout <= 0 {
 		c.HandshakeTimeout = 10 * time.Second
+	}
+	if c.MaxWriteBuffer <= 0 {
+		c.MaxWriteBuffer = 4 << 20
 	}
 	if c.FrameTimeout <= 0 {
 		c.FrameTimeout = 30 * time.Second
@@ -253,6 +260,9 @@ func (n *Node) startNative() error {
 		Network: "tcp",
 		Addrs:   []string{ln.Addr().String()},
 		NPoller: n.cfg.Pollers,
+		// Unread replies (pongs, acks, deliveries) must not pile up
+		// without bound for a client that never reads.
+		MaxWriteBufferSize: n.cfg.MaxWriteBuffer,
 		// The listener is made above so that port 0 works and its address
 		// is known before clients are told where to connect.
 		Listen: func(string, string) (net.Listener, error) { return n.loopLn, nil },

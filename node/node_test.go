@@ -42,3 +42,42 @@ func TestAdminOffLoopbackNeedsAToken(t *testing.T) {
 		t.Fatalf("Start with a public admin listener and no token: err = %v", err)
 	}
 }
+
+const maxWriteBufferForTest = 64 << 10
+
+// A client that keeps asking but never reads cannot make the server hold
+// its replies without bound: past MaxWriteBuffer it is disconnected.
+func TestClientThatNeverReadsIsCutOff(t *testing.T) {
+	t.Parallel()
+	gw := &codeGateway{}
+	n, err := node.Start(context.Background(), node.Config{
+		DataDir: t.TempDir(), Listen: "127.0.0.1:0", HTTP: "127.0.0.1:0", Admin: "127.0.0.1:0",
+		SMS: gw, MaxWriteBuffer: maxWriteBufferForTest, Log: testLogger(t),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close()
+	kp, _ := register(t, n.HTTPURL(), alicePhone, gw.code)
+	c, err := dialLogin(n.NativeAddr(), n.PublicKey(), alicePhone, kp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	// Pings in batches of 1,000 per write, never reading a pong. Bounded:
+	// at most 500 batches (about 25 MB of pongs, far past every buffer).
+	for i := 0; i < 500; i++ {
+		var batch []byte
+		for j := 0; j < 1000; j++ {
+			msg, err := c.sealed(pingFrame(uint64(i*1000 + j)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			batch = append(batch, msg...)
+		}
+		if err := c.writeRaw(batch); err != nil {
+			return // cut off, as it should be
+		}
+	}
+	t.Fatal("the server kept answering a client that never reads")
+}

@@ -25,6 +25,11 @@ type Config struct {
 	Now func() int64
 	// NewID returns a fresh server message id.
 	NewID func() uint64
+	// MaxPending bounds the requests (sends, reads) a client may have
+	// waiting for the store at once; past it the session is closed, so a
+	// client pipelining without limit cannot make the server hold
+	// unbounded memory. Default 4096.
+	MaxPending int
 	// IssueUpload returns an upload token for the user, the URL to upload
 	// to and the token's expiry (unix nanoseconds); nil when the server
 	// takes no media.
@@ -116,8 +121,12 @@ type Core struct {
 	caughtUp bool   // the last read reached the queue's tail
 	loading  bool
 	loadMax  int
-	inflight []inflight // delivered, unacked, in seq order
-	pending  []pending  // writes awaiting Committed, in commit order
+	// pushedWhileLoading: an item arrived after the outstanding read's
+	// snapshot may have been taken, so that read cannot prove the queue
+	// was caught up.
+	pushedWhileLoading bool
+	inflight           []inflight // delivered, unacked, in seq order
+	pending            []pending  // writes awaiting Committed, in commit order
 
 	rd Ready
 }
@@ -126,6 +135,9 @@ type Core struct {
 func New(cfg Config) *Core {
 	if cfg.Window <= 0 {
 		cfg.Window = 256
+	}
+	if cfg.MaxPending <= 0 {
+		cfg.MaxPending = 4096
 	}
 	return &Core{cfg: cfg}
 }
@@ -190,6 +202,10 @@ func errFrame(id uint64, code wire.Error_Code, text string) *wire.Frame {
 }
 
 func (c *Core) received(f *wire.Frame) {
+	if len(c.pending) >= c.cfg.MaxPending {
+		c.close(wire.Error_BAD_REQUEST, fmt.Sprintf("more than %d requests waiting for their answers: wait for SendAcks before sending more", c.cfg.MaxPending))
+		return
+	}
 	switch k := f.Kind.(type) {
 	case *wire.Frame_Send:
 		c.onSend(k.Send)
@@ -318,13 +334,13 @@ func (c *Core) committed(r store.Result) {
 			c.send(&wire.Frame{Kind: &wire.Frame_Ok{Ok: &wire.Ok{Id: p.id}}})
 		}
 	case pendAck:
-		if r.Err != nil {
+		if r.Err != nil && !errors.Is(r.Err, store.ErrClosed) {
 			// The receipts were refused (a sender's queue is full or gone):
 			// erase the acked items anyway, so the recipient is not flooded
 			// with redeliveries. The refusal is the sender's loss of a tick,
 			// not of a message.
 			c.rd.Writes = append(c.rd.Writes, &store.Batch{Acks: []store.Ack{{User: c.cfg.User, UpTo: p.ackUpTo}}})
-			c.pending = append(c.pending, pending{kind: pendAck})
+			c.pending = append(c.pending, pending{kind: pendAck, ackUpTo: p.ackUpTo})
 		}
 	}
 }
@@ -380,7 +396,8 @@ func (c *Core) loaded(e Loaded) {
 			return
 		}
 	}
-	c.caughtUp = len(e.Items) < c.loadMax
+	c.caughtUp = len(e.Items) < c.loadMax && !c.pushedWhileLoading
+	c.pushedWhileLoading = false
 	c.fill()
 }
 
@@ -394,6 +411,9 @@ func (c *Core) pushed(e Pushed) {
 		// Behind, or the window is full: the item waits in the store and
 		// the next read picks it up.
 		c.caughtUp = false
+		if c.loading {
+			c.pushedWhileLoading = true
+		}
 		c.fill()
 	}
 }

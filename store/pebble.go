@@ -182,15 +182,19 @@ func loadNextID(db *pebble.DB) (uint64, error) {
 
 // Commit queues b for the committer and returns at once; done is called
 // from the committer goroutine once b is durable or refused. b must not be
-// modified until done is called. After Close, done gets ErrClosed (from a
-// new goroutine, since the committer is gone and the caller may hold locks
-// that done needs).
+// modified until done is called. After Close, done gets ErrClosed from a
+// new goroutine (the committer is gone and the caller may hold locks that
+// done needs) — but only once the committer has reported every batch
+// queued before, so a caller still sees its results in commit order.
 func (p *Pebble) Commit(b *Batch, done func(Result)) {
 	if p.q.push(request{b: b, done: done}) {
 		return
 	}
 	if done != nil {
-		go done(Result{Err: ErrClosed})
+		go func() {
+			<-p.committed
+			done(Result{Err: ErrClosed})
+		}()
 	}
 }
 

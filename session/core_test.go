@@ -1,0 +1,91 @@
+package session_test
+
+import (
+	"errors"
+	"testing"
+
+	"github.com/parleyhq/parley/session"
+	"github.com/parleyhq/parley/store"
+	"github.com/parleyhq/parley/wire"
+)
+
+func newCore(window, maxPending int) *session.Core {
+	var clock, ids int64
+	return session.New(session.Config{
+		User: "bob", Window: window, MaxPending: maxPending,
+		Now:   func() int64 { clock++; return clock },
+		NewID: func() uint64 { ids++; return uint64(ids) },
+	})
+}
+
+func item(t *testing.T, seq uint64, from string) store.Item {
+	t.Helper()
+	data, err := wire.EncodeItem(&wire.Item{Kind: &wire.Item_Message{Message: &wire.Message{From: from, Id: seq, ServerId: 100 + seq}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return store.Item{Seq: seq, Data: data}
+}
+
+// step applies ev and returns the Ready it produced, advanced.
+func step(c *session.Core, ev any) session.Ready {
+	c.Step(ev)
+	rd := c.Ready()
+	out := session.Ready{Frames: append([]*wire.Frame(nil), rd.Frames...), Writes: append([]*store.Batch(nil), rd.Writes...), Load: rd.Load, Close: rd.Close}
+	c.Advance()
+	return out
+}
+
+// A push that arrives while a read is outstanding may be missing from that
+// read's snapshot: the core must read again rather than believe it has
+// caught up (else the item waits until the next push or login).
+func TestPushDuringOutstandingReadIsNotLost(t *testing.T) {
+	c := newCore(4, 0)
+	if rd := step(c, session.Start{}); rd.Load == nil {
+		t.Fatal("Start did not ask for a read")
+	}
+	it := item(t, 1, "alice")
+	step(c, session.Pushed{Seq: it.Seq, Data: it.Data}) // while the read is out
+	rd := step(c, session.Loaded{})                     // the snapshot predates item 1
+	if rd.Load == nil || rd.Load.From > 1 {
+		t.Fatalf("after an empty read that raced a push: Load = %+v, want a new read from <= 1", rd.Load)
+	}
+}
+
+// When erasing acked items fails, the retry erases the same range, every
+// time; a closed store is not retried.
+func TestAckRetryKeepsItsRange(t *testing.T) {
+	c := newCore(4, 0)
+	step(c, session.Start{})
+	step(c, session.Loaded{Items: []store.Item{item(t, 1, "alice"), item(t, 2, "alice")}})
+	rd := step(c, session.Received{Frame: &wire.Frame{Kind: &wire.Frame_Ack{Ack: &wire.Ack{Seq: 2}}}})
+	if len(rd.Writes) != 1 || rd.Writes[0].Acks[0].UpTo != 2 {
+		t.Fatalf("ack wrote %+v", rd.Writes)
+	}
+	for i := 0; i < 2; i++ {
+		rd = step(c, session.Committed{Result: store.Result{Err: errors.New("disk on fire")}})
+		if len(rd.Writes) != 1 || len(rd.Writes[0].Acks) != 1 || rd.Writes[0].Acks[0].UpTo != 2 {
+			t.Fatalf("retry %d wrote %+v, want an ack up to 2", i+1, rd.Writes)
+		}
+	}
+	if rd = step(c, session.Committed{Result: store.Result{Err: store.ErrClosed}}); len(rd.Writes) != 0 {
+		t.Fatalf("retried against a closed store: %+v", rd.Writes)
+	}
+}
+
+// A client may not pile up requests without waiting for their answers.
+func TestTooManyPendingRequestsCloseTheSession(t *testing.T) {
+	c := newCore(4, 2)
+	send := func(id uint64) session.Ready {
+		return step(c, session.Received{Frame: &wire.Frame{Kind: &wire.Frame_Send{Send: &wire.Send{Id: id, To: "alice"}}}})
+	}
+	for id := uint64(1); id <= 2; id++ {
+		if rd := send(id); rd.Close != nil {
+			t.Fatalf("send %d closed the session: %v", id, rd.Close)
+		}
+	}
+	rd := send(3)
+	if rd.Close == nil || rd.Close.Code != wire.Error_BAD_REQUEST {
+		t.Fatalf("third unanswered send: Close = %v, want BAD_REQUEST", rd.Close)
+	}
+}
