@@ -57,7 +57,14 @@ func buildParley(t *testing.T) string {
 	bin := filepath.Join(t.TempDir(), "parley")
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, goBin, "build", "-o", bin, "./cmd/parley")
+	// Build the way this test binary was built (-race or not): the other
+	// way would compile every dependency a second time, which on a small
+	// machine under load can take minutes.
+	args := []string{"build", "-o", bin}
+	if raceEnabled {
+		args = append(args, "-race")
+	}
+	cmd := exec.CommandContext(ctx, goBin, append(args, "./cmd/parley")...)
 	cmd.Dir = filepath.Dir(gomod)
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("go build ./cmd/parley: %v\n%s", err, out)
