@@ -13,21 +13,13 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/parleyhq/parley/node"
 )
 
-// process is the server's answer to GET /admin/process.
-type process struct {
-	CPUSeconds  float64 `json:"cpu_seconds"`
-	RSSBytes    int64   `json:"rss_bytes"`
-	HeapInuse   int64   `json:"heap_inuse_bytes"`
-	Goroutines  int     `json:"goroutines"`
-	Sessions    int     `json:"sessions"`
-	Connections int64   `json:"connections"`
-	Logins      int64   `json:"logins"`
-	Commits     int64   `json:"commits"`
-	Backlog     int     `json:"backlog"`
-	Time        int64   `json:"time_unix_nano"`
-}
+// process is the server's answer to GET /admin/process: the node's own
+// type, so the two cannot drift apart.
+type process = node.ProcessStats
 
 // admin talks to the node's admin listener (and, for setup, to its public
 // HTTP API).

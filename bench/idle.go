@@ -230,7 +230,7 @@ func Idle(ctx context.Context, cfg Config, progress io.Writer) (*IdleResult, err
 	if perConn > 0 {
 		c := float64(perConn)
 		res.UserBytesPerConn = float64(after.RSSBytes-before.RSSBytes) / c
-		res.HeapBytesPerConn = float64(after.HeapInuse-before.HeapInuse) / c
+		res.HeapBytesPerConn = float64(int64(after.HeapInuse)-int64(before.HeapInuse)) / c
 		if kOK && kOK2 {
 			d := (kAfter.SlabBytes - kBefore.SlabBytes) + (kAfter.TCPMemBytes - kBefore.TCPMemBytes)
 			res.KernelBytesPerConn = float64(d) / 2 / c

@@ -556,28 +556,43 @@ func loadOrCreateSecret(path string) ([]byte, error) {
 }
 
 // idGen hands out server message ids from blocks reserved durably in the
-// store, so the store is touched once per block, not once per message.
+// store, so the store is touched once per block, not once per message, and
+// a Send takes no lock: the current block is claimed from with an atomic
+// add, and only the goroutine that finds it used up takes the mutex.
 type idGen struct {
-	st       store.Store
-	mu       sync.Mutex
-	cur, end uint64
+	st  store.Store
+	mu  sync.Mutex // held while reserving the next block
+	blk atomic.Pointer[idBlock]
 }
 
-const idBlock = 1 << 16
+type idBlock struct {
+	next atomic.Uint64
+	end  uint64
+}
+
+const idBlockSize = 1 << 16
 
 func (g *idGen) next() uint64 {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	if g.cur == g.end {
-		first, err := g.st.ReserveIDs(idBlock)
-		if err != nil {
-			// Without a durable block an id could repeat after a crash;
-			// stopping is safer than a duplicate id.
-			panic(fmt.Sprintf("reserve message ids: %v", err))
+	for {
+		b := g.blk.Load()
+		if b != nil {
+			if id := b.next.Add(1) - 1; id < b.end {
+				return id
+			}
 		}
-		g.cur, g.end = first, first+idBlock
+		g.mu.Lock()
+		if g.blk.Load() == b { // nobody replaced it meanwhile
+			first, err := g.st.ReserveIDs(idBlockSize)
+			if err != nil {
+				g.mu.Unlock()
+				// Without a durable block an id could repeat after a
+				// crash; stopping is safer than a duplicate id.
+				panic(fmt.Sprintf("reserve message ids: %v", err))
+			}
+			nb := &idBlock{end: first + idBlockSize}
+			nb.next.Store(first)
+			g.blk.Store(nb)
+		}
+		g.mu.Unlock()
 	}
-	id := g.cur
-	g.cur++
-	return id
 }

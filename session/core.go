@@ -273,27 +273,35 @@ func (c *Core) onAck(seq uint64) {
 	}
 	b := &store.Batch{Acks: []store.Ack{{User: c.cfg.User, UpTo: seq}}}
 	now := c.cfg.Now()
-	var bySender map[string]*wire.Receipt
-	var order []string
+	// One receipt per sender. An ack usually covers one or two senders, so
+	// a linear scan of a short slice beats building a map per ack.
+	type senderReceipt struct {
+		from string
+		r    *wire.Receipt
+	}
+	var receipts []senderReceipt
 	for _, it := range c.inflight[:n] {
 		c.rd.AckDelays = append(c.rd.AckDelays, now-it.at)
 		if it.from == "" {
 			continue
 		}
-		if bySender == nil {
-			bySender = make(map[string]*wire.Receipt, 1)
+		var r *wire.Receipt
+		for _, sr := range receipts {
+			if sr.from == it.from {
+				r = sr.r
+				break
+			}
 		}
-		r := bySender[it.from]
 		if r == nil {
 			r = &wire.Receipt{Kind: wire.Receipt_DELIVERED, By: c.cfg.User, Ts: now}
-			bySender[it.from] = r
-			order = append(order, it.from)
+			receipts = append(receipts, senderReceipt{it.from, r})
 		}
 		r.Ids = append(r.Ids, it.id)
 		r.ServerIds = append(r.ServerIds, it.serverID)
 	}
-	for _, from := range order {
-		data, err := wire.EncodeItem(&wire.Item{Kind: &wire.Item_Receipt{Receipt: bySender[from]}})
+	for _, sr := range receipts {
+		from := sr.from
+		data, err := wire.EncodeItem(&wire.Item{Kind: &wire.Item_Receipt{Receipt: sr.r}})
 		if err != nil {
 			continue // a receipt cannot fail to encode; losing one beats losing the ack
 		}
