@@ -162,7 +162,7 @@ type Node struct {
 	media   *media.Service
 
 	nativeLn          net.Listener
-	loopLn            *loopListener
+	loopStarted       time.Time
 	httpLn, adminLn   net.Listener
 	httpSrv, adminSrv *http.Server
 	accounts          *account.Service
@@ -227,10 +227,18 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 		return nil, fmt.Errorf("monitor: %w", err)
 	}
 
-	if err := n.startNative(); err != nil {
+	if err := n.listenNative(); err != nil {
 		return nil, err
 	}
 	if err := n.startHTTP(); err != nil {
+		return nil, err
+	}
+	// The event loop starts last: nbio's goroutines clear the engine's
+	// shutdown flag when they begin, so a Stop soon after Start can be
+	// lost (and Stop then waits forever). Starting it last means a Start
+	// that fails never has to stop a loop it just started; see also
+	// loopSettle in Close.
+	if err := n.startLoop(); err != nil {
 		return nil, err
 	}
 	bgCtx, stop := context.WithCancel(context.Background())
@@ -248,24 +256,28 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 	return n, nil
 }
 
-func (n *Node) startNative() error {
+// listenNative opens the native listener early, so that port 0 works and
+// its address is known before clients are told where to connect.
+func (n *Node) listenNative() error {
 	ln, err := net.Listen("tcp", n.cfg.Listen)
 	if err != nil {
 		return fmt.Errorf("native listener on %s: %w (is another server running? choose another address with --listen)", n.cfg.Listen, err)
 	}
 	n.nativeLn = ln
-	n.loopLn = newLoopListener(ln)
+	return nil
+}
+
+// startLoop starts the event loop on the native listener.
+func (n *Node) startLoop() error {
 	e := nbio.NewEngine(nbio.Config{
 		Name:    "parley",
 		Network: "tcp",
-		Addrs:   []string{ln.Addr().String()},
+		Addrs:   []string{n.nativeLn.Addr().String()},
 		NPoller: n.cfg.Pollers,
 		// Unread replies (pongs, acks, deliveries) must not pile up
 		// without bound for a client that never reads.
 		MaxWriteBufferSize: n.cfg.MaxWriteBuffer,
-		// The listener is made above so that port 0 works and its address
-		// is known before clients are told where to connect.
-		Listen: func(string, string) (net.Listener, error) { return n.loopLn, nil },
+		Listen:             func(string, string) (net.Listener, error) { return adoptingListener{n.nativeLn}, nil },
 	})
 	e.OnOpen(func(nc *nbio.Conn) {
 		n.mx.Accepted.Inc()
@@ -296,9 +308,14 @@ func (n *Node) startNative() error {
 	if err := e.Start(); err != nil {
 		return fmt.Errorf("start event loop: %w", err)
 	}
-	n.engine = e
+	n.engine, n.loopStarted = e, time.Now()
 	return nil
 }
+
+// loopSettle is how long Close lets a just-started event loop run before
+// stopping it, so nbio's goroutines have begun and cannot lose the stop
+// (see Start). Only a Close right after Start ever waits for it.
+const loopSettle = 200 * time.Millisecond
 
 func (n *Node) startHTTP() error {
 	svc, err := account.NewService(account.Config{
@@ -515,7 +532,7 @@ func (n *Node) Close() error {
 			for i := 0; i < 100 && n.router.len() > 0; i++ {
 				time.Sleep(10 * time.Millisecond)
 			}
-			<-n.loopLn.started // see loopListener
+			time.Sleep(loopSettle - time.Since(n.loopStarted)) // see loopSettle
 			n.engine.Stop()
 		} else if n.nativeLn != nil {
 			n.nativeLn.Close()
