@@ -70,7 +70,7 @@ func (a *admin) createAccounts(ctx context.Context, us []*user) (int, error) {
 		Accounts []bulkAccount `json:"accounts"`
 	}{Accounts: make([]bulkAccount, len(us))}
 	for i, u := range us {
-		req.Accounts[i] = bulkAccount{Phone: u.phone, Key: base64.StdEncoding.EncodeToString(u.key.Public)}
+		req.Accounts[i] = bulkAccount{Phone: u.phone, Key: base64.StdEncoding.EncodeToString(u.key.Keypair().Public)}
 	}
 	body, err := json.Marshal(req)
 	if err != nil {

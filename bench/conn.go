@@ -41,7 +41,7 @@ func (d *dialer) prepare(u *user) (hello, error) {
 	if err != nil {
 		return hello{}, err
 	}
-	hs, msg, err := noise.NewClient(u.key, d.serverKey, login)
+	hs, msg, err := u.key.Initiate(d.serverKey, login)
 	if err != nil {
 		return hello{}, err
 	}

@@ -120,6 +120,9 @@ const dedupSize = 8192
 type Client struct {
 	cfg Config
 	log *slog.Logger
+	// key is cfg.Key parsed, with the DH with the server's key computed
+	// once for all the reconnects to come.
+	key *noise.Static
 
 	// ctx ends when Close is called; it bounds reconnects and closes the
 	// live connection.
@@ -165,7 +168,15 @@ func Dial(ctx context.Context, cfg Config) (*Client, error) {
 	if err := cfg.check(); err != nil {
 		return nil, fmt.Errorf("parley client: %w", err)
 	}
+	key, err := noise.NewStatic(cfg.Key)
+	if err == nil {
+		err = key.Pin(cfg.ServerKey)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("parley client: %w (Config.Key, Config.ServerKey)", err)
+	}
 	c := &Client{
+		key:     key,
 		cfg:     cfg,
 		log:     cfg.Log.With("user", cfg.Phone),
 		done:    make(chan struct{}),

@@ -141,7 +141,7 @@ func (c *Client) handshake(nc net.Conn) (*conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	hs, first, err := noise.NewClient(c.cfg.Key, c.cfg.ServerKey, login)
+	hs, first, err := c.key.Initiate(c.cfg.ServerKey, login)
 	if err != nil {
 		return nil, err
 	}

@@ -376,7 +376,7 @@ func (c *conn) fail(code wire.Error_Code, text string) {
 // client's static key and the login, so the reply both completes the
 // handshake and says whether the login succeeded.
 func (c *conn) handshake(msg []byte) bool {
-	hs, peer, payload, err := noise.Accept(c.n.key, msg)
+	hs, peer, payload, err := c.n.static.Accept(msg)
 	if err != nil {
 		c.stage.Store(stageRefused)
 		c.n.mx.HandshakeFailures.BadHandshake.Inc()

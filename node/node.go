@@ -151,6 +151,7 @@ type Node struct {
 	cfg     Config
 	log     *slog.Logger
 	key     noise.Keypair
+	static  *noise.Static // key, parsed once for every handshake
 	store   *store.Pebble
 	ids     *idGen
 	router  *router
@@ -196,6 +197,9 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 		return nil, err
 	}
 	n.key = kp
+	if n.static, err = noise.NewStatic(kp); err != nil {
+		return nil, fmt.Errorf("server key %s: %w", filepath.Join(cfg.DataDir, "server.key"), err)
+	}
 	if created {
 		n.log.Info("generated server key", "path", filepath.Join(cfg.DataDir, "server.key"))
 	}

@@ -2,9 +2,12 @@ package noise
 
 import (
 	"bytes"
+	"crypto/ecdh"
 	"crypto/rand"
 	"path/filepath"
 	"testing"
+
+	fnoise "github.com/flynn/noise"
 )
 
 func mustKey(t testing.TB) Keypair {
@@ -126,17 +129,21 @@ func FuzzAccept(f *testing.F) {
 	f.Add([]byte{})
 	f.Add(bytes.Repeat([]byte{0}, 96))
 	f.Add([]byte("GET / HTTP/1.1\r\n\r\n"))
+	st, err := NewStatic(server)
+	if err != nil {
+		f.Fatal(err)
+	}
 	f.Fuzz(func(t *testing.T, msg []byte) {
-		_, _, _, _ = Accept(server, msg)
+		_, _, _, _ = st.Accept(msg)
 	})
 }
 
 func mustPublic(t testing.TB, priv []byte) []byte {
-	kp, err := suite.GenerateKeypair(bytes.NewReader(priv))
+	k, err := ecdh.X25519().NewPrivateKey(priv)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return kp.Public
+	return k.PublicKey().Bytes()
 }
 
 func BenchmarkSealOpen(b *testing.B) {
@@ -153,6 +160,105 @@ func BenchmarkSealOpen(b *testing.B) {
 	for i := 0; i < b.N; i++ {
 		ct, _ := ctx.Seal(buf[:0], msg)
 		if _, err := srx.Open(ct[:0], ct); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// The fast DH must be the same X25519: a Static talks to flynn/noise's own
+// DH25519 on the other side, both ways, pinned or not.
+func TestStaticInteroperatesWithPlainDH(t *testing.T) {
+	cli, srv := mustKey(t), mustKey(t)
+	plain := fnoise.NewCipherSuite(fnoise.DH25519, fnoise.CipherChaChaPoly, fnoise.HashSHA256)
+	hsConfig := func(initiator bool, kp Keypair, peer []byte) fnoise.Config {
+		return fnoise.Config{CipherSuite: plain, Pattern: fnoise.HandshakeIK, Initiator: initiator,
+			Prologue: []byte(Prologue), StaticKeypair: kp, PeerStatic: peer}
+	}
+
+	// Static initiator (pinned) -> plain responder.
+	st, err := NewStatic(cli)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Pin(srv.Public); err != nil {
+		t.Fatal(err)
+	}
+	for round := 0; round < 2; round++ { // the second round uses the pinned DH
+		c, first, err := st.Initiate(srv.Public, []byte("hello"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		hs, err := fnoise.NewHandshakeState(hsConfig(false, srv, nil))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if p, _, _, err := hs.ReadMessage(nil, first); err != nil || string(p) != "hello" {
+			t.Fatalf("round %d: plain responder read %q, %v", round, p, err)
+		}
+		reply, _, _, err := hs.WriteMessage(nil, []byte("welcome"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if p, _, _, err := c.Finish(reply); err != nil || string(p) != "welcome" {
+			t.Fatalf("round %d: static initiator read %q, %v", round, p, err)
+		}
+	}
+
+	// Plain initiator -> Static responder.
+	ss, err := NewStatic(srv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs, err := fnoise.NewHandshakeState(hsConfig(true, cli, srv.Public))
+	if err != nil {
+		t.Fatal(err)
+	}
+	first, _, _, err := hs.WriteMessage(nil, []byte("hi"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, peer, p, err := ss.Accept(first)
+	if err != nil || string(p) != "hi" || !bytes.Equal(peer, cli.Public) {
+		t.Fatalf("static responder: %q from %x, %v", p, peer, err)
+	}
+	reply, _, _, err := s.Reply([]byte("ok"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p, _, _, err := hs.ReadMessage(nil, reply); err != nil || string(p) != "ok" {
+		t.Fatalf("plain initiator read %q, %v", p, err)
+	}
+}
+
+func TestStaticRejectsMismatchedPair(t *testing.T) {
+	a, b := mustKey(t), mustKey(t)
+	if _, err := NewStatic(Keypair{Private: a.Private, Public: b.Public}); err == nil {
+		t.Fatal("a private key with another key's public half was accepted")
+	}
+	if _, err := NewStatic(Keypair{Private: a.Private[:31], Public: a.Public}); err == nil {
+		t.Fatal("a 31-byte private key was accepted")
+	}
+}
+
+// BenchmarkAccept is the server's CPU per login for the handshake alone:
+// reading the first message and writing the reply.
+func BenchmarkAccept(b *testing.B) {
+	cli, srv := mustKey(b), mustKey(b)
+	st, err := NewStatic(srv)
+	if err != nil {
+		b.Fatal(err)
+	}
+	_, first, err := NewClient(cli, srv.Public, []byte("login"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	for i := 0; i < b.N; i++ {
+		s, _, _, err := st.Accept(first)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, _, _, err := s.Reply(nil); err != nil {
 			b.Fatal(err)
 		}
 	}
