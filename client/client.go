@@ -227,19 +227,26 @@ func (c *Client) NewID() uint64 {
 // client ended. When ctx ends first the message may or may not have been
 // stored; SendWithID with the same id finds out without storing it twice.
 func (c *Client) Send(ctx context.Context, to string, body []byte) (SendAck, error) {
-	return c.SendWithID(ctx, c.NewID(), to, body)
+	return c.send(ctx, c.NewID(), false, to, body, nil)
 }
 
 // SendWithID is Send with an id the caller chose. The server stores one
 // message per (sender, id): a second send with the same id returns the first
 // one's SendAck and stores nothing. Ids must therefore be unique per
 // account, not only per client (NewID gives such ids).
+//
+// The server looks up an id only when the Send is marked as a resend, and
+// this client cannot know whether the caller's id was sent before (an
+// outbox restored after a restart), so SendWithID always marks it: it costs
+// the server one disk lookup more than Send, which marks only its own
+// resends after a reconnect.
 func (c *Client) SendWithID(ctx context.Context, id uint64, to string, body []byte) (SendAck, error) {
-	return c.send(ctx, id, to, body, nil)
+	return c.send(ctx, id, true, to, body, nil)
 }
 
-// send sends a message: body, media (may be nil), or both.
-func (c *Client) send(ctx context.Context, id uint64, to string, body []byte, media *wire.Media) (SendAck, error) {
+// send sends a message: body, media (may be nil), or both. resend marks
+// an id that may have reached the server before (wire.Send.Resend).
+func (c *Client) send(ctx context.Context, id uint64, resend bool, to string, body []byte, media *wire.Media) (SendAck, error) {
 	switch {
 	case id == 0:
 		return SendAck{}, errors.New("send: id 0 is reserved: use NewID")
@@ -248,7 +255,7 @@ func (c *Client) send(ctx context.Context, id uint64, to string, body []byte, me
 	case len(body) > wire.MaxBody:
 		return SendAck{}, fmt.Errorf("send: message is %d bytes, over the %d-byte limit: send large content as media (Upload, SendMedia)", len(body), wire.MaxBody)
 	}
-	f := &wire.Frame{Kind: &wire.Frame_Send{Send: &wire.Send{Id: id, To: to, Body: body, Media: media}}}
+	f := &wire.Frame{Kind: &wire.Frame_Send{Send: &wire.Send{Id: id, To: to, Body: body, Media: media, Resend: resend}}}
 	if media != nil {
 		// The server would refuse it too, and close the connection for
 		// a bad frame; say so here, before anything is sent.
@@ -477,6 +484,14 @@ func (c *Client) publish(cn *conn) {
 	for _, cl := range c.calls {
 		if cl.on != cn {
 			cl.on = cn
+			if s := cl.frame.GetSend(); s != nil && !s.Resend {
+				// The server may have stored it already, so this copy is
+				// marked for a lookup. A copy, not a change: the first
+				// write may still be marshalling the original.
+				cl.frame = &wire.Frame{Kind: &wire.Frame_Send{Send: &wire.Send{
+					Id: s.Id, To: s.To, Body: s.Body, Media: s.Media, Resend: true,
+				}}}
+			}
 			resend = append(resend, cl)
 		}
 	}

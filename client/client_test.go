@@ -353,6 +353,10 @@ func TestSendResentAfterReconnect(t *testing.T) {
 	if again.GetId() != first.GetId() || string(again.GetBody()) != "survives" {
 		t.Fatalf("after reconnect got %v, want the same Send %v", again, first)
 	}
+	// Only the resend asks the server to look for an earlier copy.
+	if first.GetResend() || !again.GetResend() {
+		t.Fatalf("resend marks: first %v, after reconnect %v; want false, true", first.GetResend(), again.GetResend())
+	}
 	fc2.send(sendAck(again.Id, 77))
 	if err := <-done; err != nil {
 		t.Fatal(err)

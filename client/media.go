@@ -80,7 +80,10 @@ func (c *Client) UploadToken(ctx context.Context) (UploadToken, error) {
 // server has stored it in the recipient's queue. Ids and resends work as
 // for Send.
 func (c *Client) SendMedia(ctx context.Context, to string, m *wire.Media) (SendAck, error) {
-	return c.SendMediaWithID(ctx, c.NewID(), to, m)
+	if m == nil {
+		return SendAck{}, errors.New("send media: no media")
+	}
+	return c.send(ctx, c.NewID(), false, to, nil, m)
 }
 
 // SendMediaWithID is SendMedia with an id the caller chose (see
@@ -89,7 +92,7 @@ func (c *Client) SendMediaWithID(ctx context.Context, id uint64, to string, m *w
 	if m == nil {
 		return SendAck{}, errors.New("send media: no media")
 	}
-	return c.send(ctx, id, to, nil, m)
+	return c.send(ctx, id, true, to, nil, m)
 }
 
 // Upload streams size bytes from r to the media server with tok, and returns

@@ -288,6 +288,12 @@ func (c *rawConn) send(id uint64, to string, body []byte) error {
 	return c.writeFrame(&wire.Frame{Kind: &wire.Frame_Send{Send: &wire.Send{Id: id, To: to, Body: body}}})
 }
 
+// resend is send marked as a resend (wire.Send.Resend), so the server looks
+// for an earlier copy.
+func (c *rawConn) resend(id uint64, to string, body []byte) error {
+	return c.writeFrame(&wire.Frame{Kind: &wire.Frame_Send{Send: &wire.Send{Id: id, To: to, Body: body, Resend: true}}})
+}
+
 func (c *rawConn) ack(seq uint64) error {
 	return c.writeFrame(&wire.Frame{Kind: &wire.Frame_Ack{Ack: &wire.Ack{Seq: seq}}})
 }

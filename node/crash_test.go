@@ -314,7 +314,7 @@ func (s *crashSender) runRound(addr string, key []byte, to string, conns *connSe
 	wg.Add(1)
 	go func() { // writer
 		defer wg.Done()
-		write := func(id uint64) bool {
+		write := func(id uint64, again bool) bool {
 			select {
 			case sem <- struct{}{}:
 			case <-stop:
@@ -323,10 +323,13 @@ func (s *crashSender) runRound(addr string, key []byte, to string, conns *connSe
 			s.mu.Lock()
 			s.writes++
 			s.mu.Unlock()
+			if again {
+				return c.resend(id, to, crashBody(s.phone, id)) == nil
+			}
 			return c.send(id, to, crashBody(s.phone, id)) == nil
 		}
 		for _, id := range resend {
-			if !write(id) {
+			if !write(id, true) {
 				return
 			}
 		}
@@ -343,7 +346,7 @@ func (s *crashSender) runRound(addr string, key []byte, to string, conns *connSe
 			}
 			s.attempted = id
 			s.mu.Unlock()
-			if !write(id) {
+			if !write(id, false) {
 				return
 			}
 		}

@@ -238,7 +238,7 @@ func (c *Core) onSend(s *wire.Send) {
 		return
 	}
 	c.rd.Writes = append(c.rd.Writes, &store.Batch{
-		Dedup:   &store.Dedup{Sender: c.cfg.User, ClientID: s.Id, ServerID: serverID, TS: ts},
+		Dedup:   &store.Dedup{Sender: c.cfg.User, ClientID: s.Id, ServerID: serverID, TS: ts, Fresh: !s.Resend},
 		Appends: []store.Append{{To: s.To, Data: data}},
 	})
 	c.pending = append(c.pending, pending{kind: pendSend, id: s.Id, serverID: serverID, ts: ts})

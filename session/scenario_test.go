@@ -103,7 +103,7 @@ func (w *world) run(t *testing.T, d *datadriven.TestData) string {
 		return "ok"
 	case "send":
 		need(3)
-		w.frame(pos[0], &wire.Frame{Kind: &wire.Frame_Send{Send: &wire.Send{Id: u64(args["id"]), To: pos[1], Body: []byte(strings.Join(pos[2:], " "))}}})
+		w.frame(pos[0], &wire.Frame{Kind: &wire.Frame_Send{Send: &wire.Send{Id: u64(args["id"]), To: pos[1], Body: []byte(strings.Join(pos[2:], " ")), Resend: args["resend"] == "true"}}})
 	case "upload":
 		need(1)
 		w.frame(pos[0], &wire.Frame{Kind: &wire.Frame_UploadRequest{UploadRequest: &wire.UploadRequest{Id: u64(args["id"])}}})

@@ -269,12 +269,14 @@ func (c *committer) apply(wb *pebble.Batch, b *Batch, now int64) Result {
 	var ddKey []byte
 	if d := b.Dedup; d != nil {
 		c.key = appendDedupKey(c.key[:0], d.Sender, d.ClientID)
-		rec, found, err := c.lookupDedup(c.key)
-		if err != nil {
-			return Result{Err: err}
-		}
-		if found {
-			return Result{Dup: &Dedup{Sender: d.Sender, ClientID: d.ClientID, ServerID: rec.serverID, TS: rec.ts}}
+		if !d.Fresh {
+			rec, found, err := c.lookupDedup(c.key)
+			if err != nil {
+				return Result{Err: err}
+			}
+			if found {
+				return Result{Dup: &Dedup{Sender: d.Sender, ClientID: d.ClientID, ServerID: rec.serverID, TS: rec.ts}}
+			}
 		}
 		ddKey = c.key
 	}

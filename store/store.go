@@ -62,11 +62,16 @@ type Ack struct {
 // TS. A batch carrying a Dedup is conditional: if a record for the same
 // (Sender, ClientID) exists already, nothing in the batch is written and the
 // Result carries the earlier record in Dup.
+//
+// Fresh skips the check: the sender vouches that ClientID is new (the
+// protocol's unmarked Send), so the record is written without reading the
+// disk for an earlier one, and a record for the same key is replaced.
 type Dedup struct {
 	Sender   string
 	ClientID uint64
 	ServerID uint64
 	TS       int64
+	Fresh    bool
 }
 
 // Batch is one atomic, durable unit of writes.

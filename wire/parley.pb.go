@@ -519,14 +519,23 @@ func (*Frame_Close) isFrame_Kind() {}
 func (*Frame_UploadToken) isFrame_Kind() {}
 
 // Send asks the server to queue body for the account `to`. id is chosen by
-// the client; a resend with the same id gets the same SendAck and queues
-// nothing new.
+// the client, unique per account. A resend (resend = true) with the same id
+// gets the same SendAck and queues nothing new.
+//
+// resend marks a Send that may have reached the server before: one written
+// on an earlier connection whose SendAck never came, or one the client
+// cannot vouch for (an id restored from its outbox). Only marked Sends are
+// looked up among the earlier ones; an unmarked Send is stored without
+// looking, so a client that repeats an id unmarked gets two messages. The
+// lookup is a disk read, the one the hot path can do without: clients know
+// when they resend (MQTT's DUP flag is the same idea).
 type Send struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Id            uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
 	To            string                 `protobuf:"bytes,2,opt,name=to,proto3" json:"to,omitempty"`
 	Body          []byte                 `protobuf:"bytes,3,opt,name=body,proto3" json:"body,omitempty"`
 	Media         *Media                 `protobuf:"bytes,4,opt,name=media,proto3" json:"media,omitempty"` // set for a picture, audio, video or file
+	Resend        bool                   `protobuf:"varint,5,opt,name=resend,proto3" json:"resend,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -587,6 +596,13 @@ func (x *Send) GetMedia() *Media {
 		return x.Media
 	}
 	return nil
+}
+
+func (x *Send) GetResend() bool {
+	if x != nil {
+		return x.Resend
+	}
+	return false
 }
 
 // UploadRequest asks for a token to upload one file over HTTP (media are
@@ -1545,12 +1561,13 @@ const file_parley_proto_rawDesc = "" +
 	"\x04pong\x18\x0e \x01(\v2\x0f.parley.v1.PongH\x00R\x04pong\x12(\n" +
 	"\x05close\x18\x0f \x01(\v2\x10.parley.v1.CloseH\x00R\x05close\x12;\n" +
 	"\fupload_token\x18\x10 \x01(\v2\x16.parley.v1.UploadTokenH\x00R\vuploadTokenB\x06\n" +
-	"\x04kind\"b\n" +
+	"\x04kind\"z\n" +
 	"\x04Send\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x0e\n" +
 	"\x02to\x18\x02 \x01(\tR\x02to\x12\x12\n" +
 	"\x04body\x18\x03 \x01(\fR\x04body\x12&\n" +
-	"\x05media\x18\x04 \x01(\v2\x10.parley.v1.MediaR\x05media\"\x1f\n" +
+	"\x05media\x18\x04 \x01(\v2\x10.parley.v1.MediaR\x05media\x12\x16\n" +
+	"\x06resend\x18\x05 \x01(\bR\x06resend\"\x1f\n" +
 	"\rUploadRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\"_\n" +
 	"\vUploadToken\x12\x0e\n" +

@@ -380,6 +380,23 @@ func runDedup(t *testing.T, open Opener) {
 		e.mustCommit(&store.Batch{Dedup: &store.Dedup{Sender: carol, ClientID: 7, ServerID: 3}, Appends: []store.Append{{To: bob}}})
 		e.wantSeqs(bob, 1, 2, 3)
 	})
+	t.Run("FreshSkipsTheCheckAndALaterCheckFindsIt", func(t *testing.T) {
+		t.Parallel()
+		e := newEnv(t, open, store.Options{}, alice, bob)
+		first := store.Dedup{Sender: alice, ClientID: 9, ServerID: 100, TS: 1000, Fresh: true}
+		e.mustCommit(&store.Batch{Dedup: &first, Appends: []store.Append{{To: bob}}})
+		// An unmarked repeat is stored again, its record replacing the first.
+		again := store.Dedup{Sender: alice, ClientID: 9, ServerID: 200, TS: 2000, Fresh: true}
+		if r := e.commit(&store.Batch{Dedup: &again, Appends: []store.Append{{To: bob}}}); r.Err != nil || r.Dup != nil {
+			t.Fatalf("fresh repeat = %+v, want it stored", r)
+		}
+		// A checked resend finds the latest record and stores nothing.
+		r := e.commit(&store.Batch{Dedup: &store.Dedup{Sender: alice, ClientID: 9, ServerID: 300}, Appends: []store.Append{{To: bob}}})
+		if r.Err != nil || r.Dup == nil || r.Dup.ServerID != 200 || r.Dup.TS != 2000 {
+			t.Fatalf("checked resend = %+v, want a Dup of ServerID 200", r)
+		}
+		e.wantSeqs(bob, 1, 2)
+	})
 	t.Run("BatchesInFlightTogetherSeeEachOther", func(t *testing.T) {
 		t.Parallel()
 		e := newEnv(t, open, store.Options{}, alice, bob)
