@@ -230,6 +230,19 @@ func TestStaticInteroperatesWithPlainDH(t *testing.T) {
 	}
 }
 
+func TestLowOrderPeerKeyIsRefused(t *testing.T) {
+	st, err := NewStatic(mustKey(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Pin(make([]byte, KeyLen)); err == nil {
+		t.Fatal("pinning the all-zero (low-order) key succeeded")
+	}
+	if _, _, err := st.Initiate(make([]byte, KeyLen), nil); err == nil {
+		t.Fatal("a handshake with the all-zero server key started")
+	}
+}
+
 func TestStaticRejectsMismatchedPair(t *testing.T) {
 	a, b := mustKey(t), mustKey(t)
 	if _, err := NewStatic(Keypair{Private: a.Private, Public: b.Public}); err == nil {

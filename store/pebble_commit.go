@@ -360,9 +360,16 @@ func (c *committer) apply(wb *pebble.Batch, b *Batch, now int64) Result {
 // deleteItems point-deletes user's items with seq in [from, to). Point
 // deletes rather than one DeleteRange: at high ack rates range tombstones
 // pile up and slow every read that crosses them.
+//
+// SingleDelete, because an item key is written exactly once: seqs only
+// grow (the tail is kept in qt/<user> even when the queue is empty), so no
+// key is set twice. A SingleDelete and the Set it deletes vanish together
+// as soon as they meet, which for an item acked within seconds is the flush
+// of the memtable holding both: neither reaches an sstable. A plain Delete's
+// tombstone would be flushed and compacted down level by level.
 func (c *committer) deleteItems(wb *pebble.Batch, user string, from, to uint64) {
 	for seq := from; seq < to; seq++ {
-		op := wb.DeleteDeferred(queueKeyLen(user))
+		op := wb.SingleDeleteDeferred(queueKeyLen(user))
 		putQueueKey(op.Key, user, seq)
 		_ = op.Finish()
 	}
