@@ -279,7 +279,7 @@ func (p *Pebble) QueueLen(user string) (int, error) {
 		p.life.RUnlock()
 		return n, nil
 	}
-	head, tail, err := loadQueueBounds(p.db, user)
+	head, tail, _, err := loadQueueBounds(p.db, user)
 	p.life.RUnlock()
 	if err != nil {
 		return 0, err
@@ -303,45 +303,50 @@ func (p *Pebble) cachedQueueLen(user string) (int, bool) {
 	return int(st.tail + 1 - st.head), true
 }
 
-// loadQueueBounds reads user's queue head (lowest seq present) and tail
-// (last seq assigned) from one consistent view of db. An empty queue has
-// head == tail+1.
-func loadQueueBounds(db *pebble.DB, user string) (head, tail uint64, err error) {
+// loadQueueBounds reads user's queue head (lowest seq present), tail (last
+// seq assigned) and lease (the qt/<user> record: no seq above it was
+// assigned) from one consistent view of db. An empty queue has head ==
+// tail+1, and its tail is the lease: the seqs between the last item ever
+// assigned and the lease are skipped.
+func loadQueueBounds(db *pebble.DB, user string) (head, tail, lease uint64, err error) {
 	// One iterator rather than a Get and an iterator: an iterator is a
 	// point-in-time view, so head and tail agree even while the committer
 	// writes.
 	it, err := db.NewIter(nil)
 	if err != nil {
-		return 0, 0, fmt.Errorf("load queue %s: %w", user, err)
+		return 0, 0, 0, fmt.Errorf("load queue %s: %w", user, err)
 	}
 	tk := tailKey(user)
 	if it.SeekGE(tk) && string(it.Key()) == string(tk) {
 		if v := it.Value(); len(v) == seqLen {
-			tail = binary.BigEndian.Uint64(v)
+			lease = binary.BigEndian.Uint64(v)
 		} else {
 			_ = it.Close()
-			return 0, 0, fmt.Errorf("load queue %s: %d-byte tail record, want %d", user, len(v), seqLen)
+			return 0, 0, 0, fmt.Errorf("load queue %s: %d-byte tail record, want %d", user, len(v), seqLen)
 		}
 	}
+	tail = lease
 	head = tail + 1
 	prefix := appendQueuePrefix(nil, user)
 	if it.SeekGE(prefix) && strings.HasPrefix(string(it.Key()), string(prefix)) {
 		if _, seq, ok := splitQueueKey(it.Key()); ok {
 			head = seq
 		}
-		// Items past the recorded tail cannot happen (the tail is written
-		// in the same batch as the items) but if they did, reusing their
-		// seqs would overwrite them; take the tail from the last item.
+		// A queue with items ends at its last item: items leave from the
+		// head only, so nothing after it was ever handed out (an append
+		// whose batch was lost in a crash was never delivered).
 		if it.SeekLT(queueUpperBound(user)) {
-			if _, seq, ok := splitQueueKey(it.Key()); ok && seq > tail {
+			if _, seq, ok := splitQueueKey(it.Key()); ok {
 				tail = seq
 			}
 		}
 	}
 	if err := it.Close(); err != nil {
-		return 0, 0, fmt.Errorf("load queue %s: %w", user, err)
+		return 0, 0, 0, fmt.Errorf("load queue %s: %w", user, err)
 	}
-	return head, tail, nil
+	// Items past the lease cannot happen (it is written in the batch that
+	// crosses it) but if they did, the lease must cover them.
+	return head, tail, max(lease, tail), nil
 }
 
 // Account returns a copy of phone's account, or ErrNotFound.

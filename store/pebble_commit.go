@@ -101,7 +101,9 @@ func (q *commitQueue) take(group []request, max int) (_ []request, ok bool) {
 	}
 }
 
-// queueState is the committer's view of one user's queue.
+// queueState is the committer's view of one user's queue. One exists for
+// every user whose queue was used since the store opened, so it is kept
+// small: the batch being decided keeps its scratch in committer.touched.
 type queueState struct {
 	user string
 
@@ -111,11 +113,25 @@ type queueState struct {
 	// Pebble.qmu, read by QueueLen under it.
 	head, tail uint64
 
-	// Committer-only scratch for the batch being decided: stamp marks the
-	// batch that last initialised newHead/newTail.
-	stamp            uint64
-	newHead, newTail uint64
-	dirty            bool // tail changed in this group: write qt/<user>
+	// lease is the seq recorded in qt/<user>: no seq above it has been
+	// handed out. Seqs must never be reused (clients ack and dedup by
+	// them), and the items alone cannot say so once a queue is empty, so
+	// the record is a lease written ahead, tailLease seqs at a time, in the
+	// batch whose items cross it: one write per tailLease appends instead
+	// of one per group. After a restart an empty queue resumes above the
+	// lease, a jump clients do not notice.
+	lease uint64
+}
+
+// tailLease is how far ahead of the tail qt/<user> is written.
+const tailLease = 1024
+
+// touchedQueue is a queue the batch being decided touches: the head and
+// tail the batch would leave it with, and the running seq of its appends.
+type touchedQueue struct {
+	st         *queueState
+	head, tail uint64
+	next       uint64
 }
 
 // dedupSlot is the group overlay's entry for one dedup key.
@@ -128,11 +144,6 @@ type dedupSlot struct {
 type committer struct {
 	p *Pebble
 
-	// states is the committer's own index of p.queues (same pointers),
-	// read without taking p.qmu since the committer is the map's only
-	// writer.
-	states map[string]*queueState
-
 	// overlay holds the dedup records this group has written or deleted
 	// but not yet committed, so a later batch in the group sees them.
 	// A map beats a Pebble indexed batch here: an indexed batch would index
@@ -140,17 +151,14 @@ type committer struct {
 	// few dedup reads, and read them through a merging iterator.
 	overlay map[string]dedupSlot
 
-	stamp   uint64
-	touched []*queueState // queues this batch touches
-	targets []*queueState // queue of each append of this batch
-	dirty   []*queueState // queues whose tail this group changed
-	key     []byte        // scratch key
+	touched []touchedQueue // queues this batch touches
+	targets []int          // index in touched of each append's queue
+	key     []byte         // scratch key
 }
 
 func newCommitter(p *Pebble) *committer {
 	return &committer{
 		p:       p,
-		states:  make(map[string]*queueState),
 		overlay: make(map[string]dedupSlot),
 	}
 }
@@ -186,17 +194,6 @@ func (c *committer) commitGroup(group []request) {
 			r.res = c.apply(wb, r.b, now)
 		}
 	}
-	for _, st := range c.dirty {
-		// Persist the tail with the items so seqs are never reused, even
-		// once the queue is emptied and the process restarts.
-		op := wb.SetDeferred(len(prefixTail)+len(st.user), seqLen)
-		copy(op.Key[copy(op.Key, prefixTail):], st.user)
-		binary.BigEndian.PutUint64(op.Value, st.tail)
-		_ = op.Finish() // only fails for indexed batches
-		st.dirty = false
-	}
-	c.dirty = c.dirty[:0]
-
 	var err error
 	if !wb.Empty() {
 		err = wb.Commit(pebble.Sync)
@@ -227,16 +224,17 @@ func (c *committer) commitGroup(group []request) {
 }
 
 // state returns user's queue state, loading it from Pebble on first use.
+// The committer is the only writer of p.queues, so it reads the map
+// without p.qmu; it takes the lock to change it.
 func (c *committer) state(user string) (*queueState, error) {
-	if st := c.states[user]; st != nil {
+	if st := c.p.queues[user]; st != nil {
 		return st, nil
 	}
-	head, tail, err := loadQueueBounds(c.p.db, user)
+	head, tail, lease, err := loadQueueBounds(c.p.db, user)
 	if err != nil {
 		return nil, err
 	}
-	st := &queueState{user: user, head: head, tail: tail}
-	c.states[user] = st
+	st := &queueState{user: user, head: head, tail: tail, lease: lease}
 	c.p.qmu.Lock()
 	c.p.queues[user] = st
 	c.p.qmu.Unlock()
@@ -244,19 +242,21 @@ func (c *committer) state(user string) (*queueState, error) {
 }
 
 func (c *committer) forgetStates() {
-	clear(c.states)
 	c.p.qmu.Lock()
 	clear(c.p.queues)
 	c.p.qmu.Unlock()
 }
 
-// touch includes st in the batch being decided.
-func (c *committer) touch(st *queueState) {
-	if st.stamp != c.stamp {
-		st.stamp = c.stamp
-		st.newHead, st.newTail = st.head, st.tail
-		c.touched = append(c.touched, st)
+// touch includes st in the batch being decided and returns its index in
+// c.touched. A batch touches one or two queues: a scan beats a map.
+func (c *committer) touch(st *queueState) int {
+	for i := range c.touched {
+		if c.touched[i].st == st {
+			return i
+		}
 	}
+	c.touched = append(c.touched, touchedQueue{st: st, head: st.head, tail: st.tail})
+	return len(c.touched) - 1
 }
 
 // apply decides b against the state left by every earlier batch (this
@@ -284,7 +284,6 @@ func (c *committer) apply(wb *pebble.Batch, b *Batch, now int64) Result {
 	// Decide. Acks come before appends: an ack names seqs the client has
 	// seen, so it must not erase items appended by the same batch, and the
 	// room it frees counts toward MaxQueueLen.
-	c.stamp++
 	c.touched = c.touched[:0]
 	c.targets = c.targets[:0]
 	for _, a := range b.Acks {
@@ -292,9 +291,9 @@ func (c *committer) apply(wb *pebble.Batch, b *Batch, now int64) Result {
 		if err != nil {
 			return Result{Err: err}
 		}
-		c.touch(st)
-		if a.UpTo >= st.newHead {
-			st.newHead = min(a.UpTo, st.tail) + 1
+		t := &c.touched[c.touch(st)]
+		if a.UpTo >= t.head {
+			t.head = min(a.UpTo, st.tail) + 1
 		}
 	}
 	for _, a := range b.Appends {
@@ -309,29 +308,39 @@ func (c *committer) apply(wb *pebble.Batch, b *Batch, now int64) Result {
 		if err != nil {
 			return Result{Err: err}
 		}
-		c.touch(st)
-		st.newTail++
-		if st.newTail+1-st.newHead > uint64(c.p.opts.MaxQueueLen) {
+		i := c.touch(st)
+		t := &c.touched[i]
+		t.tail++
+		if t.tail+1-t.head > uint64(c.p.opts.MaxQueueLen) {
 			return Result{Err: fmt.Errorf("append to %s: %w", a.To, ErrQueueFull)}
 		}
-		c.targets = append(c.targets, st)
+		c.targets = append(c.targets, i)
 	}
 
 	// Accepted: write.
-	for _, st := range c.touched {
-		c.deleteItems(wb, st.user, st.head, st.newHead)
-		st.newTail = st.tail // reused below as the running seq counter
+	for i := range c.touched {
+		t := &c.touched[i]
+		c.deleteItems(wb, t.st.user, t.st.head, t.head)
+		t.next = t.st.tail
+		if t.tail > t.st.lease {
+			// Lease seqs ahead, in the batch that hands them out.
+			t.st.lease = t.tail + tailLease
+			op := wb.SetDeferred(len(prefixTail)+len(t.st.user), seqLen)
+			copy(op.Key[copy(op.Key, prefixTail):], t.st.user)
+			binary.BigEndian.PutUint64(op.Value, t.st.lease)
+			_ = op.Finish() // only fails for indexed batches
+		}
 	}
 	var seqs []uint64
 	if len(b.Appends) > 0 {
 		seqs = make([]uint64, len(b.Appends))
 	}
 	for i, a := range b.Appends {
-		st := c.targets[i]
-		st.newTail++
-		seqs[i] = st.newTail
-		op := wb.SetDeferred(queueKeyLen(st.user), itemHeaderLen+len(a.Data))
-		putQueueKey(op.Key, st.user, st.newTail)
+		t := &c.touched[c.targets[i]]
+		t.next++
+		seqs[i] = t.next
+		op := wb.SetDeferred(queueKeyLen(t.st.user), itemHeaderLen+len(a.Data))
+		putQueueKey(op.Key, t.st.user, t.next)
 		binary.BigEndian.PutUint64(op.Value, uint64(now))
 		copy(op.Value[itemHeaderLen:], a.Data)
 		_ = op.Finish()
@@ -346,12 +355,8 @@ func (c *committer) apply(wb *pebble.Batch, b *Batch, now int64) Result {
 	}
 
 	c.p.qmu.Lock()
-	for _, st := range c.touched {
-		if st.newTail != st.tail && !st.dirty {
-			st.dirty = true
-			c.dirty = append(c.dirty, st)
-		}
-		st.head, st.tail = st.newHead, st.newTail
+	for _, t := range c.touched {
+		t.st.head, t.st.tail = t.head, t.tail
 	}
 	c.p.qmu.Unlock()
 	return Result{Seqs: seqs}
@@ -409,7 +414,7 @@ func (c *committer) applySweep(wb *pebble.Batch, op *sweepOp) Result {
 	}
 	for i := range op.queues {
 		q := &op.queues[i]
-		st := c.states[q.user]
+		st := c.p.queues[q.user]
 		from, to := st.head, min(q.upTo, st.tail)+1 // erase [from, to)
 		q.from, q.to = from, from
 		if to <= from {

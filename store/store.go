@@ -41,7 +41,7 @@ type Account struct {
 
 // Item is one entry of a user's queue.
 type Item struct {
-	Seq  uint64 // position in the queue: strictly increasing, never reused
+	Seq  uint64 // position in the queue: strictly increasing, never reused (a restart may skip some)
 	TS   int64  // unix nanoseconds when it was queued (for the age limit)
 	Data []byte // the encoded item; opaque to the store
 }

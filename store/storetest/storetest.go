@@ -625,8 +625,39 @@ func runDurability(t *testing.T, open Opener) {
 		e.ack(alice, 4)
 		e.reopen()
 		e.wantSeqs(alice)
-		if r := e.mustCommit(one(alice, "y")); !equalSeqs(r.Seqs, []uint64{5}) {
-			t.Fatalf("append to emptied queue after reopen: seqs %v, want [5]", r.Seqs)
+		// Strictly increasing, not necessarily contiguous: a store may
+		// skip seqs across a restart.
+		r := e.mustCommit(one(alice, "y"))
+		if len(r.Seqs) != 1 || r.Seqs[0] <= 4 {
+			t.Fatalf("append to emptied queue after reopen: seqs %v, want one above 4", r.Seqs)
+		}
+		e.wantSeqs(alice, r.Seqs[0])
+		if r2 := e.mustCommit(one(alice, "z")); !equalSeqs(r2.Seqs, []uint64{r.Seqs[0] + 1}) {
+			t.Fatalf("next append: seqs %v, want [%d]", r2.Seqs, r.Seqs[0]+1)
+		}
+	})
+	t.Run("SeqsAreNeverReusedAfterManyAppends", func(t *testing.T) {
+		t.Parallel()
+		e := newEnv(t, open, store.Options{}, alice, bob)
+		// Batches of 100 appends, far past any lease a store may keep,
+		// then an empty queue (alice) and a non-empty one (bob) reopened.
+		var last uint64
+		for range 30 {
+			b := &store.Batch{}
+			for range 100 {
+				b.Appends = append(b.Appends, store.Append{To: alice}, store.Append{To: bob})
+			}
+			r := e.mustCommit(b)
+			last = r.Seqs[len(r.Seqs)-1]
+		}
+		e.ack(alice, last)
+		e.ack(bob, last-1)
+		e.reopen()
+		e.wantSeqs(alice)
+		e.wantSeqs(bob, last)
+		r := e.mustCommit(&store.Batch{Appends: []store.Append{{To: alice}, {To: bob}}})
+		if r.Seqs[0] <= last || r.Seqs[1] != last+1 {
+			t.Fatalf("after reopen: seqs %v, want alice's above %d and bob's %d (right after his last item)", r.Seqs, last, last+1)
 		}
 	})
 	t.Run("CloseFinishesQueuedCommits", func(t *testing.T) {
