@@ -77,9 +77,14 @@
 // and epoll objects) plus /proc/net/sockstat TCP "mem" pages times the page
 // size (socket buffers). On loopback the kernel holds both ends of every
 // connection, the bench's and the server's, which cost about the same, so
-// the server's share is half: kernel_bytes_per_conn = (dSlab + dTCPmem) / 2
-// / N, with N as above. These counters are machine-wide: anything else
-// running moves them.
+// the server's share is half: kernel_bytes_per_conn = (dSlab - dProcInodes
+// + dTCPmem) / 2 / N, with N as above. dProcInodes is the change of the
+// proc_inode_cache slab (/proc/slabinfo, when readable): on the development
+// machine a watcher that enforces the open-file limit lists /proc/PID/fd of
+// the bench process, which makes one /proc inode per open socket (~700 B
+// each, reclaimable, gone when the process exits); that is not memory a
+// connection needs. These counters are machine-wide: anything else running
+// moves them.
 //
 // Latency: from the moment a Send is written to the moment its DELIVERED
 // receipt is read, on the sender's monotonic clock, recorded in

@@ -13,7 +13,7 @@ import (
 // how it was taken.
 const (
 	userMethod   = "server RSS delta / N, from GET /admin/process?gc=1 before the logins and after the hold; N = the change in the server's session count"
-	kernelMethod = "(delta of /proc/meminfo Slab + /proc/net/sockstat TCP mem pages * page size) / 2 / N: loopback holds both ends, the server's share is half"
+	kernelMethod = "(delta of /proc/meminfo Slab - /proc/slabinfo proc_inode_cache + /proc/net/sockstat TCP mem pages * page size) / 2 / N: loopback holds both ends, the server's share is half; /proc inodes are left out (made by whoever lists /proc/PID/fd)"
 )
 
 // IdleResult is what Idle reports.
@@ -232,7 +232,8 @@ func Idle(ctx context.Context, cfg Config, progress io.Writer) (*IdleResult, err
 		res.UserBytesPerConn = float64(after.RSSBytes-before.RSSBytes) / c
 		res.HeapBytesPerConn = float64(int64(after.HeapInuse)-int64(before.HeapInuse)) / c
 		if kOK && kOK2 {
-			d := (kAfter.SlabBytes - kBefore.SlabBytes) + (kAfter.TCPMemBytes - kBefore.TCPMemBytes)
+			d := (kAfter.SlabBytes - kBefore.SlabBytes) - (kAfter.ProcInodeBytes - kBefore.ProcInodeBytes) +
+				(kAfter.TCPMemBytes - kBefore.TCPMemBytes)
 			res.KernelBytesPerConn = float64(d) / 2 / c
 		}
 		res.TotalBytesPerConn = res.UserBytesPerConn + res.KernelBytesPerConn
