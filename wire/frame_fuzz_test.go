@@ -211,3 +211,52 @@ func TestNext(t *testing.T) {
 		})
 	}
 }
+
+// Strings a client sends must be UTF-8: they are stored and forwarded, and
+// a recipient's protobuf decoder would refuse the item, wedging its queue.
+func TestDecodeFrameRefusesInvalidUTF8(t *testing.T) {
+	bad := string([]byte{0xff, 0xfe})
+	for name, fr := range map[string]*Frame{
+		"send.to":       {Kind: &Frame_Send{Send: &Send{Id: 1, To: "+1" + bad}}},
+		"read.to":       {Kind: &Frame_Read{Read: &Read{Id: 1, To: "+1" + bad, Ids: []uint64{1}}}},
+		"media.caption": {Kind: &Frame_Send{Send: &Send{Id: 1, To: "+14155550102", Media: &Media{Url: "https://x/m/1", Caption: bad}}}},
+		"media.mime":    {Kind: &Frame_Send{Send: &Send{Id: 1, To: "+14155550102", Media: &Media{Url: "https://x/m/1", Mime: bad}}}},
+	} {
+		b, err := AppendFrame(nil, fr)
+		if err != nil {
+			t.Fatalf("%s: encode: %v", name, err)
+		}
+		var got Frame
+		if err := DecodeFrame(b, &got); err == nil {
+			t.Errorf("%s: invalid UTF-8 was accepted", name)
+		}
+	}
+}
+
+// Fields this version does not know are not forwarded inside media.
+func TestDecodeFrameDropsUnknownMediaFields(t *testing.T) {
+	fr := &Frame{Kind: &Frame_Send{Send: &Send{Id: 1, To: "+14155550102", Media: &Media{Url: "https://x/m/1"}}}}
+	b, err := AppendFrame(nil, fr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Re-encode by hand with field 99 appended inside the media message.
+	media, _ := fr.GetSend().GetMedia().MarshalVT()
+	media = protowire.AppendBytes(protowire.AppendTag(media, 99, protowire.BytesType), []byte("smuggled"))
+	send := protowire.AppendTag(nil, 1, protowire.VarintType)
+	send = protowire.AppendVarint(send, 1)
+	send = protowire.AppendBytes(protowire.AppendTag(send, 2, protowire.BytesType), []byte("+14155550102"))
+	send = protowire.AppendBytes(protowire.AppendTag(send, 4, protowire.BytesType), media)
+	b = protowire.AppendBytes(protowire.AppendTag(nil, 1, protowire.BytesType), send)
+	var got Frame
+	if err := DecodeFrame(b, &got); err != nil {
+		t.Fatal(err)
+	}
+	item, err := EncodeItem(&Item{Kind: &Item_Message{Message: &Message{Media: got.GetSend().GetMedia()}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bytes.Contains(item, []byte("smuggled")) {
+		t.Fatal("an unknown media field was carried into the stored item")
+	}
+}
