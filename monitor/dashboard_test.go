@@ -22,11 +22,13 @@ import (
 // its sessions have sent and received more, deliveries were observed, and
 // one session's mailbox stays past the alert threshold. Advancing on each
 // sample rather than on a timer of its own keeps every sample's rates above
-// zero however slowly a loaded CI machine schedules the test.
+// zero however slowly a loaded CI machine schedules the test. It advances
+// in Totals, which the monitor calls once per sample (EachSession is also
+// called for each /admin/sessions request).
 type busyNode struct {
 	*fakeNode
 	m *monitor.Metrics
-	i int // samples so far; only the monitor's one sampling goroutine calls Sessions
+	i int // samples so far; only the monitor's one sampling goroutine calls Totals
 }
 
 var busyUsers = []string{"+15550000001", "+15550000002", "+15550000003", "+15550000004"}
@@ -39,7 +41,7 @@ func newBusyNode() *busyNode {
 	return n
 }
 
-func (n *busyNode) Sessions() []monitor.SessionStat {
+func (n *busyNode) Totals() monitor.Totals {
 	n.i++
 	i := n.i
 	for j, u := range busyUsers {
@@ -64,7 +66,7 @@ func (n *busyNode) Sessions() []monitor.SessionStat {
 		t.QueueDepthTotal = int64(1000 + 10*(i%50))
 		t.QueueDepthMax, t.QueueDepthMaxUser = 400+i%30, "+15550000009"
 	})
-	return n.fakeNode.Sessions()
+	return n.fakeNode.Totals()
 }
 
 // dashboardState is what the test reads from the page.

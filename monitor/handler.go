@@ -46,17 +46,70 @@ func ParseSortKey(s string) (SortKey, error) {
 // limit is given.
 const DefaultSessionLimit = 100
 
-// Sessions are the latest sample's sessions, sorted by key (ties by user),
-// at most limit of them (limit <= 0: all), and how many there are in all.
+// Sessions are the live sessions, sorted by key (ties by user, then
+// connection), at most limit of them (limit <= 0: all), and how many there
+// are in all. Each row's figures are read now, its rates are over the last
+// sample's interval.
+//
+// It walks the sessions once, keeping only the limit first rows in a heap:
+// a node with a million sessions answers `parley top` every second, and
+// top shows a screenful. Connection names are formatted only for the rows
+// kept.
 func (m *Monitor) Sessions(by SortKey, limit int) (rows []Session, total int) {
-	all := m.current().sessions
-	order := sessionOrder(by)
-	if limit <= 0 || limit >= len(all) {
-		rows = slices.Clone(all)
-		slices.SortFunc(rows, order)
-		return nonNil(rows), len(all)
+	m.sampleMu.Lock() // the Rates are Sample's
+	defer m.sampleMu.Unlock()
+	dt, order := m.rateDT, sessionOrder(by)
+	row := func(s SessionStat, r *Rates) Session {
+		return Session{
+			User: s.User, MsgsIn: s.MsgsIn, MsgsOut: s.MsgsOut,
+			InRate: perSecond(r.dIn, dt), OutRate: perSecond(r.dOut, dt),
+			Mailbox: s.Mailbox, Inflight: s.Inflight, Queued: s.Queued,
+		}
 	}
-	return nonNil(firstN(all, limit, order)), len(all)
+	if limit <= 0 {
+		m.src.EachSession(func(s SessionStat, r *Rates) {
+			total++
+			x := row(s, r)
+			x.Conn = connName(s.Conn)
+			rows = append(rows, x)
+		})
+		slices.SortFunc(rows, order)
+		return nonNil(rows), total
+	}
+	h := &worstFirst{order: order, rows: make([]Session, 0, min(limit, 256))}
+	m.src.EachSession(func(s SessionStat, r *Rates) {
+		total++
+		x := row(s, r)
+		if len(h.rows) < limit {
+			x.Conn = connName(s.Conn)
+			heap.Push(h, x)
+			return
+		}
+		// Most sessions do not make the cut, and are found out without
+		// naming their connection: only the same user on two connections
+		// can tie up to the name.
+		c := order(x, h.rows[0])
+		if c < 0 && x.User == h.rows[0].User {
+			x.Conn = connName(s.Conn)
+			c = order(x, h.rows[0])
+		}
+		if c < 0 {
+			if x.Conn == "" {
+				x.Conn = connName(s.Conn)
+			}
+			h.rows[0] = x
+			heap.Fix(h, 0)
+		}
+	})
+	slices.SortFunc(h.rows, order)
+	return nonNil(h.rows), total
+}
+
+func connName(s fmt.Stringer) string {
+	if s == nil {
+		return ""
+	}
+	return s.String()
 }
 
 // sessionOrder compares sessions: larger figure first, then by user and
@@ -79,24 +132,6 @@ func sessionOrder(by SortKey) func(a, b Session) int {
 		}
 		return cmp.Or(strings.Compare(a.User, b.User), strings.Compare(a.Conn, b.Conn))
 	}
-}
-
-// firstN selects the n first rows by order without sorting them all: a
-// node with a million sessions answers `parley top` every second, and
-// top shows a screenful.
-func firstN(all []Session, n int, order func(a, b Session) int) []Session {
-	h := &worstFirst{order: order, rows: make([]Session, 0, n)}
-	for _, r := range all {
-		switch {
-		case len(h.rows) < n:
-			heap.Push(h, r)
-		case order(r, h.rows[0]) < 0:
-			h.rows[0] = r
-			heap.Fix(h, 0)
-		}
-	}
-	slices.SortFunc(h.rows, order)
-	return h.rows
 }
 
 // worstFirst is a heap whose root is the last of the rows kept.
@@ -126,7 +161,7 @@ func nonNil[T any](s []T) []T {
 // SessionsResponse is the body of GET /admin/sessions.
 type SessionsResponse struct {
 	Sort     SortKey   `json:"sort"`
-	Total    int       `json:"total"` // sessions in the sample, before the limit
+	Total    int       `json:"total"` // live sessions, before the limit
 	Sessions []Session `json:"sessions"`
 }
 

@@ -19,7 +19,7 @@ func TestSessionsEndpoint(t *testing.T) {
 		{User: "+1555c", Mailbox: 1, Queued: 90, MsgsIn: 90, MsgsOut: 200},
 		{User: "+1555d", Mailbox: 0, Queued: 3, MsgsIn: 0, MsgsOut: 0},
 	} {
-		h.node.session(s.User, func(x *monitor.SessionStat) { *x = s; x.Conn = "c-" + s.User })
+		h.node.session(s.User, func(x *monitor.SessionStat) { *x = s; x.Conn = connAddr("c-" + s.User) })
 	}
 	h.sample()
 	h.node.session("+1555d", func(x *monitor.SessionStat) {}) // unchanged
@@ -189,5 +189,39 @@ func TestSessionsLimitMatchesFullSort(t *testing.T) {
 				t.Errorf("Sessions(%s, %d) differs from the first %d of the full sort", by, n, n)
 			}
 		}
+	}
+}
+
+// countedAddr is a connection name that counts how often it is formatted.
+type countedAddr struct {
+	name string
+	n    *int
+}
+
+func (a countedAddr) String() string { *a.n++; return a.name }
+
+// A request for the first few sessions of many names only the rows it
+// returns: walking a million sessions for `parley top` makes no strings
+// for the rest.
+func TestSessionsFormatOnlyTheRowsKept(t *testing.T) {
+	h := newHarness(t)
+	formatted := 0
+	for i := range 1000 {
+		u := fmt.Sprintf("+1555%04d", i)
+		h.node.session(u, func(s *monitor.SessionStat) {
+			s.Conn = countedAddr{"10.0.0.1:" + u, &formatted}
+			s.Mailbox = i % 10
+		})
+	}
+	h.sample()
+	formatted = 0
+	rows, total := h.mon.Sessions(monitor.SortMailbox, 5)
+	if total != 1000 || len(rows) != 5 || rows[0].Mailbox != 9 || rows[0].Conn != "10.0.0.1:"+rows[0].User {
+		t.Fatalf("Sessions(mailbox, 5) = %+v (total %d)", rows, total)
+	}
+	// The heap keeps 5 rows, and replaces its worst a few dozen times as
+	// better rows come by; nothing like one name per session.
+	if formatted > 100 {
+		t.Errorf("formatted %d connection names for 5 rows of 1000 sessions", formatted)
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"io"
 	"log/slog"
+	"maps"
 	"net/http"
 	"net/http/httptest"
 	"slices"
@@ -24,11 +25,23 @@ import (
 type fakeNode struct {
 	mu       sync.Mutex
 	totals   monitor.Totals
-	sessions map[string]*monitor.SessionStat
+	sessions map[string]*fakeSession
 }
 
+// fakeSession is one session, with the Rates a node keeps per session.
+type fakeSession struct {
+	stat  monitor.SessionStat
+	rates monitor.Rates
+}
+
+// connAddr names a fake session's connection, as a net.Addr names a real
+// one.
+type connAddr string
+
+func (a connAddr) String() string { return string(a) }
+
 func newFakeNode() *fakeNode {
-	return &fakeNode{sessions: make(map[string]*monitor.SessionStat)}
+	return &fakeNode{sessions: make(map[string]*fakeSession)}
 }
 
 func (f *fakeNode) Totals() monitor.Totals {
@@ -39,15 +52,16 @@ func (f *fakeNode) Totals() monitor.Totals {
 	return t
 }
 
-func (f *fakeNode) Sessions() []monitor.SessionStat {
+// EachSession visits the sessions in user order, so that ties (the first
+// of equal mailboxes) come out the same on every run.
+func (f *fakeNode) EachSession(fn func(monitor.SessionStat, *monitor.Rates)) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	out := make([]monitor.SessionStat, 0, len(f.sessions))
-	for _, s := range f.sessions {
-		out = append(out, *s)
+	users := slices.Sorted(maps.Keys(f.sessions))
+	for _, u := range users {
+		s := f.sessions[u]
+		fn(s.stat, &s.rates)
 	}
-	slices.SortFunc(out, func(a, b monitor.SessionStat) int { return strings.Compare(a.User, b.User) })
-	return out
 }
 
 // session changes (creating if needed) one user's session.
@@ -56,10 +70,10 @@ func (f *fakeNode) session(user string, change func(*monitor.SessionStat)) {
 	defer f.mu.Unlock()
 	s := f.sessions[user]
 	if s == nil {
-		s = &monitor.SessionStat{User: user, Conn: "10.0.0.1:" + user}
+		s = &fakeSession{stat: monitor.SessionStat{User: user, Conn: connAddr("10.0.0.1:" + user)}}
 		f.sessions[user] = s
 	}
-	change(s)
+	change(&s.stat)
 }
 
 func (f *fakeNode) drop(user string) {

@@ -1,13 +1,16 @@
 // Package monitor watches a Parley node's queues, the way WhatsApp judged
 // its system's health by the length of its queues. It exports Prometheus
-// metrics, keeps per-session figures and rates, raises alerts when a queue
-// grows past its threshold, and serves the admin API, the live dashboard and
-// the data behind `parley top`.
+// metrics, computes per-session rates, raises alerts when a queue grows past
+// its threshold, and serves the admin API, the live dashboard and the data
+// behind `parley top`.
 //
 // The node only counts (Metrics) and answers questions (Source); everything
 // that needs a clock — rates, latency quantiles, alert hysteresis — happens
 // here, in one goroutine that samples once per interval however many
-// sessions there are.
+// sessions there are. The monitor's own memory does not grow with the
+// sessions either: what it needs per session (Rates) lives in the node's
+// per-session struct, and the sessions a request asks for are found by
+// walking them then.
 package monitor
 
 import (
@@ -161,13 +164,13 @@ type Monitor struct {
 	needTok  bool
 	hook     *notifier
 
-	// sampleMu serializes Sample; the fields below it belong to it.
+	// sampleMu serializes Sample and the walks of /admin/sessions, which
+	// read the Rates that Sample writes; the fields below it belong to it.
 	sampleMu sync.Mutex
 	last     time.Time
 	lastIn   uint64
 	lastOut  uint64
-	prev     map[sessionKey]counts // per-session counters at the last sample
-	spare    map[sessionKey]counts // reused for the next sample's counters
+	rateDT   float64 // seconds the sessions' Rates span (the last interval)
 	sendLat  *latencyWindow
 	ackLat   *latencyWindow
 	watches  []*watch
@@ -181,15 +184,10 @@ type Monitor struct {
 	recent  []Alert // newest last, at most recentLen
 }
 
-type sessionKey struct{ user, conn string }
-
-type counts struct{ in, out uint64 }
-
 // snapshot is one sample as readers see it; never modified once published.
 type snapshot struct {
-	stats    Stats
-	sessions []Session
-	firing   []Alert
+	stats  Stats
+	firing []Alert
 }
 
 // New creates a monitor. It registers its own gauges, and the standard Go
@@ -240,8 +238,6 @@ func New(cfg Config) (*Monitor, error) {
 		now:      cfg.Now,
 		token:    cfg.AdminToken,
 		needTok:  cfg.RequireToken,
-		prev:     make(map[sessionKey]counts),
-		spare:    make(map[sessionKey]counts),
 		sendLat:  newLatencyWindow(cfg.Metrics.SendToDeliver),
 		ackLat:   newLatencyWindow(cfg.Metrics.DeliverToAck),
 		watches:  newWatches(th),

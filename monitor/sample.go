@@ -49,7 +49,9 @@ type Latency struct {
 	P99   float64 `json:"p99"`
 }
 
-// Session is one session's figures with the rates the monitor computed.
+// Session is one session's figures with the rates the monitor computed: the
+// figures as they were when asked for, the rates over the last sample's
+// interval.
 type Session struct {
 	User     string  `json:"user"`
 	Conn     string  `json:"conn"`
@@ -70,7 +72,6 @@ func (m *Monitor) Sample(now time.Time) Stats {
 	m.sampleMu.Lock()
 	defer m.sampleMu.Unlock()
 	tot := m.src.Totals()
-	rows := m.src.Sessions()
 
 	dt := 0.0
 	if !m.last.IsZero() {
@@ -94,28 +95,18 @@ func (m *Monitor) Sample(now time.Time) Stats {
 		QueueDepthMaxUser: tot.QueueDepthMaxUser,
 		LoopLagSeconds:    tot.LoopLag.Seconds(),
 	}
-	sessions := make([]Session, len(rows))
-	next := m.spare
-	clear(next)
-	for i, r := range rows {
-		k := sessionKey{r.User, r.Conn}
-		// A session first seen now counts from zero: its rate is what it
-		// did since the previous sample, not nothing.
-		p := m.prev[k]
-		next[k] = counts{r.MsgsIn, r.MsgsOut}
-		sessions[i] = Session{
-			User: r.User, Conn: r.Conn,
-			MsgsIn: r.MsgsIn, MsgsOut: r.MsgsOut,
-			InRate: rate(r.MsgsIn, p.in), OutRate: rate(r.MsgsOut, p.out),
-			Mailbox: r.Mailbox, Inflight: r.Inflight, Queued: r.Queued,
+	// One pass over the sessions: move each one's rates on, and keep only
+	// the sums and the maximum the queue watch needs. Nothing per session
+	// is copied; /admin/sessions walks the sessions again when asked.
+	m.src.EachSession(func(s SessionStat, r *Rates) {
+		r.advance(s.MsgsIn, s.MsgsOut)
+		st.MailboxTotal += s.Mailbox
+		st.InflightTotal += s.Inflight
+		if s.Mailbox > st.MailboxMax {
+			st.MailboxMax, st.MailboxMaxUser = s.Mailbox, s.User
 		}
-		st.MailboxTotal += r.Mailbox
-		st.InflightTotal += r.Inflight
-		if r.Mailbox > st.MailboxMax {
-			st.MailboxMax, st.MailboxMaxUser = r.Mailbox, r.User
-		}
-	}
-	m.prev, m.spare = next, m.prev
+	})
+	m.rateDT = dt
 
 	st.MsgsIn = counterValue(m.metrics.MessagesIn)
 	st.MsgsOut = counterValue(m.metrics.MessagesOut)
@@ -132,7 +123,7 @@ func (m *Monitor) Sample(now time.Time) Stats {
 	st.Firing = firing
 
 	m.viewMu.Lock()
-	m.view = &snapshot{stats: st, sessions: sessions, firing: firing}
+	m.view = &snapshot{stats: st, firing: firing}
 	m.history[m.histN%historyLen] = st
 	m.histN++
 	for _, a := range events {

@@ -39,7 +39,7 @@ func TestRatesFromCounterDeltas(t *testing.T) {
 
 	// A reconnect restarts the session's counters: no negative or huge rate.
 	h.node.drop("+1555a")
-	h.node.session("+1555a", func(s *monitor.SessionStat) { s.Conn, s.MsgsIn = "10.0.0.9:1", 2 })
+	h.node.session("+1555a", func(s *monitor.SessionStat) { s.Conn, s.MsgsIn = connAddr("10.0.0.9:1"), 2 })
 	h.sample()
 	rows, _ = h.mon.Sessions(monitor.SortInRate, 1)
 	if rows[0].User != "+1555a" || rows[0].InRate != 2 {

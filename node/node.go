@@ -36,6 +36,7 @@ import (
 	"github.com/parleyhq/parley/media"
 	"github.com/parleyhq/parley/monitor"
 	"github.com/parleyhq/parley/noise"
+	"github.com/parleyhq/parley/session"
 	"github.com/parleyhq/parley/store"
 	"github.com/parleyhq/parley/wire"
 )
@@ -162,6 +163,10 @@ type Node struct {
 	monitor *monitor.Monitor
 	media   *media.Service
 
+	// sessionCfg is every session core's configuration, shared rather
+	// than copied into each.
+	sessionCfg session.Config
+
 	nativeLn          net.Listener
 	loopStarted       time.Time
 	httpLn, adminLn   net.Listener
@@ -216,6 +221,12 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 		return nil, fmt.Errorf("open store: %w", err)
 	}
 	n.ids = &idGen{st: n.store}
+	n.sessionCfg = session.Config{
+		Window:      cfg.Window,
+		Now:         func() int64 { return time.Now().UnixNano() },
+		NewID:       n.ids.next,
+		IssueUpload: n.issueUpload,
+	}
 	n.pool = newPool(cfg.Workers)
 	n.monitor, err = monitor.New(monitor.Config{
 		Source:       n,
@@ -301,6 +312,10 @@ func (n *Node) startLoop() error {
 		n.mx.ConnectionsOpen.Dec()
 		n.counts.open.Add(-1)
 		if c, ok := nc.Session().(*conn); ok {
+			// nbio runs this callback from a list it reuses without
+			// clearing, so the last thousand or so closed nbio Conns stay
+			// reachable: do not let them keep their sessions too.
+			nc.SetSession(nil)
 			if c.stage.Load() == stageNew {
 				// Closed before the handshake finished: the deadline, or
 				// a peer that gave up.
@@ -428,7 +443,7 @@ func (n *Node) Totals() monitor.Totals {
 	}
 }
 
-// Sessions implements monitor.Source: one row per logged-in session.
+// EachSession implements monitor.Source: f sees every logged-in session.
 //
 // Mailbox is what an Erlang process's mailbox would hold: everything sent
 // to the session and not yet handled. In Parley messages for a session wait
@@ -436,21 +451,23 @@ func (n *Node) Totals() monitor.Totals {
 // full, so the mailbox is the actor's pending events plus the queued items
 // not yet delivered. A slow receiver therefore shows a growing mailbox,
 // exactly as in etop, while its memory stays flat.
-func (n *Node) Sessions() []monitor.SessionStat {
-	var out []monitor.SessionStat
+func (n *Node) EachSession(f func(monitor.SessionStat, *monitor.Rates)) {
 	n.router.each(func(c *conn) {
+		events := 0
 		c.mu.Lock()
-		events := len(c.mbox)
+		if c.mbox != nil {
+			events = len(c.mbox.evs)
+		}
 		c.mu.Unlock()
-		queued, _ := n.store.QueueLen(c.user)
+		user := c.core.User() // set before the router could hand out c
+		queued, _ := n.store.QueueLen(user)
 		inflight := int(c.inflight.Load())
-		out = append(out, monitor.SessionStat{
-			User: c.user, Conn: c.id(),
+		f(monitor.SessionStat{
+			User: user, Conn: c.nc.RemoteAddr(),
 			MsgsIn: c.msgsIn.Load(), MsgsOut: c.msgsOut.Load(),
 			Mailbox: events + max(0, queued-inflight), Inflight: inflight, Queued: queued,
-		})
+		}, &c.rates)
 	})
-	return out
 }
 
 // PublicKey is the server's static Noise public key, which clients pin.

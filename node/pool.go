@@ -10,7 +10,7 @@ import "sync"
 type pool struct {
 	mu     sync.Mutex
 	cond   sync.Cond
-	queue  []*conn
+	queue  []queued
 	head   int
 	closed bool
 	wg     sync.WaitGroup
@@ -26,9 +26,20 @@ func newPool(workers int) *pool {
 	return p
 }
 
-func (p *pool) push(c *conn) {
+// maxKeptQueue is the most room the run queue keeps once it has drained.
+const maxKeptQueue = 1024
+
+// queued is a session waiting for a worker, and since when (unix
+// nanoseconds, for the loop lag): kept here rather than in every conn,
+// since only waiting sessions need it.
+type queued struct {
+	c  *conn
+	at int64
+}
+
+func (p *pool) push(c *conn, at int64) {
 	p.mu.Lock()
-	p.queue = append(p.queue, c)
+	p.queue = append(p.queue, queued{c, at})
 	p.mu.Unlock()
 	p.cond.Signal()
 }
@@ -41,29 +52,34 @@ func (p *pool) backlog() int {
 	return n
 }
 
-func (p *pool) pop() *conn {
+func (p *pool) pop() queued {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for p.head == len(p.queue) {
 		if p.closed {
-			return nil
+			return queued{}
 		}
 		p.cond.Wait()
 	}
-	c := p.queue[p.head]
-	p.queue[p.head] = nil
+	q := p.queue[p.head]
+	p.queue[p.head] = queued{}
 	p.head++
 	if p.head == len(p.queue) {
-		p.queue, p.head = p.queue[:0], 0
+		p.head = 0
+		if cap(p.queue) > maxKeptQueue {
+			p.queue = nil // a burst's room (a login storm) is not kept for ever
+		} else {
+			p.queue = p.queue[:0]
+		}
 	}
-	return c
+	return q
 }
 
 func (p *pool) work() {
 	defer p.wg.Done()
 	var w worker
-	for c := p.pop(); c != nil; c = p.pop() {
-		c.run(&w)
+	for q := p.pop(); q.c != nil; q = p.pop() {
+		q.c.run(&w, q.at)
 	}
 }
 

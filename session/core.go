@@ -10,16 +10,17 @@ package session
 import (
 	"errors"
 	"fmt"
+	"math"
 
 	"github.com/parleyhq/parley/store"
 	"github.com/parleyhq/parley/wire"
 )
 
-// Config is what a Core needs from its surroundings.
+// Config is what a Core needs from its surroundings. One Config serves every
+// session of a server: New keeps a pointer to it, so it must not change
+// once sessions use it.
 type Config struct {
-	// User is the logged-in account's phone number.
-	User string
-	// Window bounds unacknowledged deliveries (flow control).
+	// Window bounds unacknowledged deliveries (flow control). Default 256.
 	Window int
 	// Now returns unix nanoseconds; injected so scenarios are repeatable.
 	Now func() int64
@@ -112,56 +113,130 @@ type inflight struct {
 }
 
 // Core is one session's protocol state.
+//
+// A server keeps one per logged-in connection, most of them idle, so an
+// idle Core is kept small: the shared Config by pointer, and everything that
+// only exists while something is in progress (deliveries awaiting their
+// ack, writes awaiting their commit, the Ready being built) in a work
+// struct that Advance drops once nothing is in progress.
 type Core struct {
-	cfg Config
-
+	cfg  *Config
+	user string
+	next uint64 // next queue seq to deliver
+	// loadMax is the Max of the outstanding Load; zero when no read is
+	// outstanding.
+	loadMax  uint32
 	started  bool
 	closed   bool
-	next     uint64 // next queue seq to deliver
-	caughtUp bool   // the last read reached the queue's tail
-	loading  bool
-	loadMax  int
+	caughtUp bool // the last read reached the queue's tail
 	// pushedWhileLoading: an item arrived after the outstanding read's
 	// snapshot may have been taken, so that read cannot prove the queue
 	// was caught up.
 	pushedWhileLoading bool
-	inflight           []inflight // delivered, unacked, in seq order
-	pending            []pending  // writes awaiting Committed, in commit order
 
-	rd Ready
+	work *work // nil while idle
 }
 
-// New returns the Core of a freshly logged-in session.
-func New(cfg Config) *Core {
-	if cfg.Window <= 0 {
-		cfg.Window = 256
-	}
-	if cfg.MaxPending <= 0 {
-		cfg.MaxPending = 4096
-	}
-	return &Core{cfg: cfg}
+// work is the part of a session's state that only exists while something
+// is in progress.
+type work struct {
+	inflight []inflight // delivered, unacked, in seq order
+	pending  []pending  // writes awaiting Committed, in commit order
+	rd       Ready
+
+	// Room for the usual Ready (a frame or two, one write, one ack's
+	// delay), so that a session going from idle to busy allocates its work
+	// struct and not three slices besides.
+	frames    [2]*wire.Frame
+	writes    [1]*store.Batch
+	ackDelays [1]int64
+}
+
+// New returns the Core of a freshly logged-in session of user. cfg is kept,
+// not copied (see Config).
+func New(user string, cfg *Config) *Core {
+	c := new(Core)
+	c.Init(user, cfg)
+	return c
+}
+
+// Init makes c the Core of a freshly logged-in session of user, like New,
+// for a caller that keeps the Core inside its own per-connection struct
+// (one allocation per connection rather than two).
+func (c *Core) Init(user string, cfg *Config) {
+	*c = Core{cfg: cfg, user: user}
 }
 
 // User is the session's account.
-func (c *Core) User() string { return c.cfg.User }
+func (c *Core) User() string { return c.user }
 
 // Inflight is the number of unacknowledged deliveries.
-func (c *Core) Inflight() int { return len(c.inflight) }
+func (c *Core) Inflight() int {
+	if c.work == nil {
+		return 0
+	}
+	return len(c.work.inflight)
+}
 
 // Closed reports whether the session has ended.
 func (c *Core) Closed() bool { return c.closed }
 
 // Ready returns the work accumulated since the last Advance. The caller
 // carries it out, then calls Advance before the next Step.
-func (c *Core) Ready() Ready { return c.rd }
+func (c *Core) Ready() Ready {
+	if c.work == nil {
+		return Ready{}
+	}
+	return c.work.rd
+}
 
-// Advance says the last Ready was carried out. It keeps the slices' room for
-// the next Step but drops what they point to, so an idle session does not
-// hold on to the last frames it sent.
+// Advance says the last Ready was carried out. While deliveries or writes
+// are outstanding it keeps the Ready's slices' room for the next Step (but
+// drops what they point to); once none are, the session is idle and drops
+// its work struct altogether, so that an idle session holds no buffers.
 func (c *Core) Advance() {
-	clear(c.rd.Frames)
-	clear(c.rd.Writes)
-	c.rd = Ready{Frames: c.rd.Frames[:0], Writes: c.rd.Writes[:0], AckDelays: c.rd.AckDelays[:0]}
+	w := c.work
+	if w == nil {
+		return
+	}
+	if len(w.inflight) == 0 && len(w.pending) == 0 {
+		c.work = nil
+		return
+	}
+	clear(w.rd.Frames)
+	clear(w.rd.Writes)
+	w.rd = Ready{Frames: w.rd.Frames[:0], Writes: w.rd.Writes[:0], AckDelays: w.rd.AckDelays[:0]}
+}
+
+// w returns the session's work struct, making it if the session was idle.
+func (c *Core) w() *work {
+	if c.work == nil {
+		w := new(work)
+		w.rd = Ready{Frames: w.frames[:0], Writes: w.writes[:0], AckDelays: w.ackDelays[:0]}
+		c.work = w
+	}
+	return c.work
+}
+
+func (c *Core) window() int {
+	if c.cfg.Window > 0 {
+		return min(c.cfg.Window, math.MaxInt32) // loadMax has 32 bits
+	}
+	return 256
+}
+
+func (c *Core) maxPending() int {
+	if c.cfg.MaxPending > 0 {
+		return c.cfg.MaxPending
+	}
+	return 4096
+}
+
+func (c *Core) numPending() int {
+	if c.work == nil {
+		return 0
+	}
+	return len(c.work.pending)
 }
 
 // Step applies one event.
@@ -188,12 +263,12 @@ func (c *Core) Step(ev any) {
 	}
 }
 
-func (c *Core) send(f *wire.Frame) { c.rd.Frames = append(c.rd.Frames, f) }
+func (c *Core) send(f *wire.Frame) { w := c.w(); w.rd.Frames = append(w.rd.Frames, f) }
 
 func (c *Core) close(code wire.Error_Code, text string) {
 	cl := &wire.Close{Code: code, Text: text}
 	c.send(&wire.Frame{Kind: &wire.Frame_Close{Close: cl}})
-	c.rd.Close = cl
+	c.work.rd.Close = cl
 	c.closed = true
 }
 
@@ -202,8 +277,8 @@ func errFrame(id uint64, code wire.Error_Code, text string) *wire.Frame {
 }
 
 func (c *Core) received(f *wire.Frame) {
-	if len(c.pending) >= c.cfg.MaxPending {
-		c.close(wire.Error_BAD_REQUEST, fmt.Sprintf("more than %d requests waiting for their answers: wait for SendAcks before sending more", c.cfg.MaxPending))
+	if limit := c.maxPending(); c.numPending() >= limit {
+		c.close(wire.Error_BAD_REQUEST, fmt.Sprintf("more than %d requests waiting for their answers: wait for SendAcks before sending more", limit))
 		return
 	}
 	switch k := f.Kind.(type) {
@@ -221,7 +296,7 @@ func (c *Core) received(f *wire.Frame) {
 			c.send(errFrame(id, wire.Error_BAD_REQUEST, "this server does not take media uploads"))
 			return
 		}
-		tok, url, exp := c.cfg.IssueUpload(c.cfg.User)
+		tok, url, exp := c.cfg.IssueUpload(c.user)
 		c.send(&wire.Frame{Kind: &wire.Frame_UploadToken{UploadToken: &wire.UploadToken{Id: id, Token: tok, Url: url, Expires: exp}}})
 	default:
 		c.close(wire.Error_BAD_FRAME, fmt.Sprintf("a client may not send %T frames", f.Kind))
@@ -231,29 +306,31 @@ func (c *Core) received(f *wire.Frame) {
 func (c *Core) onSend(s *wire.Send) {
 	serverID, ts := c.cfg.NewID(), c.cfg.Now()
 	data, err := wire.EncodeItem(&wire.Item{Kind: &wire.Item_Message{Message: &wire.Message{
-		From: c.cfg.User, Id: s.Id, ServerId: serverID, Ts: ts, Body: s.Body, Media: s.Media,
+		From: c.user, Id: s.Id, ServerId: serverID, Ts: ts, Body: s.Body, Media: s.Media,
 	}}})
 	if err != nil {
 		c.send(errFrame(s.Id, wire.Error_INTERNAL, "encode message: "+err.Error()))
 		return
 	}
-	c.rd.Writes = append(c.rd.Writes, &store.Batch{
-		Dedup:   &store.Dedup{Sender: c.cfg.User, ClientID: s.Id, ServerID: serverID, TS: ts, Fresh: !s.Resend},
+	w := c.w()
+	w.rd.Writes = append(w.rd.Writes, &store.Batch{
+		Dedup:   &store.Dedup{Sender: c.user, ClientID: s.Id, ServerID: serverID, TS: ts, Fresh: !s.Resend},
 		Appends: []store.Append{{To: s.To, Data: data}},
 	})
-	c.pending = append(c.pending, pending{kind: pendSend, id: s.Id, serverID: serverID, ts: ts})
+	w.pending = append(w.pending, pending{kind: pendSend, id: s.Id, serverID: serverID, ts: ts})
 }
 
 func (c *Core) onRead(r *wire.Read) {
 	data, err := wire.EncodeItem(&wire.Item{Kind: &wire.Item_Receipt{Receipt: &wire.Receipt{
-		Kind: wire.Receipt_READ, By: c.cfg.User, Ids: r.Ids, Ts: c.cfg.Now(),
+		Kind: wire.Receipt_READ, By: c.user, Ids: r.Ids, Ts: c.cfg.Now(),
 	}}})
 	if err != nil {
 		c.send(errFrame(r.Id, wire.Error_INTERNAL, "encode receipt: "+err.Error()))
 		return
 	}
-	c.rd.Writes = append(c.rd.Writes, &store.Batch{Appends: []store.Append{{To: r.To, Data: data}}})
-	c.pending = append(c.pending, pending{kind: pendRead, id: r.Id})
+	w := c.w()
+	w.rd.Writes = append(w.rd.Writes, &store.Batch{Appends: []store.Append{{To: r.To, Data: data}}})
+	w.pending = append(w.pending, pending{kind: pendRead, id: r.Id})
 }
 
 // onAck erases the acked items and queues one delivered receipt per sender.
@@ -264,14 +341,15 @@ func (c *Core) onAck(seq uint64) {
 		c.close(wire.Error_BAD_REQUEST, fmt.Sprintf("ack of seq %d, which was never delivered (next to deliver: %d)", seq, c.next))
 		return
 	}
-	n := 0
-	for n < len(c.inflight) && c.inflight[n].seq <= seq {
-		n++
-	}
-	if n == 0 {
+	if c.Inflight() == 0 || c.work.inflight[0].seq > seq {
 		return // an old or repeated ack: nothing left to erase
 	}
-	b := &store.Batch{Acks: []store.Ack{{User: c.cfg.User, UpTo: seq}}}
+	w := c.work
+	n := 0
+	for n < len(w.inflight) && w.inflight[n].seq <= seq {
+		n++
+	}
+	b := &store.Batch{Acks: []store.Ack{{User: c.user, UpTo: seq}}}
 	now := c.cfg.Now()
 	// One receipt per sender. An ack usually covers one or two senders, so
 	// a linear scan of a short slice beats building a map per ack.
@@ -280,8 +358,8 @@ func (c *Core) onAck(seq uint64) {
 		r    *wire.Receipt
 	}
 	var receipts []senderReceipt
-	for _, it := range c.inflight[:n] {
-		c.rd.AckDelays = append(c.rd.AckDelays, now-it.at)
+	for _, it := range w.inflight[:n] {
+		w.rd.AckDelays = append(w.rd.AckDelays, now-it.at)
 		if it.from == "" {
 			continue
 		}
@@ -293,7 +371,7 @@ func (c *Core) onAck(seq uint64) {
 			}
 		}
 		if r == nil {
-			r = &wire.Receipt{Kind: wire.Receipt_DELIVERED, By: c.cfg.User, Ts: now}
+			r = &wire.Receipt{Kind: wire.Receipt_DELIVERED, By: c.user, Ts: now}
 			receipts = append(receipts, senderReceipt{it.from, r})
 		}
 		r.Ids = append(r.Ids, it.id)
@@ -307,23 +385,24 @@ func (c *Core) onAck(seq uint64) {
 		}
 		b.Appends = append(b.Appends, store.Append{To: from, Data: data})
 	}
-	c.rd.Writes = append(c.rd.Writes, b)
-	c.pending = append(c.pending, pending{kind: pendAck, ackUpTo: seq})
-	c.inflight = c.inflight[n:]
-	if len(c.inflight) == 0 {
-		c.inflight = nil // an idle session holds no delivery buffer
+	w.rd.Writes = append(w.rd.Writes, b)
+	w.pending = append(w.pending, pending{kind: pendAck, ackUpTo: seq})
+	w.inflight = w.inflight[n:]
+	if len(w.inflight) == 0 {
+		w.inflight = nil // an idle session holds no delivery buffer
 	}
 	c.fill()
 }
 
 func (c *Core) committed(r store.Result) {
-	if len(c.pending) == 0 {
+	if c.numPending() == 0 {
 		panic("session: Committed with no write pending")
 	}
-	p := c.pending[0]
-	c.pending = c.pending[1:]
-	if len(c.pending) == 0 {
-		c.pending = nil
+	w := c.work
+	p := w.pending[0]
+	w.pending = w.pending[1:]
+	if len(w.pending) == 0 {
+		w.pending = nil
 	}
 	switch p.kind {
 	case pendSend:
@@ -347,8 +426,8 @@ func (c *Core) committed(r store.Result) {
 			// erase the acked items anyway, so the recipient is not flooded
 			// with redeliveries. The refusal is the sender's loss of a tick,
 			// not of a message.
-			c.rd.Writes = append(c.rd.Writes, &store.Batch{Acks: []store.Ack{{User: c.cfg.User, UpTo: p.ackUpTo}}})
-			c.pending = append(c.pending, pending{kind: pendAck, ackUpTo: p.ackUpTo})
+			w.rd.Writes = append(w.rd.Writes, &store.Batch{Acks: []store.Ack{{User: c.user, UpTo: p.ackUpTo}}})
+			w.pending = append(w.pending, pending{kind: pendAck, ackUpTo: p.ackUpTo})
 		}
 	}
 }
@@ -379,19 +458,20 @@ func storeErrText(err error) string {
 
 // fill delivers or reads more while the window has room.
 func (c *Core) fill() {
-	if !c.started || c.loading || c.caughtUp {
+	if !c.started || c.loadMax > 0 || c.caughtUp {
 		return
 	}
-	room := c.cfg.Window - len(c.inflight)
+	room := c.window() - c.Inflight()
 	if room <= 0 {
 		return
 	}
-	c.loading, c.loadMax = true, room
-	c.rd.Load = &Load{From: c.next, Max: room}
+	c.loadMax = uint32(room)
+	c.w().rd.Load = &Load{From: c.next, Max: room}
 }
 
 func (c *Core) loaded(e Loaded) {
-	c.loading = false
+	loadMax := int(c.loadMax)
+	c.loadMax = 0
 	if e.Err != nil {
 		c.close(wire.Error_INTERNAL, "reading your queue failed: reconnect")
 		return
@@ -404,7 +484,7 @@ func (c *Core) loaded(e Loaded) {
 			return
 		}
 	}
-	c.caughtUp = len(e.Items) < c.loadMax && !c.pushedWhileLoading
+	c.caughtUp = len(e.Items) < loadMax && !c.pushedWhileLoading
 	c.pushedWhileLoading = false
 	c.fill()
 }
@@ -413,13 +493,13 @@ func (c *Core) pushed(e Pushed) {
 	switch {
 	case e.Seq < c.next:
 		// already read from the store
-	case c.started && c.caughtUp && !c.loading && e.Seq == c.next && len(c.inflight) < c.cfg.Window:
+	case c.started && c.caughtUp && c.loadMax == 0 && e.Seq == c.next && c.Inflight() < c.window():
 		c.deliver(e.Seq, e.Data)
 	default:
 		// Behind, or the window is full: the item waits in the store and
 		// the next read picks it up.
 		c.caughtUp = false
-		if c.loading {
+		if c.loadMax > 0 {
 			c.pushedWhileLoading = true
 		}
 		c.fill()
@@ -437,7 +517,8 @@ func (c *Core) deliver(seq uint64, data []byte) bool {
 	if m := it.GetMessage(); m != nil {
 		fl.from, fl.id, fl.serverID = m.From, m.Id, m.ServerId
 	}
-	c.inflight = append(c.inflight, fl)
+	w := c.w()
+	w.inflight = append(w.inflight, fl)
 	c.next = seq + 1
 	c.send(&wire.Frame{Kind: &wire.Frame_Deliver{Deliver: &wire.Deliver{Seq: seq, Item: it}}})
 	return true

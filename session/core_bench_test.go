@@ -13,8 +13,7 @@ import (
 
 func benchCore(window int) *session.Core {
 	var ids uint64
-	return session.New(session.Config{
-		User:   "+15550000001",
+	return session.New("+15550000001", &session.Config{
 		Window: window,
 		Now:    func() int64 { return 1_700_000_000_000_000_000 },
 		NewID:  func() uint64 { ids++; return ids },

@@ -11,8 +11,8 @@ import (
 
 func newCore(window, maxPending int) *session.Core {
 	var clock, ids int64
-	return session.New(session.Config{
-		User: "bob", Window: window, MaxPending: maxPending,
+	return session.New("bob", &session.Config{
+		Window: window, MaxPending: maxPending,
 		Now:   func() int64 { clock++; return clock },
 		NewID: func() uint64 { ids++; return uint64(ids) },
 	})

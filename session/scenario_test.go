@@ -87,10 +87,10 @@ func (w *world) run(t *testing.T, d *datadriven.TestData) string {
 		if v, ok := args["window"]; ok {
 			win = int(u64(v))
 		}
-		core := session.New(session.Config{
-			User: pos[0], Window: win,
-			Now:   func() int64 { w.clock++; return w.clock },
-			NewID: func() uint64 { w.ids++; return 100 + w.ids },
+		core := session.New(pos[0], &session.Config{
+			Window: win,
+			Now:    func() int64 { w.clock++; return w.clock },
+			NewID:  func() uint64 { w.ids++; return 100 + w.ids },
 			IssueUpload: func(u string) (string, string, int64) {
 				return "token-for-" + u, "http://127.0.0.1:8080/v1/media", 5000
 			},
