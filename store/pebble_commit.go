@@ -81,8 +81,14 @@ func (q *commitQueue) take(group []request, max int) (_ []request, ok bool) {
 		q.mu.Lock()
 		if n := len(q.reqs); n > 0 {
 			if n <= max {
-				// Swap buffers: the common case costs no copying.
+				// Swap buffers: the common case costs no copying. A
+				// buffer that grew past a group's worth in a burst (a
+				// login storm queues a commit per session) is dropped
+				// rather than kept for good.
 				group, q.reqs = q.reqs, group[:0]
+				if cap(q.reqs) > max {
+					q.reqs = nil
+				}
 			} else {
 				group = append(group[:0], q.reqs[:max]...)
 				rest := copy(q.reqs, q.reqs[max:])
