@@ -78,6 +78,11 @@ type Config struct {
 	// HandshakeTimeout closes connections that do not complete the
 	// handshake in time. Default 10s.
 	HandshakeTimeout time.Duration
+	// LoginCache is how many devices' static-static DH the server keeps, so
+	// that a returning device's handshake costs one X25519 less (about a
+	// fifth of a login's CPU). About 80 bytes each; 0 means the default
+	// (1,000,000); negative turns it off.
+	LoginCache int
 	// MaxWriteBuffer bounds what the server holds for one client that does
 	// not read what it is sent; past it the connection is closed (the
 	// client reconnects and its queue is delivered again). Default 4 MiB.
@@ -123,6 +128,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.Pollers <= 0 {
 		c.Pollers = runtime.GOMAXPROCS(0)
+	}
+	if c.LoginCache == 0 {
+		c.LoginCache = 1_000_000
 	}
 	if c.HandshakeTimeout <= 0 {
 		c.HandshakeTimeout = 10 * time.Second
@@ -205,6 +213,7 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 	if n.static, err = noise.NewStatic(kp); err != nil {
 		return nil, fmt.Errorf("server key %s: %w", filepath.Join(cfg.DataDir, "server.key"), err)
 	}
+	n.static.CachePeers(cfg.LoginCache)
 	if created {
 		n.log.Info("generated server key", "path", filepath.Join(cfg.DataDir, "server.key"))
 	}

@@ -29,6 +29,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"sync"
 	"sync/atomic"
 
 	"github.com/cloudflare/circl/dh/x25519"
@@ -55,7 +56,7 @@ func GenerateKeypair(rng io.Reader) (Keypair, error) {
 	if rng == nil {
 		rng = rand.Reader
 	}
-	k, err := handshakeDH{}.GenerateKeypair(rng)
+	k, err := (*handshakeDH)(nil).GenerateKeypair(rng)
 	if err != nil {
 		return Keypair{}, fmt.Errorf("noise: generate key: %w", err)
 	}
@@ -203,6 +204,53 @@ func fromState(cs *fnoise.CipherState) *Cipher {
 type Static struct {
 	kp     Keypair
 	pinned atomic.Pointer[pinnedDH]
+	peers  *peerCache // nil unless CachePeers was called
+}
+
+// peerCache keeps the static-static DH of the peers a responder has seen:
+// a returning device's handshake then costs one X25519 less (three plus the
+// ephemeral key instead of four). It is bounded; a full cache evicts an
+// arbitrary entry (Go's map order), which for a cache of devices that
+// reconnect is as good as LRU and costs nothing per hit.
+type peerCache struct {
+	mu  sync.Mutex
+	max int
+	m   map[[KeyLen]byte][KeyLen]byte
+}
+
+// CachePeers makes a responder remember the static-static DH of up to max
+// peers, about 80 bytes each. Call it before the Static is used.
+//
+// The cached value is a secret derived from this key; it lives only in
+// memory, next to the key itself.
+func (s *Static) CachePeers(max int) {
+	if max > 0 {
+		s.peers = &peerCache{max: max, m: make(map[[KeyLen]byte][KeyLen]byte)}
+	}
+}
+
+func (c *peerCache) get(peer []byte) ([]byte, bool) {
+	k := [KeyLen]byte(peer)
+	c.mu.Lock()
+	v, ok := c.m[k]
+	c.mu.Unlock()
+	if !ok {
+		return nil, false
+	}
+	return v[:], true
+}
+
+func (c *peerCache) put(peer, ss []byte) {
+	k, v := [KeyLen]byte(peer), [KeyLen]byte(ss)
+	c.mu.Lock()
+	if len(c.m) >= c.max {
+		for old := range c.m {
+			delete(c.m, old)
+			break
+		}
+	}
+	c.m[k] = v
+	c.mu.Unlock()
 }
 
 type pinnedDH struct {
@@ -238,14 +286,18 @@ func (s *Static) Pin(peer []byte) error {
 }
 
 // suite returns a cipher suite for one handshake with this key.
-func (s *Static) suite() fnoise.CipherSuite {
-	return fnoise.NewCipherSuite(handshakeDH{s}, fnoise.CipherChaChaPoly, fnoise.HashSHA256)
+func (s *Static) suite(responder bool) fnoise.CipherSuite {
+	return fnoise.NewCipherSuite(&handshakeDH{static: s, responder: responder}, fnoise.CipherChaChaPoly, fnoise.HashSHA256)
 }
 
-// handshakeDH is X25519 for the handshakes of one Static.
-type handshakeDH struct{ static *Static }
+// handshakeDH is X25519 for one handshake of a Static.
+type handshakeDH struct {
+	static    *Static
+	responder bool
+	staticDHs int // DHs with the static key so far
+}
 
-func (handshakeDH) GenerateKeypair(rng io.Reader) (fnoise.DHKey, error) {
+func (*handshakeDH) GenerateKeypair(rng io.Reader) (fnoise.DHKey, error) {
 	if rng == nil {
 		rng = rand.Reader
 	}
@@ -257,16 +309,33 @@ func (handshakeDH) GenerateKeypair(rng io.Reader) (fnoise.DHKey, error) {
 	return fnoise.DHKey{Private: priv[:], Public: pub[:]}, nil
 }
 
-func (d handshakeDH) DH(privkey, pubkey []byte) ([]byte, error) {
-	if p := d.static.pinned.Load(); p != nil && bytes.Equal(pubkey, p.peer) &&
-		subtle.ConstantTimeCompare(privkey, d.static.kp.Private) == 1 {
+func (d *handshakeDH) DH(privkey, pubkey []byte) ([]byte, error) {
+	st := d.static
+	if st.pinned.Load() == nil && st.peers == nil || len(pubkey) != KeyLen ||
+		subtle.ConstantTimeCompare(privkey, st.kp.Private) != 1 {
+		return x25519DH(privkey, pubkey) // an ephemeral key's DH
+	}
+	d.staticDHs++
+	if p := st.pinned.Load(); p != nil && bytes.Equal(pubkey, p.peer) {
 		return bytes.Clone(p.ss), nil
 	}
-	return x25519DH(privkey, pubkey)
+	// An IK responder's static key meets the client's ephemeral key (es)
+	// and then its static key (ss); only ss repeats across handshakes.
+	if st.peers == nil || !d.responder || d.staticDHs != 2 {
+		return x25519DH(privkey, pubkey)
+	}
+	if ss, ok := st.peers.get(pubkey); ok {
+		return ss, nil
+	}
+	ss, err := x25519DH(privkey, pubkey)
+	if err == nil {
+		st.peers.put(pubkey, ss)
+	}
+	return ss, err
 }
 
-func (handshakeDH) DHLen() int     { return KeyLen }
-func (handshakeDH) DHName() string { return "25519" }
+func (*handshakeDH) DHLen() int     { return KeyLen }
+func (*handshakeDH) DHName() string { return "25519" }
 
 // x25519DH is X25519(priv, pub), refusing a low-order pub (the result would
 // be all zeros, RFC 7748 section 6.1).
@@ -308,7 +377,7 @@ func (s *Static) Initiate(serverKey, payload []byte) (*Client, []byte, error) {
 		return nil, nil, fmt.Errorf("server key is %d bytes, want %d", len(serverKey), KeyLen)
 	}
 	hs, err := fnoise.NewHandshakeState(fnoise.Config{
-		CipherSuite:   s.suite(),
+		CipherSuite:   s.suite(false),
 		Pattern:       fnoise.HandshakeIK,
 		Initiator:     true,
 		Prologue:      []byte(Prologue),
@@ -359,7 +428,7 @@ func Accept(static Keypair, first []byte) (*Server, []byte, []byte, error) {
 // Accept is the package's Accept with a parsed key.
 func (s *Static) Accept(first []byte) (srv *Server, peerKey, payload []byte, err error) {
 	hs, err := fnoise.NewHandshakeState(fnoise.Config{
-		CipherSuite:   s.suite(),
+		CipherSuite:   s.suite(true),
 		Pattern:       fnoise.HandshakeIK,
 		Initiator:     false,
 		Prologue:      []byte(Prologue),

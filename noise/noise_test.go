@@ -297,3 +297,80 @@ func TestSealAndOpenAllocateOnlyTheAEAD(t *testing.T) {
 		t.Errorf("a Seal and an Open allocate %v times, want 2 (one AEAD each)", allocs)
 	}
 }
+
+// A responder that caches peers' static-static DH: returning clients still
+// complete the handshake, only static keys are kept (not the clients'
+// ephemeral keys, which the static key also meets), and the cache is
+// bounded.
+func TestCachePeers(t *testing.T) {
+	srv := mustKey(t)
+	st, err := NewStatic(srv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st.CachePeers(2)
+	clients := []Keypair{mustKey(t), mustKey(t), mustKey(t)}
+	login := func(cli Keypair) {
+		t.Helper()
+		c, first, err := NewClient(cli, srv.Public, []byte("hi"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		s, peer, p, err := st.Accept(first)
+		if err != nil || string(p) != "hi" || !bytes.Equal(peer, cli.Public) {
+			t.Fatalf("accept: %q from %x, %v", p, peer, err)
+		}
+		reply, stx, _, err := s.Reply([]byte("ok"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		p, _, crx, err := c.Finish(reply)
+		if err != nil || string(p) != "ok" {
+			t.Fatalf("finish: %q, %v", p, err)
+		}
+		ct, _ := stx.Seal(nil, []byte("transport"))
+		if pt, err := crx.Open(nil, ct); err != nil || string(pt) != "transport" {
+			t.Fatalf("transport after a cached handshake: %q, %v", pt, err)
+		}
+	}
+	for range 3 {
+		login(clients[0])
+	}
+	if n := len(st.peers.m); n != 1 {
+		t.Fatalf("after three logins of one client the cache holds %d entries, want 1 (its static key only)", n)
+	}
+	if _, ok := st.peers.get(clients[0].Public); !ok {
+		t.Fatal("the client's static key is not cached")
+	}
+	login(clients[1])
+	login(clients[2])
+	if n := len(st.peers.m); n != 2 {
+		t.Fatalf("cache of max 2 holds %d entries", n)
+	}
+	login(clients[1]) // whichever was evicted, logins still work
+	login(clients[0])
+}
+
+// BenchmarkAcceptCached is BenchmarkAccept for a returning device.
+func BenchmarkAcceptCached(b *testing.B) {
+	cli, srv := mustKey(b), mustKey(b)
+	st, err := NewStatic(srv)
+	if err != nil {
+		b.Fatal(err)
+	}
+	st.CachePeers(16)
+	_, first, err := NewClient(cli, srv.Public, []byte("login"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	for i := 0; i < b.N; i++ {
+		s, _, _, err := st.Accept(first)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, _, _, err := s.Reply(nil); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
