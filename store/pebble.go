@@ -248,6 +248,17 @@ func (p *Pebble) ReadQueue(user string, from uint64, max int) ([]Item, error) {
 	if p.closed {
 		return nil, fmt.Errorf("read queue %s: %w", user, ErrClosed)
 	}
+	// Every login reads its queue, which is usually empty: when the
+	// committer's state says nothing was assigned at or after from, skip
+	// the iterator. The state's tail moves when a batch is decided, before
+	// its items are visible, so it never says "empty" while items are.
+	p.qmu.Lock()
+	st := p.queues[user]
+	empty := st != nil && from > st.tail
+	p.qmu.Unlock()
+	if empty {
+		return nil, nil
+	}
 	it, err := p.db.NewIter(&pebble.IterOptions{
 		LowerBound: appendQueueKey(nil, user, from),
 		UpperBound: queueUpperBound(user),
