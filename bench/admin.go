@@ -58,6 +58,36 @@ func (a *admin) process(ctx context.Context, gc bool) (process, error) {
 	return p, nil
 }
 
+// heapProfile writes the server's heap profile to file. The profile shows
+// the heap as of the last completed collection, with the frees of the
+// collection before it, so it asks for two: the second is exact.
+func (a *admin) heapProfile(ctx context.Context, file string) error {
+	u := a.url + "/debug/pprof/heap?gc=1"
+	var body []byte
+	for range 2 {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+		if err != nil {
+			return err
+		}
+		resp, err := a.hc.Do(req)
+		if err != nil {
+			return unreachable("admin listener", a.url, err)
+		}
+		body, err = io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err != nil {
+			return fmt.Errorf("GET %s: %w", u, err)
+		}
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("GET %s: %s: %.200s", u, resp.Status, body)
+		}
+	}
+	if err := os.WriteFile(file, body, 0o644); err != nil {
+		return fmt.Errorf("heap profile: %w", err)
+	}
+	return nil
+}
+
 // bulkAccount is one account of POST /admin/accounts/bulk.
 type bulkAccount struct {
 	Phone string `json:"phone"`
@@ -155,13 +185,14 @@ type kernelMem struct {
 	SlabBytes   int64
 	TCPMemBytes int64
 	TCPInuse    int64
-	// ProcInodeBytes is the slab cache of /proc inodes
-	// (/proc/slabinfo proc_inode_cache, readable by root only; 0
-	// otherwise). Listing /proc/PID/fd creates one per open file, and a
-	// process watcher that counts open files does exactly that: inside
-	// Slab it grows with the connections without being their memory (it
-	// is reclaimable, and the server never lists its fds).
-	ProcInodeBytes int64
+	// ProcBytes is what /proc inodes hold in Slab: each one's inode
+	// (proc_inode_cache), its dentry and, where a security module keeps
+	// one, its blob (lsm_inode_cache), from /proc/slabinfo (readable by
+	// root only; 0 otherwise). Listing /proc/PID/fd makes one per open
+	// file, and a process watcher that counts open files does exactly
+	// that: inside Slab it grows with the connections without being their
+	// memory (it is reclaimable, and the server never lists its fds).
+	ProcBytes int64
 }
 
 // readKernelMem reads /proc/meminfo and /proc/net/sockstat (Linux). On
@@ -200,24 +231,34 @@ func readKernelMem() (k kernelMem, ok bool) {
 			}
 		}
 	}
-	k.ProcInodeBytes = readSlabCache("proc_inode_cache")
+	k.ProcBytes = procInodeBytes()
 	return k, true
 }
 
-// readSlabCache returns the bytes held by one slab cache (active objects
-// times object size), or 0 when /proc/slabinfo cannot be read.
-func readSlabCache(name string) int64 {
+// procInodeBytes is the Slab held by /proc inodes: their count times what
+// each costs (inode, dentry, security blob), or 0 when /proc/slabinfo
+// cannot be read.
+func procInodeBytes() int64 {
 	b, err := os.ReadFile("/proc/slabinfo")
 	if err != nil {
 		return 0
 	}
+	var inodes, inodeSize, dentrySize, lsmSize int64
 	for _, line := range strings.Split(string(b), "\n") {
 		f := strings.Fields(line)
-		if len(f) >= 4 && f[0] == name {
-			active, _ := strconv.ParseInt(f[1], 10, 64)
-			size, _ := strconv.ParseInt(f[3], 10, 64)
-			return active * size
+		if len(f) < 4 {
+			continue
+		}
+		active, _ := strconv.ParseInt(f[1], 10, 64)
+		size, _ := strconv.ParseInt(f[3], 10, 64)
+		switch f[0] {
+		case "proc_inode_cache":
+			inodes, inodeSize = active, size
+		case "dentry":
+			dentrySize = size
+		case "lsm_inode_cache":
+			lsmSize = size
 		}
 	}
-	return 0
+	return inodes * (inodeSize + dentrySize + lsmSize)
 }

@@ -66,6 +66,10 @@ type Config struct {
 	// Warm (idle) logs every user in and out once before the memory
 	// readings, so that the store's caches are not counted per connection.
 	Warm bool
+	// HeapProfile (idle), if set, is where the server's heap profiles are
+	// written at the two memory readings: HeapProfile+".before.pprof" and
+	// HeapProfile+".after.pprof" (go tool pprof -base before after).
+	HeapProfile string
 
 	// Pairs (pairs) is the number of sender->receiver pairs.
 	Pairs int

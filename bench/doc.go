@@ -59,32 +59,44 @@
 // true ratio.
 //
 // User-space memory per connection (idle): the server's RSS from
-// GET /admin/process?gc=1 (which runs a GC first) before the logins and
-// after the exchange and the hold, the difference divided by N, the number
-// of sessions the server gained in between (user_bytes_per_conn). Dividing
-// by the server's own count, not this process's connections, makes several
-// bench processes run at once (with --total, their connections together:
-// each waits for the server to hold them all before its hold, and lingers
-// after its reading) each report the figure for all of them. The Go heap in use is reported the
-// same way (heap_bytes_per_conn). RSS includes heap the runtime has freed
-// but not yet returned to the OS, so a longer --hold gives a truer (lower)
-// figure. On a freshly started server the logins also fill the store's
-// caches (accounts are read at login); --warm logs every user in and out
-// once before the first reading so that this is not counted per connection.
+// GET /admin/process?gc=1 (which runs a GC and returns freed memory to the
+// OS first) before the logins and after the exchange and the hold, the
+// difference divided by N, the number of sessions the server gained in
+// between (user_bytes_per_conn). Dividing by the server's own count, not
+// this process's connections, makes several bench processes run at once
+// (with --total, their connections together: each waits for the server to
+// hold them all before its hold, and lingers after its reading) each report
+// the figure for all of them. RSS is split in two the same way: the memory
+// the Go runtime holds (go_bytes_per_conn: everything it mapped, heap,
+// stacks and its own metadata, less what it returned to the OS), where
+// every structure a connection or a user needs lives, and the rest
+// (outside_go_bytes_per_conn), which in Parley is C memory: Pebble's
+// memtables, which the exchanged messages fill (store_memtable_growth_bytes
+// says by how much their arenas grew). Memtables are bounded by
+// configuration (two of 64 MiB), not by the number of connections, so at a
+// million connections they are a rounding error; at 19,000 they are a
+// visible part of the RSS delta, which is why both figures are reported.
+// The Go heap in use is reported too (heap_bytes_per_conn). On a freshly
+// started server the logins also fill the store's caches (accounts are read
+// at login); --warm logs every user in and out once before the first
+// reading so that this is not counted per connection. --heap-profile
+// writes the server's heap profiles at both readings, to itemise the
+// difference (go tool pprof -base before after).
 //
 // Kernel memory per connection (idle): the difference, before the logins
 // and after the hold, of /proc/meminfo Slab (socket, inode, dentry, file
 // and epoll objects) plus /proc/net/sockstat TCP "mem" pages times the page
 // size (socket buffers). On loopback the kernel holds both ends of every
 // connection, the bench's and the server's, which cost about the same, so
-// the server's share is half: kernel_bytes_per_conn = (dSlab - dProcInodes
-// + dTCPmem) / 2 / N, with N as above. dProcInodes is the change of the
-// proc_inode_cache slab (/proc/slabinfo, when readable): on the development
-// machine a watcher that enforces the open-file limit lists /proc/PID/fd of
-// the bench process, which makes one /proc inode per open socket (~700 B
-// each, reclaimable, gone when the process exits); that is not memory a
-// connection needs. These counters are machine-wide: anything else running
-// moves them.
+// the server's share is half: kernel_bytes_per_conn = (dSlab - dProc
+// + dTCPmem) / 2 / N, with N as above. dProc is what /proc inodes added to
+// Slab (/proc/slabinfo, when readable): their count (proc_inode_cache)
+// times an inode, a dentry and a security blob (lsm_inode_cache) each. On
+// the development machine a watcher that enforces the open-file limit
+// lists /proc/PID/fd of the processes, which makes one /proc inode per
+// open socket (~900 B with its dentry, reclaimable, gone when the process
+// exits); that is not memory a connection needs. These counters are
+// machine-wide: anything else running moves them.
 //
 // Latency: from the moment a Send is written to the moment its DELIVERED
 // receipt is read, on the sender's monotonic clock, recorded in

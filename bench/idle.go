@@ -13,7 +13,8 @@ import (
 // how it was taken.
 const (
 	userMethod   = "server RSS delta / N, from GET /admin/process?gc=1 before the logins and after the hold; N = the change in the server's session count"
-	kernelMethod = "(delta of /proc/meminfo Slab - /proc/slabinfo proc_inode_cache + /proc/net/sockstat TCP mem pages * page size) / 2 / N: loopback holds both ends, the server's share is half; /proc inodes are left out (made by whoever lists /proc/PID/fd)"
+	goMethod     = "delta of the memory the server's Go runtime holds (mapped less returned to the OS: heap, stacks, runtime metadata) / N, same readings; RSS less this is C memory, which in Parley is Pebble's memtables and block cache"
+	kernelMethod = "(delta of /proc/meminfo Slab - /proc inodes + /proc/net/sockstat TCP mem pages * page size) / 2 / N: loopback holds both ends, the server's share is half; /proc inodes (inode, dentry, security blob, from /proc/slabinfo) are left out: whoever lists /proc/PID/fd makes one per open file"
 )
 
 // IdleResult is what Idle reports.
@@ -32,16 +33,24 @@ type IdleResult struct {
 	ExchangeSeconds     float64 `json:"exchange_seconds"`
 	HoldSeconds         float64 `json:"hold_seconds"`
 
-	UserBytesPerConn   float64 `json:"user_bytes_per_conn"`
-	HeapBytesPerConn   float64 `json:"heap_bytes_per_conn"`
-	KernelBytesPerConn float64 `json:"kernel_bytes_per_conn"`
-	TotalBytesPerConn  float64 `json:"total_bytes_per_conn"`
-	ServerRSSBytes     int64   `json:"server_rss_bytes"`
-	ServerGoroutines   int     `json:"server_goroutines"`
-	ServerSessions     int     `json:"server_sessions"`
-	MeasuredConns      int     `json:"measured_conns"` // N in the per-connection figures
-	UserMethod         string  `json:"user_method"`
-	KernelMethod       string  `json:"kernel_method"`
+	UserBytesPerConn    float64 `json:"user_bytes_per_conn"`
+	GoBytesPerConn      float64 `json:"go_bytes_per_conn"`
+	HeapBytesPerConn    float64 `json:"heap_bytes_per_conn"`
+	OutsideGoPerConn    float64 `json:"outside_go_bytes_per_conn"` // user less Go: Pebble's C memory
+	KernelBytesPerConn  float64 `json:"kernel_bytes_per_conn"`
+	TotalBytesPerConn   float64 `json:"total_bytes_per_conn"`    // user + kernel
+	TotalGoBytesPerConn float64 `json:"total_go_bytes_per_conn"` // Go + kernel
+	// StoreMemtableGrowth is how much Pebble's memtables (C memory) grew
+	// between the readings: the exchanged messages fill them. They are
+	// bounded by configuration, not by the number of connections.
+	StoreMemtableGrowth int64  `json:"store_memtable_growth_bytes"`
+	ServerRSSBytes      int64  `json:"server_rss_bytes"`
+	ServerGoroutines    int    `json:"server_goroutines"`
+	ServerSessions      int    `json:"server_sessions"`
+	MeasuredConns       int    `json:"measured_conns"` // N in the per-connection figures
+	UserMethod          string `json:"user_method"`
+	GoMethod            string `json:"go_method"`
+	KernelMethod        string `json:"kernel_method"`
 
 	Warm         bool     `json:"warm"` // every user logged in and out once before the readings
 	Errors       int64    `json:"errors"`
@@ -57,9 +66,12 @@ func (r *IdleResult) Rows() []Row {
 		{Name: "measured_conns", Value: fmtInt(int64(r.MeasuredConns)), Note: "N below: sessions the server gained between the two readings"},
 		{Name: "warm", Value: fmt.Sprint(r.Warm), Note: "true: every user logged in and out once first, so store caches do not count as connection memory"},
 		{Name: "user_bytes_per_conn", Value: fmtF(r.UserBytesPerConn, 0), Note: userMethod},
-		{Name: "heap_bytes_per_conn", Value: fmtF(r.HeapBytesPerConn, 0), Note: "Go heap in use, same method"},
+		{Name: "go_bytes_per_conn", Value: fmtF(r.GoBytesPerConn, 0), Note: goMethod},
+		{Name: "heap_bytes_per_conn", Value: fmtF(r.HeapBytesPerConn, 0), Note: "Go heap in use, same readings"},
+		{Name: "outside_go_bytes_per_conn", Value: fmtF(r.OutsideGoPerConn, 0), Note: fmt.Sprintf("user less Go: C memory; Pebble's memtables grew %.1f MiB with the exchanged messages", float64(r.StoreMemtableGrowth)/(1<<20))},
 		{Name: "kernel_bytes_per_conn", Value: fmtF(r.KernelBytesPerConn, 0), Note: kernelMethod},
 		{Name: "total_bytes_per_conn", Value: fmtF(r.TotalBytesPerConn, 0), Note: "user + kernel"},
+		{Name: "total_go_bytes_per_conn", Value: fmtF(r.TotalGoBytesPerConn, 0), Note: "go + kernel"},
 		{Name: "server_rss_bytes", Value: fmtInt(r.ServerRSSBytes), Note: fmt.Sprintf("%d goroutines, %s sessions after the hold", r.ServerGoroutines, fmtInt(int64(r.ServerSessions)))},
 	}
 	return append(rows, errorRows(r.Errors, r.ErrorSamples)...)
@@ -82,7 +94,7 @@ func Idle(ctx context.Context, cfg Config, progress io.Writer) (*IdleResult, err
 	if err != nil {
 		return nil, err
 	}
-	res := &IdleResult{Mode: "idle", Conns: n, UserMethod: userMethod, KernelMethod: kernelMethod, Warm: cfg.Warm}
+	res := &IdleResult{Mode: "idle", Conns: n, UserMethod: userMethod, GoMethod: goMethod, KernelMethod: kernelMethod, Warm: cfg.Warm}
 	if cfg.Warm {
 		if err := e.warm(ctx, progress); err != nil {
 			return nil, err
@@ -93,6 +105,11 @@ func Idle(ctx context.Context, cfg Config, progress io.Writer) (*IdleResult, err
 		return nil, err
 	}
 
+	if cfg.HeapProfile != "" {
+		if err := e.admin.heapProfile(ctx, cfg.HeapProfile+".before.pprof"); err != nil {
+			return nil, err
+		}
+	}
 	before, err := e.admin.process(ctx, true)
 	if err != nil {
 		return nil, err
@@ -209,6 +226,11 @@ func Idle(ctx context.Context, cfg Config, progress io.Writer) (*IdleResult, err
 		return nil, err
 	}
 	kAfter, kOK2 := readKernelMem()
+	if cfg.HeapProfile != "" {
+		if err := e.admin.heapProfile(ctx, cfg.HeapProfile+".after.pprof"); err != nil {
+			return nil, err
+		}
+	}
 	if cfg.Total > n {
 		// Keep these connections a little longer, so that the other
 		// processes' readings, taken at about the same time, see them.
@@ -230,13 +252,17 @@ func Idle(ctx context.Context, cfg Config, progress io.Writer) (*IdleResult, err
 	if perConn > 0 {
 		c := float64(perConn)
 		res.UserBytesPerConn = float64(after.RSSBytes-before.RSSBytes) / c
+		res.GoBytesPerConn = float64(int64(after.GoBytes)-int64(before.GoBytes)) / c
 		res.HeapBytesPerConn = float64(int64(after.HeapInuse)-int64(before.HeapInuse)) / c
+		res.OutsideGoPerConn = res.UserBytesPerConn - res.GoBytesPerConn
+		res.StoreMemtableGrowth = after.StoreMemtableBytes - before.StoreMemtableBytes
 		if kOK && kOK2 {
-			d := (kAfter.SlabBytes - kBefore.SlabBytes) - (kAfter.ProcInodeBytes - kBefore.ProcInodeBytes) +
+			d := (kAfter.SlabBytes - kBefore.SlabBytes) - (kAfter.ProcBytes - kBefore.ProcBytes) +
 				(kAfter.TCPMemBytes - kBefore.TCPMemBytes)
 			res.KernelBytesPerConn = float64(d) / 2 / c
 		}
 		res.TotalBytesPerConn = res.UserBytesPerConn + res.KernelBytesPerConn
+		res.TotalGoBytesPerConn = res.GoBytesPerConn + res.KernelBytesPerConn
 	}
 	res.ServerRSSBytes, res.ServerGoroutines, res.ServerSessions = after.RSSBytes, after.Goroutines, after.Sessions
 	res.Errors, res.ErrorSamples = ls.errs.count(), ls.errs.list()

@@ -84,16 +84,24 @@ func writeError(w http.ResponseWriter, status int, code, msg string) {
 // and memory, so a load generator on the same machine can report cost per
 // message and per connection without reading another process's /proc.
 type ProcessStats struct {
-	CPUSeconds  float64 `json:"cpu_seconds"` // user + system since start
-	RSSBytes    int64   `json:"rss_bytes"`
-	HeapInuse   uint64  `json:"heap_inuse_bytes"`
-	Goroutines  int     `json:"goroutines"`
-	Sessions    int     `json:"sessions"`
-	Connections int64   `json:"connections"`
-	Logins      int64   `json:"logins"`
-	Commits     int64   `json:"commits"`
-	Backlog     int     `json:"backlog"`
-	Time        int64   `json:"time_unix_nano"`
+	CPUSeconds float64 `json:"cpu_seconds"` // user + system since start
+	RSSBytes   int64   `json:"rss_bytes"`
+	HeapInuse  uint64  `json:"heap_inuse_bytes"`
+	// GoBytes is the memory the Go runtime holds: everything it mapped
+	// (heap, stacks, its own metadata) less what it returned to the OS.
+	// Of RSS, what it does not cover is the binary and C allocations,
+	// which in Parley are Pebble's memtables and block cache
+	// (StoreMemtableBytes and StoreCacheBytes, their sizes).
+	GoBytes            uint64 `json:"go_bytes"`
+	StoreMemtableBytes int64  `json:"store_memtable_bytes"`
+	StoreCacheBytes    int64  `json:"store_cache_bytes"`
+	Goroutines         int    `json:"goroutines"`
+	Sessions           int    `json:"sessions"`
+	Connections        int64  `json:"connections"`
+	Logins             int64  `json:"logins"`
+	Commits            int64  `json:"commits"`
+	Backlog            int    `json:"backlog"`
+	Time               int64  `json:"time_unix_nano"`
 }
 
 func (n *Node) handleProcess(w http.ResponseWriter, r *http.Request) {
@@ -114,6 +122,8 @@ func (n *Node) handleProcess(w http.ResponseWriter, r *http.Request) {
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
 	st.HeapInuse = ms.HeapInuse
+	st.GoBytes = ms.Sys - ms.HeapReleased
+	st.StoreMemtableBytes, st.StoreCacheBytes = n.store.MemoryStats()
 	cpu, rss, err := readProcSelf()
 	if err != nil {
 		writeError(w, http.StatusInternalServerError, "internal", "read /proc/self: "+err.Error())

@@ -58,7 +58,6 @@ type event struct {
 // The fields are ordered by alignment, not by owner, so that the struct
 // packs into 224 bytes, an allocation size class; each says who owns it.
 type conn struct {
-	n    *Node
 	nc   *nbio.Conn
 	core session.Core // actor; its User is set before the router can find c
 
@@ -68,13 +67,15 @@ type conn struct {
 	// pieces.
 	partial *[]byte
 
-	msgsIn, msgsOut atomic.Uint64 // actor; the monitor reads them
-	mbox            *mailbox      // under mu; nil when empty
+	mbox *mailbox // under mu; nil when empty
 
 	mu       sync.Mutex
 	stage    atomic.Uint32 // stageNew, stageRefused, stageLoggedIn; read by the monitor
 	inflight atomic.Int32  // actor; the monitor reads it
-	rates    monitor.Rates // the monitor's alone, under its lock
+	// msgsIn and msgsOut count messages; the monitor reads them and only
+	// ever uses their growth between samples, so 32 bits are enough.
+	msgsIn, msgsOut atomic.Uint32 // actor
+	rates           monitor.Rates // the monitor's alone, under its lock
 
 	rx        noise.Cipher // poller; set by the handshake, with secured
 	tx        noise.Cipher // actor
@@ -83,6 +84,8 @@ type conn struct {
 	live      bool         // actor: core is a running session, from evStart until evClosed
 	scheduled bool         // under mu
 	dead      bool         // under mu
+
+	peer peerAddr // the client's address, set before the event loop sees c
 }
 
 // mailbox holds a session's pending events. It exists only while there are
@@ -102,7 +105,7 @@ const (
 
 // post appends ev to the mailbox and schedules the actor if it is idle. It
 // never blocks: it is called from the event loop and from commit callbacks.
-func (c *conn) post(ev event) {
+func (c *conn) post(p *pool, ev event) {
 	c.mu.Lock()
 	if c.dead {
 		c.mu.Unlock()
@@ -120,7 +123,7 @@ func (c *conn) post(ev event) {
 	c.scheduled = true
 	c.mu.Unlock()
 	if sched {
-		c.n.pool.push(c, time.Now().UnixNano())
+		p.push(c, time.Now().UnixNano())
 	}
 }
 
@@ -141,11 +144,11 @@ func (c *conn) run(w *worker, schedAt int64) {
 		}
 		if round == maxRounds {
 			c.mu.Unlock()
-			c.n.pool.push(c, time.Now().UnixNano())
+			w.n.pool.push(c, time.Now().UnixNano())
 			return
 		}
 		if round == 0 {
-			c.n.noteLag(time.Now().UnixNano() - schedAt)
+			w.n.noteLag(time.Now().UnixNano() - schedAt)
 		}
 		c.mbox = nil
 		c.mu.Unlock()
@@ -167,8 +170,8 @@ func (c *conn) handle(w *worker, ev *event) bool {
 		return c.start(w, ev.text, ev.seq)
 	case evClosed:
 		if c.live {
-			c.n.router.unregister(c.core.User(), c)
-			c.n.log.Debug("session closed", "user", c.core.User(), "conn", c.id())
+			w.n.router.unregister(c.core.User(), c)
+			w.n.log.Debug("session closed", "user", c.core.User(), "conn", c.id())
 			c.live = false
 		}
 		return false
@@ -195,22 +198,22 @@ func (c *conn) handle(w *worker, ev *event) bool {
 // start begins the session of user, whose account had generation gen when
 // the handshake checked its key.
 func (c *conn) start(w *worker, user string, gen uint64) bool {
-	c.core.Init(user, &c.n.sessionCfg)
+	c.core.Init(user, &w.n.sessionCfg)
 	c.live = true
-	if prev := c.n.router.register(user, c); prev != nil && prev != c {
-		prev.post(event{kind: evKick, code: wire.Error_REPLACED, text: "this account logged in on a newer connection"})
+	if prev := w.n.router.register(user, c); prev != nil && prev != c {
+		prev.post(w.n.pool, event{kind: evKick, code: wire.Error_REPLACED, text: "this account logged in on a newer connection"})
 	}
 	// A re-registration may have landed between the handshake's key check
 	// and the registration above; it kicked whoever was registered then, so
 	// check again now that this connection is the one a kick would find.
-	switch a, err := c.n.store.Account(user); {
+	switch a, err := w.n.store.Account(user); {
 	case err != nil:
-		c.n.log.Error("account lookup at login", "user", user, "err", err)
+		w.n.log.Error("account lookup at login", "user", user, "err", err)
 		return c.step(w, session.Kicked{Code: wire.Error_INTERNAL, Text: "account lookup failed: reconnect"})
 	case a.Generation != gen:
 		return c.step(w, session.Kicked{Code: wire.Error_REGISTERED_ELSEWHERE, Text: "this number was registered on another device"})
 	}
-	c.n.log.Debug("session started", "user", user, "conn", c.id())
+	w.n.log.Debug("session started", "user", user, "conn", c.id())
 	return c.step(w, session.Start{})
 }
 
@@ -220,20 +223,20 @@ func (c *conn) step(w *worker, ev any) (closeNow bool) {
 	for {
 		rd := c.core.Ready()
 		for _, b := range rd.Writes {
-			c.n.commit(c, b)
+			w.n.commit(c, b)
 		}
 		for _, f := range rd.Frames {
 			if err := c.encode(w, f); err != nil {
-				c.n.log.Error("encode frame", "user", c.core.User(), "err", err)
+				w.n.log.Error("encode frame", "user", c.core.User(), "err", err)
 				closeNow = true
 			}
 		}
 		if rd.Close != nil {
-			c.n.log.Info("closing session", "user", c.core.User(), "conn", c.id(), "code", rd.Close.Code.String(), "reason", rd.Close.Text)
+			w.n.log.Info("closing session", "user", c.core.User(), "conn", c.id(), "code", rd.Close.Code.String(), "reason", rd.Close.Text)
 			closeNow = true
 		}
 		for _, d := range rd.AckDelays {
-			c.n.mx.DeliverToAck.Observe(float64(d) / 1e9)
+			w.n.mx.DeliverToAck.Observe(float64(d) / 1e9)
 		}
 		load := rd.Load
 		c.core.Advance()
@@ -241,9 +244,9 @@ func (c *conn) step(w *worker, ev any) (closeNow bool) {
 		if load == nil || closeNow {
 			return closeNow
 		}
-		items, err := c.n.store.ReadQueue(c.core.User(), load.From, load.Max)
+		items, err := w.n.store.ReadQueue(c.core.User(), load.From, load.Max)
 		if err != nil {
-			c.n.log.Error("read queue", "user", c.core.User(), "err", err)
+			w.n.log.Error("read queue", "user", c.core.User(), "err", err)
 		}
 		c.core.Step(session.Loaded{Items: items, Err: err})
 	}
@@ -251,12 +254,12 @@ func (c *conn) step(w *worker, ev any) (closeNow bool) {
 
 // encode appends one sealed, length-prefixed frame to the worker's buffer.
 func (c *conn) encode(w *worker, f *wire.Frame) error {
-	c.n.mx.FramesOut.Inc()
+	w.n.mx.FramesOut.Inc()
 	if d, ok := f.Kind.(*wire.Frame_Deliver); ok {
 		if m := d.Deliver.GetItem().GetMessage(); m != nil {
 			c.msgsOut.Add(1)
-			c.n.mx.MessagesOut.Inc()
-			c.n.mx.SendToDeliver.Observe(float64(time.Now().UnixNano()-m.Ts) / 1e9)
+			w.n.mx.MessagesOut.Inc()
+			w.n.mx.SendToDeliver.Observe(float64(time.Now().UnixNano()-m.Ts) / 1e9)
 		}
 	}
 	off := len(w.out)
@@ -283,7 +286,7 @@ func (c *conn) encode(w *worker, f *wire.Frame) error {
 func (c *conn) flush(w *worker, closeNow bool) {
 	if len(w.out) > 0 {
 		if _, err := c.nc.Write(w.out); err != nil {
-			c.n.log.Debug("write", "user", c.core.User(), "err", err)
+			w.n.log.Debug("write", "user", c.core.User(), "err", err)
 		}
 		if cap(w.out) > 1<<20 {
 			w.out = nil // do not keep a burst's buffer forever
@@ -296,12 +299,18 @@ func (c *conn) flush(w *worker, closeNow bool) {
 	}
 }
 
-func (c *conn) id() string { return c.nc.RemoteAddr().String() }
+// id names the connection in logs: the client's address.
+func (c *conn) id() string { return c.peer.String() }
+
+// A conn is its nbio.Conn's remote address (see nbioAddrs), so that
+// nbio's RemoteAddr costs nothing per connection.
+func (c *conn) Network() string { return "tcp" }
+func (c *conn) String() string  { return c.peer.String() }
 
 // onData runs on the event loop for every read. It splits messages off the
 // stream; only an incomplete tail is kept between reads, so an idle
 // connection holds no buffer.
-func (c *conn) onData(data []byte) {
+func (c *conn) onData(n *Node, data []byte) {
 	if c.failed {
 		return
 	}
@@ -317,9 +326,9 @@ func (c *conn) onData(data []byte) {
 		if err != nil {
 			if !c.secured {
 				c.stage.Store(stageRefused)
-				c.n.mx.HandshakeFailures.BadFrame.Inc()
+				n.mx.HandshakeFailures.BadFrame.Inc()
 			}
-			c.fail(wire.Error_BAD_FRAME, err.Error())
+			c.fail(n, wire.Error_BAD_FRAME, err.Error())
 			return
 		}
 		if !ok {
@@ -327,7 +336,7 @@ func (c *conn) onData(data []byte) {
 		}
 		buf = rest
 		completed++
-		if !c.onMessage(msg) {
+		if !c.onMessage(n, msg) {
 			return
 		}
 	}
@@ -348,7 +357,7 @@ func (c *conn) onData(data []byte) {
 	if c.secured && !c.failed {
 		switch {
 		case c.partial != nil && (!wasPartial || completed > 0):
-			c.nc.SetReadDeadline(time.Now().Add(c.n.cfg.FrameTimeout))
+			c.nc.SetReadDeadline(time.Now().Add(n.cfg.FrameTimeout))
 		case c.partial == nil && wasPartial:
 			c.nc.SetReadDeadline(time.Time{})
 		}
@@ -356,52 +365,52 @@ func (c *conn) onData(data []byte) {
 }
 
 // onMessage handles one complete message; false stops reading.
-func (c *conn) onMessage(msg []byte) bool {
+func (c *conn) onMessage(n *Node, msg []byte) bool {
 	if !c.secured {
-		return c.handshake(msg)
+		return c.handshake(n, msg)
 	}
 	pt, err := c.rx.Open(msg[:0], msg)
 	if err != nil {
-		c.fail(wire.Error_BAD_FRAME, "message does not decrypt")
+		c.fail(n, wire.Error_BAD_FRAME, "message does not decrypt")
 		return false
 	}
 	f := new(wire.Frame)
 	if err := wire.DecodeFrame(pt, f); err != nil {
-		c.fail(wire.Error_BAD_FRAME, err.Error())
+		c.fail(n, wire.Error_BAD_FRAME, err.Error())
 		return false
 	}
-	c.n.mx.FramesIn.Inc()
-	c.post(event{kind: evFrame, frame: f})
+	n.mx.FramesIn.Inc()
+	c.post(n.pool, event{kind: evFrame, frame: f})
 	return true
 }
 
 // fail ends a logged-in connection for bad input: the actor sends a Close
 // frame with the reason, then closes. Reading stops at once.
-func (c *conn) fail(code wire.Error_Code, text string) {
+func (c *conn) fail(n *Node, code wire.Error_Code, text string) {
 	c.failed = true
 	c.partial = nil
-	c.n.mx.BadInput.Inc()
+	n.mx.BadInput.Inc()
 	if !c.secured {
-		c.n.log.Info("connection refused", "conn", c.id(), "reason", text)
+		n.log.Info("connection refused", "conn", c.id(), "reason", text)
 		c.nc.Close()
 		return
 	}
-	c.post(event{kind: evKick, code: code, text: text})
+	c.post(n.pool, event{kind: evKick, code: code, text: text})
 }
 
 // handshake answers the client's first message: Noise IK carries the
 // client's static key and the login, so the reply both completes the
 // handshake and says whether the login succeeded.
-func (c *conn) handshake(msg []byte) bool {
-	hs, peer, payload, err := c.n.static.Accept(msg)
+func (c *conn) handshake(n *Node, msg []byte) bool {
+	hs, peer, payload, err := n.static.Accept(msg)
 	if err != nil {
 		c.stage.Store(stageRefused)
-		c.n.mx.HandshakeFailures.BadHandshake.Inc()
-		c.fail(wire.Error_LOGIN_FAILED, err.Error())
+		n.mx.HandshakeFailures.BadHandshake.Inc()
+		c.fail(n, wire.Error_LOGIN_FAILED, err.Error())
 		return false
 	}
 	var login wire.Login
-	res := &wire.LoginResult{ServerTime: time.Now().UnixNano(), Window: uint32(c.n.cfg.Window)}
+	res := &wire.LoginResult{ServerTime: time.Now().UnixNano(), Window: uint32(n.cfg.Window)}
 	var acct store.Account
 	switch err = proto.Unmarshal(payload, &login); {
 	case err != nil:
@@ -409,13 +418,13 @@ func (c *conn) handshake(msg []byte) bool {
 	case login.Version != 1:
 		res.Error = &wire.Error{Code: wire.Error_UNSUPPORTED_VERSION, Text: fmt.Sprintf("protocol version %d is not supported; this server speaks 1: update the client", login.Version)}
 	default:
-		acct, err = c.n.store.Account(login.Phone)
+		acct, err = n.store.Account(login.Phone)
 		switch {
 		case errors.Is(err, store.ErrNotFound):
 			res.Error = &wire.Error{Code: wire.Error_LOGIN_FAILED, Text: "no account has this number: register first"}
 		case err != nil:
 			res.Error = &wire.Error{Code: wire.Error_INTERNAL, Text: "account lookup failed: try again"}
-			c.n.log.Error("account lookup", "user", login.Phone, "err", err)
+			n.log.Error("account lookup", "user", login.Phone, "err", err)
 		case !bytes.Equal(acct.Key, peer):
 			res.Error = &wire.Error{Code: wire.Error_LOGIN_FAILED, Text: "this device's key is not registered for this number (registered on another device?): register again"}
 		}
@@ -429,24 +438,24 @@ func (c *conn) handshake(msg []byte) bool {
 		}
 	}
 	if err != nil {
-		c.fail(wire.Error_INTERNAL, err.Error())
+		c.fail(n, wire.Error_INTERNAL, err.Error())
 		return false
 	}
 	out := make([]byte, 0, wire.HeaderLen+len(reply))
 	out = append(wire.AppendHeader(out, len(reply)), reply...)
 	if _, err := c.nc.Write(out); err != nil || res.Error != nil {
 		c.stage.Store(stageRefused)
-		c.n.mx.LoginFailures.Inc()
-		c.n.mx.HandshakeFailures.LoginRefused.Inc()
-		c.n.log.Info("login refused", "user", login.Phone, "conn", c.id(), "reason", res.Error.GetText())
+		n.mx.LoginFailures.Inc()
+		n.mx.HandshakeFailures.LoginRefused.Inc()
+		n.log.Info("login refused", "user", login.Phone, "conn", c.id(), "reason", res.Error.GetText())
 		c.failed = true
 		c.nc.Close()
 		return false
 	}
 	c.nc.SetReadDeadline(time.Time{})
 	c.stage.Store(stageLoggedIn)
-	c.n.counts.logins.Add(1)
-	c.n.mx.Logins.Inc()
-	c.post(event{kind: evStart, text: login.Phone, seq: acct.Generation})
+	n.counts.logins.Add(1)
+	n.mx.Logins.Inc()
+	c.post(n.pool, event{kind: evStart, text: login.Phone, seq: acct.Generation})
 	return true
 }

@@ -4,4 +4,11 @@ package node
 
 import "net"
 
-func adopt(c net.Conn) (net.Conn, error) { return c, nil }
+// adopt leaves an accepted connection to nbio's own conversion (where nbio
+// runs on the standard library); OnOpen gives it its conn.
+func (n *Node) adopt(c net.Conn) (net.Conn, error) { return c, nil }
+
+// nbioAddrs has nothing to trim where nbio keeps no Conn of its own.
+type nbioAddrs struct{}
+
+func findNbioAddrs() nbioAddrs { return nbioAddrs{} }

@@ -176,6 +176,7 @@ type Node struct {
 	sessionCfg session.Config
 
 	nativeLn          net.Listener
+	addrs             nbioAddrs // see adopt
 	loopStarted       time.Time
 	httpLn, adminLn   net.Listener
 	httpSrv, adminSrv *http.Server
@@ -236,7 +237,7 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 		NewID:       n.ids.next,
 		IssueUpload: n.issueUpload,
 	}
-	n.pool = newPool(cfg.Workers)
+	n.pool = newPool(n, cfg.Workers)
 	n.monitor, err = monitor.New(monitor.Config{
 		Source:       n,
 		Metrics:      n.mx,
@@ -293,6 +294,7 @@ func (n *Node) listenNative() error {
 
 // startLoop starts the event loop on the native listener.
 func (n *Node) startLoop() error {
+	n.addrs = findNbioAddrs()
 	e := nbio.NewEngine(nbio.Config{
 		Name:    "parley",
 		Network: "tcp",
@@ -301,19 +303,20 @@ func (n *Node) startLoop() error {
 		// Unread replies (pongs, acks, deliveries) must not pile up
 		// without bound for a client that never reads.
 		MaxWriteBufferSize: n.cfg.MaxWriteBuffer,
-		Listen:             func(string, string) (net.Listener, error) { return adoptingListener{n.nativeLn}, nil },
+		Listen:             func(string, string) (net.Listener, error) { return adoptingListener{n.nativeLn, n}, nil },
 	})
 	e.OnOpen(func(nc *nbio.Conn) {
 		n.mx.Accepted.Inc()
 		n.mx.ConnectionsOpen.Inc()
 		n.counts.open.Add(1)
-		c := &conn{n: n, nc: nc}
-		nc.SetSession(c)
+		if _, ok := nc.Session().(*conn); !ok { // not adopted (see adopt)
+			nc.SetSession(&conn{nc: nc, peer: makePeerAddr(nc.RemoteAddr())})
+		}
 		nc.SetReadDeadline(time.Now().Add(n.cfg.HandshakeTimeout))
 	})
 	e.OnData(func(nc *nbio.Conn, data []byte) {
 		if c, ok := nc.Session().(*conn); ok {
-			c.onData(data)
+			c.onData(n, data)
 		}
 	})
 	e.OnClose(func(nc *nbio.Conn, err error) {
@@ -330,7 +333,7 @@ func (n *Node) startLoop() error {
 				// a peer that gave up.
 				n.mx.HandshakeFailures.Timeout.Inc()
 			}
-			c.post(event{kind: evClosed})
+			c.post(n.pool, event{kind: evClosed})
 		}
 	})
 	if err := e.Start(); err != nil {
@@ -360,7 +363,7 @@ func (n *Node) startHTTP() error {
 				return
 			}
 			if c := n.router.lookup(phone); c != nil {
-				c.post(event{kind: evKick, code: wire.Error_REGISTERED_ELSEWHERE, text: "this number was registered on another device"})
+				c.post(n.pool, event{kind: evKick, code: wire.Error_REGISTERED_ELSEWHERE, text: "this number was registered on another device"})
 			}
 		},
 	})
@@ -472,8 +475,8 @@ func (n *Node) EachSession(f func(monitor.SessionStat, *monitor.Rates)) {
 		queued, _ := n.store.QueueLen(user)
 		inflight := int(c.inflight.Load())
 		f(monitor.SessionStat{
-			User: user, Conn: c.nc.RemoteAddr(),
-			MsgsIn: c.msgsIn.Load(), MsgsOut: c.msgsOut.Load(),
+			User: user, Conn: &c.peer,
+			MsgsIn: uint64(c.msgsIn.Load()), MsgsOut: uint64(c.msgsOut.Load()),
 			Mailbox: events + max(0, queued-inflight), Inflight: inflight, Queued: queued,
 		}, &c.rates)
 	})
@@ -503,11 +506,11 @@ func (n *Node) commit(c *conn, b *store.Batch) {
 			}
 			for i, a := range b.Appends {
 				if to := n.router.lookup(a.To); to != nil {
-					to.post(event{kind: evPush, seq: r.Seqs[i], data: a.Data})
+					to.post(n.pool, event{kind: evPush, seq: r.Seqs[i], data: a.Data})
 				}
 			}
 		}
-		c.post(event{kind: evCommitted, res: r})
+		c.post(n.pool, event{kind: evCommitted, res: r})
 	})
 }
 
@@ -556,7 +559,7 @@ func (n *Node) Close() error {
 		}
 		if n.engine != nil {
 			n.router.each(func(c *conn) {
-				c.post(event{kind: evKick, code: wire.Error_SHUTTING_DOWN, text: "the server is restarting: reconnect"})
+				c.post(n.pool, event{kind: evKick, code: wire.Error_SHUTTING_DOWN, text: "the server is restarting: reconnect"})
 			})
 			// Give the actors a moment to write their Close frames.
 			for i := 0; i < 100 && n.router.len() > 0; i++ {

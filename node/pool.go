@@ -8,6 +8,7 @@ import "sync"
 // being a fixed channel, because posting to it happens on the event loop and
 // in the store's commit callback, which must never block.
 type pool struct {
+	n      *Node // the node whose sessions run here
 	mu     sync.Mutex
 	cond   sync.Cond
 	queue  []queued
@@ -16,8 +17,8 @@ type pool struct {
 	wg     sync.WaitGroup
 }
 
-func newPool(workers int) *pool {
-	p := &pool{}
+func newPool(n *Node, workers int) *pool {
+	p := &pool{n: n}
 	p.cond.L = &p.mu
 	p.wg.Add(workers)
 	for i := 0; i < workers; i++ {
@@ -77,7 +78,7 @@ func (p *pool) pop() queued {
 
 func (p *pool) work() {
 	defer p.wg.Done()
-	var w worker
+	w := worker{n: p.n}
 	for q := p.pop(); q.c != nil; q = p.pop() {
 		q.c.run(&w, q.at)
 	}
@@ -95,5 +96,6 @@ func (p *pool) close() {
 // worker is one pool goroutine's scratch space, reused across sessions so
 // that encoding and sealing outgoing frames allocates nothing per message.
 type worker struct {
+	n   *Node
 	out []byte
 }

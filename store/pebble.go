@@ -516,6 +516,20 @@ func eventListener(log *slog.Logger) *pebble.EventListener {
 // to or acked since the store was opened (a queue untouched since a
 // restart is counted once it is next written or acked). It is for
 // monitoring: one pass over the map under its lock.
+// MemoryStats is the memory Pebble holds outside the Go heap (it allocates
+// with C malloc): the memtables' arenas and the block cache's contents.
+// Both are bounded by configuration, not by the number of users or
+// connections.
+func (p *Pebble) MemoryStats() (memtables, blockCache int64) {
+	p.life.RLock()
+	defer p.life.RUnlock()
+	if p.closed {
+		return 0, 0
+	}
+	m := p.db.Metrics()
+	return int64(m.MemTable.Size + m.MemTable.ZombieSize), m.BlockCache.Size
+}
+
 func (p *Pebble) QueueDepths() (total int64, maxUser string, maxLen int) {
 	p.qmu.Lock()
 	defer p.qmu.Unlock()

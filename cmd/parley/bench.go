@@ -176,10 +176,12 @@ func newBenchIdleCmd(bf *benchFlags) *cobra.Command {
 		Long: `Log --conns users in, make each send one message to a neighbour and receive
 one (with its delivered receipt), hold the connections for --hold, and report
 logins/s, logins per server CPU-second, and the server's memory per
-connection: user space (RSS delta / N, after a GC before and after) and the
-kernel's share (Slab + TCP socket pages delta / 2 / N: on loopback the kernel
-holds both ends). The kernel counters are machine-wide: run it on a quiet
-machine.
+connection: user space (RSS delta / N, after a GC before and after; split
+into the Go runtime's memory, where connections live, and C memory, which is
+Pebble's memtables filled by the exchanged messages) and the kernel's share
+(Slab less /proc inodes, + TCP socket pages, delta / 2 / N: on loopback the
+kernel holds both ends). The kernel counters are machine-wide: run it on a
+quiet machine. Method details: go doc github.com/parleyhq/parley/bench.
 
 More connections than one process may open: run several bench processes at
 once with disjoint --offset ranges and the same --total (their sum); each
@@ -199,6 +201,7 @@ figures for all of them (it divides by the server's session count change).`,
 	f.IntVar(&mc.Conns, "conns", 1000, "connections to open and hold")
 	f.DurationVar(&mc.Hold, "hold", 5*time.Second, "how long to hold them before reading the memory")
 	f.BoolVar(&mc.Warm, "warm", false, "log every user in and out once first, so the server's store caches are not counted as connection memory")
+	f.StringVar(&mc.HeapProfile, "heap-profile", "", "write the server's heap profiles at the two readings to `PREFIX`.before.pprof and PREFIX.after.pprof (go tool pprof -base)")
 	f.IntVar(&mc.Total, "total", 0, "with several bench processes at once: the connections of all of them (each waits for the server to hold them all, then holds)")
 	return cmd
 }
