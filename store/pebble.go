@@ -127,6 +127,7 @@ func OpenPebble(dir string, opts Options, log *slog.Logger) (*Pebble, error) {
 		Logger:        pebbleLogger{log: log},
 		EventListener: eventListener(log),
 		Levels:        make([]pebble.LevelOptions, pebbleLevels),
+		FS:            opts.fs,
 	}
 	for i := range po.Levels {
 		po.Levels[i].FilterPolicy = bloom.FilterPolicy(pebbleBloomBits)
@@ -238,7 +239,7 @@ func (p *Pebble) Close() error {
 }
 
 // ReadQueue returns up to max items of user's queue with Seq >= from, in
-// order; max <= 0 returns none. It reads committed data only.
+// order; max <= 0 returns none. It reads durable data only.
 func (p *Pebble) ReadQueue(user string, from uint64, max int) ([]Item, error) {
 	if max <= 0 {
 		return nil, nil
@@ -248,21 +249,31 @@ func (p *Pebble) ReadQueue(user string, from uint64, max int) ([]Item, error) {
 	if p.closed {
 		return nil, fmt.Errorf("read queue %s: %w", user, ErrClosed)
 	}
-	// Every login reads its queue, which is usually empty: when the
-	// committer's state says nothing was assigned at or after from, skip
-	// the iterator. The state's tail moves when a batch is decided, before
-	// its items are visible, so it never says "empty" while items are.
+	// Items are read up to the last durable one (see queueState.durable):
+	// Pebble shows a group's writes before its WAL is synced. Every login
+	// reads its queue, which is usually empty: when the committer's state
+	// says nothing durable is at or after from, skip the iterator.
 	p.qmu.Lock()
 	st := p.queues[user]
-	empty := st != nil && from > st.tail
-	p.qmu.Unlock()
-	if empty {
+	if st != nil && from > st.durable {
+		p.qmu.Unlock()
 		return nil, nil
 	}
-	it, err := p.db.NewIter(&pebble.IterOptions{
-		LowerBound: appendQueueKey(nil, user, from),
-		UpperBound: queueUpperBound(user),
-	})
+	upper := queueUpperBound(user)
+	var it *pebble.Iterator
+	var err error
+	if st != nil {
+		upper = appendQueueKey(nil, user, st.durable+1)
+		p.qmu.Unlock()
+		it, err = p.db.NewIter(&pebble.IterOptions{LowerBound: appendQueueKey(nil, user, from), UpperBound: upper})
+	} else {
+		// No state: the committer has decided nothing for this queue,
+		// so all of it that Pebble shows is durable. The iterator is a
+		// point-in-time view; made under qmu, it cannot see a group the
+		// committer decides after loading the state.
+		it, err = p.db.NewIter(&pebble.IterOptions{LowerBound: appendQueueKey(nil, user, from), UpperBound: upper})
+		p.qmu.Unlock()
+	}
 	if err != nil {
 		return nil, fmt.Errorf("read queue %s: %w", user, err)
 	}
@@ -512,10 +523,6 @@ func eventListener(log *slog.Logger) *pebble.EventListener {
 	}
 }
 
-// QueueDepths sums the queues the store has in memory: every queue written
-// to or acked since the store was opened (a queue untouched since a
-// restart is counted once it is next written or acked). It is for
-// monitoring: one pass over the map under its lock.
 // MemoryStats is the memory Pebble holds outside the Go heap (it allocates
 // with C malloc): the memtables' arenas and the block cache's contents.
 // Both are bounded by configuration, not by the number of users or
@@ -530,6 +537,10 @@ func (p *Pebble) MemoryStats() (memtables, blockCache int64) {
 	return int64(m.MemTable.Size + m.MemTable.ZombieSize), m.BlockCache.Size
 }
 
+// QueueDepths sums the queues the store has in memory: every queue written
+// to or acked since the store was opened (a queue untouched since a
+// restart is counted once it is next written or acked). It is for
+// monitoring: one pass over the map under its lock.
 func (p *Pebble) QueueDepths() (total int64, maxUser string, maxLen int) {
 	p.qmu.Lock()
 	defer p.qmu.Unlock()

@@ -119,6 +119,14 @@ type queueState struct {
 	// Pebble.qmu, read by QueueLen under it.
 	head, tail uint64
 
+	// durable is the last seq whose append is on disk: readers see items
+	// up to it only. Pebble makes a batch visible as soon as it is in the
+	// memtable, before its WAL is synced; a reader that delivered such an
+	// item could show a message whose sender never got its SendAck (and
+	// resends it after a crash). Written by the committer, after the sync,
+	// under Pebble.qmu.
+	durable uint64
+
 	// lease is the seq recorded in qt/<user>: no seq above it has been
 	// handed out. Seqs must never be reused (clients ack and dedup by
 	// them), and the items alone cannot say so once a queue is empty, so
@@ -138,6 +146,7 @@ type touchedQueue struct {
 	st         *queueState
 	head, tail uint64
 	next       uint64
+	appended   bool
 }
 
 // dedupSlot is the group overlay's entry for one dedup key.
@@ -160,6 +169,13 @@ type committer struct {
 	touched []touchedQueue // queues this batch touches
 	targets []int          // index in touched of each append's queue
 	key     []byte         // scratch key
+	marks   []durableMark  // the queue tails this group makes durable
+}
+
+// durableMark records that a group's appends to st reach seq tail.
+type durableMark struct {
+	st   *queueState
+	tail uint64
 }
 
 func newCommitter(p *Pebble) *committer {
@@ -192,6 +208,7 @@ func (c *committer) commitGroup(group []request) {
 	// queue's items stay in time order, which the sweeper relies on.
 	now := time.Now().UnixNano()
 	clear(c.overlay)
+	c.marks = c.marks[:0]
 	for i := range group {
 		r := &group[i]
 		if r.sweep != nil {
@@ -205,6 +222,13 @@ func (c *committer) commitGroup(group []request) {
 		err = wb.Commit(pebble.Sync)
 	}
 	_ = wb.Close()
+	if err == nil {
+		c.p.qmu.Lock()
+		for _, m := range c.marks {
+			m.st.durable = max(m.st.durable, m.tail)
+		}
+		c.p.qmu.Unlock()
+	}
 	c.p.groups.Add(1)
 	c.p.batches.Add(uint64(len(group)))
 	if f := c.p.opts.OnGroup; f != nil {
@@ -240,7 +264,9 @@ func (c *committer) state(user string) (*queueState, error) {
 	if err != nil {
 		return nil, err
 	}
-	st := &queueState{user: user, head: head, tail: tail, lease: lease}
+	// What is on disk is durable: no group in flight has touched a queue
+	// whose state is not loaded.
+	st := &queueState{user: user, head: head, tail: tail, durable: tail, lease: lease}
 	c.p.qmu.Lock()
 	c.p.queues[user] = st
 	c.p.qmu.Unlock()
@@ -317,6 +343,7 @@ func (c *committer) apply(wb *pebble.Batch, b *Batch, now int64) Result {
 		i := c.touch(st)
 		t := &c.touched[i]
 		t.tail++
+		t.appended = true
 		if t.tail+1-t.head > uint64(c.p.opts.MaxQueueLen) {
 			return Result{Err: fmt.Errorf("append to %s: %w", a.To, ErrQueueFull)}
 		}
@@ -365,6 +392,11 @@ func (c *committer) apply(wb *pebble.Batch, b *Batch, now int64) Result {
 		t.st.head, t.st.tail = t.head, t.tail
 	}
 	c.p.qmu.Unlock()
+	for _, t := range c.touched {
+		if t.appended {
+			c.marks = append(c.marks, durableMark{st: t.st, tail: t.tail})
+		}
+	}
 	return Result{Seqs: seqs}
 }
 

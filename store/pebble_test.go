@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cockroachdb/pebble/vfs"
+
 	"github.com/parleyhq/parley/store"
 	"github.com/parleyhq/parley/store/storetest"
 )
@@ -315,5 +317,110 @@ func TestPebbleCloseLeavesNoGoroutines(t *testing.T) {
 				before, runtime.NumGoroutine(), buf[:runtime.Stack(buf, true)])
 		}
 		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// heldSyncFS is a disk whose file syncs wait while hold is set: Pebble then
+// has a group's writes in its memtable, visible, but not yet on disk.
+type heldSyncFS struct {
+	vfs.FS
+	mu   sync.Mutex
+	hold chan struct{} // non-nil: syncs wait until it is closed
+}
+
+func (fs *heldSyncFS) gate() chan struct{} {
+	fs.mu.Lock()
+	defer fs.mu.Unlock()
+	return fs.hold
+}
+
+func (fs *heldSyncFS) wrap(f vfs.File, err error) (vfs.File, error) {
+	if err != nil {
+		return nil, err
+	}
+	return heldSyncFile{File: f, fs: fs}, nil
+}
+
+func (fs *heldSyncFS) Create(name string) (vfs.File, error) { return fs.wrap(fs.FS.Create(name)) }
+func (fs *heldSyncFS) ReuseForWrite(old, new string) (vfs.File, error) {
+	return fs.wrap(fs.FS.ReuseForWrite(old, new))
+}
+
+type heldSyncFile struct {
+	vfs.File
+	fs *heldSyncFS
+}
+
+func (f heldSyncFile) wait() {
+	if g := f.fs.gate(); g != nil {
+		<-g
+	}
+}
+func (f heldSyncFile) Sync() error     { f.wait(); return f.File.Sync() }
+func (f heldSyncFile) SyncData() error { f.wait(); return f.File.SyncData() }
+func (f heldSyncFile) SyncTo(n int64) (bool, error) {
+	f.wait()
+	return f.File.SyncTo(n)
+}
+
+// An item Pebble already shows but has not yet synced must not be read:
+// a session would deliver a message whose sender has no SendAck yet, and
+// after a crash the sender would resend it as a new one.
+func TestPebbleReadsOnlyDurableItems(t *testing.T) {
+	fs := &heldSyncFS{FS: vfs.Default}
+	p := openPebble(t, t.TempDir(), store.WithFS(store.Options{}, fs))
+	if err := p.PutAccount(account("+15550000001")); err != nil {
+		t.Fatal(err)
+	}
+	const bob = "+15550000001"
+	// A first item, durable, so the queue's state is loaded.
+	if r := commit(p, &store.Batch{Appends: []store.Append{{To: bob, Data: []byte("one")}}}); r.Err != nil {
+		t.Fatal(r.Err)
+	}
+	release := make(chan struct{})
+	fs.mu.Lock()
+	fs.hold = release
+	fs.mu.Unlock()
+	var releaseOnce sync.Once
+	unhold := func() {
+		releaseOnce.Do(func() {
+			fs.mu.Lock()
+			fs.hold = nil
+			fs.mu.Unlock()
+			close(release)
+		})
+	}
+	t.Cleanup(unhold) // before the store's Close, which waits for the sync
+	done := make(chan store.Result, 1)
+	p.Commit(&store.Batch{Appends: []store.Append{{To: bob, Data: []byte("two")}}}, func(r store.Result) { done <- r })
+	deadline := time.Now().Add(10 * time.Second)
+	for !store.RawGet(p, store.QueueKey(bob, 2)) {
+		if time.Now().After(deadline) {
+			t.Fatal("the second item never became visible in Pebble")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	select {
+	case r := <-done:
+		t.Fatalf("commit reported %+v while its sync was held", r)
+	default:
+	}
+	items, err := p.ReadQueue(bob, 1, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(items) != 1 || items[0].Seq != 1 {
+		t.Fatalf("while the sync is held, ReadQueue returned %d items (%+v), want only seq 1", len(items), items)
+	}
+	if items, _ := p.ReadQueue(bob, 2, 10); len(items) != 0 {
+		t.Fatalf("while the sync is held, ReadQueue from 2 returned %+v, want nothing", items)
+	}
+	unhold()
+	if r := <-done; r.Err != nil || len(r.Seqs) != 1 || r.Seqs[0] != 2 {
+		t.Fatalf("commit: %+v", r)
+	}
+	items, err = p.ReadQueue(bob, 1, 10)
+	if err != nil || len(items) != 2 || string(items[1].Data) != "two" {
+		t.Fatalf("after the sync, ReadQueue returned %+v, %v; want both items", items, err)
 	}
 }

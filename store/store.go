@@ -14,6 +14,8 @@ package store
 import (
 	"errors"
 	"time"
+
+	"github.com/cockroachdb/pebble/vfs"
 )
 
 // Errors a Commit or read can report. Callers match them with errors.Is.
@@ -113,6 +115,10 @@ type Options struct {
 	// with the number of batches it carried (the group-commit factor).
 	// It must not block.
 	OnGroup func(batches int)
+
+	// fs replaces the file system under Pebble (tests: a disk whose syncs
+	// can be held back).
+	fs vfs.FS
 }
 
 // Store is Parley's durable state.
