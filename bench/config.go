@@ -43,6 +43,10 @@ type Config struct {
 	Concurrency int
 	// DialTimeout bounds one connect and handshake. Default 10s.
 	DialTimeout time.Duration
+	// FullHandshake makes every login a full handshake (Noise IK), as a
+	// device's first login is, instead of resuming with the ticket of the
+	// user's last login in this process.
+	FullHandshake bool
 
 	// Users (setup) is how many accounts to provision.
 	Users int
@@ -152,7 +156,7 @@ func open(ctx context.Context, cfg Config, what string, n int) (*env, error) {
 	if len(src) == 0 && cfg.AutoSrc {
 		src = autoSources(cfg.Addr, n)
 	}
-	e.d = &dialer{addr: cfg.Addr, serverKey: st.serverKey, src: src, timeout: cfg.DialTimeout}
+	e.d = &dialer{addr: cfg.Addr, serverKey: st.serverKey, src: src, timeout: cfg.DialTimeout, full: cfg.FullHandshake}
 	return e, nil
 }
 

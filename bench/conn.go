@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -26,27 +27,38 @@ type dialer struct {
 	serverKey []byte
 	src       []netip.Addr // source addresses, round robin by user; empty: any
 	timeout   time.Duration
+	full      bool // never resume: every login a full handshake
 }
 
 // hello is a prepared first handshake message: the expensive half of the
 // client's handshake, done before a measured interval.
 type hello struct {
-	hs    *noise.Client
-	first []byte // length-prefixed, ready to write
+	hs      *noise.Client
+	first   []byte      // length-prefixed, ready to write
+	resumed *resumption // the ticket it presents; nil for a full handshake
 }
 
-// prepare makes u's first handshake message (fresh ephemeral key).
+// prepare makes u's first handshake message (fresh ephemeral key): a
+// resumption with the ticket of u's last login if it has one, else a full
+// handshake.
 func (d *dialer) prepare(u *user) (hello, error) {
 	login, err := proto.Marshal(&wire.Login{Phone: u.phone, Version: 1, Agent: agent})
 	if err != nil {
 		return hello{}, err
 	}
-	hs, msg, err := u.key.Initiate(d.serverKey, login)
+	var h hello
+	var msg []byte
+	if r := u.resume.Load(); r != nil && !d.full && time.Now().Before(r.expires) {
+		h.hs, msg, err = noise.Resume(r.ticket, r.secret, login)
+		h.resumed = r
+	} else {
+		h.hs, msg, err = u.key.Initiate(d.serverKey, login)
+	}
 	if err != nil {
 		return hello{}, err
 	}
-	first := wire.AppendHeader(make([]byte, 0, wire.HeaderLen+len(msg)), len(msg))
-	return hello{hs: hs, first: append(first, msg...)}, nil
+	h.first = append(wire.AppendHeader(make([]byte, 0, wire.HeaderLen+len(msg)), len(msg)), msg...)
+	return h, nil
 }
 
 // errLogin is a login the server refused: retrying cannot help.
@@ -102,7 +114,16 @@ func (d *dialer) dialLazy(ctx context.Context, u *user, h hello, rbuf int) (*con
 		return nil, fmt.Errorf("connect to %s: %w (is `parley serve` running? check --addr)", d.addr, err)
 	}
 	c := &conn{nc: nc, rbuf: make([]byte, max(rbuf, 256))}
-	if err := c.login(u, h, d.timeout); err != nil {
+	err = c.login(u, h, d.timeout)
+	if errors.Is(err, noise.ErrTicketRefused) {
+		// The server would not take the ticket: a full handshake, on
+		// this connection, as the SDK does.
+		u.resume.CompareAndSwap(h.resumed, nil)
+		if h, err = d.prepare(u); err == nil {
+			err = c.login(u, h, d.timeout)
+		}
+	}
+	if err != nil {
 		nc.Close()
 		return nil, err
 	}
@@ -122,6 +143,7 @@ type conn struct {
 	wbuf []byte // sealed frames waiting for flush
 
 	pending *pendingLogin // dialLazy's reply, until complete
+	resumed bool          // logged in with a resumption ticket
 }
 
 func (c *conn) login(u *user, h hello, timeout time.Duration) error {
@@ -137,15 +159,19 @@ func (c *conn) login(u *user, h hello, timeout time.Duration) error {
 		return fmt.Errorf("read handshake reply for %s: %w", u.phone, err)
 	}
 	c.nc.SetDeadline(time.Time{})
-	c.pending = &pendingLogin{u: u, hs: h.hs, reply: append([]byte(nil), reply...)}
+	if h.resumed != nil && bytes.Equal(reply, noise.RefusedReply) {
+		return noise.ErrTicketRefused
+	}
+	c.pending = &pendingLogin{u: u, hs: h.hs, reply: append([]byte(nil), reply...), resumed: h.resumed != nil}
 	return nil
 }
 
 // pendingLogin is a handshake reply received and not yet verified.
 type pendingLogin struct {
-	u     *user
-	hs    *noise.Client
-	reply []byte
+	u       *user
+	hs      *noise.Client
+	reply   []byte
+	resumed bool
 }
 
 // complete verifies the server's handshake reply and reads the login
@@ -167,7 +193,10 @@ func (c *conn) complete() error {
 	if e := res.GetError(); e != nil {
 		return &errLogin{phone: p.u.phone, code: e.Code, text: e.Text}
 	}
-	c.tx, c.rx, c.window = tx, rx, res.Window
+	if len(res.Ticket) > 0 && len(res.TicketSecret) == noise.PSKLen {
+		p.u.resume.Store(&resumption{ticket: res.Ticket, secret: res.TicketSecret, expires: time.Unix(0, res.TicketExpires)})
+	}
+	c.tx, c.rx, c.window, c.resumed = tx, rx, res.Window, p.resumed
 	return nil
 }
 

@@ -20,6 +20,7 @@ func (e *env) prepareAll(us []*user) ([]hello, error) {
 type loginStats struct {
 	done    atomic.Int64
 	retries atomic.Int64
+	resumed atomic.Int64 // done with a resumption ticket, not a full handshake
 	errs    tally
 }
 
@@ -54,6 +55,9 @@ func (e *env) loginAll(ctx context.Context, us []*user, hellos []hello, rbuf int
 					if err == nil {
 						conns[i] = c
 						st.done.Add(1)
+						if !lazy && c.resumed {
+							st.resumed.Add(1)
+						}
 						break
 					}
 					var le *errLogin
@@ -82,6 +86,8 @@ func completeAll(conns []*conn, st *loginStats) {
 				st.done.Add(-1)
 				c.close()
 				conns[i] = nil
+			} else if c.resumed {
+				st.resumed.Add(1)
 			}
 		}
 	})

@@ -15,6 +15,7 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/parleyhq/parley/noise"
@@ -44,6 +45,15 @@ type user struct {
 	index int
 	phone string
 	key   *noise.Static // pinned to the server's key
+	// resume is the resumption ticket of the user's last login in this
+	// process, for its next one.
+	resume atomic.Pointer[resumption]
+}
+
+// resumption is a ticket and its secret, from a login result.
+type resumption struct {
+	ticket, secret []byte
+	expires        time.Time
 }
 
 // Phone is the phone number of test user i.

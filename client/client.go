@@ -123,6 +123,8 @@ type Client struct {
 	// key is cfg.Key parsed, with the DH with the server's key computed
 	// once for all the reconnects to come.
 	key *noise.Static
+	// resume is the last login's resumption ticket; reconnects present it.
+	resume atomic.Pointer[resumption]
 
 	// ctx ends when Close is called; it bounds reconnects and closes the
 	// live connection.

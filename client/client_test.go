@@ -77,19 +77,19 @@ func (s *fakeServer) handshake(nc net.Conn) {
 		nc.Close()
 		return
 	}
-	hs, _, payload, err := noise.Accept(s.key, first)
+	h, err := noise.Accept(s.key, first)
 	if err != nil {
 		nc.Close() // what the real server does for a wrong server key
 		return
 	}
 	login := new(wire.Login)
-	if err := proto.Unmarshal(payload, login); err != nil {
+	if err := proto.Unmarshal(h.Payload, login); err != nil {
 		nc.Close()
 		return
 	}
 	refuse := s.refuse.Load()
 	res, _ := proto.Marshal(&wire.LoginResult{Error: refuse, Window: 8})
-	reply, tx, rx, err := hs.Reply(res)
+	reply, tx, rx, err := h.Server.Reply(res)
 	if err != nil {
 		nc.Close()
 		return

@@ -134,22 +134,55 @@ func (c *Client) connect(parent context.Context) (*conn, error) {
 	return cn, nil
 }
 
-// handshake runs Noise IK with the login in the first message; the reply
-// completes the channel and carries the login result.
+// handshake logs in on nc: with the resumption ticket of the last login
+// if there is one (see noise/ticket.go: a third of a full handshake's
+// server CPU), else, or if the server refuses the ticket, with Noise IK,
+// on the same connection. Either way the login rides in the first message
+// and the reply completes the channel and carries the login result, and a
+// new ticket for next time.
 func (c *Client) handshake(nc net.Conn) (*conn, error) {
 	login, err := proto.Marshal(&wire.Login{Phone: c.cfg.Phone, Version: protocolVersion, Agent: c.cfg.Agent})
 	if err != nil {
 		return nil, err
 	}
+	br := bufio.NewReaderSize(nc, 16<<10)
+	if r := c.resume.Load(); r != nil && time.Now().Before(r.expires) {
+		hs, first, err := noise.Resume(r.ticket, r.secret, login)
+		if err == nil {
+			cn, err := c.exchange(nc, br, hs, first)
+			var le *LoginError
+			if err == nil || errors.As(err, &le) {
+				return cn, err
+			}
+			// Refused (expired, or the server's key changed) or failed:
+			// next time, and now if the connection is still open, a full
+			// handshake.
+			c.resume.CompareAndSwap(r, nil)
+			if !errors.Is(err, noise.ErrTicketRefused) {
+				return nil, err
+			}
+		}
+	}
 	hs, first, err := c.key.Initiate(c.cfg.ServerKey, login)
 	if err != nil {
 		return nil, err
 	}
+	return c.exchange(nc, br, hs, first)
+}
+
+// resumption is a ticket from the last login and its secret.
+type resumption struct {
+	ticket, secret []byte
+	expires        time.Time
+}
+
+// exchange sends a handshake's first message and reads the reply and the
+// login result.
+func (c *Client) exchange(nc net.Conn, br *bufio.Reader, hs *noise.Client, first []byte) (*conn, error) {
 	out := wire.AppendHeader(make([]byte, 0, wire.HeaderLen+len(first)), len(first))
 	if _, err := nc.Write(append(out, first...)); err != nil {
 		return nil, fmt.Errorf("send handshake to %s: %w", c.cfg.Addr, err)
 	}
-	br := bufio.NewReaderSize(nc, 16<<10)
 	reply, err := wire.ReadMessage(br, nil)
 	if err != nil {
 		// The server answers a first message it cannot decrypt by closing
@@ -160,6 +193,9 @@ func (c *Client) handshake(nc net.Conn) (*conn, error) {
 		return nil, fmt.Errorf("read handshake reply from %s: %w", c.cfg.Addr, err)
 	}
 	payload, tx, rx, err := hs.Finish(reply)
+	if errors.Is(err, noise.ErrTicketRefused) {
+		return nil, err
+	}
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrHandshake, err)
 	}
@@ -169,6 +205,9 @@ func (c *Client) handshake(nc net.Conn) (*conn, error) {
 	}
 	if e := res.GetError(); e != nil {
 		return nil, &LoginError{Code: e.Code, Text: e.Text}
+	}
+	if len(res.Ticket) > 0 && len(res.TicketSecret) == noise.PSKLen {
+		c.resume.Store(&resumption{ticket: res.Ticket, secret: res.TicketSecret, expires: time.Unix(0, res.TicketExpires)})
 	}
 	return &conn{nc: nc, br: br, rx: rx, tx: tx, window: res.Window, since: time.Now()}, nil
 }

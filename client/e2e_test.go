@@ -11,6 +11,8 @@ import (
 	"net"
 	"net/http"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -310,6 +312,37 @@ func TestE2EReconnect(t *testing.T) {
 		t.Fatal(err)
 	}
 	receiptIDs(t, a, wire.Receipt_DELIVERED, bob, []uint64{m1.ID, m2.ID})
+
+	// Both came back with the ticket of their first login, not a full
+	// handshake.
+	if got := metric(t, tn.n.AdminURL(), `parley_resumptions_total{result="resumed"}`); got < 2 {
+		t.Errorf("%v resumed logins after two reconnects, want 2", got)
+	}
+}
+
+// metric reads one sample from the node's /metrics.
+func metric(t *testing.T, adminURL, series string) float64 {
+	t.Helper()
+	resp, err := http.Get(adminURL + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, series+" "); ok {
+			f, err := strconv.ParseFloat(v, 64)
+			if err != nil {
+				t.Fatalf("%s: %v", line, err)
+			}
+			return f
+		}
+	}
+	t.Fatalf("no %s in /metrics", series)
+	return 0
 }
 
 // Registering Bob's number on a new device closes his live client with

@@ -20,6 +20,10 @@ type Metrics struct {
 	// Logins counts successful logins; LoginFailures refused ones (also
 	// counted in HandshakeFailures.LoginRefused).
 	Logins, LoginFailures prometheus.Counter
+	// Resumptions counts logins that presented a resumption ticket: the
+	// ones that took it, and the ones that were refused it (and fell back
+	// to a full handshake).
+	Resumptions Resumptions
 	// HandshakeFailures counts connections that never reached a session,
 	// one counter per reason.
 	HandshakeFailures HandshakeFailures
@@ -46,6 +50,12 @@ type Metrics struct {
 	Expired prometheus.Counter
 	// BadInput counts connections closed for malformed or hostile input.
 	BadInput prometheus.Counter
+}
+
+// Resumptions holds the pre-made counters of parley_resumptions_total.
+type Resumptions struct {
+	Resumed prometheus.Counter // result="resumed": the ticket was taken
+	Refused prometheus.Counter // result="refused": expired or foreign ticket; full handshake follows
 }
 
 // HandshakeFailures holds one pre-made counter per failure reason of
@@ -86,7 +96,15 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		Name: "parley_handshake_failures_total",
 		Help: "Native connections that failed before a session started, by reason (bad_handshake, login_refused, timeout, bad_frame).",
 	}, []string{"reason"})
+	rs := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "parley_resumptions_total",
+		Help: "Logins that presented a resumption ticket, by result (resumed, refused: a full handshake followed).",
+	}, []string{"result"})
 	m := &Metrics{
+		Resumptions: Resumptions{
+			Resumed: rs.WithLabelValues("resumed"),
+			Refused: rs.WithLabelValues("refused"),
+		},
 		ConnectionsOpen: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "parley_connections_open",
 			Help: "Native protocol connections open now, logged in or not.",
@@ -118,7 +136,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		BadInput: counter("parley_bad_input_total", "Connections closed for malformed or hostile input."),
 	}
 	reg.MustRegister(
-		m.ConnectionsOpen, m.Accepted, m.Closed, m.Logins, m.LoginFailures, hs,
+		m.ConnectionsOpen, m.Accepted, m.Closed, m.Logins, m.LoginFailures, hs, rs,
 		m.FramesIn, m.FramesOut, m.MessagesIn, m.MessagesOut, m.Receipts,
 		m.SendToDeliver, m.DeliverToAck, m.CommitLatency, m.CommitBatchSize,
 		m.Expired, m.BadInput,

@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/lesismal/nbio"
-	"google.golang.org/protobuf/proto"
 
 	"github.com/parleyhq/parley/monitor"
 	"github.com/parleyhq/parley/noise"
@@ -81,6 +80,7 @@ type conn struct {
 	tx        noise.Cipher // actor
 	secured   bool         // poller: the handshake is done, messages are sealed frames
 	failed    bool         // poller
+	refused   bool         // poller: a resumption was refused; the next must be a full handshake
 	live      bool         // actor: core is a running session, from evStart until evClosed
 	scheduled bool         // under mu
 	dead      bool         // under mu
@@ -398,11 +398,28 @@ func (c *conn) fail(n *Node, code wire.Error_Code, text string) {
 	c.post(n.pool, event{kind: evKick, code: code, text: text})
 }
 
-// handshake answers the client's first message: Noise IK carries the
-// client's static key and the login, so the reply both completes the
-// handshake and says whether the login succeeded.
+// handshake answers the client's first message: a full handshake (Noise
+// IK, carrying the device's static key) or a resumption with a ticket from
+// an earlier login (see noise/ticket.go). Either carries the login, so the
+// reply both completes the handshake and says whether the login succeeded;
+// a successful login's result carries a ticket for the next one.
 func (c *conn) handshake(n *Node, msg []byte) bool {
-	hs, peer, payload, err := n.static.Accept(msg)
+	h, err := n.static.Accept(msg)
+	if errors.Is(err, noise.ErrTicketRefused) && !c.refused {
+		// Expired or foreign ticket: say so, and read the client's full
+		// handshake next, on this connection (once: a second refusal
+		// closes it).
+		c.refused = true
+		n.mx.Resumptions.Refused.Inc()
+		n.log.Debug("resumption refused", "conn", c.id(), "reason", err)
+		out := wire.AppendHeader(make([]byte, 0, wire.HeaderLen+len(noise.RefusedReply)), len(noise.RefusedReply))
+		if _, err := c.nc.Write(append(out, noise.RefusedReply...)); err != nil {
+			c.failed = true
+			c.nc.Close()
+			return false
+		}
+		return true
+	}
 	if err != nil {
 		c.stage.Store(stageRefused)
 		n.mx.HandshakeFailures.BadHandshake.Inc()
@@ -412,11 +429,13 @@ func (c *conn) handshake(n *Node, msg []byte) bool {
 	var login wire.Login
 	res := &wire.LoginResult{ServerTime: time.Now().UnixNano(), Window: uint32(n.cfg.Window)}
 	var acct store.Account
-	switch err = proto.Unmarshal(payload, &login); {
+	switch err = login.UnmarshalVT(h.Payload); {
 	case err != nil:
 		res.Error = &wire.Error{Code: wire.Error_BAD_FRAME, Text: "login payload does not decode"}
 	case login.Version != 1:
 		res.Error = &wire.Error{Code: wire.Error_UNSUPPORTED_VERSION, Text: fmt.Sprintf("protocol version %d is not supported; this server speaks 1: update the client", login.Version)}
+	case h.Ticket != nil && h.Ticket.Phone != login.Phone:
+		res.Error = &wire.Error{Code: wire.Error_LOGIN_FAILED, Text: "the resumption ticket is for another number: log in with a full handshake"}
 	default:
 		acct, err = n.store.Account(login.Phone)
 		switch {
@@ -425,14 +444,24 @@ func (c *conn) handshake(n *Node, msg []byte) bool {
 		case err != nil:
 			res.Error = &wire.Error{Code: wire.Error_INTERNAL, Text: "account lookup failed: try again"}
 			n.log.Error("account lookup", "user", login.Phone, "err", err)
-		case !bytes.Equal(acct.Key, peer):
+		case h.Ticket != nil && h.Ticket.Generation != acct.Generation:
+			res.Error = &wire.Error{Code: wire.Error_REGISTERED_ELSEWHERE, Text: "this number was registered on another device"}
+		case h.Ticket == nil && !bytes.Equal(acct.Key, h.PeerKey):
 			res.Error = &wire.Error{Code: wire.Error_LOGIN_FAILED, Text: "this device's key is not registered for this number (registered on another device?): register again"}
 		}
 	}
-	reply, err := proto.Marshal(res)
+	if res.Error == nil && n.tickets != nil {
+		ticket, secret, expires, err := n.tickets.Issue(login.Phone, acct.Generation, time.Now())
+		if err != nil {
+			n.log.Error("issue resumption ticket", "user", login.Phone, "err", err)
+		} else {
+			res.Ticket, res.TicketSecret, res.TicketExpires = ticket, secret[:], expires.UnixNano()
+		}
+	}
+	reply, err := res.MarshalVT()
 	if err == nil {
 		var tx, rx *noise.Cipher
-		reply, tx, rx, err = hs.Reply(reply)
+		reply, tx, rx, err = h.Server.Reply(reply)
 		if err == nil && res.Error == nil {
 			c.tx, c.rx, c.secured = *tx, *rx, true
 		}
@@ -451,6 +480,9 @@ func (c *conn) handshake(n *Node, msg []byte) bool {
 		c.failed = true
 		c.nc.Close()
 		return false
+	}
+	if h.Ticket != nil {
+		n.mx.Resumptions.Resumed.Inc()
 	}
 	c.nc.SetReadDeadline(time.Time{})
 	c.stage.Store(stageLoggedIn)

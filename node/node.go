@@ -78,11 +78,11 @@ type Config struct {
 	// HandshakeTimeout closes connections that do not complete the
 	// handshake in time. Default 10s.
 	HandshakeTimeout time.Duration
-	// LoginCache is how many devices' static-static DH the server keeps, so
-	// that a returning device's handshake costs one X25519 less (about a
-	// fifth of a login's CPU). About 80 bytes each; 0 means the default
-	// (1,000,000); negative turns it off.
-	LoginCache int
+	// TicketTTL is how long a resumption ticket is good for: a device that
+	// logged in within it logs in again with a cheaper handshake (see
+	// noise/ticket.go). Default 7 days; negative: no tickets, every login
+	// is a full handshake.
+	TicketTTL time.Duration
 	// MaxWriteBuffer bounds what the server holds for one client that does
 	// not read what it is sent; past it the connection is closed (the
 	// client reconnects and its queue is delivered again). Default 4 MiB.
@@ -129,8 +129,8 @@ func (c *Config) setDefaults() {
 	if c.Pollers <= 0 {
 		c.Pollers = runtime.GOMAXPROCS(0)
 	}
-	if c.LoginCache == 0 {
-		c.LoginCache = 1_000_000
+	if c.TicketTTL == 0 {
+		c.TicketTTL = 7 * 24 * time.Hour
 	}
 	if c.HandshakeTimeout <= 0 {
 		c.HandshakeTimeout = 10 * time.Second
@@ -160,7 +160,8 @@ type Node struct {
 	cfg     Config
 	log     *slog.Logger
 	key     noise.Keypair
-	static  *noise.Static // key, parsed once for every handshake
+	static  *noise.Static    // key, parsed once for every handshake
+	tickets *noise.TicketKey // nil when tickets are off
 	store   *store.Pebble
 	ids     *idGen
 	router  *router
@@ -214,7 +215,17 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 	if n.static, err = noise.NewStatic(kp); err != nil {
 		return nil, fmt.Errorf("server key %s: %w", filepath.Join(cfg.DataDir, "server.key"), err)
 	}
-	n.static.CachePeers(cfg.LoginCache)
+	if cfg.TicketTTL > 0 {
+		path := filepath.Join(cfg.DataDir, "ticket.key")
+		secret, err := noise.LoadOrCreateTicketSecret(path)
+		if err != nil {
+			return nil, err
+		}
+		if n.tickets, err = noise.NewTicketKey(secret, cfg.TicketTTL); err != nil {
+			return nil, fmt.Errorf("ticket key %s: %w", path, err)
+		}
+		n.static.UseTickets(n.tickets)
+	}
 	if created {
 		n.log.Info("generated server key", "path", filepath.Join(cfg.DataDir, "server.key"))
 	}

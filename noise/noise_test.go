@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"path/filepath"
 	"testing"
+	"time"
 
 	fnoise "github.com/flynn/noise"
 )
@@ -25,10 +26,11 @@ func handshake(t *testing.T, device, server Keypair) (ctx, crx, stx, srx *Cipher
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, peer, payload, err := Accept(server, first)
+	h, err := Accept(server, first)
 	if err != nil {
 		t.Fatal(err)
 	}
+	s, peer, payload := h.Server, h.PeerKey, h.Payload
 	if !bytes.Equal(peer, device.Public) || string(payload) != "login" {
 		t.Fatalf("server saw key %x payload %q", peer, payload)
 	}
@@ -71,7 +73,7 @@ func TestWrongServerKeyFailsAtFirstMessage(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, _, _, err := Accept(server, first); err == nil {
+	if _, err := Accept(server, first); err == nil {
 		t.Fatal("server accepted a first message made for another key")
 	}
 }
@@ -133,8 +135,24 @@ func FuzzAccept(f *testing.F) {
 	if err != nil {
 		f.Fatal(err)
 	}
+	// Resumptions too: a key whose tickets stay good as long as the seeds.
+	tk, err := NewTicketKey(bytes.Repeat([]byte{3}, 32), 100*365*24*time.Hour)
+	if err != nil {
+		f.Fatal(err)
+	}
+	st.UseTickets(tk)
+	ticket, psk, _, err := tk.Issue("+14155550101", 1, time.Now())
+	if err != nil {
+		f.Fatal(err)
+	}
+	_, resume, err := Resume(ticket, psk[:], []byte("x"))
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(resume)
+	f.Add([]byte{kindResume, 255})
 	f.Fuzz(func(t *testing.T, msg []byte) {
-		_, _, _, _ = st.Accept(msg)
+		_, _ = st.Accept(msg)
 	})
 }
 
@@ -150,8 +168,8 @@ func BenchmarkSealOpen(b *testing.B) {
 	kp1, _ := GenerateKeypair(rand.Reader)
 	kp2, _ := GenerateKeypair(rand.Reader)
 	c, first, _ := NewClient(kp1, kp2.Public, nil)
-	s, _, _, _ := Accept(kp2, first)
-	reply, _, srx, _ := s.Reply(nil)
+	h, _ := Accept(kp2, first)
+	reply, _, srx, _ := h.Server.Reply(nil)
 	_, ctx, _, _ := c.Finish(reply)
 	msg := make([]byte, 64)
 	buf := make([]byte, 0, 64+TagLen)
@@ -192,7 +210,10 @@ func TestStaticInteroperatesWithPlainDH(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if p, _, _, err := hs.ReadMessage(nil, first); err != nil || string(p) != "hello" {
+		if first[0] != kindFull {
+			t.Fatalf("round %d: first message starts with kind %d, want %d", round, first[0], kindFull)
+		}
+		if p, _, _, err := hs.ReadMessage(nil, first[1:]); err != nil || string(p) != "hello" {
 			t.Fatalf("round %d: plain responder read %q, %v", round, p, err)
 		}
 		reply, _, _, err := hs.WriteMessage(nil, []byte("welcome"))
@@ -213,15 +234,15 @@ func TestStaticInteroperatesWithPlainDH(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	first, _, _, err := hs.WriteMessage(nil, []byte("hi"))
+	first, _, _, err := hs.WriteMessage([]byte{kindFull}, []byte("hi"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, peer, p, err := ss.Accept(first)
-	if err != nil || string(p) != "hi" || !bytes.Equal(peer, cli.Public) {
-		t.Fatalf("static responder: %q from %x, %v", p, peer, err)
+	h, err := ss.Accept(first)
+	if err != nil || string(h.Payload) != "hi" || !bytes.Equal(h.PeerKey, cli.Public) {
+		t.Fatalf("static responder: %+v, %v", h, err)
 	}
-	reply, _, _, err := s.Reply([]byte("ok"))
+	reply, _, _, err := h.Server.Reply([]byte("ok"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -267,11 +288,11 @@ func BenchmarkAccept(b *testing.B) {
 	}
 	b.ReportAllocs()
 	for i := 0; i < b.N; i++ {
-		s, _, _, err := st.Accept(first)
+		h, err := st.Accept(first)
 		if err != nil {
 			b.Fatal(err)
 		}
-		if _, _, _, err := s.Reply(nil); err != nil {
+		if _, _, _, err := h.Server.Reply(nil); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -295,82 +316,5 @@ func TestSealAndOpenAllocateOnlyTheAEAD(t *testing.T) {
 	})
 	if allocs > 2 {
 		t.Errorf("a Seal and an Open allocate %v times, want 2 (one AEAD each)", allocs)
-	}
-}
-
-// A responder that caches peers' static-static DH: returning clients still
-// complete the handshake, only static keys are kept (not the clients'
-// ephemeral keys, which the static key also meets), and the cache is
-// bounded.
-func TestCachePeers(t *testing.T) {
-	srv := mustKey(t)
-	st, err := NewStatic(srv)
-	if err != nil {
-		t.Fatal(err)
-	}
-	st.CachePeers(2)
-	clients := []Keypair{mustKey(t), mustKey(t), mustKey(t)}
-	login := func(cli Keypair) {
-		t.Helper()
-		c, first, err := NewClient(cli, srv.Public, []byte("hi"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		s, peer, p, err := st.Accept(first)
-		if err != nil || string(p) != "hi" || !bytes.Equal(peer, cli.Public) {
-			t.Fatalf("accept: %q from %x, %v", p, peer, err)
-		}
-		reply, stx, _, err := s.Reply([]byte("ok"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		p, _, crx, err := c.Finish(reply)
-		if err != nil || string(p) != "ok" {
-			t.Fatalf("finish: %q, %v", p, err)
-		}
-		ct, _ := stx.Seal(nil, []byte("transport"))
-		if pt, err := crx.Open(nil, ct); err != nil || string(pt) != "transport" {
-			t.Fatalf("transport after a cached handshake: %q, %v", pt, err)
-		}
-	}
-	for range 3 {
-		login(clients[0])
-	}
-	if n := len(st.peers.m); n != 1 {
-		t.Fatalf("after three logins of one client the cache holds %d entries, want 1 (its static key only)", n)
-	}
-	if _, ok := st.peers.get(clients[0].Public); !ok {
-		t.Fatal("the client's static key is not cached")
-	}
-	login(clients[1])
-	login(clients[2])
-	if n := len(st.peers.m); n != 2 {
-		t.Fatalf("cache of max 2 holds %d entries", n)
-	}
-	login(clients[1]) // whichever was evicted, logins still work
-	login(clients[0])
-}
-
-// BenchmarkAcceptCached is BenchmarkAccept for a returning device.
-func BenchmarkAcceptCached(b *testing.B) {
-	cli, srv := mustKey(b), mustKey(b)
-	st, err := NewStatic(srv)
-	if err != nil {
-		b.Fatal(err)
-	}
-	st.CachePeers(16)
-	_, first, err := NewClient(cli, srv.Public, []byte("login"))
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.ReportAllocs()
-	for i := 0; i < b.N; i++ {
-		s, _, _, err := st.Accept(first)
-		if err != nil {
-			b.Fatal(err)
-		}
-		if _, _, _, err := s.Reply(nil); err != nil {
-			b.Fatal(err)
-		}
 	}
 }

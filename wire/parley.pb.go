@@ -215,10 +215,16 @@ func (x *Login) GetAgent() string {
 
 // LoginResult is the payload of the server's handshake reply.
 type LoginResult struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Error         *Error                 `protobuf:"bytes,1,opt,name=error,proto3" json:"error,omitempty"`                              // unset when the login succeeded
-	ServerTime    int64                  `protobuf:"varint,2,opt,name=server_time,json=serverTime,proto3" json:"server_time,omitempty"` // unix nanoseconds
-	Window        uint32                 `protobuf:"varint,3,opt,name=window,proto3" json:"window,omitempty"`                           // most deliveries the server keeps unacknowledged
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	Error      *Error                 `protobuf:"bytes,1,opt,name=error,proto3" json:"error,omitempty"`                              // unset when the login succeeded
+	ServerTime int64                  `protobuf:"varint,2,opt,name=server_time,json=serverTime,proto3" json:"server_time,omitempty"` // unix nanoseconds
+	Window     uint32                 `protobuf:"varint,3,opt,name=window,proto3" json:"window,omitempty"`                           // most deliveries the server keeps unacknowledged
+	// A resumption ticket for the next login (see noise/ticket.go), its
+	// secret and when it expires (unix nanoseconds). Unset when the server
+	// does not resume sessions. Keep the secret as private as the device key.
+	Ticket        []byte `protobuf:"bytes,4,opt,name=ticket,proto3" json:"ticket,omitempty"`
+	TicketSecret  []byte `protobuf:"bytes,5,opt,name=ticket_secret,json=ticketSecret,proto3" json:"ticket_secret,omitempty"`
+	TicketExpires int64  `protobuf:"varint,6,opt,name=ticket_expires,json=ticketExpires,proto3" json:"ticket_expires,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -270,6 +276,27 @@ func (x *LoginResult) GetServerTime() int64 {
 func (x *LoginResult) GetWindow() uint32 {
 	if x != nil {
 		return x.Window
+	}
+	return 0
+}
+
+func (x *LoginResult) GetTicket() []byte {
+	if x != nil {
+		return x.Ticket
+	}
+	return nil
+}
+
+func (x *LoginResult) GetTicketSecret() []byte {
+	if x != nil {
+		return x.TicketSecret
+	}
+	return nil
+}
+
+func (x *LoginResult) GetTicketExpires() int64 {
+	if x != nil {
+		return x.TicketExpires
 	}
 	return 0
 }
@@ -1541,12 +1568,15 @@ const file_parley_proto_rawDesc = "" +
 	"\x05Login\x12\x14\n" +
 	"\x05phone\x18\x01 \x01(\tR\x05phone\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\rR\aversion\x12\x14\n" +
-	"\x05agent\x18\x03 \x01(\tR\x05agent\"n\n" +
+	"\x05agent\x18\x03 \x01(\tR\x05agent\"\xd2\x01\n" +
 	"\vLoginResult\x12&\n" +
 	"\x05error\x18\x01 \x01(\v2\x10.parley.v1.ErrorR\x05error\x12\x1f\n" +
 	"\vserver_time\x18\x02 \x01(\x03R\n" +
 	"serverTime\x12\x16\n" +
-	"\x06window\x18\x03 \x01(\rR\x06window\"\xa5\x04\n" +
+	"\x06window\x18\x03 \x01(\rR\x06window\x12\x16\n" +
+	"\x06ticket\x18\x04 \x01(\fR\x06ticket\x12#\n" +
+	"\rticket_secret\x18\x05 \x01(\fR\fticketSecret\x12%\n" +
+	"\x0eticket_expires\x18\x06 \x01(\x03R\rticketExpires\"\xa5\x04\n" +
 	"\x05Frame\x12%\n" +
 	"\x04send\x18\x01 \x01(\v2\x0f.parley.v1.SendH\x00R\x04send\x12\"\n" +
 	"\x03ack\x18\x02 \x01(\v2\x0e.parley.v1.AckH\x00R\x03ack\x12%\n" +

@@ -100,6 +100,25 @@ func (m *LoginResult) MarshalToSizedBufferVT(dAtA []byte) (int, error) {
 		i -= len(m.unknownFields)
 		copy(dAtA[i:], m.unknownFields)
 	}
+	if m.TicketExpires != 0 {
+		i = protohelpers.EncodeVarint(dAtA, i, uint64(m.TicketExpires))
+		i--
+		dAtA[i] = 0x30
+	}
+	if len(m.TicketSecret) > 0 {
+		i -= len(m.TicketSecret)
+		copy(dAtA[i:], m.TicketSecret)
+		i = protohelpers.EncodeVarint(dAtA, i, uint64(len(m.TicketSecret)))
+		i--
+		dAtA[i] = 0x2a
+	}
+	if len(m.Ticket) > 0 {
+		i -= len(m.Ticket)
+		copy(dAtA[i:], m.Ticket)
+		i = protohelpers.EncodeVarint(dAtA, i, uint64(len(m.Ticket)))
+		i--
+		dAtA[i] = 0x22
+	}
 	if m.Window != 0 {
 		i = protohelpers.EncodeVarint(dAtA, i, uint64(m.Window))
 		i--
@@ -1336,6 +1355,17 @@ func (m *LoginResult) SizeVT() (n int) {
 	if m.Window != 0 {
 		n += 1 + protohelpers.SizeOfVarint(uint64(m.Window))
 	}
+	l = len(m.Ticket)
+	if l > 0 {
+		n += 1 + l + protohelpers.SizeOfVarint(uint64(l))
+	}
+	l = len(m.TicketSecret)
+	if l > 0 {
+		n += 1 + l + protohelpers.SizeOfVarint(uint64(l))
+	}
+	if m.TicketExpires != 0 {
+		n += 1 + protohelpers.SizeOfVarint(uint64(m.TicketExpires))
+	}
 	n += len(m.unknownFields)
 	return n
 }
@@ -2087,6 +2117,93 @@ func (m *LoginResult) UnmarshalVT(dAtA []byte) error {
 				b := dAtA[iNdEx]
 				iNdEx++
 				m.Window |= uint32(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+		case 4:
+			if wireType != 2 {
+				return fmt.Errorf("proto: wrong wireType = %d for field Ticket", wireType)
+			}
+			var byteLen int
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return protohelpers.ErrIntOverflow
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				byteLen |= int(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			if byteLen < 0 {
+				return protohelpers.ErrInvalidLength
+			}
+			postIndex := iNdEx + byteLen
+			if postIndex < 0 {
+				return protohelpers.ErrInvalidLength
+			}
+			if postIndex > l {
+				return io.ErrUnexpectedEOF
+			}
+			m.Ticket = append(m.Ticket[:0], dAtA[iNdEx:postIndex]...)
+			if m.Ticket == nil {
+				m.Ticket = []byte{}
+			}
+			iNdEx = postIndex
+		case 5:
+			if wireType != 2 {
+				return fmt.Errorf("proto: wrong wireType = %d for field TicketSecret", wireType)
+			}
+			var byteLen int
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return protohelpers.ErrIntOverflow
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				byteLen |= int(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			if byteLen < 0 {
+				return protohelpers.ErrInvalidLength
+			}
+			postIndex := iNdEx + byteLen
+			if postIndex < 0 {
+				return protohelpers.ErrInvalidLength
+			}
+			if postIndex > l {
+				return io.ErrUnexpectedEOF
+			}
+			m.TicketSecret = append(m.TicketSecret[:0], dAtA[iNdEx:postIndex]...)
+			if m.TicketSecret == nil {
+				m.TicketSecret = []byte{}
+			}
+			iNdEx = postIndex
+		case 6:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field TicketExpires", wireType)
+			}
+			m.TicketExpires = 0
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return protohelpers.ErrIntOverflow
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				m.TicketExpires |= int64(b&0x7F) << shift
 				if b < 0x80 {
 					break
 				}

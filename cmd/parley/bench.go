@@ -57,6 +57,7 @@ so the bench can share the machine with it. Methods: go doc ./bench.`,
 	f.StringVar(&bf.src, "src", "auto", "source addresses to spread connections over, e.g. 127.0.0.2-127.0.0.20; auto: on loopback, 127.0.0.2 and up, one per 2,000 connections; none: the kernel's choice")
 	f.IntVar(&bf.cfg.Concurrency, "concurrency", 0, "most logins in flight (0: 256, storm 1000)")
 	f.DurationVar(&bf.cfg.DialTimeout, "dial-timeout", 10*time.Second, "bound on one connect and handshake")
+	f.BoolVar(&bf.cfg.FullHandshake, "full-handshake", false, "log in with a full handshake every time, as a device's first login does, instead of resuming with the ticket of the user's last login in this run")
 	f.BoolVar(&bf.asJSON, "json", false, "print the result as one JSON object")
 	f.BoolVarP(&bf.quiet, "quiet", "q", false, "no progress line on stderr")
 	f.StringVar(&bf.cpuprofile, "cpuprofile", "", "write the bench's own CPU profile to this file (go tool pprof)")
@@ -79,6 +80,7 @@ func (bf *benchFlags) run(cmd *cobra.Command, mc *bench.Config, mode func(contex
 	cfg := *mc
 	cfg.Addr, cfg.Admin, cfg.State, cfg.Offset = bf.cfg.Addr, bf.cfg.Admin, bf.cfg.State, bf.cfg.Offset
 	cfg.Concurrency, cfg.DialTimeout, cfg.Src, cfg.AutoSrc = bf.cfg.Concurrency, bf.cfg.DialTimeout, src, autoSrc
+	cfg.FullHandshake = bf.cfg.FullHandshake
 	if bf.cpuprofile != "" {
 		pf, err := os.Create(bf.cpuprofile)
 		if err != nil {
@@ -200,7 +202,7 @@ figures for all of them (it divides by the server's session count change).`,
 	f := cmd.Flags()
 	f.IntVar(&mc.Conns, "conns", 1000, "connections to open and hold")
 	f.DurationVar(&mc.Hold, "hold", 5*time.Second, "how long to hold them before reading the memory")
-	f.BoolVar(&mc.Warm, "warm", false, "log every user in and out once first, so the server's store caches are not counted as connection memory")
+	f.BoolVar(&mc.Warm, "warm", false, "log every user in and out once first, so the server's store caches are not counted as connection memory (the measured logins then resume with the ticket of that login, as returning devices do; add --full-handshake for first logins)")
 	f.StringVar(&mc.HeapProfile, "heap-profile", "", "write the server's heap profiles at the two readings to `PREFIX`.before.pprof and PREFIX.after.pprof (go tool pprof -base)")
 	f.IntVar(&mc.Total, "total", 0, "with several bench processes at once: the connections of all of them (each waits for the server to hold them all, then holds)")
 	return cmd

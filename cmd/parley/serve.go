@@ -99,7 +99,7 @@ SMS gateways (--sms):
 	f.IntVar(&cfg.MaxQueueLen, "max-queue-len", 100000, "most items waiting for one user")
 	f.DurationVar(&cfg.MaxQueueAge, "max-queue-age", 30*24*time.Hour, "how long an undelivered item waits before it expires")
 	f.DurationVar(&cfg.HandshakeTimeout, "handshake-timeout", 10*time.Second, "close connections that have not logged in by then")
-	f.IntVar(&cfg.LoginCache, "login-cache", 1_000_000, "devices whose handshake secret is kept to make their next login cheaper (~80 B each; -1: off)")
+	f.DurationVar(&cfg.TicketTTL, "ticket-ttl", 7*24*time.Hour, "how long a resumption ticket lets a device log in again with a cheaper handshake (negative: no tickets)")
 	f.DurationVar(&cfg.FrameTimeout, "frame-timeout", 30*time.Second, "close logged-in connections that stall mid-message this long")
 	f.StringVar(&cfg.AdminToken, "admin-token", "", "token required on the admin listener (required when --admin is not loopback)")
 	f.StringVar(&cfg.AlertWebhook, "alert-webhook", "", "URL that receives a JSON POST when an alert fires or clears")
