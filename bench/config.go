@@ -88,6 +88,9 @@ type Config struct {
 	// Rate (pairs) paces the senders to this many messages per second in
 	// all; 0 sends as fast as the windows allow.
 	Rate float64
+	// Tick (pairs, with Rate) is how often the pacer sends what has
+	// fallen due: one write per sender per tick at most. Default 1ms.
+	Tick time.Duration
 	// Duration caps the measured phase: pairs default 10s, drain 60s.
 	Duration time.Duration
 }
@@ -119,6 +122,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.Size <= 0 {
 		c.Size = 64
+	}
+	if c.Tick <= 0 {
+		c.Tick = time.Millisecond
 	}
 }
 

@@ -124,8 +124,7 @@ type sender struct {
 	shard int
 
 	mu     sync.Mutex // paced mode: pacer and reader share the conn
-	slots  chan struct{}
-	sendAt []int64 // ring by message number: when it was written
+	sendAt []int64    // ring by message number: when it was written
 
 	sent, failed, acked int64
 	rcptHigh            uint64 // highest message number with a receipt
@@ -164,9 +163,6 @@ func (s *sender) handle(f *frame, now int64) error {
 		if k := int64(f.id - s.base); f.id > s.base && k <= s.sent {
 			s.failed++
 			s.r.errs.add(fmt.Errorf("send refused (%d): %s", f.code, f.text))
-			if s.slots != nil {
-				s.slots <- struct{}{}
-			}
 			return nil
 		}
 		return fmt.Errorf("server error for request %d (%d): %s", f.id, f.code, f.text)
@@ -202,11 +198,6 @@ func (s *sender) handle(f *frame, now int64) error {
 			sh.mu.Unlock()
 			s.delivered.Add(int64(n))
 			s.lastRcpt = now
-			if s.slots != nil {
-				for range n {
-					s.slots <- struct{}{}
-				}
-			}
 		}
 	}
 	return nil
@@ -272,70 +263,75 @@ func (s *sender) run() {
 	}
 }
 
-// pace is the paced sender's writer: one send every interval (from its
-// offset), whenever the window has room.
-func (s *sender) pace(start time.Time, interval time.Duration, stop <-chan struct{}) {
-	next := start
+// pace is the paced senders' writer: every tick it sends each sender the
+// messages its share of the rate makes due (as many as its window has room
+// for; the rest wait for receipts), in one write per sender. One goroutine
+// and one timer for all senders: a timer per message would cost the bench
+// more CPU than the server spends on the message. The senders' schedules
+// are offset by a fraction of a message interval each, so that their sends
+// do not all fall due on the same tick.
+func pace(senders []*sender, rate float64, tick time.Duration, stop <-chan struct{}) {
 	defer func() {
-		s.mu.Lock()
-		s.sendingDone = true
-		idle := s.outstanding() == 0
-		s.mu.Unlock()
-		if idle {
-			s.c.nc.SetReadDeadline(time.Now()) // wake the reader to end
-		}
-	}()
-	t := time.NewTimer(0)
-	defer t.Stop()
-	<-t.C
-	for {
-		s.mu.Lock()
-		ok := s.maySend()
-		s.mu.Unlock()
-		if !ok {
-			return
-		}
-		if d := time.Until(next); d > 0 {
-			t.Reset(d)
-			select {
-			case <-t.C:
-			case <-stop:
-				return
+		for _, s := range senders {
+			s.mu.Lock()
+			s.sendingDone = true
+			idle := s.outstanding() == 0
+			s.mu.Unlock()
+			if idle {
+				s.c.nc.SetReadDeadline(time.Now()) // wake the reader to end
 			}
 		}
+	}()
+	perSender := rate / float64(len(senders)) // msgs/s
+	start := time.Now()
+	t := time.NewTicker(tick)
+	defer t.Stop()
+	live := len(senders)
+	for live > 0 {
 		select {
-		case <-s.slots:
 		case <-stop:
 			return
+		case <-t.C:
 		}
-		s.mu.Lock()
-		err := s.queueOne()
-		if err == nil {
-			err = s.c.flush()
+		elapsed := time.Since(start).Seconds()
+		live = 0
+		for i, s := range senders {
+			due := int64(elapsed*perSender + float64(i)/float64(len(senders)))
+			s.mu.Lock()
+			if s.err == nil && s.maySend() {
+				live++
+			}
+			var err error
+			for s.err == nil && s.sent < due && s.outstanding() < int64(len(s.sendAt)) && s.maySend() {
+				if err = s.queueOne(); err != nil {
+					break
+				}
+			}
+			if err == nil && s.err == nil {
+				err = s.c.flush()
+			}
+			if err != nil && s.err == nil {
+				s.err = err
+				s.c.nc.SetReadDeadline(time.Now())
+			}
+			s.mu.Unlock()
 		}
-		s.mu.Unlock()
-		if err != nil {
-			s.c.nc.SetReadDeadline(time.Now())
-			return
-		}
-		next = next.Add(interval)
 	}
 }
 
 // read is the paced sender's reader; it ends once the pacer is done and
-// every send has its receipt (or failed).
+// every send has its receipt (or failed), or the connection fails.
 func (s *sender) read() {
 	var f frame
 	for {
 		err := s.readBatch(&f, true)
 		s.mu.Lock()
-		over := s.sendingDone && s.outstanding() == 0
-		s.mu.Unlock()
-		if over {
-			return
-		}
-		if err != nil {
+		over := s.sendingDone && s.outstanding() == 0 || s.err != nil
+		if err != nil && s.err == nil {
 			s.err = err
+		}
+		s.mu.Unlock()
+		if over || err != nil {
 			return
 		}
 	}
@@ -469,12 +465,6 @@ func Pairs(ctx context.Context, cfg Config, progress io.Writer) (*PairsResult, e
 		s, v := conns[2*i], conns[2*i+1]
 		senders[i] = &sender{r: r, c: s, to: e.users[2*i+1].phone, base: base, shard: i % len(r.hist), sendAt: make([]int64, cfg.Window)}
 		receivers[i] = &receiver{c: v, from: e.users[2*i].phone, base: base}
-		if cfg.Rate > 0 {
-			senders[i].slots = make(chan struct{}, cfg.Window)
-			for range cfg.Window {
-				senders[i].slots <- struct{}{}
-			}
-		}
 	}
 	delivered := func() (n int64) {
 		for _, s := range senders {
@@ -508,15 +498,15 @@ func Pairs(ctx context.Context, cfg Config, progress io.Writer) (*PairsResult, e
 			time.Since(r.t0).Seconds(), fmtInt(n), cur, p.CPUSeconds, p.Backlog)
 	})
 	defer pr.end()
-	for i, s := range senders {
+	if cfg.Rate > 0 {
+		swg.Add(1)
+		go func() { defer swg.Done(); pace(senders, cfg.Rate, cfg.Tick, stop) }()
+	}
+	for _, s := range senders {
+		swg.Add(1)
 		if cfg.Rate > 0 {
-			interval := time.Duration(float64(time.Second) * float64(cfg.Pairs) / cfg.Rate)
-			start := r.t0.Add(interval * time.Duration(i) / time.Duration(cfg.Pairs))
-			swg.Add(2)
-			go func() { defer swg.Done(); s.pace(start, interval, stop) }()
 			go func() { defer swg.Done(); s.read() }()
 		} else {
-			swg.Add(1)
 			go func() { defer swg.Done(); s.run() }()
 		}
 	}

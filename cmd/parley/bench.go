@@ -240,6 +240,7 @@ Stops after --msgs per pair or --duration, whichever comes first.`,
 	f.IntVar(&mc.Msgs, "msgs", 0, "messages per pair (0: until --duration)")
 	f.IntVar(&mc.Size, "size", 64, "message body size in bytes")
 	f.Float64Var(&mc.Rate, "rate", 0, "pace all senders together to this many msgs/s (0: as fast as the windows allow)")
+	f.DurationVar(&mc.Tick, "tick", time.Millisecond, "with --rate: how often the pacer sends what has fallen due (one write per sender per tick at most)")
 	f.DurationVar(&mc.Duration, "duration", 10*time.Second, "stop sending after this long")
 	return cmd
 }
