@@ -253,24 +253,34 @@ func (c *conn) step(w *worker, ev any) (closeNow bool) {
 }
 
 // encode appends one sealed, length-prefixed frame to the worker's buffer.
-func (c *conn) encode(w *worker, f *wire.Frame) error {
+func (c *conn) encode(w *worker, o session.Out) error {
 	w.n.mx.FramesOut.Inc()
-	if d, ok := f.Kind.(*wire.Frame_Deliver); ok {
-		if m := d.Deliver.GetItem().GetMessage(); m != nil {
-			c.msgsOut.Add(1)
-			w.n.mx.MessagesOut.Inc()
-			w.n.mx.SendToDeliver.Observe(float64(time.Now().UnixNano()-m.Ts) / 1e9)
-		}
-	}
 	off := len(w.out)
 	out := append(w.out, 0, 0, 0)
-	out, err := wire.AppendFrame(out, f)
+	var err error
+	switch o.Kind {
+	case session.OutDeliver:
+		if o.TS != 0 {
+			c.msgsOut.Add(1)
+			w.n.mx.MessagesOut.Inc()
+			w.n.mx.SendToDeliver.Observe(float64(time.Now().UnixNano()-o.TS) / 1e9)
+		}
+		out = wire.AppendDeliver(out, o.Seq, o.Item)
+	case session.OutSendAck:
+		out = wire.AppendSendAck(out, o.ID, o.ServerID, o.TS)
+	default:
+		out, err = wire.AppendFrame(out, o.Frame)
+	}
 	if err != nil {
 		w.out = w.out[:off]
 		return err
 	}
 	out = slices.Grow(out, noise.TagLen) // room to seal in place
 	pt := out[off+wire.HeaderLen:]
+	if len(pt) > wire.MaxMessage-noise.TagLen {
+		w.out = out[:off]
+		return fmt.Errorf("a %d-byte frame is over the limit", len(pt))
+	}
 	sealed, err := c.tx.Seal(pt[:0], pt)
 	if err != nil {
 		w.out = out[:off]

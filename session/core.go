@@ -8,6 +8,7 @@
 package session
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"math"
@@ -49,13 +50,57 @@ type Load struct {
 // the connection after them if Close is set, calls Advance, and then
 // performs Load, if any, Stepping its result back as Loaded.
 type Ready struct {
-	Frames []*wire.Frame
+	Frames []Out
 	Writes []*store.Batch
 	Load   *Load
 	Close  *wire.Close
 	// AckDelays holds, for each item acked, the nanoseconds from its
 	// delivery to its ack (for the deliver->ack latency histogram).
 	AckDelays []int64
+}
+
+// Out is one frame for the client. The two commonest are not built as
+// protobuf frames but written straight into the connection's buffer
+// (wire.AppendDeliver, wire.AppendSendAck): a delivery carries the queue
+// item as the store keeps it, undecoded.
+type Out struct {
+	Kind OutKind
+	// Frame is the frame of an OutFrame.
+	Frame *wire.Frame
+	// Seq and Item are an OutDeliver's: the queue item's seq and its
+	// encoding (a view into what the store or the push handed over).
+	Seq  uint64
+	Item []byte
+	// ID, ServerID and TS are an OutSendAck's fields; an OutDeliver of a
+	// message has the message's TS (for the send->deliver latency), of a
+	// receipt 0.
+	ID, ServerID uint64
+	TS           int64
+}
+
+// OutKind says what an Out is.
+type OutKind uint8
+
+const (
+	OutFrame   OutKind = iota // Frame
+	OutDeliver                // a Deliver of Item
+	OutSendAck                // a SendAck
+)
+
+// Proto returns o as a protobuf frame, decoding a delivery's item: for
+// tests and logs, not for the per-message path.
+func (o Out) Proto() *wire.Frame {
+	switch o.Kind {
+	case OutDeliver:
+		it, err := wire.DecodeItem(o.Item)
+		if err != nil {
+			it = &wire.Item{}
+		}
+		return &wire.Frame{Kind: &wire.Frame_Deliver{Deliver: &wire.Deliver{Seq: o.Seq, Item: it}}}
+	case OutSendAck:
+		return &wire.Frame{Kind: &wire.Frame_SendAck{SendAck: &wire.SendAck{Id: o.ID, ServerId: o.ServerID, Ts: o.TS}}}
+	}
+	return o.Frame
 }
 
 // Event kinds a Core accepts.
@@ -106,11 +151,17 @@ type pending struct {
 // delivered receipt when it is acked.
 type inflight struct {
 	seq      uint64
-	at       int64  // when it was delivered
-	from     string // "" for receipts, which get no receipt of their own
+	at       int64 // when it was delivered
 	id       uint64
 	serverID uint64
+	// from is the sender, kept here rather than as a view into the item,
+	// which would keep the whole item (body included) in memory until the
+	// ack. fromLen is 0 for receipts, which get no receipt of their own.
+	from    [wire.MaxPhone]byte
+	fromLen uint8
 }
+
+func (f *inflight) sender() []byte { return f.from[:f.fromLen] }
 
 // Core is one session's protocol state.
 //
@@ -147,7 +198,7 @@ type work struct {
 	// Room for the usual Ready (a frame or two, one write, one ack's
 	// delay), so that a session going from idle to busy allocates its work
 	// struct and not three slices besides.
-	frames    [2]*wire.Frame
+	frames    [2]Out
 	writes    [1]*store.Batch
 	ackDelays [1]int64
 }
@@ -263,7 +314,9 @@ func (c *Core) Step(ev any) {
 	}
 }
 
-func (c *Core) send(f *wire.Frame) { w := c.w(); w.rd.Frames = append(w.rd.Frames, f) }
+func (c *Core) send(f *wire.Frame) { c.out(Out{Frame: f}) }
+
+func (c *Core) out(o Out) { w := c.w(); w.rd.Frames = append(w.rd.Frames, o) }
 
 func (c *Core) close(code wire.Error_Code, text string) {
 	cl := &wire.Close{Code: code, Text: text}
@@ -354,36 +407,36 @@ func (c *Core) onAck(seq uint64) {
 	// One receipt per sender. An ack usually covers one or two senders, so
 	// a linear scan of a short slice beats building a map per ack.
 	type senderReceipt struct {
-		from string
+		from []byte
 		r    *wire.Receipt
 	}
 	var receipts []senderReceipt
-	for _, it := range w.inflight[:n] {
+	for i := range w.inflight[:n] {
+		it := &w.inflight[i]
 		w.rd.AckDelays = append(w.rd.AckDelays, now-it.at)
-		if it.from == "" {
+		if it.fromLen == 0 {
 			continue
 		}
 		var r *wire.Receipt
 		for _, sr := range receipts {
-			if sr.from == it.from {
+			if bytes.Equal(sr.from, it.sender()) {
 				r = sr.r
 				break
 			}
 		}
 		if r == nil {
 			r = &wire.Receipt{Kind: wire.Receipt_DELIVERED, By: c.user, Ts: now}
-			receipts = append(receipts, senderReceipt{it.from, r})
+			receipts = append(receipts, senderReceipt{it.sender(), r})
 		}
 		r.Ids = append(r.Ids, it.id)
 		r.ServerIds = append(r.ServerIds, it.serverID)
 	}
 	for _, sr := range receipts {
-		from := sr.from
 		data, err := wire.EncodeItem(&wire.Item{Kind: &wire.Item_Receipt{Receipt: sr.r}})
 		if err != nil {
 			continue // a receipt cannot fail to encode; losing one beats losing the ack
 		}
-		b.Appends = append(b.Appends, store.Append{To: from, Data: data})
+		b.Appends = append(b.Appends, store.Append{To: string(sr.from), Data: data})
 	}
 	w.rd.Writes = append(w.rd.Writes, b)
 	w.pending = append(w.pending, pending{kind: pendAck, ackUpTo: seq})
@@ -410,9 +463,9 @@ func (c *Core) committed(r store.Result) {
 		case r.Err != nil:
 			c.send(errFrame(p.id, storeErrCode(r.Err), storeErrText(r.Err)))
 		case r.Dup != nil:
-			c.send(&wire.Frame{Kind: &wire.Frame_SendAck{SendAck: &wire.SendAck{Id: p.id, ServerId: r.Dup.ServerID, Ts: r.Dup.TS}}})
+			c.out(Out{Kind: OutSendAck, ID: p.id, ServerID: r.Dup.ServerID, TS: r.Dup.TS})
 		default:
-			c.send(&wire.Frame{Kind: &wire.Frame_SendAck{SendAck: &wire.SendAck{Id: p.id, ServerId: p.serverID, Ts: p.ts}}})
+			c.out(Out{Kind: OutSendAck, ID: p.id, ServerID: p.serverID, TS: p.ts})
 		}
 	case pendRead:
 		if r.Err != nil {
@@ -506,20 +559,28 @@ func (c *Core) pushed(e Pushed) {
 	}
 }
 
-// deliver sends one item and remembers what its ack needs.
+// deliver sends one item as it is stored and remembers what its ack needs.
 func (c *Core) deliver(seq uint64, data []byte) bool {
-	it, err := wire.DecodeItem(data)
+	h, err := wire.ReadItemHead(data)
 	if err != nil {
 		c.close(wire.Error_INTERNAL, fmt.Sprintf("queue item %d is corrupt: %v", seq, err))
 		return false
 	}
 	fl := inflight{seq: seq, at: c.cfg.Now()}
-	if m := it.GetMessage(); m != nil {
-		fl.from, fl.id, fl.serverID = m.From, m.Id, m.ServerId
+	o := Out{Kind: OutDeliver, Seq: seq, Item: data}
+	if h.Message {
+		// The server stamped the sender: an account's phone number.
+		if len(h.From) == 0 || len(h.From) > wire.MaxPhone {
+			c.close(wire.Error_INTERNAL, fmt.Sprintf("queue item %d is corrupt: sender %q", seq, h.From))
+			return false
+		}
+		fl.fromLen = uint8(copy(fl.from[:], h.From))
+		fl.id, fl.serverID = h.ID, h.ServerID
+		o.TS = h.TS
 	}
 	w := c.w()
 	w.inflight = append(w.inflight, fl)
 	c.next = seq + 1
-	c.send(&wire.Frame{Kind: &wire.Frame_Deliver{Deliver: &wire.Deliver{Seq: seq, Item: it}}})
+	c.out(o)
 	return true
 }

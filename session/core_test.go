@@ -31,7 +31,7 @@ func item(t *testing.T, seq uint64, from string) store.Item {
 func step(c *session.Core, ev any) session.Ready {
 	c.Step(ev)
 	rd := c.Ready()
-	out := session.Ready{Frames: append([]*wire.Frame(nil), rd.Frames...), Writes: append([]*store.Batch(nil), rd.Writes...), Load: rd.Load, Close: rd.Close}
+	out := session.Ready{Frames: append([]session.Out(nil), rd.Frames...), Writes: append([]*store.Batch(nil), rd.Writes...), Load: rd.Load, Close: rd.Close}
 	c.Advance()
 	return out
 }

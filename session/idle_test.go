@@ -50,7 +50,7 @@ func TestIdleCoreHoldsNothing(t *testing.T) {
 	step(Committed{})
 	idle("after the ack was committed")
 	step(Received{Frame: &wire.Frame{Kind: &wire.Frame_Send{Send: &wire.Send{Id: 1, To: "alice"}}}})
-	if rd := step(Committed{}); len(rd.Frames) != 1 || rd.Frames[0].GetSendAck() == nil {
+	if rd := step(Committed{}); len(rd.Frames) != 1 || rd.Frames[0].Proto().GetSendAck() == nil {
 		t.Fatalf("no SendAck: %+v", rd)
 	}
 	idle("after a send was acknowledged")

@@ -175,7 +175,7 @@ func (w *world) step(user string, ev any) {
 		rd := core.Ready()
 		writes := append([]*store.Batch(nil), rd.Writes...)
 		for _, f := range rd.Frames {
-			fmt.Fprintf(&w.out, "%s <- %s\n", user, fmtFrame(f))
+			fmt.Fprintf(&w.out, "%s <- %s\n", user, fmtFrame(f.Proto()))
 		}
 		if rd.Close != nil {
 			delete(w.sessions, user)

@@ -1,0 +1,161 @@
+package wire
+
+import (
+	"errors"
+	"fmt"
+
+	"google.golang.org/protobuf/encoding/protowire"
+)
+
+// The per-message path writes its two commonest frames, Deliver and
+// SendAck, without building them: a delivery carries the queue item as the
+// store keeps it (a nested message is encoded as its bytes, so the stored
+// encoding is exactly what belongs inside the frame), and the server reads
+// only the few fields it needs from an item with ReadItemHead. Decoding an
+// item to deliver it and encoding it again was a dozen allocations and
+// about a microsecond per message. Both writers produce the same bytes as
+// AppendFrame on the equivalent Frame (TestFastFramesMatchMarshal).
+
+// Field numbers of the frames written here (proto/parley.proto).
+const (
+	frameSendAck = 10
+	frameDeliver = 11
+
+	itemMessage = 1
+
+	messageFrom     = 1
+	messageID       = 2
+	messageServerID = 3
+	messageTS       = 4
+)
+
+// AppendDeliver appends the encoding of Frame{Deliver{Seq: seq, Item: it}},
+// where item is it as EncodeItem wrote it.
+func AppendDeliver(dst []byte, seq uint64, item []byte) []byte {
+	n := protowire.SizeTag(2) + protowire.SizeBytes(len(item))
+	if seq != 0 {
+		n += protowire.SizeTag(1) + protowire.SizeVarint(seq)
+	}
+	dst = protowire.AppendTag(dst, frameDeliver, protowire.BytesType)
+	dst = protowire.AppendVarint(dst, uint64(n))
+	if seq != 0 {
+		dst = protowire.AppendTag(dst, 1, protowire.VarintType)
+		dst = protowire.AppendVarint(dst, seq)
+	}
+	dst = protowire.AppendTag(dst, 2, protowire.BytesType)
+	return protowire.AppendBytes(dst, item)
+}
+
+// AppendSendAck appends the encoding of
+// Frame{SendAck{Id: id, ServerId: serverID, Ts: ts}}.
+func AppendSendAck(dst []byte, id, serverID uint64, ts int64) []byte {
+	n := 0
+	if id != 0 {
+		n += protowire.SizeTag(1) + protowire.SizeVarint(id)
+	}
+	if serverID != 0 {
+		n += protowire.SizeTag(2) + protowire.SizeVarint(serverID)
+	}
+	if ts != 0 {
+		n += protowire.SizeTag(3) + protowire.SizeVarint(uint64(ts))
+	}
+	dst = protowire.AppendTag(dst, frameSendAck, protowire.BytesType)
+	dst = protowire.AppendVarint(dst, uint64(n))
+	if id != 0 {
+		dst = protowire.AppendTag(dst, 1, protowire.VarintType)
+		dst = protowire.AppendVarint(dst, id)
+	}
+	if serverID != 0 {
+		dst = protowire.AppendTag(dst, 2, protowire.VarintType)
+		dst = protowire.AppendVarint(dst, serverID)
+	}
+	if ts != 0 {
+		dst = protowire.AppendTag(dst, 3, protowire.VarintType)
+		dst = protowire.AppendVarint(dst, uint64(ts))
+	}
+	return dst
+}
+
+// ItemHead is what the server needs to know of a queue item to deliver it
+// and, once it is acked, to send the delivered receipt.
+type ItemHead struct {
+	Message bool   // a message; else a receipt
+	From    []byte // the message's sender: a view into the item
+	ID      uint64 // the sender's id
+	// ServerID and TS are the server's id and acceptance time.
+	ServerID uint64
+	TS       int64
+}
+
+var errItem = errors.New("queue item is not an encoded Item")
+
+// ReadItemHead reads an encoded Item's head without decoding the rest or
+// allocating.
+func ReadItemHead(item []byte) (ItemHead, error) {
+	var h ItemHead
+	for b := item; len(b) > 0; {
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 {
+			return h, fmt.Errorf("%w: %v", errItem, protowire.ParseError(n))
+		}
+		b = b[n:]
+		if num == itemMessage && typ == protowire.BytesType {
+			m, n := protowire.ConsumeBytes(b)
+			if n < 0 {
+				return h, fmt.Errorf("%w: %v", errItem, protowire.ParseError(n))
+			}
+			b = b[n:]
+			h.Message = true
+			if err := readMessageHead(m, &h); err != nil {
+				return h, err
+			}
+			continue
+		}
+		n = protowire.ConsumeFieldValue(num, typ, b)
+		if n < 0 {
+			return h, fmt.Errorf("%w: %v", errItem, protowire.ParseError(n))
+		}
+		b = b[n:]
+	}
+	return h, nil
+}
+
+func readMessageHead(m []byte, h *ItemHead) error {
+	for len(m) > 0 {
+		num, typ, n := protowire.ConsumeTag(m)
+		if n < 0 {
+			return fmt.Errorf("%w: %v", errItem, protowire.ParseError(n))
+		}
+		m = m[n:]
+		switch {
+		case num == messageFrom && typ == protowire.BytesType:
+			v, n := protowire.ConsumeBytes(m)
+			if n < 0 {
+				return fmt.Errorf("%w: %v", errItem, protowire.ParseError(n))
+			}
+			h.From, m = v, m[n:]
+			continue
+		case (num == messageID || num == messageServerID || num == messageTS) && typ == protowire.VarintType:
+			v, n := protowire.ConsumeVarint(m)
+			if n < 0 {
+				return fmt.Errorf("%w: %v", errItem, protowire.ParseError(n))
+			}
+			m = m[n:]
+			switch num {
+			case messageID:
+				h.ID = v
+			case messageServerID:
+				h.ServerID = v
+			default:
+				h.TS = int64(v)
+			}
+			continue
+		}
+		n = protowire.ConsumeFieldValue(num, typ, m)
+		if n < 0 {
+			return fmt.Errorf("%w: %v", errItem, protowire.ParseError(n))
+		}
+		m = m[n:]
+	}
+	return nil
+}
