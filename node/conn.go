@@ -184,13 +184,17 @@ func (c *conn) handle(w *worker, ev *event) bool {
 		if _, ok := ev.frame.Kind.(*wire.Frame_Send); ok {
 			c.msgsIn.Add(1)
 		}
-		return c.step(w, session.Received{Frame: ev.frame})
+		c.core.StepReceived(ev.frame)
+		return c.ready(w)
 	case evCommitted:
-		return c.step(w, session.Committed{Result: ev.res})
+		c.core.StepCommitted(ev.res)
+		return c.ready(w)
 	case evPush:
-		return c.step(w, session.Pushed{Seq: ev.seq, Data: ev.data})
+		c.core.StepPushed(ev.seq, ev.data)
+		return c.ready(w)
 	case evKick:
-		return c.step(w, session.Kicked{Code: ev.code, Text: ev.text})
+		c.core.StepKicked(ev.code, ev.text)
+		return c.ready(w)
 	}
 	return false
 }
@@ -209,17 +213,20 @@ func (c *conn) start(w *worker, user string, gen uint64) bool {
 	switch a, err := w.n.store.Account(user); {
 	case err != nil:
 		w.n.log.Error("account lookup at login", "user", user, "err", err)
-		return c.step(w, session.Kicked{Code: wire.Error_INTERNAL, Text: "account lookup failed: reconnect"})
+		c.core.StepKicked(wire.Error_INTERNAL, "account lookup failed: reconnect")
+		return c.ready(w)
 	case a.Generation != gen:
-		return c.step(w, session.Kicked{Code: wire.Error_REGISTERED_ELSEWHERE, Text: "this number was registered on another device"})
+		c.core.StepKicked(wire.Error_REGISTERED_ELSEWHERE, "this number was registered on another device")
+		return c.ready(w)
 	}
 	w.n.log.Debug("session started", "user", user, "conn", c.id())
-	return c.step(w, session.Start{})
+	c.core.StepStart()
+	return c.ready(w)
 }
 
-// step feeds the core one event and carries out its Ready.
-func (c *conn) step(w *worker, ev any) (closeNow bool) {
-	c.core.Step(ev)
+// ready carries out the Ready of the event just stepped into the core,
+// and of the reads it asks for.
+func (c *conn) ready(w *worker) (closeNow bool) {
 	for {
 		rd := c.core.Ready()
 		for _, b := range rd.Writes {
@@ -248,7 +255,7 @@ func (c *conn) step(w *worker, ev any) (closeNow bool) {
 		if err != nil {
 			w.n.log.Error("read queue", "user", c.core.User(), "err", err)
 		}
-		c.core.Step(session.Loaded{Items: items, Err: err})
+		c.core.StepLoaded(items, err)
 	}
 }
 

@@ -290,27 +290,69 @@ func (c *Core) numPending() int {
 	return len(c.work.pending)
 }
 
-// Step applies one event.
+// Step applies one event. The Step* methods apply one event of a known
+// kind without boxing it in an interface (an allocation per event on the
+// per-message path); Step is for callers that pass events around.
 func (c *Core) Step(ev any) {
+	switch e := ev.(type) {
+	case Start:
+		c.StepStart()
+	case Received:
+		c.StepReceived(e.Frame)
+	case Committed:
+		c.StepCommitted(e.Result)
+	case Loaded:
+		c.StepLoaded(e.Items, e.Err)
+	case Pushed:
+		c.StepPushed(e.Seq, e.Data)
+	case Kicked:
+		c.StepKicked(e.Code, e.Text)
+	default:
+		panic(fmt.Sprintf("session: unknown event %T", ev))
+	}
+}
+
+// StepStart is Step(Start{}).
+func (c *Core) StepStart() {
 	if c.closed {
 		return
 	}
-	switch e := ev.(type) {
-	case Start:
-		c.started = true
-		c.fill()
-	case Received:
-		c.received(e.Frame)
-	case Committed:
-		c.committed(e.Result)
-	case Loaded:
-		c.loaded(e)
-	case Pushed:
-		c.pushed(e)
-	case Kicked:
-		c.close(e.Code, e.Text)
-	default:
-		panic(fmt.Sprintf("session: unknown event %T", ev))
+	c.started = true
+	c.fill()
+}
+
+// StepReceived is Step(Received{Frame: f}).
+func (c *Core) StepReceived(f *wire.Frame) {
+	if !c.closed {
+		c.received(f)
+	}
+}
+
+// StepCommitted is Step(Committed{Result: r}).
+func (c *Core) StepCommitted(r store.Result) {
+	if !c.closed {
+		c.committed(r)
+	}
+}
+
+// StepLoaded is Step(Loaded{Items: items, Err: err}).
+func (c *Core) StepLoaded(items []store.Item, err error) {
+	if !c.closed {
+		c.loaded(items, err)
+	}
+}
+
+// StepPushed is Step(Pushed{Seq: seq, Data: data}).
+func (c *Core) StepPushed(seq uint64, data []byte) {
+	if !c.closed {
+		c.pushed(seq, data)
+	}
+}
+
+// StepKicked is Step(Kicked{Code: code, Text: text}).
+func (c *Core) StepKicked(code wire.Error_Code, text string) {
+	if !c.closed {
+		c.close(code, text)
 	}
 }
 
@@ -522,14 +564,14 @@ func (c *Core) fill() {
 	c.w().rd.Load = &Load{From: c.next, Max: room}
 }
 
-func (c *Core) loaded(e Loaded) {
+func (c *Core) loaded(items []store.Item, err error) {
 	loadMax := int(c.loadMax)
 	c.loadMax = 0
-	if e.Err != nil {
+	if err != nil {
 		c.close(wire.Error_INTERNAL, "reading your queue failed: reconnect")
 		return
 	}
-	for _, it := range e.Items {
+	for _, it := range items {
 		if it.Seq < c.next {
 			continue
 		}
@@ -537,17 +579,17 @@ func (c *Core) loaded(e Loaded) {
 			return
 		}
 	}
-	c.caughtUp = len(e.Items) < loadMax && !c.pushedWhileLoading
+	c.caughtUp = len(items) < loadMax && !c.pushedWhileLoading
 	c.pushedWhileLoading = false
 	c.fill()
 }
 
-func (c *Core) pushed(e Pushed) {
+func (c *Core) pushed(seq uint64, data []byte) {
 	switch {
-	case e.Seq < c.next:
+	case seq < c.next:
 		// already read from the store
-	case c.started && c.caughtUp && c.loadMax == 0 && e.Seq == c.next && c.Inflight() < c.window():
-		c.deliver(e.Seq, e.Data)
+	case c.started && c.caughtUp && c.loadMax == 0 && seq == c.next && c.Inflight() < c.window():
+		c.deliver(seq, data)
 	default:
 		// Behind, or the window is full: the item waits in the store and
 		// the next read picks it up.
