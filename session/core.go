@@ -400,18 +400,12 @@ func (c *Core) received(f *wire.Frame) {
 
 func (c *Core) onSend(s *wire.Send) {
 	serverID, ts := c.cfg.NewID(), c.cfg.Now()
-	data, err := wire.EncodeItem(&wire.Item{Kind: &wire.Item_Message{Message: &wire.Message{
-		From: c.user, Id: s.Id, ServerId: serverID, Ts: ts, Body: s.Body, Media: s.Media,
-	}}})
-	if err != nil {
-		c.send(errFrame(s.Id, wire.Error_INTERNAL, "encode message: "+err.Error()))
-		return
-	}
+	data := wire.AppendMessageItem(nil, c.user, s.Id, serverID, ts, s.Body, s.Media)
 	w := c.w()
-	w.rd.Writes = append(w.rd.Writes, &store.Batch{
-		Dedup:   &store.Dedup{Sender: c.user, ClientID: s.Id, ServerID: serverID, TS: ts, Fresh: !s.Resend},
-		Appends: []store.Append{{To: s.To, Data: data}},
-	})
+	sw := &sendWrite{dedup: store.Dedup{Sender: c.user, ClientID: s.Id, ServerID: serverID, TS: ts, Fresh: !s.Resend}}
+	sw.appends[0] = store.Append{To: s.To, Data: data}
+	sw.b = store.Batch{Dedup: &sw.dedup, Appends: sw.appends[:]}
+	w.rd.Writes = append(w.rd.Writes, &sw.b)
 	w.pending = append(w.pending, pending{kind: pendSend, id: s.Id, serverID: serverID, ts: ts})
 }
 
@@ -426,6 +420,21 @@ func (c *Core) onRead(r *wire.Read) {
 	w := c.w()
 	w.rd.Writes = append(w.rd.Writes, &store.Batch{Appends: []store.Append{{To: r.To, Data: data}}})
 	w.pending = append(w.pending, pending{kind: pendRead, id: r.Id})
+}
+
+// sendWrite is a Send's batch with its parts, in one allocation.
+type sendWrite struct {
+	b       store.Batch
+	dedup   store.Dedup
+	appends [1]store.Append
+}
+
+// ackWrite is an ack's batch with room for two senders' receipts, in one
+// allocation.
+type ackWrite struct {
+	b       store.Batch
+	acks    [1]store.Ack
+	appends [2]store.Append
 }
 
 // onAck erases the acked items and queues one delivered receipt per sender.
@@ -444,41 +453,45 @@ func (c *Core) onAck(seq uint64) {
 	for n < len(w.inflight) && w.inflight[n].seq <= seq {
 		n++
 	}
-	b := &store.Batch{Acks: []store.Ack{{User: c.user, UpTo: seq}}}
+	aw := &ackWrite{}
+	aw.acks[0] = store.Ack{User: c.user, UpTo: seq}
+	aw.b = store.Batch{Acks: aw.acks[:], Appends: aw.appends[:0]}
+	b := &aw.b
 	now := c.cfg.Now()
-	// One receipt per sender. An ack usually covers one or two senders, so
-	// a linear scan of a short slice beats building a map per ack.
-	type senderReceipt struct {
-		from []byte
-		r    *wire.Receipt
+	acked := w.inflight[:n]
+	for i := range acked {
+		w.rd.AckDelays = append(w.rd.AckDelays, now-acked[i].at)
 	}
-	var receipts []senderReceipt
-	for i := range w.inflight[:n] {
-		it := &w.inflight[i]
-		w.rd.AckDelays = append(w.rd.AckDelays, now-it.at)
-		if it.fromLen == 0 {
+	// One delivered receipt per sender, in the order of their first
+	// message: an ack usually covers one or two senders, so scanning the
+	// acked deliveries once per sender beats building a map per ack.
+	// done marks the deliveries already counted in a sender's receipt.
+	var doneBuf [8]bool
+	done := doneBuf[:0]
+	if n > len(doneBuf) {
+		done = make([]bool, 0, n)
+	}
+	done = done[:n]
+	for i := range acked {
+		first := &acked[i]
+		if done[i] || first.fromLen == 0 {
 			continue
 		}
-		var r *wire.Receipt
-		for _, sr := range receipts {
-			if bytes.Equal(sr.from, it.sender()) {
-				r = sr.r
-				break
+		from := first.sender()
+		var mine []int32 // indices of this sender's deliveries
+		var mineBuf [8]int32
+		mine = mineBuf[:0]
+		for j := i; j < len(acked); j++ {
+			if !done[j] && acked[j].fromLen != 0 && bytes.Equal(acked[j].sender(), from) {
+				done[j] = true
+				mine = append(mine, int32(j))
 			}
 		}
-		if r == nil {
-			r = &wire.Receipt{Kind: wire.Receipt_DELIVERED, By: c.user, Ts: now}
-			receipts = append(receipts, senderReceipt{it.sender(), r})
-		}
-		r.Ids = append(r.Ids, it.id)
-		r.ServerIds = append(r.ServerIds, it.serverID)
-	}
-	for _, sr := range receipts {
-		data, err := wire.EncodeItem(&wire.Item{Kind: &wire.Item_Receipt{Receipt: sr.r}})
-		if err != nil {
-			continue // a receipt cannot fail to encode; losing one beats losing the ack
-		}
-		b.Appends = append(b.Appends, store.Append{To: string(sr.from), Data: data})
+		data := wire.AppendReceiptItem(nil, wire.Receipt_DELIVERED, c.user, len(mine), func(k int) (uint64, uint64) {
+			d := &acked[mine[k]]
+			return d.id, d.serverID
+		}, now)
+		b.Appends = append(b.Appends, store.Append{To: string(from), Data: data})
 	}
 	w.rd.Writes = append(w.rd.Writes, b)
 	w.pending = append(w.pending, pending{kind: pendAck, ackUpTo: seq})

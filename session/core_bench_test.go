@@ -49,16 +49,16 @@ func started(b *testing.B, c *session.Core, data []byte) {
 func BenchmarkSendCommitted(b *testing.B) {
 	c := benchCore(256)
 	send := &wire.Frame{Kind: &wire.Frame_Send{Send: &wire.Send{Id: 1, To: "+15550000002", Body: make([]byte, 64)}}}
-	res := session.Committed{Result: store.Result{Seqs: []uint64{1}}}
+	res := store.Result{Seqs: []uint64{1}}
 	b.ReportAllocs()
 	for b.Loop() {
 		send.GetSend().Id++
-		c.Step(session.Received{Frame: send})
+		c.StepReceived(send)
 		if len(c.Ready().Writes) != 1 {
 			b.Fatal("no store write for a Send")
 		}
 		c.Advance()
-		c.Step(res)
+		c.StepCommitted(res)
 		if len(c.Ready().Frames) != 1 {
 			b.Fatal("no SendAck")
 		}
@@ -76,7 +76,7 @@ func BenchmarkPushed(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
 		seq++
-		c.Step(session.Pushed{Seq: seq, Data: data})
+		c.StepPushed(seq, data)
 		if len(c.Ready().Frames) != 1 {
 			b.Fatal("push not delivered")
 		}
@@ -92,20 +92,20 @@ func BenchmarkPushedAck(b *testing.B) {
 	c := benchCore(256)
 	started(b, c, data)
 	ack := &wire.Frame{Kind: &wire.Frame_Ack{Ack: &wire.Ack{Seq: 1}}}
-	res := session.Committed{Result: store.Result{Seqs: []uint64{1}}}
+	res := store.Result{Seqs: []uint64{1}}
 	seq := uint64(1)
 	b.ReportAllocs()
 	for b.Loop() {
 		ack.GetAck().Seq = seq
-		c.Step(session.Received{Frame: ack})
+		c.StepReceived(ack)
 		if rd := c.Ready(); len(rd.Writes) != 1 || len(rd.Writes[0].Appends) != 1 {
 			b.Fatal("the ack did not make one batch with one receipt")
 		}
 		c.Advance()
-		c.Step(res)
+		c.StepCommitted(res)
 		c.Advance()
 		seq++
-		c.Step(session.Pushed{Seq: seq, Data: data})
+		c.StepPushed(seq, data)
 		if len(c.Ready().Frames) != 1 {
 			b.Fatal("push not delivered")
 		}
@@ -121,21 +121,21 @@ func BenchmarkAck(b *testing.B) {
 	c := benchCore(b.N + 1)
 	started(b, c, data)
 	for seq := uint64(2); seq <= uint64(b.N)+1; seq++ {
-		c.Step(session.Pushed{Seq: seq, Data: data})
+		c.StepPushed(seq, data)
 		c.Advance()
 	}
 	ack := &wire.Frame{Kind: &wire.Frame_Ack{Ack: &wire.Ack{}}}
-	res := session.Committed{Result: store.Result{Seqs: []uint64{1}}}
+	res := store.Result{Seqs: []uint64{1}}
 	b.ReportAllocs()
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		ack.GetAck().Seq = uint64(i) + 1
-		c.Step(session.Received{Frame: ack})
+		c.StepReceived(ack)
 		if rd := c.Ready(); len(rd.Writes) != 1 {
 			b.Fatal("the ack made no batch")
 		}
 		c.Advance()
-		c.Step(res)
+		c.StepCommitted(res)
 		c.Advance()
 	}
 }

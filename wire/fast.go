@@ -3,6 +3,7 @@ package wire
 import (
 	"errors"
 	"fmt"
+	"slices"
 
 	"google.golang.org/protobuf/encoding/protowire"
 )
@@ -158,4 +159,125 @@ func readMessageHead(m []byte, h *ItemHead) error {
 		m = m[n:]
 	}
 	return nil
+}
+
+// Field numbers of the items written here.
+const (
+	itemReceipt = 2
+
+	messageBody  = 5
+	messageMedia = 6
+
+	receiptKind      = 1
+	receiptBy        = 2
+	receiptIDs       = 3
+	receiptServerIDs = 4
+	receiptTS        = 5
+)
+
+// AppendMessageItem appends the encoding of Item{Message{From: from, Id:
+// id, ServerId: serverID, Ts: ts, Body: body, Media: media}}, as
+// EncodeItem would, without building the structs.
+func AppendMessageItem(dst []byte, from string, id, serverID uint64, ts int64, body []byte, media *Media) []byte {
+	n := sizeString(messageFrom, from) + sizeVarint(messageID, id) + sizeVarint(messageServerID, serverID) +
+		sizeVarint(messageTS, uint64(ts)) + sizeBytes(messageBody, len(body))
+	mediaLen := 0
+	if media != nil {
+		mediaLen = media.SizeVT()
+		n += protowire.SizeTag(messageMedia) + protowire.SizeBytes(mediaLen)
+	}
+	dst = slices.Grow(dst, protowire.SizeTag(itemMessage)+protowire.SizeBytes(n))
+	dst = protowire.AppendTag(dst, itemMessage, protowire.BytesType)
+	dst = protowire.AppendVarint(dst, uint64(n))
+	dst = appendString(dst, messageFrom, from)
+	dst = appendVarint(dst, messageID, id)
+	dst = appendVarint(dst, messageServerID, serverID)
+	dst = appendVarint(dst, messageTS, uint64(ts))
+	dst = appendBytes(dst, messageBody, body)
+	if media != nil {
+		dst = protowire.AppendTag(dst, messageMedia, protowire.BytesType)
+		dst = protowire.AppendVarint(dst, uint64(mediaLen))
+		off := len(dst)
+		dst = slices.Grow(dst, mediaLen)[:off+mediaLen]
+		if _, err := media.MarshalToSizedBufferVT(dst[off:]); err != nil {
+			panic(err) // sized by SizeVT: cannot fail
+		}
+	}
+	return dst
+}
+
+// AppendReceiptItem appends the encoding of Item{Receipt{Kind: kind, By:
+// by, Ids: ids, ServerIds: serverIDs, Ts: ts}}, as EncodeItem would, for
+// a receipt whose ids are given by count and a function (the session has
+// them in its deliveries awaiting the ack, not in slices of their own).
+func AppendReceiptItem(dst []byte, kind Receipt_Kind, by string, count int, ids func(i int) (id, serverID uint64), ts int64) []byte {
+	idsLen, sidsLen := 0, 0
+	for i := range count {
+		id, sid := ids(i)
+		idsLen += protowire.SizeVarint(id)
+		sidsLen += protowire.SizeVarint(sid)
+	}
+	n := sizeVarint(receiptKind, uint64(kind)) + sizeString(receiptBy, by) + sizeVarint(receiptTS, uint64(ts))
+	if count > 0 {
+		n += protowire.SizeTag(receiptIDs) + protowire.SizeBytes(idsLen) + protowire.SizeTag(receiptServerIDs) + protowire.SizeBytes(sidsLen)
+	}
+	dst = slices.Grow(dst, protowire.SizeTag(itemReceipt)+protowire.SizeBytes(n))
+	dst = protowire.AppendTag(dst, itemReceipt, protowire.BytesType)
+	dst = protowire.AppendVarint(dst, uint64(n))
+	dst = appendVarint(dst, receiptKind, uint64(kind))
+	dst = appendString(dst, receiptBy, by)
+	if count > 0 {
+		dst = protowire.AppendTag(dst, receiptIDs, protowire.BytesType)
+		dst = protowire.AppendVarint(dst, uint64(idsLen))
+		for i := range count {
+			id, _ := ids(i)
+			dst = protowire.AppendVarint(dst, id)
+		}
+		dst = protowire.AppendTag(dst, receiptServerIDs, protowire.BytesType)
+		dst = protowire.AppendVarint(dst, uint64(sidsLen))
+		for i := range count {
+			_, sid := ids(i)
+			dst = protowire.AppendVarint(dst, sid)
+		}
+	}
+	return appendVarint(dst, receiptTS, uint64(ts))
+}
+
+// Proto3 leaves zero values out; these write a field only when it is set.
+
+func sizeVarint(num protowire.Number, v uint64) int {
+	if v == 0 {
+		return 0
+	}
+	return protowire.SizeTag(num) + protowire.SizeVarint(v)
+}
+
+func sizeString(num protowire.Number, s string) int { return sizeBytes(num, len(s)) }
+
+func sizeBytes(num protowire.Number, n int) int {
+	if n == 0 {
+		return 0
+	}
+	return protowire.SizeTag(num) + protowire.SizeBytes(n)
+}
+
+func appendVarint(dst []byte, num protowire.Number, v uint64) []byte {
+	if v == 0 {
+		return dst
+	}
+	return protowire.AppendVarint(protowire.AppendTag(dst, num, protowire.VarintType), v)
+}
+
+func appendString(dst []byte, num protowire.Number, s string) []byte {
+	if s == "" {
+		return dst
+	}
+	return protowire.AppendString(protowire.AppendTag(dst, num, protowire.BytesType), s)
+}
+
+func appendBytes(dst []byte, num protowire.Number, b []byte) []byte {
+	if len(b) == 0 {
+		return dst
+	}
+	return protowire.AppendBytes(protowire.AppendTag(dst, num, protowire.BytesType), b)
 }

@@ -113,3 +113,32 @@ func BenchmarkDeliverFast(b *testing.B) {
 		buf = AppendDeliver(buf[:0], 42, data)
 	}
 }
+
+func TestFastItemsMatchMarshal(t *testing.T) {
+	for i, it := range fastItems() {
+		want, err := EncodeItem(it)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []byte
+		switch k := it.Kind.(type) {
+		case *Item_Message:
+			m := k.Message
+			got = AppendMessageItem([]byte("x"), m.From, m.Id, m.ServerId, m.Ts, m.Body, m.Media)[1:]
+		case *Item_Receipt:
+			r := k.Receipt
+			got = AppendReceiptItem([]byte("x"), r.Kind, r.By, len(r.Ids), func(i int) (uint64, uint64) { return r.Ids[i], r.ServerIds[i] }, r.Ts)[1:]
+		}
+		if !bytes.Equal(got, want) {
+			t.Errorf("item %d:\n got %x\nwant %x", i, got, want)
+		}
+	}
+}
+
+func BenchmarkMessageItem(b *testing.B) {
+	body := make([]byte, 64)
+	b.ReportAllocs()
+	for b.Loop() {
+		_ = AppendMessageItem(nil, "+14155550101", 7, 1001, 1_800_000_000_000_000_000, body, nil)
+	}
+}
