@@ -185,6 +185,9 @@ func (c *conn) handle(w *worker, ev *event) bool {
 			c.msgsIn.Add(1)
 		}
 		c.core.StepReceived(ev.frame)
+		// The core keeps nothing of a frame: its parts go to the next
+		// one decoded (see wire.DecodeFrameReusing).
+		w.n.frames.Put(ev.frame)
 		return c.ready(w)
 	case evCommitted:
 		c.core.StepCommitted(ev.res)
@@ -391,8 +394,9 @@ func (c *conn) onMessage(n *Node, msg []byte) bool {
 		c.fail(n, wire.Error_BAD_FRAME, "message does not decrypt")
 		return false
 	}
-	f := new(wire.Frame)
-	if err := wire.DecodeFrame(pt, f); err != nil {
+	f := n.frames.Get().(*wire.Frame)
+	if err := wire.DecodeFrameReusing(pt, f); err != nil {
+		n.frames.Put(f)
 		c.fail(n, wire.Error_BAD_FRAME, err.Error())
 		return false
 	}

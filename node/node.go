@@ -176,6 +176,10 @@ type Node struct {
 	// than copied into each.
 	sessionCfg session.Config
 
+	// frames are decoded client frames, recycled once their session has
+	// stepped them.
+	frames sync.Pool
+
 	nativeLn          net.Listener
 	addrs             nbioAddrs // see adopt
 	loopStarted       time.Time
@@ -199,6 +203,7 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 	}
 	reg := prometheus.NewRegistry()
 	n := &Node{cfg: cfg, log: cfg.Log, router: newRouter(), mx: monitor.NewMetrics(reg)}
+	n.frames.New = func() any { return new(wire.Frame) }
 	defer func() {
 		if err != nil {
 			n.Close() // whatever was started before the failure

@@ -136,7 +136,16 @@ func FuzzDecodeFrame(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
 		var fr Frame
-		if err := DecodeFrame(data, &fr); err != nil {
+		err := DecodeFrame(data, &fr)
+		// Decoding into a frame that held a Send must give the same
+		// answer as decoding into a new one.
+		reused := previousSend()
+		if rerr := DecodeFrameReusing(data, reused); (rerr == nil) != (err == nil) {
+			t.Fatalf("fresh decode: %v; reusing decode: %v", err, rerr)
+		} else if err == nil && !proto.Equal(&fr, reused) {
+			t.Fatalf("reusing decode differs:\n fresh %v\nreused %v", &fr, reused)
+		}
+		if err != nil {
 			return
 		}
 		if err := Validate(&fr); err != nil {
@@ -154,6 +163,36 @@ func FuzzDecodeFrame(f *testing.F) {
 			t.Fatalf("round trip changed the frame:\n first %v\nsecond %v", &fr, &again)
 		}
 	})
+}
+
+// previousSend is a frame after a Send with every field set.
+func previousSend() *Frame {
+	return &Frame{Kind: &Frame_Send{Send: &Send{Id: 99, To: "+19999999999", Body: []byte("an earlier, longer body"), Media: &Media{Url: "http://x/m"}, Resend: true}}}
+}
+
+// A connection decodes its frames into one Frame: nothing of an earlier
+// frame may show through in a later one.
+func TestDecodeFrameReusingLeavesNothingBehind(t *testing.T) {
+	fr := previousSend()
+	for _, want := range []*Frame{
+		{Kind: &Frame_Send{Send: &Send{Id: 1, To: "+14155550102"}}},
+		{Kind: &Frame_Send{Send: &Send{Id: 2, To: "+14155550103", Body: []byte("hi")}}},
+		{Kind: &Frame_Ack{Ack: &Ack{Seq: 4}}},
+		{Kind: &Frame_Send{Send: &Send{Id: 3, To: "+14155550104", Body: []byte("a third, much longer body than before"), Resend: true}}},
+		{Kind: &Frame_Send{Send: &Send{Id: 4, To: "+14155550104", Media: &Media{Url: "http://x/2", Size: 3}}}},
+		{Kind: &Frame_Send{Send: &Send{Id: 5, To: "+14155550104", Body: []byte("x")}}},
+	} {
+		b, err := AppendFrame(nil, want)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := DecodeFrameReusing(b, fr); err != nil {
+			t.Fatal(err)
+		}
+		if !proto.Equal(fr, want) {
+			t.Fatalf("decoded %v, want %v", fr, want)
+		}
+	}
 }
 
 func TestNext(t *testing.T) {
