@@ -318,3 +318,24 @@ func TestSealAndOpenAllocateOnlyTheAEAD(t *testing.T) {
 		t.Errorf("a Seal and an Open allocate %v times, want 2 (one AEAD each)", allocs)
 	}
 }
+
+// BenchmarkX25519: the operations a handshake is made of, on this CPU
+// (CIRCL's X25519): a DH, and a fresh key pair.
+func BenchmarkX25519(b *testing.B) {
+	kp := mustKey(b)
+	peer := mustKey(b)
+	b.Run("shared", func(b *testing.B) {
+		for b.Loop() {
+			if _, err := x25519DH(kp.Private, peer.Public); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("keygen", func(b *testing.B) {
+		for b.Loop() {
+			if _, err := (*handshakeDH)(nil).GenerateKeypair(nil); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
