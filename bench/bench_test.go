@@ -126,6 +126,9 @@ func TestModes(t *testing.T) {
 		if r.Errors != 0 || r.Connected != 21 || r.Exchanged != 21 {
 			t.Fatalf("idle: %+v", r)
 		}
+		if r.LoginsResumed != 21 {
+			t.Errorf("%d of 21 logins after the warm-up resumed with its ticket, want all", r.LoginsResumed)
+		}
 		if r.LoginsPerS <= 0 {
 			t.Errorf("logins_per_s = %v", r.LoginsPerS)
 		}
@@ -210,7 +213,22 @@ func TestModes(t *testing.T) {
 		if r.Errors != 0 || r.Connected != 20 || r.Reconnected != 20 || r.Seconds <= 0 {
 			t.Fatalf("storm: %+v", r)
 		}
-		jsonKeys(t, r, "seconds", "logins_per_s", "reconnected")
+		if r.Resumed != 20 {
+			t.Errorf("%d of 20 reconnects resumed with a ticket, want all", r.Resumed)
+		}
+		jsonKeys(t, r, "seconds", "logins_per_s", "reconnected", "resumed")
+	})
+
+	t.Run("storm with full handshakes", func(t *testing.T) {
+		c := cfg
+		c.Conns, c.FullHandshake = 20, true
+		r, err := Storm(ctx, c, io.Discard)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.Errors != 0 || r.Reconnected != 20 || r.Resumed != 0 {
+			t.Fatalf("storm --full-handshake: %+v", r)
+		}
 	})
 
 	t.Run("drain", func(t *testing.T) {
