@@ -48,6 +48,13 @@
 // the client verifies each reply (its two remaining X25519 operations and
 // the login result) right after, and a login it refuses counts as failed.
 //
+// A user that logged in before in the same bench process logs in again as
+// a returning device does: with the resumption ticket of its last login
+// (noise/ticket.go), a third of a full handshake's server CPU. idle --warm
+// and storm's reconnects are such logins (logins_resumed, resumed say how
+// many); --full-handshake makes every login a full Noise IK handshake, as
+// a device's first login is.
+//
 // # Measurement methods
 //
 // Server CPU: GET /admin/process returns the server's user+system CPU
