@@ -150,16 +150,19 @@ func (c *Client) handshake(nc net.Conn) (*conn, error) {
 		hs, first, err := noise.Resume(r.ticket, r.secret, login)
 		if err == nil {
 			cn, err := c.exchange(nc, br, hs, first)
-			var le *LoginError
-			if err == nil || errors.As(err, &le) {
-				return cn, err
-			}
-			// Refused (expired, or the server's key changed) or failed:
-			// next time, and now if the connection is still open, a full
-			// handshake.
-			c.resume.CompareAndSwap(r, nil)
-			if !errors.Is(err, noise.ErrTicketRefused) {
+			switch {
+			case errors.Is(err, noise.ErrTicketRefused):
+				// Expired, or the server's ticket key changed: a full
+				// handshake, now on this connection and from now on.
+				c.resume.CompareAndSwap(r, nil)
+			case errors.Is(err, ErrHandshake):
+				// The server closed the connection or the reply did not
+				// verify: whatever the ticket's part, the next attempt
+				// uses the device key.
+				c.resume.CompareAndSwap(r, nil)
 				return nil, err
+			default: // logged in, refused by the server, or the network failed
+				return cn, err
 			}
 		}
 	}

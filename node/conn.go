@@ -465,14 +465,22 @@ func (c *conn) handshake(n *Node, msg []byte) bool {
 		case err != nil:
 			res.Error = &wire.Error{Code: wire.Error_INTERNAL, Text: "account lookup failed: try again"}
 			n.log.Error("account lookup", "user", login.Phone, "err", err)
-		case h.Ticket != nil && h.Ticket.Generation != acct.Generation:
+		case h.Ticket != nil && (h.Ticket.Generation != acct.Generation || !bytes.Equal(h.Ticket.Key[:], acct.Key)):
+			// Re-registered, or its key replaced: the ticket's device is
+			// not the account's any more.
 			res.Error = &wire.Error{Code: wire.Error_REGISTERED_ELSEWHERE, Text: "this number was registered on another device"}
 		case h.Ticket == nil && !bytes.Equal(acct.Key, h.PeerKey):
 			res.Error = &wire.Error{Code: wire.Error_LOGIN_FAILED, Text: "this device's key is not registered for this number (registered on another device?): register again"}
 		}
 	}
 	if res.Error == nil && n.tickets != nil {
-		ticket, secret, expires, err := n.tickets.Issue(login.Phone, acct.Generation, time.Now())
+		// A resumption's ticket keeps the time of the full handshake
+		// that began the chain (see noise.Ticket).
+		authenticated := time.Now()
+		if h.Ticket != nil {
+			authenticated = h.Ticket.Authenticated
+		}
+		ticket, secret, expires, err := n.tickets.Issue(login.Phone, acct.Generation, acct.Key, authenticated)
 		if err != nil {
 			n.log.Error("issue resumption ticket", "user", login.Phone, "err", err)
 		} else {

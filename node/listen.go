@@ -48,3 +48,6 @@ func (p *peerAddr) AddrPort() netip.AddrPort {
 }
 
 func (p *peerAddr) String() string { return p.AddrPort().String() }
+
+// Network makes a peerAddr a net.Addr.
+func (*peerAddr) Network() string { return "tcp" }

@@ -2,7 +2,11 @@
 
 package node
 
-import "net"
+import (
+	"net"
+
+	"github.com/lesismal/nbio"
+)
 
 // adopt leaves an accepted connection to nbio's own conversion (where nbio
 // runs on the standard library); OnOpen gives it its conn.
@@ -12,3 +16,5 @@ func (n *Node) adopt(c net.Conn) (net.Conn, error) { return c, nil }
 type nbioAddrs struct{}
 
 func findNbioAddrs() nbioAddrs { return nbioAddrs{} }
+
+func (nbioAddrs) trim(*nbio.Conn, net.Addr, net.Addr) {}

@@ -69,8 +69,9 @@ func findNbioAddrs() nbioAddrs {
 	return nbioAddrs{local: l.Offset, remote: r.Offset, ok: true}
 }
 
-// trim points nc's addresses at local and at remote. nc must not be in use
-// by the event loop yet.
+// trim points nc's addresses at local and at remote: when the node adopts
+// nc, before the event loop has it, and in its close callback, the last
+// time the node touches it.
 func (a nbioAddrs) trim(nc *nbio.Conn, local, remote net.Addr) {
 	if !a.ok {
 		return

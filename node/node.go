@@ -342,8 +342,11 @@ func (n *Node) startLoop() error {
 		if c, ok := nc.Session().(*conn); ok {
 			// nbio runs this callback from a list it reuses without
 			// clearing, so the last thousand or so closed nbio Conns stay
-			// reachable: do not let them keep their sessions too.
+			// reachable: do not let them keep their sessions too, through
+			// the session or through the remote address (see adopt).
 			nc.SetSession(nil)
+			peer := c.peer
+			n.addrs.trim(nc, n.nativeLn.Addr(), &peer)
 			if c.stage.Load() == stageNew {
 				// Closed before the handshake finished: the deadline, or
 				// a peer that gave up.

@@ -3,6 +3,7 @@ package node_test
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
 	"errors"
 	"io"
 	"net"
@@ -167,7 +168,7 @@ func TestRefusedTicketFallsBackToFullHandshake(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	expired, esecret, _, err := serverKey.Issue(alicePhone, 1, time.Now().Add(-8*24*time.Hour))
+	expired, esecret, _, err := serverKey.Issue(alicePhone, 1, akp.Public, time.Now().Add(-8*24*time.Hour))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -175,7 +176,7 @@ func TestRefusedTicketFallsBackToFullHandshake(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	foreign, fsecret, _, err := otherKey.Issue(alicePhone, 1, time.Now())
+	foreign, fsecret, _, err := otherKey.Issue(alicePhone, 1, akp.Public, time.Now())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -242,5 +243,63 @@ func TestTicketIsForItsNumberOnly(t *testing.T) {
 	}
 	if res.Error == nil || res.Error.Code != wire.Error_LOGIN_FAILED {
 		t.Fatalf("alice's ticket presented as bob: %v, want LOGIN_FAILED", res.Error)
+	}
+}
+
+// An account whose key is replaced without a re-registration (the
+// operators' bulk endpoint keeps the generation) locks the old device out
+// too: a ticket names the device's key, not only the generation.
+func TestTicketsDieWithReplacedKey(t *testing.T) {
+	gw := &codeGateway{}
+	n := startNodeIn(t, t.TempDir(), gw)
+	akp, _ := register(t, n.HTTPURL(), alicePhone, gw.code)
+	c, tk := loginFull(t, n, alicePhone, akp)
+	c.Close()
+	newer := newKeypair(t)
+	var created map[string]int
+	body := map[string]any{"accounts": []map[string]string{{"phone": alicePhone, "key": base64.StdEncoding.EncodeToString(newer.Public)}}}
+	if err := postJSON(n.AdminURL()+"/admin/accounts/bulk", body, &created); err != nil || created["created"] != 1 {
+		t.Fatalf("replace the key: %v %v", created, err)
+	}
+	_, res, err := resume(dial(t, n), alicePhone, tk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Error == nil || res.Error.Code != wire.Error_REGISTERED_ELSEWHERE {
+		t.Fatalf("old device's resumption after its key was replaced answered %v, want REGISTERED_ELSEWHERE", res.Error)
+	}
+}
+
+// A chain of resumptions lasts the ticket lifetime from the full handshake
+// that began it: each login hands out a new ticket and secret, but not a
+// new lifetime, so a copied ticket is not a credential for ever.
+func TestResumptionChainKeepsItsStart(t *testing.T) {
+	dir, gw := t.TempDir(), &codeGateway{}
+	n := startNodeIn(t, dir, gw)
+	akp, _ := register(t, n.HTTPURL(), alicePhone, gw.code)
+	secret, err := noise.LoadOrCreateTicketSecret(filepath.Join(dir, "ticket.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	serverKey, err := noise.NewTicketKey(secret, 7*24*time.Hour) // the node's default lifetime
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A ticket from a full handshake two days ago.
+	began := time.Now().Add(-48 * time.Hour).Truncate(time.Second)
+	old, osecret, _, err := serverKey.Issue(alicePhone, 1, akp.Public, began)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, res, err := resume(dial(t, n), alicePhone, ticketOf{old, osecret[:]})
+	if err != nil || res.Error != nil {
+		t.Fatalf("resumption: %v %v", err, res.GetError())
+	}
+	if want := began.Add(7 * 24 * time.Hour).UnixNano(); res.TicketExpires != want {
+		t.Fatalf("the resumed login's ticket expires at %v, want %v (the chain's start + 7 days)", time.Unix(0, res.TicketExpires), time.Unix(0, want))
+	}
+	next, err := serverKey.Open(res.Ticket)
+	if err != nil || !next.Authenticated.Equal(began) {
+		t.Fatalf("new ticket: %+v, %v; want its chain to begin at %v", next, err, began)
 	}
 }

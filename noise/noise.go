@@ -13,6 +13,15 @@
 // learnt the server key; Parley clients learn it over HTTPS at registration,
 // so the XX fallback would only add a round trip.)
 //
+// A device that logged in before resumes instead, with a ticket from its
+// last login (ticket.go). A client's first message therefore starts with
+// one byte saying which it is: 1, then the Noise IK message; or 2, then the
+// ticket's length (one byte), the ticket and the Noise NNpsk0 message. (The
+// byte came with tickets: a client that sends a bare IK message, as the
+// first version did, is refused at its first message.) The server's reply
+// is the Noise reply, or the one byte RefusedReply for a ticket it will not
+// take.
+//
 // Cipher: ChaCha20-Poly1305, because its whole state is the 32-byte key;
 // AES-GCM's expanded key schedule and tables cost about 1 KiB per direction,
 // which at millions of idle connections is gigabytes. SHA-256 only runs
@@ -421,7 +430,7 @@ func (s *Static) Accept(first []byte) (*Hello, error) {
 			return nil, err
 		}
 		if !s.tickets.Valid(t, time.Now()) {
-			return nil, fmt.Errorf("%w: the ticket issued %s has expired", ErrTicketRefused, t.Issued.UTC().Format(time.RFC3339))
+			return nil, fmt.Errorf("%w: the ticket of a full handshake at %s has expired", ErrTicketRefused, t.Authenticated.UTC().Format(time.RFC3339))
 		}
 		hs, err := newResumeState(ticket, t.PSK[:], false)
 		if err != nil {

@@ -141,7 +141,7 @@ func FuzzAccept(f *testing.F) {
 		f.Fatal(err)
 	}
 	st.UseTickets(tk)
-	ticket, psk, _, err := tk.Issue("+14155550101", 1, time.Now())
+	ticket, psk, _, err := tk.Issue("+14155550101", 1, devKey, time.Now())
 	if err != nil {
 		f.Fatal(err)
 	}

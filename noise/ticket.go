@@ -39,12 +39,21 @@ import (
 //     The login payload is encrypted under the secret alone; it carries the
 //     phone number, which the ticket holds anyway.
 //   - A re-registration elsewhere locks the old device out: the ticket
-//     carries the account's generation, and the server refuses a ticket of
-//     an older one exactly as it refuses the old device's static key.
-//   - Tickets expire (TicketKey's ttl); each login hands out a new one, so
-//     a device that keeps logging in keeps a fresh ticket, and a ticket seen
-//     on the wire twice links two logins of one device only if the device
-//     reused it.
+//     carries the account's generation and the device's static public key,
+//     and the server refuses a ticket whose account has moved on to
+//     another generation or key, exactly as it refuses the old device's
+//     static key.
+//   - Tickets expire: a ticket is good for TicketKey's ttl from the last
+//     time the device proved its static key (its last full handshake).
+//     Each login hands out a new ticket and secret, but a resumption's
+//     ticket keeps that time, so a chain of resumptions ends ttl after
+//     the full handshake that began it: a stolen ticket and secret are not
+//     a credential for ever. A ticket seen on the wire twice links two
+//     logins of one device only if the device reused it.
+//   - What it does not stop: a captured first message can be replayed, as
+//     a Noise IK first message can. The replayer cannot finish the
+//     handshake, but the server has logged the user in by then, and a
+//     login replaces the user's live connection (the device reconnects).
 //
 // A ticket the server cannot use (expired, sealed with another key,
 // garbled) is refused with a one-byte reply, RefusedReply, shorter than
@@ -71,11 +80,11 @@ var ErrTicketRefused = errors.New("noise: resumption ticket refused")
 const PSKLen = 32
 
 const (
-	ticketVersion = 1
+	ticketVersion = 2
 	ticketNonce   = chacha20poly1305.NonceSizeX
 	// ticketFixed is a sealed ticket without its phone number: version,
-	// nonce, generation, issue time, secret and tag.
-	ticketFixed = 1 + ticketNonce + 8 + 8 + PSKLen + chacha20poly1305.Overhead
+	// nonce, generation, authentication time, device key, secret and tag.
+	ticketFixed = 1 + ticketNonce + 8 + 8 + KeyLen + PSKLen + chacha20poly1305.Overhead
 	// MaxTicketLen bounds a ticket (its length travels in one byte).
 	MaxTicketLen = 255
 	// maxTicketPhone is what room is left for the phone number: far more
@@ -85,10 +94,13 @@ const (
 
 // Ticket is what a resumption ticket says about the device that holds it.
 type Ticket struct {
-	Phone      string    // the account
-	Generation uint64    // the account's generation when the ticket was issued
-	Issued     time.Time // to the second
-	PSK        [PSKLen]byte
+	Phone      string       // the account
+	Generation uint64       // the account's generation when the ticket was issued
+	Key        [KeyLen]byte // the device's static public key, as its full handshake proved it
+	// Authenticated is when the device last proved its static key (its
+	// last full handshake), to the second: the ticket expires ttl after it.
+	Authenticated time.Time
+	PSK           [PSKLen]byte
 }
 
 // TicketKey seals and opens tickets, and says how long they are good for.
@@ -136,15 +148,21 @@ func LoadOrCreateTicketSecret(path string) ([]byte, error) {
 // TTL is how long tickets are good for.
 func (k *TicketKey) TTL() time.Duration { return k.ttl }
 
-// Issue makes a ticket for the account phone at generation gen, with a
-// fresh secret, and returns it sealed with the secret and its expiry.
-func (k *TicketKey) Issue(phone string, gen uint64, now time.Time) (sealed []byte, psk [PSKLen]byte, expires time.Time, err error) {
+// Issue makes a ticket, with a fresh secret, for the device with static
+// key devKey of the account phone at generation gen, which proved its key
+// at authenticated (now, after a full handshake; the ticket's own time,
+// after a resumption). It returns the ticket sealed, its secret and its
+// expiry.
+func (k *TicketKey) Issue(phone string, gen uint64, devKey []byte, authenticated time.Time) (sealed []byte, psk [PSKLen]byte, expires time.Time, err error) {
+	if len(devKey) != KeyLen {
+		return nil, psk, time.Time{}, fmt.Errorf("noise: ticket for a %d-byte device key, want %d", len(devKey), KeyLen)
+	}
 	if _, err := rand.Read(psk[:]); err != nil {
 		return nil, psk, time.Time{}, err
 	}
-	t := Ticket{Phone: phone, Generation: gen, Issued: now.Truncate(time.Second), PSK: psk}
+	t := Ticket{Phone: phone, Generation: gen, Key: [KeyLen]byte(devKey), Authenticated: authenticated.Truncate(time.Second), PSK: psk}
 	sealed, err = k.Seal(t)
-	return sealed, psk, t.Issued.Add(k.ttl), err
+	return sealed, psk, t.Authenticated.Add(k.ttl), err
 }
 
 // Seal seals t. A phone number longer than a ticket has room for is an
@@ -158,9 +176,10 @@ func (k *TicketKey) Seal(t Ticket) ([]byte, error) {
 	if _, err := rand.Read(b[1 : 1+ticketNonce]); err != nil {
 		return nil, err
 	}
-	pt := make([]byte, 0, 8+8+PSKLen+len(t.Phone))
+	pt := make([]byte, 0, 8+8+KeyLen+PSKLen+len(t.Phone))
 	pt = binary.BigEndian.AppendUint64(pt, t.Generation)
-	pt = binary.BigEndian.AppendUint64(pt, uint64(t.Issued.Unix()))
+	pt = binary.BigEndian.AppendUint64(pt, uint64(t.Authenticated.Unix()))
+	pt = append(pt, t.Key[:]...)
 	pt = append(pt, t.PSK[:]...)
 	pt = append(pt, t.Phone...)
 	return k.aead.Seal(b, b[1:1+ticketNonce], pt, b[:1]), nil
@@ -180,17 +199,19 @@ func (k *TicketKey) Open(b []byte) (Ticket, error) {
 		return Ticket{}, fmt.Errorf("%w: the ticket does not verify (sealed with another key?)", ErrTicketRefused)
 	}
 	t := Ticket{
-		Generation: binary.BigEndian.Uint64(pt),
-		Issued:     time.Unix(int64(binary.BigEndian.Uint64(pt[8:])), 0),
-		Phone:      string(pt[16+PSKLen:]),
+		Generation:    binary.BigEndian.Uint64(pt),
+		Authenticated: time.Unix(int64(binary.BigEndian.Uint64(pt[8:])), 0),
+		Phone:         string(pt[16+KeyLen+PSKLen:]),
 	}
-	copy(t.PSK[:], pt[16:16+PSKLen])
+	copy(t.Key[:], pt[16:16+KeyLen])
+	copy(t.PSK[:], pt[16+KeyLen:16+KeyLen+PSKLen])
 	return t, nil
 }
 
-// Valid reports whether t, issued by this key, is still good at now.
+// Valid reports whether t, issued by this key, is still good at now (a
+// minute of clock skew allowed).
 func (k *TicketKey) Valid(t Ticket, now time.Time) bool {
-	return !now.Before(t.Issued.Add(-time.Minute)) && now.Before(t.Issued.Add(k.ttl))
+	return !now.Before(t.Authenticated.Add(-time.Minute)) && now.Before(t.Authenticated.Add(k.ttl))
 }
 
 // resumePrologue binds a resumption's transcript to its ticket.

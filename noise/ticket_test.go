@@ -9,6 +9,9 @@ import (
 	"time"
 )
 
+// devKey stands for a device's static public key in tickets.
+var devKey = bytes.Repeat([]byte{0xd}, KeyLen)
+
 func mustTicketKey(t testing.TB, ttl time.Duration) *TicketKey {
 	t.Helper()
 	secret := make([]byte, 32)
@@ -36,7 +39,7 @@ func resumingServer(t testing.TB, k *TicketKey) *Static {
 func TestTicketSealsAndOpens(t *testing.T) {
 	k := mustTicketKey(t, time.Hour)
 	now := time.Unix(1_800_000_000, 500)
-	sealed, psk, expires, err := k.Issue("+14155550101", 7, now)
+	sealed, psk, expires, err := k.Issue("+14155550101", 7, devKey, now)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -50,8 +53,8 @@ func TestTicketSealsAndOpens(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := Ticket{Phone: "+14155550101", Generation: 7, Issued: time.Unix(1_800_000_000, 0), PSK: psk}
-	if got.Phone != want.Phone || got.Generation != want.Generation || !got.Issued.Equal(want.Issued) || got.PSK != want.PSK {
+	want := Ticket{Phone: "+14155550101", Generation: 7, Key: [KeyLen]byte(devKey), Authenticated: time.Unix(1_800_000_000, 0), PSK: psk}
+	if got.Phone != want.Phone || got.Generation != want.Generation || got.Key != want.Key || !got.Authenticated.Equal(want.Authenticated) || got.PSK != want.PSK {
 		t.Fatalf("opened %+v, want %+v", got, want)
 	}
 	if !k.Valid(got, now.Add(59*time.Minute)) || k.Valid(got, now.Add(time.Hour)) {
@@ -61,7 +64,7 @@ func TestTicketSealsAndOpens(t *testing.T) {
 		t.Error("a ticket issued in the future (beyond clock skew) must not be valid")
 	}
 	// Two tickets for the same account differ: fresh nonce, fresh secret.
-	again, psk2, _, _ := k.Issue("+14155550101", 7, now)
+	again, psk2, _, _ := k.Issue("+14155550101", 7, devKey, now)
 	if bytes.Equal(again, sealed) || psk2 == psk {
 		t.Error("two issues of a ticket are the same")
 	}
@@ -69,7 +72,7 @@ func TestTicketSealsAndOpens(t *testing.T) {
 
 func TestTicketRefusesTamperingAndOtherKeys(t *testing.T) {
 	k, other := mustTicketKey(t, time.Hour), mustTicketKey(t, time.Hour)
-	sealed, _, _, err := k.Issue("+14155550101", 1, time.Now())
+	sealed, _, _, err := k.Issue("+14155550101", 1, devKey, time.Now())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -93,6 +96,9 @@ func TestTicketRefusesTamperingAndOtherKeys(t *testing.T) {
 	if _, err := k.Seal(Ticket{Phone: string(make([]byte, maxTicketPhone+1))}); err == nil {
 		t.Error("sealed a ticket with a phone number too long to fit")
 	}
+	if _, _, _, err := k.Issue("+14155550101", 1, devKey[:31], time.Now()); err == nil {
+		t.Error("issued a ticket for a 31-byte device key")
+	}
 }
 
 func flip(b []byte, i int) []byte {
@@ -102,7 +108,7 @@ func flip(b []byte, i int) []byte {
 }
 
 func mustIssue(t testing.TB, k *TicketKey) []byte {
-	sealed, _, _, err := k.Issue("+14155550101", 1, time.Now())
+	sealed, _, _, err := k.Issue("+14155550101", 1, devKey, time.Now())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -112,7 +118,7 @@ func mustIssue(t testing.TB, k *TicketKey) []byte {
 func TestResumptionHandshakeAndTransport(t *testing.T) {
 	k := mustTicketKey(t, time.Hour)
 	st := resumingServer(t, k)
-	ticket, psk, _, err := k.Issue("+14155550101", 3, time.Now())
+	ticket, psk, _, err := k.Issue("+14155550101", 3, devKey, time.Now())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -124,7 +130,7 @@ func TestResumptionHandshakeAndTransport(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if h.Ticket == nil || h.Ticket.Phone != "+14155550101" || h.Ticket.Generation != 3 || h.PeerKey != nil || string(h.Payload) != "login" {
+	if h.Ticket == nil || h.Ticket.Phone != "+14155550101" || h.Ticket.Generation != 3 || !bytes.Equal(h.Ticket.Key[:], devKey) || h.PeerKey != nil || string(h.Payload) != "login" {
 		t.Fatalf("server saw %+v (ticket %+v)", h, h.Ticket)
 	}
 	reply, stx, srx, err := h.Server.Reply([]byte("welcome"))
@@ -148,12 +154,12 @@ func TestResumptionHandshakeAndTransport(t *testing.T) {
 func TestResumptionRefusals(t *testing.T) {
 	k := mustTicketKey(t, time.Hour)
 	st := resumingServer(t, k)
-	good, psk, _, err := k.Issue("+14155550101", 1, time.Now())
+	good, psk, _, err := k.Issue("+14155550101", 1, devKey, time.Now())
 	if err != nil {
 		t.Fatal(err)
 	}
-	expired, epsk, _, _ := k.Issue("+14155550101", 1, time.Now().Add(-2*time.Hour))
-	foreign, fpsk, _, _ := mustTicketKey(t, time.Hour).Issue("+14155550101", 1, time.Now())
+	expired, epsk, _, _ := k.Issue("+14155550101", 1, devKey, time.Now().Add(-2*time.Hour))
+	foreign, fpsk, _, _ := mustTicketKey(t, time.Hour).Issue("+14155550101", 1, devKey, time.Now())
 	noTickets, _ := NewStatic(mustKey(t))
 
 	first := func(ticket []byte, psk [PSKLen]byte) []byte {
@@ -195,7 +201,7 @@ func TestResumptionRefusals(t *testing.T) {
 	}
 	// A ticket cannot be moved to another resumption's secret: the
 	// prologue binds the ticket, the first message the secret.
-	other, opsk, _, _ := k.Issue("+14155550102", 1, time.Now())
+	other, opsk, _, _ := k.Issue("+14155550102", 1, devKey, time.Now())
 	_, m2, _ := Resume(good, opsk[:], []byte("login"))
 	if _, err := st.Accept(m2); err == nil {
 		t.Error("accepted a ticket paired with another ticket's secret")
@@ -205,7 +211,7 @@ func TestResumptionRefusals(t *testing.T) {
 
 func TestClientSeesRefusal(t *testing.T) {
 	k := mustTicketKey(t, time.Hour)
-	ticket, psk, _, _ := k.Issue("+14155550101", 1, time.Now())
+	ticket, psk, _, _ := k.Issue("+14155550101", 1, devKey, time.Now())
 	c, _, err := Resume(ticket, psk[:], nil)
 	if err != nil {
 		t.Fatal(err)
@@ -235,7 +241,7 @@ func FuzzOpenTicket(f *testing.F) {
 	if err != nil {
 		f.Fatal(err)
 	}
-	good, _, _, err := k.Issue("+14155550101", 1, time.Unix(1_800_000_000, 0))
+	good, _, _, err := k.Issue("+14155550101", 1, devKey, time.Unix(1_800_000_000, 0))
 	if err != nil {
 		f.Fatal(err)
 	}
@@ -254,7 +260,7 @@ func FuzzOpenTicket(f *testing.F) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if back, err := k.Open(again); err != nil || back.Phone != tk.Phone || back.PSK != tk.PSK {
+		if back, err := k.Open(again); err != nil || back.Phone != tk.Phone || back.PSK != tk.PSK || back.Key != tk.Key {
 			t.Fatalf("reseal of %+v: %+v, %v", tk, back, err)
 		}
 	})
@@ -263,7 +269,7 @@ func FuzzOpenTicket(f *testing.F) {
 func BenchmarkAcceptResume(b *testing.B) {
 	k := mustTicketKey(b, time.Hour)
 	st := resumingServer(b, k)
-	ticket, psk, _, _ := k.Issue("+14155550101", 1, time.Now())
+	ticket, psk, _, _ := k.Issue("+14155550101", 1, devKey, time.Now())
 	_, first, err := Resume(ticket, psk[:], []byte("login"))
 	if err != nil {
 		b.Fatal(err)

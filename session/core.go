@@ -401,6 +401,12 @@ func (c *Core) received(f *wire.Frame) {
 func (c *Core) onSend(s *wire.Send) {
 	serverID, ts := c.cfg.NewID(), c.cfg.Now()
 	data := wire.AppendMessageItem(nil, c.user, s.Id, serverID, ts, s.Body, s.Media)
+	if len(data) > wire.MaxItem {
+		// It would be stored, and then could never be delivered: the
+		// recipient would be cut off at every login until it expired.
+		c.send(errFrame(s.Id, wire.Error_TOO_LARGE, fmt.Sprintf("the message is %d bytes once stamped, over the %d a delivery can carry: send a shorter body or caption", len(data), wire.MaxItem)))
+		return
+	}
 	w := c.w()
 	sw := &sendWrite{dedup: store.Dedup{Sender: c.user, ClientID: s.Id, ServerID: serverID, TS: ts, Fresh: !s.Resend}}
 	sw.appends[0] = store.Append{To: s.To, Data: data}
@@ -487,11 +493,16 @@ func (c *Core) onAck(seq uint64) {
 				mine = append(mine, int32(j))
 			}
 		}
-		data := wire.AppendReceiptItem(nil, wire.Receipt_DELIVERED, c.user, len(mine), func(k int) (uint64, uint64) {
-			d := &acked[mine[k]]
-			return d.id, d.serverID
-		}, now)
-		b.Appends = append(b.Appends, store.Append{To: string(from), Data: data})
+		to := string(from)
+		for len(mine) > 0 { // at most MaxReceiptIDs ids a receipt
+			part := mine[:min(len(mine), wire.MaxReceiptIDs)]
+			mine = mine[len(part):]
+			data := wire.AppendReceiptItem(nil, wire.Receipt_DELIVERED, c.user, len(part), func(k int) (uint64, uint64) {
+				d := &acked[part[k]]
+				return d.id, d.serverID
+			}, now)
+			b.Appends = append(b.Appends, store.Append{To: to, Data: data})
+		}
 	}
 	w.rd.Writes = append(w.rd.Writes, b)
 	w.pending = append(w.pending, pending{kind: pendAck, ackUpTo: seq})

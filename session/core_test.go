@@ -89,3 +89,72 @@ func TestTooManyPendingRequestsCloseTheSession(t *testing.T) {
 		t.Fatalf("third unanswered send: Close = %v, want BAD_REQUEST", rd.Close)
 	}
 }
+
+// A Send within the frame limits can still make an item too large to
+// deliver once the server stamps it: it is refused, not stored, or its
+// recipient would be cut off at every login.
+func TestSendTooLargeToDeliverIsRefused(t *testing.T) {
+	c := newCore(4, 0)
+	step(c, session.Start{})
+	for _, size := range []int{wire.MaxItem, wire.MaxMessage} {
+		send := &wire.Frame{Kind: &wire.Frame_Send{Send: &wire.Send{Id: uint64(size), To: "+14155550102", Body: make([]byte, size)}}}
+		rd := step(c, session.Received{Frame: send})
+		if len(rd.Writes) != 0 {
+			t.Fatalf("a %d-byte body was stored", size)
+		}
+		if len(rd.Frames) != 1 || rd.Frames[0].Proto().GetError().GetCode() != wire.Error_TOO_LARGE || rd.Frames[0].Proto().GetError().GetId() != uint64(size) {
+			t.Fatalf("a %d-byte body got %v, want TOO_LARGE for its id", size, rd.Frames)
+		}
+	}
+	// Just under the limit is taken.
+	send := &wire.Frame{Kind: &wire.Frame_Send{Send: &wire.Send{Id: 1, To: "+14155550102", Body: make([]byte, wire.MaxItem-100)}}}
+	if rd := step(c, session.Received{Frame: send}); len(rd.Writes) != 1 {
+		t.Fatalf("a message under the limit was refused: %+v", rd.Frames)
+	}
+}
+
+// An ack covering more deliveries from one sender than a receipt may hold
+// sends that sender several receipts, together naming every message.
+func TestAckOfManySplitsReceipts(t *testing.T) {
+	n := wire.MaxReceiptIDs + 5
+	c := newCore(n, 0)
+	step(c, session.Start{})
+	items := make([]store.Item, n)
+	for i := range items {
+		items[i] = item(t, uint64(i+1), "alice")
+	}
+	if rd := step(c, session.Loaded{Items: items}); len(rd.Frames) != n {
+		t.Fatalf("%d deliveries, want %d", len(rd.Frames), n)
+	}
+	rd := step(c, session.Received{Frame: &wire.Frame{Kind: &wire.Frame_Ack{Ack: &wire.Ack{Seq: uint64(n)}}}})
+	if len(rd.Writes) != 1 {
+		t.Fatalf("%d writes, want one batch", len(rd.Writes))
+	}
+	apps := rd.Writes[0].Appends
+	if len(apps) != 2 {
+		t.Fatalf("%d receipts, want 2", len(apps))
+	}
+	var ids []uint64
+	for _, a := range apps {
+		if a.To != "alice" {
+			t.Fatalf("receipt to %q", a.To)
+		}
+		it, err := wire.DecodeItem(a.Data)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r := it.GetReceipt()
+		if len(r.Ids) > wire.MaxReceiptIDs || len(r.Ids) != len(r.ServerIds) {
+			t.Fatalf("a receipt with %d ids and %d server ids", len(r.Ids), len(r.ServerIds))
+		}
+		ids = append(ids, r.Ids...)
+	}
+	for i, id := range ids {
+		if id != uint64(i+1) {
+			t.Fatalf("receipts name ids %v..., want 1..%d in order", ids[:min(len(ids), 5)], n)
+		}
+	}
+	if len(ids) != n {
+		t.Fatalf("receipts name %d messages, want %d", len(ids), n)
+	}
+}

@@ -37,6 +37,15 @@ const (
 	MaxMediaText = 2048
 	// MaxMediaKey bounds Media.key.
 	MaxMediaKey = 128
+	// MaxItem bounds an encoded queue item: the largest a Deliver frame
+	// can carry in one transport message, after the frame's own fields
+	// (at most 19 bytes: see AppendDeliver) and the cipher's 16-byte tag.
+	// A Send within MaxBody can still make a bigger item once the server
+	// stamps it (sender, ids, time), so the server checks this too.
+	MaxItem = MaxMessage - 16 - 19
+	// MaxReceiptIDs bounds the ids in one receipt item; a receipt for
+	// more is split.
+	MaxReceiptIDs = 1024
 )
 
 // ErrTooLarge reports a length prefix over MaxMessage.
