@@ -37,6 +37,21 @@ func startNodeIn(t *testing.T, dataDir string, gw *codeGateway) *node.Node {
 	return n
 }
 
+// ticketKeyIn is the ticket key of the node on dataDir, with the node's
+// default lifetime, so a test can make tickets the node takes.
+func ticketKeyIn(t *testing.T, dataDir string) *noise.TicketKey {
+	t.Helper()
+	secret, err := noise.LoadOrCreateTicketSecret(filepath.Join(dataDir, "ticket.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	k, err := noise.NewTicketKey(secret, 7*24*time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
 // ticketOf is what a login result hands the device for its next login.
 type ticketOf struct{ ticket, secret []byte }
 
@@ -160,14 +175,7 @@ func TestRefusedTicketFallsBackToFullHandshake(t *testing.T) {
 	n := startNodeIn(t, dir, gw)
 	akp, _ := register(t, n.HTTPURL(), alicePhone, gw.code)
 
-	secret, err := noise.LoadOrCreateTicketSecret(filepath.Join(dir, "ticket.key"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	serverKey, err := noise.NewTicketKey(secret, 7*24*time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
+	serverKey := ticketKeyIn(t, dir)
 	expired, esecret, _, err := serverKey.Issue(alicePhone, 1, akp.Public, time.Now().Add(-8*24*time.Hour))
 	if err != nil {
 		t.Fatal(err)
@@ -211,62 +219,48 @@ func TestRefusedTicketFallsBackToFullHandshake(t *testing.T) {
 	})
 }
 
-// A re-registration on another device locks the old device out: its
-// tickets stop working at once, as its key does.
-func TestTicketsDieWithReRegistration(t *testing.T) {
-	gw := &codeGateway{}
-	n := startNodeIn(t, t.TempDir(), gw)
-	akp, _ := register(t, n.HTTPURL(), alicePhone, gw.code)
-	c, tk := loginFull(t, n, alicePhone, akp)
-	c.Close()
-	register(t, n.HTTPURL(), alicePhone, gw.code) // a new device, generation 2
-	_, res, err := resume(dial(t, n), alicePhone, tk)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if res.Error == nil || res.Error.Code != wire.Error_REGISTERED_ELSEWHERE {
-		t.Fatalf("old device's resumption answered %v, want REGISTERED_ELSEWHERE", res.Error)
-	}
-}
-
-// A ticket logs in only the number it was issued for.
-func TestTicketIsForItsNumberOnly(t *testing.T) {
-	gw := &codeGateway{}
-	n := startNodeIn(t, t.TempDir(), gw)
-	akp, _ := register(t, n.HTTPURL(), alicePhone, gw.code)
-	register(t, n.HTTPURL(), bobPhone, gw.code)
-	c, tk := loginFull(t, n, alicePhone, akp)
-	c.Close()
-	_, res, err := resume(dial(t, n), bobPhone, tk)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if res.Error == nil || res.Error.Code != wire.Error_LOGIN_FAILED {
-		t.Fatalf("alice's ticket presented as bob: %v, want LOGIN_FAILED", res.Error)
-	}
-}
-
-// An account whose key is replaced without a re-registration (the
-// operators' bulk endpoint keeps the generation) locks the old device out
-// too: a ticket names the device's key, not only the generation.
-func TestTicketsDieWithReplacedKey(t *testing.T) {
-	gw := &codeGateway{}
-	n := startNodeIn(t, t.TempDir(), gw)
-	akp, _ := register(t, n.HTTPURL(), alicePhone, gw.code)
-	c, tk := loginFull(t, n, alicePhone, akp)
-	c.Close()
-	newer := newKeypair(t)
-	var created map[string]int
-	body := map[string]any{"accounts": []map[string]string{{"phone": alicePhone, "key": base64.StdEncoding.EncodeToString(newer.Public)}}}
-	if err := postJSON(n.AdminURL()+"/admin/accounts/bulk", body, &created); err != nil || created["created"] != 1 {
-		t.Fatalf("replace the key: %v %v", created, err)
-	}
-	_, res, err := resume(dial(t, n), alicePhone, tk)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if res.Error == nil || res.Error.Code != wire.Error_REGISTERED_ELSEWHERE {
-		t.Fatalf("old device's resumption after its key was replaced answered %v, want REGISTERED_ELSEWHERE", res.Error)
+// A ticket logs in only its own number, and only while the account is
+// still its device's: a re-registration on another device, or a key
+// replaced through the operators' bulk endpoint (which keeps the
+// generation), locks the old device's tickets out at once, as it does its
+// key.
+func TestTicketsRefusedOnceTheAccountMovedOn(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		as     string // the number the resumption logs in as
+		change func(t *testing.T, n *node.Node, gw *codeGateway)
+		want   wire.Error_Code
+	}{
+		{"presented for another number", bobPhone, nil, wire.Error_LOGIN_FAILED},
+		{"after a re-registration", alicePhone, func(t *testing.T, n *node.Node, gw *codeGateway) {
+			register(t, n.HTTPURL(), alicePhone, gw.code) // a new device, generation 2
+		}, wire.Error_REGISTERED_ELSEWHERE},
+		{"after the key was replaced", alicePhone, func(t *testing.T, n *node.Node, gw *codeGateway) {
+			var created map[string]int
+			body := map[string]any{"accounts": []map[string]string{{"phone": alicePhone, "key": base64.StdEncoding.EncodeToString(newKeypair(t).Public)}}}
+			if err := postJSON(n.AdminURL()+"/admin/accounts/bulk", body, &created); err != nil || created["created"] != 1 {
+				t.Fatalf("replace the key: %v %v", created, err)
+			}
+		}, wire.Error_REGISTERED_ELSEWHERE},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			gw := &codeGateway{}
+			n := startNodeIn(t, t.TempDir(), gw)
+			akp, _ := register(t, n.HTTPURL(), alicePhone, gw.code)
+			register(t, n.HTTPURL(), bobPhone, gw.code)
+			c, tk := loginFull(t, n, alicePhone, akp)
+			c.Close()
+			if tc.change != nil {
+				tc.change(t, n, gw)
+			}
+			_, res, err := resume(dial(t, n), tc.as, tk)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if res.Error == nil || res.Error.Code != tc.want {
+				t.Fatalf("the old ticket answered %v, want %s", res.Error, tc.want)
+			}
+		})
 	}
 }
 
@@ -277,14 +271,7 @@ func TestResumptionChainKeepsItsStart(t *testing.T) {
 	dir, gw := t.TempDir(), &codeGateway{}
 	n := startNodeIn(t, dir, gw)
 	akp, _ := register(t, n.HTTPURL(), alicePhone, gw.code)
-	secret, err := noise.LoadOrCreateTicketSecret(filepath.Join(dir, "ticket.key"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	serverKey, err := noise.NewTicketKey(secret, 7*24*time.Hour) // the node's default lifetime
-	if err != nil {
-		t.Fatal(err)
-	}
+	serverKey := ticketKeyIn(t, dir)
 	// A ticket from a full handshake two days ago.
 	began := time.Now().Add(-48 * time.Hour).Truncate(time.Second)
 	old, osecret, _, err := serverKey.Issue(alicePhone, 1, akp.Public, began)
