@@ -34,8 +34,8 @@ type dialer struct {
 // client's handshake, done before a measured interval.
 type hello struct {
 	hs      *noise.Client
-	first   []byte      // length-prefixed, ready to write
-	resumed *resumption // the ticket it presents; nil for a full handshake
+	first   []byte            // length-prefixed, ready to write
+	resumed *noise.Resumption // the ticket it presents; nil for a full handshake
 }
 
 // prepare makes u's first handshake message (fresh ephemeral key): a
@@ -48,8 +48,8 @@ func (d *dialer) prepare(u *user) (hello, error) {
 	}
 	var h hello
 	var msg []byte
-	if r := u.resume.Load(); r != nil && !d.full && time.Now().Before(r.expires) {
-		h.hs, msg, err = noise.Resume(r.ticket, r.secret, login)
+	if r := u.resume.Load(); !d.full && r.Usable(time.Now()) {
+		h.hs, msg, err = noise.Resume(r.Ticket, r.Secret, login)
 		h.resumed = r
 	} else {
 		h.hs, msg, err = u.key.Initiate(d.serverKey, login)
@@ -193,8 +193,8 @@ func (c *conn) complete() error {
 	if e := res.GetError(); e != nil {
 		return &errLogin{phone: p.u.phone, code: e.Code, text: e.Text}
 	}
-	if len(res.Ticket) > 0 && len(res.TicketSecret) == noise.PSKLen {
-		p.u.resume.Store(&resumption{ticket: res.Ticket, secret: res.TicketSecret, expires: time.Unix(0, res.TicketExpires)})
+	if r := noise.NewResumption(res.Ticket, res.TicketSecret, res.TicketExpires); r != nil {
+		p.u.resume.Store(r)
 	}
 	c.tx, c.rx, c.window, c.resumed = tx, rx, res.Window, p.resumed
 	return nil

@@ -50,7 +50,7 @@
 //
 // A user that logged in before in the same bench process logs in again as
 // a returning device does: with the resumption ticket of its last login
-// (noise/ticket.go), a third of a full handshake's server CPU. idle --warm
+// (noise/ticket.go), about half a full handshake's server CPU. idle --warm
 // and storm's reconnects are such logins (logins_resumed, resumed say how
 // many); --full-handshake makes every login a full Noise IK handshake, as
 // a device's first login is.

@@ -47,13 +47,7 @@ type user struct {
 	key   *noise.Static // pinned to the server's key
 	// resume is the resumption ticket of the user's last login in this
 	// process, for its next one.
-	resume atomic.Pointer[resumption]
-}
-
-// resumption is a ticket and its secret, from a login result.
-type resumption struct {
-	ticket, secret []byte
-	expires        time.Time
+	resume atomic.Pointer[noise.Resumption]
 }
 
 // Phone is the phone number of test user i.

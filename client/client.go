@@ -124,7 +124,7 @@ type Client struct {
 	// once for all the reconnects to come.
 	key *noise.Static
 	// resume is the last login's resumption ticket; reconnects present it.
-	resume atomic.Pointer[resumption]
+	resume atomic.Pointer[noise.Resumption]
 
 	// ctx ends when Close is called; it bounds reconnects and closes the
 	// live connection.

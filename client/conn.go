@@ -135,7 +135,7 @@ func (c *Client) connect(parent context.Context) (*conn, error) {
 }
 
 // handshake logs in on nc: with the resumption ticket of the last login
-// if there is one (see noise/ticket.go: a third of a full handshake's
+// if there is one (see noise/ticket.go: about half a full handshake's
 // server CPU), else, or if the server refuses the ticket, with Noise IK,
 // on the same connection. Either way the login rides in the first message
 // and the reply completes the channel and carries the login result, and a
@@ -146,8 +146,8 @@ func (c *Client) handshake(nc net.Conn) (*conn, error) {
 		return nil, err
 	}
 	br := bufio.NewReaderSize(nc, 16<<10)
-	if r := c.resume.Load(); r != nil && time.Now().Before(r.expires) {
-		hs, first, err := noise.Resume(r.ticket, r.secret, login)
+	if r := c.resume.Load(); r.Usable(time.Now()) {
+		hs, first, err := noise.Resume(r.Ticket, r.Secret, login)
 		if err == nil {
 			cn, err := c.exchange(nc, br, hs, first)
 			switch {
@@ -171,12 +171,6 @@ func (c *Client) handshake(nc net.Conn) (*conn, error) {
 		return nil, err
 	}
 	return c.exchange(nc, br, hs, first)
-}
-
-// resumption is a ticket from the last login and its secret.
-type resumption struct {
-	ticket, secret []byte
-	expires        time.Time
 }
 
 // exchange sends a handshake's first message and reads the reply and the
@@ -209,8 +203,8 @@ func (c *Client) exchange(nc net.Conn, br *bufio.Reader, hs *noise.Client, first
 	if e := res.GetError(); e != nil {
 		return nil, &LoginError{Code: e.Code, Text: e.Text}
 	}
-	if len(res.Ticket) > 0 && len(res.TicketSecret) == noise.PSKLen {
-		c.resume.Store(&resumption{ticket: res.Ticket, secret: res.TicketSecret, expires: time.Unix(0, res.TicketExpires)})
+	if r := noise.NewResumption(res.Ticket, res.TicketSecret, res.TicketExpires); r != nil {
+		c.resume.Store(r)
 	}
 	return &conn{nc: nc, br: br, rx: rx, tx: tx, window: res.Window, since: time.Now()}, nil
 }

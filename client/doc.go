@@ -2,7 +2,7 @@
 // logged-in connection over the native protocol (Noise IK over TCP) that
 // sends messages, receives messages and receipts, acknowledges them and
 // reports reads. A reconnect presents the resumption ticket of the last
-// login (noise/ticket.go), which the server answers with a third of a full
+// login (noise/ticket.go), which the server answers with about half a full
 // handshake's CPU; a refused ticket falls back to IK on the same
 // connection.
 //

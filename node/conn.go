@@ -322,11 +322,6 @@ func (c *conn) flush(w *worker, closeNow bool) {
 // id names the connection in logs: the client's address.
 func (c *conn) id() string { return c.peer.String() }
 
-// A conn is its nbio.Conn's remote address (see nbioAddrs), so that
-// nbio's RemoteAddr costs nothing per connection.
-func (c *conn) Network() string { return "tcp" }
-func (c *conn) String() string  { return c.peer.String() }
-
 // onData runs on the event loop for every read. It splits messages off the
 // stream; only an incomplete tail is kept between reads, so an idle
 // connection holds no buffer.
@@ -433,8 +428,7 @@ func (c *conn) handshake(n *Node, msg []byte) bool {
 		c.refused = true
 		n.mx.Resumptions.Refused.Inc()
 		n.log.Debug("resumption refused", "conn", c.id(), "reason", err)
-		out := wire.AppendHeader(make([]byte, 0, wire.HeaderLen+len(noise.RefusedReply)), len(noise.RefusedReply))
-		if _, err := c.nc.Write(append(out, noise.RefusedReply...)); err != nil {
+		if err := c.writeHandshake(noise.RefusedReply); err != nil {
 			c.failed = true
 			c.nc.Close()
 			return false
@@ -499,9 +493,7 @@ func (c *conn) handshake(n *Node, msg []byte) bool {
 		c.fail(n, wire.Error_INTERNAL, err.Error())
 		return false
 	}
-	out := make([]byte, 0, wire.HeaderLen+len(reply))
-	out = append(wire.AppendHeader(out, len(reply)), reply...)
-	if _, err := c.nc.Write(out); err != nil || res.Error != nil {
+	if err := c.writeHandshake(reply); err != nil || res.Error != nil {
 		c.stage.Store(stageRefused)
 		n.mx.LoginFailures.Inc()
 		n.mx.HandshakeFailures.LoginRefused.Inc()
@@ -519,4 +511,12 @@ func (c *conn) handshake(n *Node, msg []byte) bool {
 	n.mx.Logins.Inc()
 	c.post(n.pool, event{kind: evStart, text: login.Phone, seq: acct.Generation})
 	return true
+}
+
+// writeHandshake writes a handshake reply, length-prefixed (it is not
+// sealed: the handshake makes the ciphers).
+func (c *conn) writeHandshake(msg []byte) error {
+	out := append(wire.AppendHeader(make([]byte, 0, wire.HeaderLen+len(msg)), len(msg)), msg...)
+	_, err := c.nc.Write(out)
+	return err
 }

@@ -35,7 +35,7 @@ func (n *Node) adopt(c net.Conn) (net.Conn, error) {
 	}
 	cn := &conn{nc: nc, peer: peer}
 	nc.SetSession(cn)
-	n.addrs.trim(nc, n.nativeLn.Addr(), cn)
+	n.addrs.trim(nc, n.nativeLn.Addr(), &cn.peer)
 	return nc, nil
 }
 
@@ -45,8 +45,8 @@ func (n *Node) adopt(c net.Conn) (net.Conn, error) {
 // two *net.TCPAddr, each pointing into a syscall.Sockaddr of its own, about
 // 160 bytes in four allocations on every connection, for addresses that
 // nbio itself never uses. The node keeps the remote address in 18 bytes in
-// its conn, which becomes the Conn's remote address (a conn is a net.Addr),
-// and every Conn shares the listener's address as its local one.
+// its conn, which becomes the Conn's remote address, and every Conn shares
+// the listener's address as its local one.
 //
 // nbio has no setter for them, so they are written through their offsets,
 // found by name and type when the node starts. A version of nbio whose Conn

@@ -39,8 +39,8 @@ func TestAdoptedConnKeepsNoAddresses(t *testing.T) {
 	if !ok || c.nc != nc {
 		t.Fatalf("adopted connection has session %#v, want its conn", nc.Session())
 	}
-	if nc.RemoteAddr() != net.Addr(c) {
-		t.Errorf("nbio keeps remote address %T, want the conn itself", nc.RemoteAddr())
+	if nc.RemoteAddr() != net.Addr(&c.peer) {
+		t.Errorf("nbio keeps remote address %T, want the conn's own", nc.RemoteAddr())
 	}
 	if nc.RemoteAddr().String() != want || c.id() != want {
 		t.Errorf("remote address %s (id %s), want %s", nc.RemoteAddr(), c.id(), want)

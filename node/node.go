@@ -222,7 +222,7 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 	}
 	if cfg.TicketTTL > 0 {
 		path := filepath.Join(cfg.DataDir, "ticket.key")
-		secret, err := noise.LoadOrCreateTicketSecret(path)
+		secret, err := loadOrCreateSecret(path, "devices then log in with a full handshake once")
 		if err != nil {
 			return nil, err
 		}
@@ -396,7 +396,7 @@ func (n *Node) startHTTP() error {
 	if n.cfg.PublicURL == "" {
 		n.cfg.PublicURL = "http://" + n.httpLn.Addr().String()
 	}
-	secret, err := loadOrCreateSecret(filepath.Join(n.cfg.DataDir, "media.secret"))
+	secret, err := loadOrCreateSecret(filepath.Join(n.cfg.DataDir, "media.secret"), "outstanding upload tokens stop working")
 	if err != nil {
 		return err
 	}
@@ -602,12 +602,13 @@ func (n *Node) Close() error {
 }
 
 // loadOrCreateSecret reads the 32-byte secret kept at path, creating it on
-// first start so that tokens signed with it survive restarts.
-func loadOrCreateSecret(path string) ([]byte, error) {
+// first start so that what is sealed or signed with it survives restarts.
+// lost says what a new secret would cost, for the error on a bad file.
+func loadOrCreateSecret(path, lost string) ([]byte, error) {
 	b, err := os.ReadFile(path)
 	if err == nil {
 		if len(b) != 32 {
-			return nil, fmt.Errorf("secret file %s is %d bytes, want 32: remove it to make a new one (outstanding upload tokens stop working)", path, len(b))
+			return nil, fmt.Errorf("secret file %s is %d bytes, want 32: remove it to make a new one (%s)", path, len(b), lost)
 		}
 		return b, nil
 	}

@@ -206,7 +206,7 @@ func fromState(cs *fnoise.CipherState) *Cipher {
 // takes raw keys: one ladder per DH, and a cheaper one for the ephemeral.
 // On the 2-core development machine (go test -bench Accept ./noise) a
 // server handshake went from 446 us to 178 us. A device that logged in
-// before resumes with a ticket instead (ticket.go), a third of that.
+// before resumes with a ticket instead (ticket.go), about half of that.
 //
 // An initiator may also Pin the one server key it talks to: the static-static
 // DH is then computed once and reused by every later handshake, as WireGuard

@@ -286,8 +286,13 @@ func BenchmarkAccept(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
+	benchAccept(b, st, first)
+}
+
+// benchAccept measures a server's handshake: first read, reply written.
+func benchAccept(b *testing.B, st *Static, first []byte) {
 	b.ReportAllocs()
-	for i := 0; i < b.N; i++ {
+	for b.Loop() {
 		h, err := st.Accept(first)
 		if err != nil {
 			b.Fatal(err)

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"crypto/rand"
 	"errors"
-	"path/filepath"
 	"testing"
 	"time"
 )
@@ -221,18 +220,6 @@ func TestClientSeesRefusal(t *testing.T) {
 	}
 }
 
-func TestTicketSecretFileIsCreatedOnceAndReused(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "ticket.key")
-	a, err := LoadOrCreateTicketSecret(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := LoadOrCreateTicketSecret(path)
-	if err != nil || !bytes.Equal(a, b) || len(a) != 32 {
-		t.Fatalf("second load: %x, %v (first %x)", b, err, a)
-	}
-}
-
 // FuzzOpenTicket: a ticket comes from the network; opening anything must
 // fail cleanly or give back what was sealed.
 func FuzzOpenTicket(f *testing.F) {
@@ -274,14 +261,5 @@ func BenchmarkAcceptResume(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	b.ReportAllocs()
-	for i := 0; i < b.N; i++ {
-		h, err := st.Accept(first)
-		if err != nil {
-			b.Fatal(err)
-		}
-		if _, _, _, err := h.Server.Reply(nil); err != nil {
-			b.Fatal(err)
-		}
-	}
+	benchAccept(b, st, first)
 }

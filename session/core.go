@@ -470,30 +470,25 @@ func (c *Core) onAck(seq uint64) {
 	}
 	// One delivered receipt per sender, in the order of their first
 	// message: an ack usually covers one or two senders, so scanning the
-	// acked deliveries once per sender beats building a map per ack.
-	// done marks the deliveries already counted in a sender's receipt.
-	var doneBuf [8]bool
-	done := doneBuf[:0]
-	if n > len(doneBuf) {
-		done = make([]bool, 0, n)
-	}
-	done = done[:n]
+	// acked deliveries once per sender beats building a map per ack. A
+	// delivery counted in its sender's receipt is marked by clearing its
+	// fromLen (they leave inflight below).
 	for i := range acked {
-		first := &acked[i]
-		if done[i] || first.fromLen == 0 {
-			continue
+		if acked[i].fromLen == 0 {
+			continue // a receipt's delivery, or its sender's receipt is made
 		}
-		from := first.sender()
-		var mine []int32 // indices of this sender's deliveries
+		from := acked[i].sender()
+		to := string(from)
 		var mineBuf [8]int32
-		mine = mineBuf[:0]
+		mine := mineBuf[:0] // indices of this sender's deliveries
 		for j := i; j < len(acked); j++ {
-			if !done[j] && acked[j].fromLen != 0 && bytes.Equal(acked[j].sender(), from) {
-				done[j] = true
+			if acked[j].fromLen != 0 && bytes.Equal(acked[j].sender(), from) {
 				mine = append(mine, int32(j))
 			}
 		}
-		to := string(from)
+		for _, j := range mine {
+			acked[j].fromLen = 0
+		}
 		for len(mine) > 0 { // at most MaxReceiptIDs ids a receipt
 			part := mine[:min(len(mine), wire.MaxReceiptIDs)]
 			mine = mine[len(part):]

@@ -13,11 +13,10 @@ func WithFS(o Options, fs vfs.FS) Options { o.fs = fs; return o }
 // RawGet reads key from Pebble as it is now, visible but not necessarily
 // durable: what a reader that did not wait for the sync would see.
 func RawGet(p *Pebble, key []byte) bool {
-	v, closer, err := p.db.Get(key)
+	_, closer, err := p.db.Get(key)
 	if err != nil {
 		return false
 	}
-	_ = v
 	closer.Close()
 	return true
 }

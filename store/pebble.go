@@ -259,19 +259,17 @@ func (p *Pebble) ReadQueue(user string, from uint64, max int) ([]Item, error) {
 		p.qmu.Unlock()
 		return nil, nil
 	}
+	// With no state, the committer has decided nothing for this queue, so
+	// all of it that Pebble shows is durable; the iterator, a point-in-time
+	// view, is then made under qmu, so that it cannot see a group the
+	// committer decides after loading the state.
 	upper := queueUpperBound(user)
-	var it *pebble.Iterator
-	var err error
 	if st != nil {
 		upper = appendQueueKey(nil, user, st.durable+1)
 		p.qmu.Unlock()
-		it, err = p.db.NewIter(&pebble.IterOptions{LowerBound: appendQueueKey(nil, user, from), UpperBound: upper})
-	} else {
-		// No state: the committer has decided nothing for this queue,
-		// so all of it that Pebble shows is durable. The iterator is a
-		// point-in-time view; made under qmu, it cannot see a group the
-		// committer decides after loading the state.
-		it, err = p.db.NewIter(&pebble.IterOptions{LowerBound: appendQueueKey(nil, user, from), UpperBound: upper})
+	}
+	it, err := p.db.NewIter(&pebble.IterOptions{LowerBound: appendQueueKey(nil, user, from), UpperBound: upper})
+	if st == nil {
 		p.qmu.Unlock()
 	}
 	if err != nil {

@@ -166,16 +166,10 @@ type committer struct {
 	// few dedup reads, and read them through a merging iterator.
 	overlay map[string]dedupSlot
 
-	touched []touchedQueue // queues this batch touches
-	targets []int          // index in touched of each append's queue
-	key     []byte         // scratch key
-	marks   []durableMark  // the queue tails this group makes durable
-}
-
-// durableMark records that a group's appends to st reach seq tail.
-type durableMark struct {
-	st   *queueState
-	tail uint64
+	touched  []touchedQueue // queues this batch touches
+	targets  []int          // index in touched of each append's queue
+	key      []byte         // scratch key
+	appended []*queueState  // queues this group appends to: durable to their tails once synced
 }
 
 func newCommitter(p *Pebble) *committer {
@@ -208,7 +202,7 @@ func (c *committer) commitGroup(group []request) {
 	// queue's items stay in time order, which the sweeper relies on.
 	now := time.Now().UnixNano()
 	clear(c.overlay)
-	c.marks = c.marks[:0]
+	c.appended = c.appended[:0]
 	for i := range group {
 		r := &group[i]
 		if r.sweep != nil {
@@ -223,9 +217,11 @@ func (c *committer) commitGroup(group []request) {
 	}
 	_ = wb.Close()
 	if err == nil {
+		// The committer alone moves tails, and no other group ran since
+		// this one's: every tail it appended to is now on disk.
 		c.p.qmu.Lock()
-		for _, m := range c.marks {
-			m.st.durable = max(m.st.durable, m.tail)
+		for _, st := range c.appended {
+			st.durable = st.tail
 		}
 		c.p.qmu.Unlock()
 	}
@@ -394,7 +390,7 @@ func (c *committer) apply(wb *pebble.Batch, b *Batch, now int64) Result {
 	c.p.qmu.Unlock()
 	for _, t := range c.touched {
 		if t.appended {
-			c.marks = append(c.marks, durableMark{st: t.st, tail: t.tail})
+			c.appended = append(c.appended, t.st)
 		}
 	}
 	return Result{Seqs: seqs}

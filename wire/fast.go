@@ -33,16 +33,10 @@ const (
 // AppendDeliver appends the encoding of Frame{Deliver{Seq: seq, Item: it}},
 // where item is it as EncodeItem wrote it.
 func AppendDeliver(dst []byte, seq uint64, item []byte) []byte {
-	n := protowire.SizeTag(2) + protowire.SizeBytes(len(item))
-	if seq != 0 {
-		n += protowire.SizeTag(1) + protowire.SizeVarint(seq)
-	}
+	n := sizeVarint(1, seq) + protowire.SizeTag(2) + protowire.SizeBytes(len(item))
 	dst = protowire.AppendTag(dst, frameDeliver, protowire.BytesType)
 	dst = protowire.AppendVarint(dst, uint64(n))
-	if seq != 0 {
-		dst = protowire.AppendTag(dst, 1, protowire.VarintType)
-		dst = protowire.AppendVarint(dst, seq)
-	}
+	dst = appendVarint(dst, 1, seq)
 	dst = protowire.AppendTag(dst, 2, protowire.BytesType)
 	return protowire.AppendBytes(dst, item)
 }
@@ -50,31 +44,12 @@ func AppendDeliver(dst []byte, seq uint64, item []byte) []byte {
 // AppendSendAck appends the encoding of
 // Frame{SendAck{Id: id, ServerId: serverID, Ts: ts}}.
 func AppendSendAck(dst []byte, id, serverID uint64, ts int64) []byte {
-	n := 0
-	if id != 0 {
-		n += protowire.SizeTag(1) + protowire.SizeVarint(id)
-	}
-	if serverID != 0 {
-		n += protowire.SizeTag(2) + protowire.SizeVarint(serverID)
-	}
-	if ts != 0 {
-		n += protowire.SizeTag(3) + protowire.SizeVarint(uint64(ts))
-	}
+	n := sizeVarint(1, id) + sizeVarint(2, serverID) + sizeVarint(3, uint64(ts))
 	dst = protowire.AppendTag(dst, frameSendAck, protowire.BytesType)
 	dst = protowire.AppendVarint(dst, uint64(n))
-	if id != 0 {
-		dst = protowire.AppendTag(dst, 1, protowire.VarintType)
-		dst = protowire.AppendVarint(dst, id)
-	}
-	if serverID != 0 {
-		dst = protowire.AppendTag(dst, 2, protowire.VarintType)
-		dst = protowire.AppendVarint(dst, serverID)
-	}
-	if ts != 0 {
-		dst = protowire.AppendTag(dst, 3, protowire.VarintType)
-		dst = protowire.AppendVarint(dst, uint64(ts))
-	}
-	return dst
+	dst = appendVarint(dst, 1, id)
+	dst = appendVarint(dst, 2, serverID)
+	return appendVarint(dst, 3, uint64(ts))
 }
 
 // ItemHead is what the server needs to know of a queue item to deliver it
@@ -90,6 +65,9 @@ type ItemHead struct {
 
 var errItem = errors.New("queue item is not an encoded Item")
 
+// badItem is errItem with what protowire found (n < 0).
+func badItem(n int) error { return fmt.Errorf("%w: %v", errItem, protowire.ParseError(n)) }
+
 // ReadItemHead reads an encoded Item's head without decoding the rest or
 // allocating.
 func ReadItemHead(item []byte) (ItemHead, error) {
@@ -97,13 +75,13 @@ func ReadItemHead(item []byte) (ItemHead, error) {
 	for b := item; len(b) > 0; {
 		num, typ, n := protowire.ConsumeTag(b)
 		if n < 0 {
-			return h, fmt.Errorf("%w: %v", errItem, protowire.ParseError(n))
+			return h, badItem(n)
 		}
 		b = b[n:]
 		if num == itemMessage && typ == protowire.BytesType {
 			m, n := protowire.ConsumeBytes(b)
 			if n < 0 {
-				return h, fmt.Errorf("%w: %v", errItem, protowire.ParseError(n))
+				return h, badItem(n)
 			}
 			b = b[n:]
 			h.Message = true
@@ -114,7 +92,7 @@ func ReadItemHead(item []byte) (ItemHead, error) {
 		}
 		n = protowire.ConsumeFieldValue(num, typ, b)
 		if n < 0 {
-			return h, fmt.Errorf("%w: %v", errItem, protowire.ParseError(n))
+			return h, badItem(n)
 		}
 		b = b[n:]
 	}
@@ -125,21 +103,21 @@ func readMessageHead(m []byte, h *ItemHead) error {
 	for len(m) > 0 {
 		num, typ, n := protowire.ConsumeTag(m)
 		if n < 0 {
-			return fmt.Errorf("%w: %v", errItem, protowire.ParseError(n))
+			return badItem(n)
 		}
 		m = m[n:]
 		switch {
 		case num == messageFrom && typ == protowire.BytesType:
 			v, n := protowire.ConsumeBytes(m)
 			if n < 0 {
-				return fmt.Errorf("%w: %v", errItem, protowire.ParseError(n))
+				return badItem(n)
 			}
 			h.From, m = v, m[n:]
 			continue
 		case (num == messageID || num == messageServerID || num == messageTS) && typ == protowire.VarintType:
 			v, n := protowire.ConsumeVarint(m)
 			if n < 0 {
-				return fmt.Errorf("%w: %v", errItem, protowire.ParseError(n))
+				return badItem(n)
 			}
 			m = m[n:]
 			switch num {
@@ -154,7 +132,7 @@ func readMessageHead(m []byte, h *ItemHead) error {
 		}
 		n = protowire.ConsumeFieldValue(num, typ, m)
 		if n < 0 {
-			return fmt.Errorf("%w: %v", errItem, protowire.ParseError(n))
+			return badItem(n)
 		}
 		m = m[n:]
 	}

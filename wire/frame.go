@@ -110,6 +110,11 @@ func ReadMessage(r io.Reader, buf []byte) ([]byte, error) {
 // for every string a client sends.
 func DecodeFrame(b []byte, f *Frame) error {
 	f.Reset()
+	return decodeFrame(b, f)
+}
+
+// decodeFrame decodes b into a frame cleared for it.
+func decodeFrame(b []byte, f *Frame) error {
 	if err := f.UnmarshalVT(b); err != nil {
 		return fmt.Errorf("decode frame: %w", err)
 	}
@@ -132,10 +137,7 @@ func DecodeFrameReusing(b []byte, f *Frame) error {
 	} else {
 		f.Reset()
 	}
-	if err := f.UnmarshalVT(b); err != nil {
-		return fmt.Errorf("decode frame: %w", err)
-	}
-	return Validate(f)
+	return decodeFrame(b, f)
 }
 
 // Validate checks the limits of a decoded frame.
