@@ -29,6 +29,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/cockroachdb/pebble/vfs"
 	"github.com/lesismal/nbio"
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -108,6 +109,10 @@ type Config struct {
 	MediaTTL     time.Duration
 	// Log receives the node's structured log. Default slog.Default().
 	Log *slog.Logger
+	// StoreFS is the file system under the store; nil means the disk.
+	// Tests set it to one that drops unsynced writes at a simulated power
+	// loss (vfs.NewStrictMem).
+	StoreFS vfs.FS
 }
 
 func (c *Config) setDefaults() {
@@ -242,6 +247,7 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 			n.log.Warn("queue item expired undelivered", "user", user, "seq", it.Seq, "queued", time.Unix(0, it.TS))
 		},
 		OnGroup: func(batches int) { n.mx.CommitBatchSize.Observe(float64(batches)) },
+		FS:      cfg.StoreFS,
 	}, n.log)
 	if err != nil {
 		return nil, fmt.Errorf("open store: %w", err)

@@ -1,14 +1,10 @@
 package store
 
-import "github.com/cockroachdb/pebble/vfs"
-
 // GroupStats exposes the committer's counters to the external tests and
 // benchmarks: how many groups (one fsync each) it has written and how many
 // batches they held.
 func GroupStats(p *Pebble) (groups, batches uint64) { return p.groupStats() }
 
-// WithFS makes a store open on fs instead of the disk.
-func WithFS(o Options, fs vfs.FS) Options { o.fs = fs; return o }
 
 // RawGet reads key from Pebble as it is now, visible but not necessarily
 // durable: what a reader that did not wait for the sync would see.

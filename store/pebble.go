@@ -127,7 +127,7 @@ func OpenPebble(dir string, opts Options, log *slog.Logger) (*Pebble, error) {
 		Logger:        pebbleLogger{log: log},
 		EventListener: eventListener(log),
 		Levels:        make([]pebble.LevelOptions, pebbleLevels),
-		FS:            opts.fs,
+		FS:            opts.FS,
 	}
 	for i := range po.Levels {
 		po.Levels[i].FilterPolicy = bloom.FilterPolicy(pebbleBloomBits)

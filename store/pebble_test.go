@@ -368,7 +368,7 @@ func (f heldSyncFile) SyncTo(n int64) (bool, error) {
 // after a crash the sender would resend it as a new one.
 func TestPebbleReadsOnlyDurableItems(t *testing.T) {
 	fs := &heldSyncFS{FS: vfs.Default}
-	p := openPebble(t, t.TempDir(), store.WithFS(store.Options{}, fs))
+	p := openPebble(t, t.TempDir(), store.Options{FS: fs})
 	if err := p.PutAccount(account("+15550000001")); err != nil {
 		t.Fatal(err)
 	}

@@ -116,9 +116,10 @@ type Options struct {
 	// It must not block.
 	OnGroup func(batches int)
 
-	// fs replaces the file system under Pebble (tests: a disk whose syncs
-	// can be held back).
-	fs vfs.FS
+	// FS replaces the file system under Pebble; nil means the disk. Tests
+	// use it for a disk whose syncs can be held back, or one that forgets
+	// everything not synced when the power goes (vfs.NewStrictMem).
+	FS vfs.FS
 }
 
 // Store is Parley's durable state.
