@@ -5,7 +5,6 @@ package store
 // batches they held.
 func GroupStats(p *Pebble) (groups, batches uint64) { return p.groupStats() }
 
-
 // RawGet reads key from Pebble as it is now, visible but not necessarily
 // durable: what a reader that did not wait for the sync would see.
 func RawGet(p *Pebble, key []byte) bool {
