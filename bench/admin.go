@@ -94,7 +94,9 @@ type bulkAccount struct {
 	Key   string `json:"key"`
 }
 
-// createAccounts provisions users through the trusted bulk endpoint.
+// createAccounts provisions users through the trusted bulk endpoint and
+// returns how many are in place: created now, or already there with the
+// same key (a repeated setup).
 func (a *admin) createAccounts(ctx context.Context, us []*user) (int, error) {
 	req := struct {
 		Accounts []bulkAccount `json:"accounts"`
@@ -118,12 +120,13 @@ func (a *admin) createAccounts(ctx context.Context, us []*user) (int, error) {
 	}
 	defer resp.Body.Close()
 	var out struct {
-		Created int `json:"created"`
+		Created  int `json:"created"`
+		Existing int `json:"existing"`
 	}
 	if err := decodeResponse(resp, &out); err != nil {
 		return 0, fmt.Errorf("POST %s: %w", u, err)
 	}
-	return out.Created, nil
+	return out.Created + out.Existing, nil
 }
 
 // serverInfo is GET /v1/server on the public HTTP API.

@@ -151,7 +151,7 @@ func TestDashboardInChromium(t *testing.T) {
 
 	const width, height = 1440, 900 // a laptop screen
 	b := startBrowser(ctx, t, bin, width, height)
-	page := b.open(ctx, t, srv.URL+"/?token=dash-token", width, height)
+	page := b.open(ctx, t, srv.URL+"/#token=dash-token", width, height)
 
 	live := func(s dashboardState) bool {
 		return s.Updates >= 3 && s.Points["messages"] >= 3 && s.Points["connections"] >= 3 &&

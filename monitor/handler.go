@@ -3,7 +3,6 @@ package monitor
 import (
 	"cmp"
 	"container/heap"
-	"crypto/subtle"
 	"encoding/json"
 	"fmt"
 	"io/fs"
@@ -187,13 +186,14 @@ type HistoryResponse struct {
 //	GET /admin/sessions        ?sort=mailbox|in_rate|out_rate|queued&limit=N
 //	GET /admin/alerts          firing and recently resolved alerts
 //
-// With RequireToken, each demands the admin token, except the dashboard's
-// static assets, which hold no data.
+// Each but the dashboard's page and assets, which hold no data, goes
+// through Guard: no cross-site requests, and the admin token when
+// RequireToken is set.
 func (m *Monitor) Handler() http.Handler {
 	mux := http.NewServeMux()
-	guard := func(h http.HandlerFunc) http.Handler { return m.requireToken(h) }
+	guard := func(h http.HandlerFunc) http.Handler { return m.Guard(h) }
 
-	mux.Handle("GET /metrics", m.requireToken(promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{
+	mux.Handle("GET /metrics", m.Guard(promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{
 		ErrorLog:      slog.NewLogLogger(m.log.Handler(), slog.LevelError),
 		ErrorHandling: promhttp.ContinueOnError,
 	})))
@@ -237,38 +237,15 @@ func (m *Monitor) Handler() http.Handler {
 	}))
 
 	assets := dashboardAssets()
-	mux.Handle("GET /{$}", guard(func(w http.ResponseWriter, r *http.Request) {
+	// The page holds no data (it fetches it with the token, which it
+	// takes from the URL's fragment, never sent to the server), so a
+	// browser can open it without a header.
+	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Cache-Control", "no-store")
 		http.ServeFileFS(w, r, assets, "index.html")
-	}))
+	})
 	mux.Handle("GET /dashboard/", http.StripPrefix("/dashboard/", http.FileServerFS(assets)))
 	return mux
-}
-
-// requireToken checks the admin token when one is required. The token may
-// come as a bearer token (scrapers, top) or as ?token= (a browser opening
-// the dashboard).
-func (m *Monitor) requireToken(h http.Handler) http.Handler {
-	if !m.needTok {
-		return h
-	}
-	want := []byte(m.token)
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		got := r.URL.Query().Get("token")
-		if auth, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer "); ok {
-			got = strings.TrimSpace(auth)
-		}
-		if subtle.ConstantTimeCompare([]byte(got), want) != 1 {
-			w.Header().Set("WWW-Authenticate", `Bearer realm="parley admin"`)
-			msg := "this admin listener needs the admin token: send Authorization: Bearer TOKEN or add ?token=TOKEN"
-			if got != "" {
-				msg = "wrong admin token: check the token the server was started with"
-			}
-			writeError(w, http.StatusUnauthorized, msg)
-			return
-		}
-		h.ServeHTTP(w, r)
-	})
 }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {

@@ -78,7 +78,7 @@ func TestSessionsEndpoint(t *testing.T) {
 func TestTokenRequired(t *testing.T) {
 	h := newHarness(t, withToken("s3cret"))
 	h.sample()
-	paths := []string{"/metrics", "/admin/stats", "/admin/stats/history", "/admin/sessions", "/admin/alerts", "/"}
+	paths := []string{"/metrics", "/admin/stats", "/admin/stats/history", "/admin/sessions", "/admin/alerts"}
 	for _, p := range paths {
 		var e struct{ Error string }
 		if code := h.get(p, &e); code != http.StatusUnauthorized || !strings.Contains(e.Error, "token") {
@@ -90,18 +90,54 @@ func TestTokenRequired(t *testing.T) {
 		if code := h.get(p, nil, "Authorization", "Bearer s3cret"); code != 200 {
 			t.Errorf("GET %s with the bearer token: %d, want 200", p, code)
 		}
+		// A token in the URL ends up in logs and history: refused.
 		sep := "?"
 		if strings.Contains(p, "?") {
 			sep = "&"
 		}
-		if code := h.get(p+sep+"token=s3cret", nil); code != 200 {
-			t.Errorf("GET %s?token=: %d, want 200", p, code)
+		if code := h.get(p+sep+"token=s3cret", nil); code != http.StatusUnauthorized {
+			t.Errorf("GET %s?token=: %d, want 401", p, code)
 		}
 	}
-	// The dashboard's script and style hold no data: a browser loads them
-	// without the token the page's URL carries.
-	if code := h.get("/dashboard/dashboard.js", nil); code != 200 {
-		t.Errorf("GET /dashboard/dashboard.js: %d, want 200", code)
+	// The dashboard's page, script and style hold no data: a browser loads
+	// them without the token, which the page takes from its URL fragment.
+	for _, p := range []string{"/", "/dashboard/dashboard.js"} {
+		if code := h.get(p, nil); code != 200 {
+			t.Errorf("GET %s: %d, want 200", p, code)
+		}
+	}
+}
+
+// A web page the operator visits must not reach a loopback admin listener:
+// not by a cross-site request, not through DNS rebinding.
+func TestCrossSiteRefused(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		token   string
+		headers []string
+		want    int
+	}{
+		{"script, no headers", "", nil, 200},
+		{"dashboard fetch", "", []string{"Sec-Fetch-Site", "same-origin"}, 200},
+		{"typed in the address bar", "", []string{"Sec-Fetch-Site", "none"}, 200},
+		{"cross-site fetch", "", []string{"Sec-Fetch-Site", "cross-site"}, http.StatusForbidden},
+		{"same-site subdomain", "", []string{"Sec-Fetch-Site", "same-site"}, http.StatusForbidden},
+		{"foreign origin", "", []string{"Origin", "http://evil.example"}, http.StatusForbidden},
+		{"rebinding host, no token", "", []string{"Host", "evil.example:9090"}, http.StatusForbidden},
+		{"other host with a token", "s3cret", []string{"Host", "admin.internal:9090", "Authorization", "Bearer s3cret"}, 200},
+		{"cross-site even with the token", "s3cret", []string{"Sec-Fetch-Site", "cross-site", "Authorization", "Bearer s3cret"}, http.StatusForbidden},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var opts []option
+			if tc.token != "" {
+				opts = append(opts, withToken(tc.token))
+			}
+			h := newHarness(t, opts...)
+			var e struct{ Error string }
+			if code := h.get("/admin/stats", &e, tc.headers...); code != tc.want {
+				t.Errorf("GET /admin/stats with %v: %d %q, want %d", tc.headers, code, e.Error, tc.want)
+			}
+		})
 	}
 }
 

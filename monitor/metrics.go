@@ -50,6 +50,13 @@ type Metrics struct {
 	Expired prometheus.Counter
 	// BadInput counts connections closed for malformed or hostile input.
 	BadInput prometheus.Counter
+	// LimitHits counts requests, connections and frames refused or cut
+	// off because they hit one of the node's limits (see node.Limits),
+	// by limit name. An alert fires while any limit is being hit.
+	LimitHits *prometheus.CounterVec
+	// AdminRefused counts admin requests refused, by reason (cross_site,
+	// token).
+	AdminRefused *prometheus.CounterVec
 }
 
 // Resumptions holds the pre-made counters of parley_resumptions_total.
@@ -134,12 +141,20 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			"Batches made durable by one fsync (group commit size).", batchBuckets),
 		Expired:  counter("parley_queue_expired_total", "Offline-queue items dropped undelivered because they grew too old."),
 		BadInput: counter("parley_bad_input_total", "Connections closed for malformed or hostile input."),
+		LimitHits: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "parley_limit_hits_total",
+			Help: "Requests, connections and frames refused or cut off by a limit, by limit (see GET /admin/limits).",
+		}, []string{"limit"}),
+		AdminRefused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "parley_admin_refused_total",
+			Help: "Admin listener requests refused, by reason (cross_site, token).",
+		}, []string{"reason"}),
 	}
 	reg.MustRegister(
 		m.ConnectionsOpen, m.Accepted, m.Closed, m.Logins, m.LoginFailures, hs, rs,
 		m.FramesIn, m.FramesOut, m.MessagesIn, m.MessagesOut, m.Receipts,
 		m.SendToDeliver, m.DeliverToAck, m.CommitLatency, m.CommitBatchSize,
-		m.Expired, m.BadInput,
+		m.Expired, m.BadInput, m.LimitHits, m.AdminRefused,
 	)
 	return m
 }

@@ -126,7 +126,7 @@ type Config struct {
 	// Now is the clock. Default time.Now.
 	Now func() time.Time
 	// AdminToken is the token admin requests must carry (Authorization:
-	// Bearer TOKEN, or ?token=TOKEN) when RequireToken is set.
+	// Bearer TOKEN) when RequireToken is set.
 	AdminToken string
 	// RequireToken makes every admin endpoint but the dashboard's static
 	// assets demand AdminToken. Set it when the admin listener is not on

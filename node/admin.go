@@ -1,30 +1,28 @@
 package node
 
 import (
-	"crypto/subtle"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"mime"
 	"net/http"
 	"net/http/pprof"
 	"os"
-	"regexp"
 	"runtime"
 	"runtime/debug"
 	"strconv"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"time"
 
+	"github.com/parleyhq/parley/account"
 	"github.com/parleyhq/parley/noise"
-	"github.com/parleyhq/parley/store"
 )
 
 // adminHandler serves the admin listener: health, process figures, and the
 // trusted bulk provisioning that load tests use. It is bound to loopback by
-// default; the public registration path stays exactly as strict.
+// default; every endpoint but the health probe goes through the monitor's
+// Guard (no cross-site requests; the admin token when one is set).
 func (n *Node) adminHandler() http.Handler {
 	mux := http.NewServeMux()
 	// Health stays open: load balancers and supervisors probe it.
@@ -38,36 +36,19 @@ func (n *Node) adminHandler() http.Handler {
 			"backlog":     n.pool.backlog(),
 		})
 	})
-	mux.Handle("GET /admin/process", n.requireToken(http.HandlerFunc(n.handleProcess)))
-	mux.Handle("POST /admin/accounts/bulk", n.requireToken(http.HandlerFunc(n.handleBulkAccounts)))
+	guard := func(h http.HandlerFunc) http.Handler { return n.monitor.Guard(h) }
+	mux.Handle("GET /admin/process", guard(n.handleProcess))
+	mux.Handle("POST /admin/accounts/bulk", guard(n.handleBulkAccounts))
 	// Profiles of the running server (go tool pprof URL/debug/pprof/profile).
-	mux.Handle("/debug/pprof/", n.requireToken(http.HandlerFunc(pprof.Index)))
-	mux.Handle("/debug/pprof/profile", n.requireToken(http.HandlerFunc(pprof.Profile)))
-	mux.Handle("/debug/pprof/symbol", n.requireToken(http.HandlerFunc(pprof.Symbol)))
-	mux.Handle("/debug/pprof/trace", n.requireToken(http.HandlerFunc(pprof.Trace)))
+	mux.Handle("/debug/pprof/", guard(pprof.Index))
+	mux.Handle("/debug/pprof/profile", guard(pprof.Profile))
+	mux.Handle("/debug/pprof/symbol", guard(pprof.Symbol))
+	mux.Handle("/debug/pprof/trace", guard(pprof.Trace))
 	// Metrics, sessions, alerts, stats and the dashboard (at "/"); the
-	// monitor checks the token itself, letting the static page load.
+	// monitor guards its own endpoints with the same Guard, letting the
+	// static page load.
 	mux.Handle("/", n.monitor.Handler())
 	return mux
-}
-
-// requireToken guards an admin endpoint with the admin token, if one is set.
-func (n *Node) requireToken(h http.Handler) http.Handler {
-	if n.cfg.AdminToken == "" {
-		return h
-	}
-	want := []byte("Bearer " + n.cfg.AdminToken)
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		got := []byte(r.Header.Get("Authorization"))
-		if q := r.URL.Query().Get("token"); q != "" {
-			got = []byte("Bearer " + q)
-		}
-		if subtle.ConstantTimeCompare(got, want) != 1 {
-			writeError(w, http.StatusUnauthorized, "unauthorized", "the admin listener needs its token: send Authorization: Bearer <token>")
-			return
-		}
-		h.ServeHTTP(w, r)
-	})
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {
@@ -157,17 +138,23 @@ func readProcSelf() (cpu float64, rss int64, err error) {
 	return (ut + stt) / clkTck, pages * int64(os.Getpagesize()), nil
 }
 
-var e164 = regexp.MustCompile(`^\+[1-9][0-9]{6,14}$`)
-
 // BulkAccount is one account of a POST /admin/accounts/bulk request.
 type BulkAccount struct {
 	Phone string `json:"phone"`
 	Key   string `json:"key"` // base64 (std) of the 32-byte device public key
 }
 
-// handleBulkAccounts creates or replaces many accounts at once, with no SMS
-// round: for load tests and migrations, on the trusted listener only.
+// handleBulkAccounts creates many accounts at once, with no SMS round: for
+// load tests and migrations, on the trusted listener only. It never
+// replaces an account (see account.Service.Provision): a number registered
+// to another key gets 409 and nothing of the request is written.
 func (n *Node) handleBulkAccounts(w http.ResponseWriter, r *http.Request) {
+	// A JSON body cannot be sent cross-site without a CORS preflight,
+	// which this listener never grants; a text/plain or form body can.
+	if mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type")); mt != "application/json" {
+		writeError(w, http.StatusUnsupportedMediaType, "unsupported_media_type", "send the body as Content-Type: application/json")
+		return
+	}
 	var req struct {
 		Accounts []BulkAccount `json:"accounts"`
 	}
@@ -177,43 +164,27 @@ func (n *Node) handleBulkAccounts(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, "bad_request", "body must be {\"accounts\":[{\"phone\":\"+E164\",\"key\":\"<base64>\"}]}: "+err.Error())
 		return
 	}
-	now := time.Now()
-	accts := make([]store.Account, 0, len(req.Accounts))
+	accts := make([]account.Provisioned, len(req.Accounts))
 	for i, a := range req.Accounts {
 		key, err := base64.StdEncoding.DecodeString(a.Key)
-		if err != nil || len(key) != noise.KeyLen {
+		if err != nil {
 			writeError(w, http.StatusBadRequest, "invalid_key", fmt.Sprintf("accounts[%d]: key must be base64 of %d bytes", i, noise.KeyLen))
 			return
 		}
-		if !e164.MatchString(a.Phone) {
-			writeError(w, http.StatusBadRequest, "invalid_phone", fmt.Sprintf("accounts[%d]: phone %q is not E.164 (+ and 7 to 15 digits)", i, a.Phone))
+		accts[i] = account.Provisioned{Phone: a.Phone, Key: key}
+	}
+	res, err := n.accounts.Provision(r.Context(), accts)
+	if err != nil {
+		var ae *account.Error
+		if errors.As(err, &ae) {
+			if ae.Status >= 500 {
+				n.log.Error("bulk accounts", "err", err)
+			}
+			writeError(w, ae.Status, ae.Code, ae.Message)
 			return
 		}
-		accts = append(accts, store.Account{Phone: a.Phone, Key: key, Generation: 1, Created: now, Updated: now})
-	}
-	// Concurrent synced writes share fsyncs in Pebble's commit pipeline,
-	// so a few dozen writers make bulk provisioning fast without a
-	// separate batch API.
-	var (
-		wg       sync.WaitGroup
-		next     atomic.Int64
-		firstErr atomic.Pointer[error]
-	)
-	for range min(32, len(accts)) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := int(next.Add(1) - 1); i < len(accts) && firstErr.Load() == nil; i = int(next.Add(1) - 1) {
-				if err := n.store.PutAccount(accts[i]); err != nil {
-					firstErr.CompareAndSwap(nil, &err)
-				}
-			}
-		}()
-	}
-	wg.Wait()
-	if err := firstErr.Load(); err != nil {
-		writeError(w, http.StatusInternalServerError, "internal", "store account: "+(*err).Error())
+		writeError(w, http.StatusInternalServerError, "internal", "provision accounts: "+err.Error())
 		return
 	}
-	writeJSON(w, http.StatusOK, map[string]int{"created": len(accts)})
+	writeJSON(w, http.StatusOK, map[string]int{"created": res.Created, "existing": res.Existing})
 }

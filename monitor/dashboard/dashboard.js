@@ -9,8 +9,10 @@
   const MIN_SPAN_S = 10;
 
   // The admin token, when the listener needs one, comes in the page's URL
-  // (?token=...) and goes out as a bearer token on every API call.
-  const token = new URLSearchParams(location.search).get("token");
+  // fragment (#token=...), which the browser never sends to the server
+  // (so it stays out of logs), and goes out as a bearer token on every
+  // API call.
+  const token = new URLSearchParams(location.hash.slice(1)).get("token");
   const headers = token ? { Authorization: "Bearer " + token } : {};
 
   // ---- formatting -------------------------------------------------------
@@ -287,7 +289,7 @@
 
   async function get(path) {
     const r = await fetch(path, { headers, cache: "no-store" });
-    if (r.status === 401) throw new Error("the admin listener needs its token: open this page as /?token=TOKEN");
+    if (r.status === 401) throw new Error("the admin listener needs its token: open this page as /#token=TOKEN");
     if (!r.ok) throw new Error(`${path}: HTTP ${r.status}`);
     return r.json();
   }
