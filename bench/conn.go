@@ -197,6 +197,16 @@ func (c *conn) complete() error {
 		p.u.resume.Store(r)
 	}
 	c.tx, c.rx, c.window, c.resumed = tx, rx, res.Window, p.resumed
+	// The server starts the session when it opens a message sealed with
+	// the new keys: send one, empty, at once.
+	off := len(c.wbuf)
+	c.wbuf = append(c.wbuf, 0, 0, 0)
+	if err := c.seal(off); err != nil {
+		return err
+	}
+	if err := c.flush(); err != nil {
+		return fmt.Errorf("send login proof of %s: %w", p.u.phone, err)
+	}
 	return nil
 }
 

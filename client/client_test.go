@@ -99,6 +99,18 @@ func (s *fakeServer) handshake(nc net.Conn) {
 		nc.Close()
 		return
 	}
+	// As the real server, take the login only once the client proves it
+	// holds the new keys: its first transport message, empty.
+	proof, err := wire.ReadMessage(nc, nil)
+	if err != nil {
+		nc.Close()
+		return
+	}
+	if pt, err := rx.Open(nil, proof); err != nil || len(pt) != 0 {
+		s.t.Errorf("fake server: the client's first message after login is not an empty proof (%d bytes, %v)", len(pt), err)
+		nc.Close()
+		return
+	}
 	nc.SetDeadline(time.Time{})
 	s.conns <- &fakeConn{t: s.t, nc: nc, tx: tx, rx: rx, login: login}
 }

@@ -206,5 +206,15 @@ func (c *Client) exchange(nc net.Conn, br *bufio.Reader, hs *noise.Client, first
 	if r := noise.NewResumption(res.Ticket, res.TicketSecret, res.TicketExpires); r != nil {
 		c.resume.Store(r)
 	}
+	// The login takes effect when the server opens a message sealed with
+	// the new keys (a replay of our first message cannot produce one):
+	// send it now, empty, so deliveries start without waiting for a frame.
+	proof, err := tx.Seal(wire.AppendHeader(make([]byte, 0, wire.HeaderLen+noise.TagLen), noise.TagLen), nil)
+	if err == nil {
+		_, err = nc.Write(proof)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("send login proof to %s: %w", c.cfg.Addr, err)
+	}
 	return &conn{nc: nc, br: br, rx: rx, tx: tx, window: res.Window, since: time.Now()}, nil
 }

@@ -72,6 +72,8 @@ type HandshakeFailures struct {
 	LoginRefused prometheus.Counter // reason="login_refused": unknown number, wrong key, bad version
 	Timeout      prometheus.Counter // reason="timeout": no login within the handshake timeout
 	BadFrame     prometheus.Counter // reason="bad_frame": unframeable first message
+	Unproven     prometheus.Counter // reason="unproven": answered, but the client never proved it holds the keys (a replay, or a client gone)
+	Replayed     prometheus.Counter // reason="replayed": a first message seen before, refused unanswered
 }
 
 // Histogram buckets, in base units. Delivery spans a push over loopback
@@ -101,7 +103,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	}
 	hs := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "parley_handshake_failures_total",
-		Help: "Native connections that failed before a session started, by reason (bad_handshake, login_refused, timeout, bad_frame).",
+		Help: "Native connections that failed before a session started, by reason (bad_handshake, login_refused, timeout, bad_frame, unproven, replayed).",
 	}, []string{"reason"})
 	rs := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "parley_resumptions_total",
@@ -125,6 +127,8 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			LoginRefused: hs.WithLabelValues("login_refused"),
 			Timeout:      hs.WithLabelValues("timeout"),
 			BadFrame:     hs.WithLabelValues("bad_frame"),
+			Unproven:     hs.WithLabelValues("unproven"),
+			Replayed:     hs.WithLabelValues("replayed"),
 		},
 		FramesIn:    counter("parley_frames_in_total", "Protocol frames received from clients."),
 		FramesOut:   counter("parley_frames_out_total", "Protocol frames sent to clients."),

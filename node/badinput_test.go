@@ -220,7 +220,20 @@ func handshake(nc net.Conn, kp noise.Keypair, serverKey, payload []byte) (*rawCo
 	if err := proto.Unmarshal(pl, res); err != nil {
 		return nil, nil, fmt.Errorf("decode LoginResult: %w", err)
 	}
-	return &rawConn{nc: nc, tx: tx, rx: rx}, res, nil
+	return provenConn(nc, tx, rx, res)
+}
+
+// provenConn is the connection of a login that the server answered with
+// res; if the login succeeded, it sends the proof that starts the session
+// (an empty sealed message, see wire's doc), as every client does.
+func provenConn(nc net.Conn, tx, rx *noise.Cipher, res *wire.LoginResult) (*rawConn, *wire.LoginResult, error) {
+	rc := &rawConn{nc: nc, tx: tx, rx: rx}
+	if res.Error == nil {
+		if err := rc.writePlain(nil); err != nil {
+			return nil, nil, fmt.Errorf("send login proof: %w", err)
+		}
+	}
+	return rc, res, nil
 }
 
 // dialLogin connects and logs in; any failure is an error.
@@ -513,13 +526,12 @@ func startTestNode(t *testing.T, handshakeTimeout time.Duration, phones ...strin
 	t.Helper()
 	gw := &codeGateway{}
 	n, err := node.Start(context.Background(), node.Config{
-		DataDir:          t.TempDir(),
-		Listen:           "127.0.0.1:0",
-		HTTP:             "127.0.0.1:0",
-		Admin:            "127.0.0.1:0",
-		SMS:              gw,
-		HandshakeTimeout: handshakeTimeout,
-		FrameTimeout:     handshakeTimeout,
+		DataDir: t.TempDir(),
+		Listen:  "127.0.0.1:0",
+		HTTP:    "127.0.0.1:0",
+		Admin:   "127.0.0.1:0",
+		SMS:     gw,
+		Limits:  node.Limits{HandshakeTimeout: handshakeTimeout, FrameTimeout: handshakeTimeout},
 		// Tests register numbers more than once: no gap between requests.
 		PerNumber: account.RateLimit{Max: 100, Window: time.Minute},
 		Log:       testLogger(t),

@@ -29,8 +29,7 @@ const (
 	evClosed
 )
 
-// event is one entry of a session's mailbox. evStart carries the user in
-// text and the account's generation in seq.
+// event is one entry of a session's mailbox.
 type event struct {
 	kind  evKind
 	code  wire.Error_Code
@@ -69,18 +68,15 @@ type conn struct {
 	mbox *mailbox // under mu; nil when empty
 
 	mu       sync.Mutex
-	stage    atomic.Uint32 // stageNew, stageRefused, stageLoggedIn; read by the monitor
+	stage    atomic.Uint32 // the poller's; read by the monitor and OnClose
 	inflight atomic.Int32  // actor; the monitor reads it
 	// msgsIn and msgsOut count messages; the monitor reads them and only
 	// ever uses their growth between samples, so 32 bits are enough.
 	msgsIn, msgsOut atomic.Uint32 // actor
 	rates           monitor.Rates // the monitor's alone, under its lock
 
-	rx        noise.Cipher // poller; set by the handshake, with secured
+	rx        noise.Cipher // poller; set by the handshake, with stageProving
 	tx        noise.Cipher // actor
-	secured   bool         // poller: the handshake is done, messages are sealed frames
-	failed    bool         // poller
-	refused   bool         // poller: a resumption was refused; the next must be a full handshake
 	live      bool         // actor: core is a running session, from evStart until evClosed
 	scheduled bool         // under mu
 	dead      bool         // under mu
@@ -97,11 +93,53 @@ type mailbox struct {
 	first [1]event
 }
 
+// A connection's stages, as the poller that reads it moves it on. Only the
+// poller writes the stage (an atomic so that the monitor and the close
+// callback can read it).
+//
+//	stageNew ──────────────┬─▶ stageProving ─▶ stageLoggedIn ─▶ stageFailed
+//	   │ ticket refused    │        │                 (bad input: a Close
+//	   ▼                   │        │                  frame, then closed)
+//	stageRetry ────────────┘        │
+//	   │ any failure                │ timeout, close
+//	   ▼                            ▼
+//	stageRefused (closed)        (closed; counted as unproven)
 const (
+	// stageNew: waiting for the client's first handshake message.
 	stageNew uint32 = iota
-	stageRefused
+	// stageRetry: a resumption ticket was refused; waiting for a full
+	// handshake on the same connection (once).
+	stageRetry
+	// stageProving: the login was answered; waiting for the client's
+	// first transport message, which proves it holds the handshake's keys.
+	// Until then the connection has no session: a replayed first message
+	// gets an answer it cannot read, and replaces no one.
+	stageProving
+	// stageLoggedIn: the session runs; messages are sealed frames.
 	stageLoggedIn
+	// stageRefused: the handshake or the login failed; the connection is
+	// closed.
+	stageRefused
+	// stageFailed: a logged-in client sent bad input; the session closes
+	// with a Close frame saying why, and nothing more is read.
+	stageFailed
+	// stageUncounted: refused at accept for a limit (see admission); it
+	// was never counted, so its close uncounts nothing.
+	stageUncounted
 )
+
+// secured reports whether the handshake is done, so messages are sealed.
+func (c *conn) secured() bool {
+	s := c.stage.Load()
+	return s == stageProving || s == stageLoggedIn
+}
+
+// stopped reports whether the poller has stopped reading (bad input or a
+// refused login).
+func (c *conn) stopped() bool {
+	s := c.stage.Load()
+	return s == stageRefused || s == stageFailed || s == stageUncounted
+}
 
 // post appends ev to the mailbox and schedules the actor if it is idle. It
 // never blocks: it is called from the event loop and from commit callbacks.
@@ -167,7 +205,7 @@ func (c *conn) run(w *worker, schedAt int64) {
 func (c *conn) handle(w *worker, ev *event) bool {
 	switch ev.kind {
 	case evStart:
-		return c.start(w, ev.text, ev.seq)
+		return c.start(w)
 	case evClosed:
 		if c.live {
 			w.n.router.unregister(c.core.User(), c)
@@ -202,27 +240,10 @@ func (c *conn) handle(w *worker, ev *event) bool {
 	return false
 }
 
-// start begins the session of user, whose account had generation gen when
-// the handshake checked its key.
-func (c *conn) start(w *worker, user string, gen uint64) bool {
-	c.core.Init(user, &w.n.sessionCfg)
+// start begins the session that prove set up and registered.
+func (c *conn) start(w *worker) bool {
 	c.live = true
-	if prev := w.n.router.register(user, c); prev != nil && prev != c {
-		prev.post(w.n.pool, event{kind: evKick, code: wire.Error_REPLACED, text: "this account logged in on a newer connection"})
-	}
-	// A re-registration may have landed between the handshake's key check
-	// and the registration above; it kicked whoever was registered then, so
-	// check again now that this connection is the one a kick would find.
-	switch a, err := w.n.store.Account(user); {
-	case err != nil:
-		w.n.log.Error("account lookup at login", "user", user, "err", err)
-		c.core.StepKicked(wire.Error_INTERNAL, "account lookup failed: reconnect")
-		return c.ready(w)
-	case a.Generation != gen:
-		c.core.StepKicked(wire.Error_REGISTERED_ELSEWHERE, "this number was registered on another device")
-		return c.ready(w)
-	}
-	w.n.log.Debug("session started", "user", user, "conn", c.id())
+	w.n.log.Debug("session started", "user", c.core.User(), "conn", c.id())
 	c.core.StepStart()
 	return c.ready(w)
 }
@@ -326,7 +347,7 @@ func (c *conn) id() string { return c.peer.String() }
 // stream; only an incomplete tail is kept between reads, so an idle
 // connection holds no buffer.
 func (c *conn) onData(n *Node, data []byte) {
-	if c.failed {
+	if c.stopped() {
 		return
 	}
 	wasPartial := c.partial != nil
@@ -339,8 +360,7 @@ func (c *conn) onData(n *Node, data []byte) {
 	for {
 		msg, rest, ok, err := wire.Next(buf)
 		if err != nil {
-			if !c.secured {
-				c.stage.Store(stageRefused)
+			if c.stage.Load() != stageLoggedIn {
 				n.mx.HandshakeFailures.BadFrame.Inc()
 			}
 			c.fail(n, wire.Error_BAD_FRAME, err.Error())
@@ -369,10 +389,10 @@ func (c *conn) onData(n *Node, data []byte) {
 	// The clock starts with each new partial message (reads that keep
 	// ending mid-message while messages complete are progress), and idle
 	// peers between messages hold nothing and get no timer.
-	if c.secured && !c.failed {
+	if c.stage.Load() == stageLoggedIn {
 		switch {
 		case c.partial != nil && (!wasPartial || completed > 0):
-			c.nc.SetReadDeadline(time.Now().Add(n.cfg.FrameTimeout))
+			c.nc.SetReadDeadline(time.Now().Add(n.cfg.Limits.FrameTimeout))
 		case c.partial == nil && wasPartial:
 			c.nc.SetReadDeadline(time.Time{})
 		}
@@ -381,13 +401,21 @@ func (c *conn) onData(n *Node, data []byte) {
 
 // onMessage handles one complete message; false stops reading.
 func (c *conn) onMessage(n *Node, msg []byte) bool {
-	if !c.secured {
+	if !c.secured() {
 		return c.handshake(n, msg)
 	}
 	pt, err := c.rx.Open(msg[:0], msg)
 	if err != nil {
 		c.fail(n, wire.Error_BAD_FRAME, "message does not decrypt")
 		return false
+	}
+	if c.stage.Load() == stageProving {
+		// The proof: only the holder of the handshake's keys could seal
+		// a message under them. Its own content is empty (wire doc).
+		c.prove(n)
+		if len(pt) == 0 {
+			return true
+		}
 	}
 	f := n.frames.Get().(*wire.Frame)
 	if err := wire.DecodeFrameReusing(pt, f); err != nil {
@@ -403,14 +431,15 @@ func (c *conn) onMessage(n *Node, msg []byte) bool {
 // fail ends a logged-in connection for bad input: the actor sends a Close
 // frame with the reason, then closes. Reading stops at once.
 func (c *conn) fail(n *Node, code wire.Error_Code, text string) {
-	c.failed = true
 	c.partial = nil
 	n.mx.BadInput.Inc()
-	if !c.secured {
+	if c.stage.Load() != stageLoggedIn {
+		c.stage.Store(stageRefused)
 		n.log.Info("connection refused", "conn", c.id(), "reason", text)
 		c.nc.Close()
 		return
 	}
+	c.stage.Store(stageFailed)
 	c.post(n.pool, event{kind: evKick, code: code, text: text})
 }
 
@@ -420,29 +449,40 @@ func (c *conn) fail(n *Node, code wire.Error_Code, text string) {
 // reply both completes the handshake and says whether the login succeeded;
 // a successful login's result carries a ticket for the next one.
 func (c *conn) handshake(n *Node, msg []byte) bool {
+	eph, hasEph := noise.Ephemeral(msg)
+	if hasEph && n.replays.seen(eph) {
+		// A first message seen before: a replay. Refused before any
+		// Diffie-Hellman, so that a flood of them costs little.
+		c.stage.Store(stageRefused)
+		n.mx.HandshakeFailures.Replayed.Inc()
+		c.nc.Close()
+		return false
+	}
 	h, err := n.static.Accept(msg)
-	if errors.Is(err, noise.ErrTicketRefused) && !c.refused {
+	if err == nil && hasEph {
+		n.replays.record(eph, time.Now())
+	}
+	if errors.Is(err, noise.ErrTicketRefused) && c.stage.Load() == stageNew {
 		// Expired or foreign ticket: say so, and read the client's full
 		// handshake next, on this connection (once: a second refusal
 		// closes it).
-		c.refused = true
+		c.stage.Store(stageRetry)
 		n.mx.Resumptions.Refused.Inc()
 		n.log.Debug("resumption refused", "conn", c.id(), "reason", err)
 		if err := c.writeHandshake(noise.RefusedReply); err != nil {
-			c.failed = true
+			c.stage.Store(stageRefused)
 			c.nc.Close()
 			return false
 		}
 		return true
 	}
 	if err != nil {
-		c.stage.Store(stageRefused)
 		n.mx.HandshakeFailures.BadHandshake.Inc()
 		c.fail(n, wire.Error_LOGIN_FAILED, err.Error())
 		return false
 	}
 	var login wire.Login
-	res := &wire.LoginResult{ServerTime: time.Now().UnixNano(), Window: uint32(n.cfg.Window)}
+	res := &wire.LoginResult{ServerTime: time.Now().UnixNano(), Window: uint32(n.cfg.Limits.Window)}
 	var acct store.Account
 	switch err = login.UnmarshalVT(h.Payload); {
 	case err != nil:
@@ -486,31 +526,87 @@ func (c *conn) handshake(n *Node, msg []byte) bool {
 		var tx, rx *noise.Cipher
 		reply, tx, rx, err = h.Server.Reply(reply)
 		if err == nil && res.Error == nil {
-			c.tx, c.rx, c.secured = *tx, *rx, true
+			c.tx, c.rx = *tx, *rx
 		}
 	}
 	if err != nil {
 		c.fail(n, wire.Error_INTERNAL, err.Error())
 		return false
 	}
+	if res.Error == nil {
+		// Until the proof arrives the login is only remembered; the read
+		// deadline set at accept still runs, so a replayer that cannot
+		// answer is closed by it.
+		n.proving.Store(c, provingLogin{user: login.Phone, gen: acct.Generation, resumed: h.Ticket != nil})
+		c.stage.Store(stageProving)
+	}
 	if err := c.writeHandshake(reply); err != nil || res.Error != nil {
+		n.proving.Delete(c)
 		c.stage.Store(stageRefused)
 		n.mx.LoginFailures.Inc()
 		n.mx.HandshakeFailures.LoginRefused.Inc()
 		n.log.Info("login refused", "user", login.Phone, "conn", c.id(), "reason", res.Error.GetText())
-		c.failed = true
 		c.nc.Close()
 		return false
 	}
-	if h.Ticket != nil {
+	return true
+}
+
+// provingLogin is a login answered and waiting for its proof (see
+// stageProving).
+type provingLogin struct {
+	user    string
+	gen     uint64 // the account's generation when the handshake checked its key
+	resumed bool
+}
+
+// prove starts the session of the login that c's first transport message
+// has just proven; only now may it replace an older connection. It runs on
+// the poller, so that logins of one user are registered in the order their
+// proofs arrived: the newest proven login wins, whichever actor runs
+// first.
+func (c *conn) prove(n *Node) {
+	v, ok := n.proving.LoadAndDelete(c)
+	if !ok {
+		return // cannot happen: stageProving is set only with an entry
+	}
+	pl := v.(provingLogin)
+	if pl.resumed {
 		n.mx.Resumptions.Resumed.Inc()
 	}
 	c.nc.SetReadDeadline(time.Time{})
 	c.stage.Store(stageLoggedIn)
+	n.admission.loggedIn()
 	n.counts.logins.Add(1)
 	n.mx.Logins.Inc()
-	c.post(n.pool, event{kind: evStart, text: login.Phone, seq: acct.Generation})
-	return true
+	// No actor has run for c yet, so the poller may set up its core. The
+	// start is posted before c can be found, so that a kick from a newer
+	// login or a re-registration reaches a running session, not one that
+	// has yet to start (which would ignore it).
+	c.core.Init(pl.user, &n.sessionCfg)
+	c.post(n.pool, event{kind: evStart})
+	if prev := n.router.register(pl.user, c); prev != nil && prev != c {
+		prev.post(n.pool, event{kind: evKick, code: wire.Error_REPLACED, text: "this account logged in on a newer connection"})
+	}
+	c.mu.Lock()
+	dead := c.dead
+	c.mu.Unlock()
+	if dead {
+		// Closed (its deadline fired) while being proven: its evClosed
+		// may have come before the registration, so undo it here.
+		n.router.unregister(pl.user, c)
+		return
+	}
+	// A re-registration may have landed between the handshake's key check
+	// and the registration above; it kicked whoever was registered then,
+	// so check again now that c is the one a kick would find.
+	switch a, err := n.store.Account(pl.user); {
+	case err != nil:
+		n.log.Error("account lookup at login", "user", pl.user, "err", err)
+		c.post(n.pool, event{kind: evKick, code: wire.Error_INTERNAL, text: "account lookup failed: reconnect"})
+	case a.Generation != pl.gen:
+		c.post(n.pool, event{kind: evKick, code: wire.Error_REGISTERED_ELSEWHERE, text: "this number was registered on another device"})
+	}
 }
 
 // writeHandshake writes a handshake reply, length-prefixed (it is not

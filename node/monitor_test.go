@@ -78,7 +78,7 @@ func TestSlowReceiverRaisesMailboxAlert(t *testing.T) {
 	gw := &codeGateway{}
 	n, err := node.Start(context.Background(), node.Config{
 		DataDir: t.TempDir(), Listen: "127.0.0.1:0", HTTP: "127.0.0.1:0", Admin: "127.0.0.1:0",
-		SMS: gw, Window: 8, Log: testLogger(t),
+		SMS: gw, Limits: node.Limits{Window: 8}, Log: testLogger(t),
 		Alerts:       monitor.Thresholds{Mailbox: 50},
 		AlertWebhook: hook.URL,
 	})

@@ -65,32 +65,15 @@ type Config struct {
 	// number and per client address. Zero values mean account's defaults
 	// (3 per number per 10 minutes, 30 s apart; 20 per address).
 	PerNumber, PerAddr account.RateLimit
-	// Window is the most deliveries a session keeps unacknowledged.
-	// Default 256.
-	Window int
 	// Workers is the size of the session worker pool. Default 4 x GOMAXPROCS.
 	Workers int
 	// Pollers is the number of event-loop goroutines. Default GOMAXPROCS.
 	Pollers int
-	// MaxQueueLen bounds one user's offline queue. Default 100000.
-	MaxQueueLen int
-	// MaxQueueAge bounds how long an item waits. Default 30 days.
-	MaxQueueAge time.Duration
-	// HandshakeTimeout closes connections that do not complete the
-	// handshake in time. Default 10s.
-	HandshakeTimeout time.Duration
 	// TicketTTL is how long a resumption ticket is good for: a device that
 	// logged in within it logs in again with a cheaper handshake (see
 	// noise/ticket.go). Default 7 days; negative: no tickets, every login
 	// is a full handshake.
 	TicketTTL time.Duration
-	// MaxWriteBuffer bounds what the server holds for one client that does
-	// not read what it is sent; past it the connection is closed (the
-	// client reconnects and its queue is delivered again). Default 4 MiB.
-	MaxWriteBuffer int
-	// FrameTimeout closes logged-in connections that stop in the middle
-	// of a message for this long. Default 30s.
-	FrameTimeout time.Duration
 	// AdminToken, when set, is required (Authorization: Bearer) on the
 	// admin listener. It must be set when Admin is not a loopback address.
 	AdminToken string
@@ -107,6 +90,9 @@ type Config struct {
 	// long media are kept (default 30 days).
 	MediaMaxSize int64
 	MediaTTL     time.Duration
+	// Limits bound what the network can make the node hold or do; zero
+	// fields mean DefaultLimits.
+	Limits Limits
 	// Log receives the node's structured log. Default slog.Default().
 	Log *slog.Logger
 	// StoreFS is the file system under the store; nil means the disk.
@@ -125,9 +111,6 @@ func (c *Config) setDefaults() {
 	def(&c.Listen, "127.0.0.1:5222")
 	def(&c.HTTP, "127.0.0.1:8080")
 	def(&c.Admin, "127.0.0.1:9090")
-	if c.Window <= 0 {
-		c.Window = 256
-	}
 	if c.Workers <= 0 {
 		c.Workers = 4 * runtime.GOMAXPROCS(0)
 	}
@@ -137,18 +120,10 @@ func (c *Config) setDefaults() {
 	if c.TicketTTL == 0 {
 		c.TicketTTL = 7 * 24 * time.Hour
 	}
-	if c.HandshakeTimeout <= 0 {
-		c.HandshakeTimeout = 10 * time.Second
-	}
-	if c.MaxWriteBuffer <= 0 {
-		c.MaxWriteBuffer = 4 << 20
-	}
-	if c.FrameTimeout <= 0 {
-		c.FrameTimeout = 30 * time.Second
-	}
 	if c.Log == nil {
 		c.Log = slog.Default()
 	}
+	c.Limits = c.Limits.withDefaults()
 }
 
 // counts are the figures the admin endpoints read back directly; every
@@ -185,6 +160,15 @@ type Node struct {
 	// stepped them.
 	frames sync.Pool
 
+	// proving holds the logins answered and not yet proven (*conn ->
+	// provingLogin; see stageProving). Kept here rather than in conn,
+	// which would grow on every connection for a moment of each.
+	proving sync.Map
+	// replays refuses first handshake messages seen before.
+	replays *replayFilter
+	// admission holds connections to their limits.
+	admission *admission
+
 	nativeLn          net.Listener
 	addrs             nbioAddrs // see adopt
 	loopStarted       time.Time
@@ -209,6 +193,8 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 	reg := prometheus.NewRegistry()
 	n := &Node{cfg: cfg, log: cfg.Log, router: newRouter(), mx: monitor.NewMetrics(reg)}
 	n.frames.New = func() any { return new(wire.Frame) }
+	n.replays = newReplayFilter(cfg.Limits.ReplayMemory, cfg.Limits.ReplayWindow)
+	n.admission = newAdmission(&n.cfg.Limits)
 	defer func() {
 		if err != nil {
 			n.Close() // whatever was started before the failure
@@ -240,8 +226,8 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 		n.log.Info("generated server key", "path", filepath.Join(cfg.DataDir, "server.key"))
 	}
 	n.store, err = store.OpenPebble(filepath.Join(cfg.DataDir, "store"), store.Options{
-		MaxQueueLen: cfg.MaxQueueLen,
-		MaxAge:      cfg.MaxQueueAge,
+		MaxQueueLen: cfg.Limits.MaxQueueLen,
+		MaxAge:      cfg.Limits.MaxQueueAge,
 		OnExpire: func(user string, it store.Item) {
 			n.mx.Expired.Inc()
 			n.log.Warn("queue item expired undelivered", "user", user, "seq", it.Seq, "queued", time.Unix(0, it.TS))
@@ -254,7 +240,7 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 	}
 	n.ids = &idGen{st: n.store}
 	n.sessionCfg = session.Config{
-		Window:      cfg.Window,
+		Window:      cfg.Limits.Window,
 		Now:         func() int64 { return time.Now().UnixNano() },
 		NewID:       n.ids.next,
 		IssueUpload: n.issueUpload,
@@ -306,7 +292,13 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 // listenNative opens the native listener early, so that port 0 works and
 // its address is known before clients are told where to connect.
 func (n *Node) listenNative() error {
-	ln, err := net.Listen("tcp", n.cfg.Listen)
+	// Keep-alive finds peers gone without a FIN (see Limits.KeepAlive)
+	// at no memory cost per connection.
+	lc := net.ListenConfig{KeepAliveConfig: net.KeepAliveConfig{Enable: n.cfg.Limits.KeepAlive > 0, Idle: n.cfg.Limits.KeepAlive, Interval: 15 * time.Second, Count: 4}}
+	if n.cfg.Limits.KeepAlive < 0 {
+		lc.KeepAlive = -1
+	}
+	ln, err := lc.Listen(context.Background(), "tcp", n.cfg.Listen)
 	if err != nil {
 		return fmt.Errorf("native listener on %s: %w (is another server running? choose another address with --listen)", n.cfg.Listen, err)
 	}
@@ -324,17 +316,27 @@ func (n *Node) startLoop() error {
 		NPoller: n.cfg.Pollers,
 		// Unread replies (pongs, acks, deliveries) must not pile up
 		// without bound for a client that never reads.
-		MaxWriteBufferSize: n.cfg.MaxWriteBuffer,
+		MaxWriteBufferSize: n.cfg.Limits.MaxWriteBuffer,
 		Listen:             func(string, string) (net.Listener, error) { return adoptingListener{n.nativeLn, n}, nil },
 	})
 	e.OnOpen(func(nc *nbio.Conn) {
 		n.mx.Accepted.Inc()
 		n.mx.ConnectionsOpen.Inc()
 		n.counts.open.Add(1)
-		if _, ok := nc.Session().(*conn); !ok { // not adopted (see adopt)
-			nc.SetSession(&conn{nc: nc, peer: makePeerAddr(nc.RemoteAddr())})
+		c, ok := nc.Session().(*conn)
+		if !ok { // not adopted (see adopt)
+			c = &conn{nc: nc, peer: makePeerAddr(nc.RemoteAddr())}
+			nc.SetSession(c)
 		}
-		nc.SetReadDeadline(time.Now().Add(n.cfg.HandshakeTimeout))
+		if limit := n.admission.admit(c.peer.AddrPort().Addr()); limit != "" {
+			// Over a limit: closed before it costs a handshake. The close
+			// callback sees stageUncounted and leaves the counts alone.
+			c.stage.Store(stageUncounted)
+			n.mx.LimitHits.WithLabelValues(limit).Inc()
+			nc.Close()
+			return
+		}
+		nc.SetReadDeadline(time.Now().Add(n.cfg.Limits.HandshakeTimeout))
 	})
 	e.OnData(func(nc *nbio.Conn, data []byte) {
 		if c, ok := nc.Session().(*conn); ok {
@@ -353,10 +355,20 @@ func (n *Node) startLoop() error {
 			nc.SetSession(nil)
 			peer := c.peer
 			n.addrs.trim(nc, n.nativeLn.Addr(), &peer)
-			if c.stage.Load() == stageNew {
+			stage := c.stage.Load()
+			if stage != stageUncounted {
+				n.admission.closed(c.peer.AddrPort().Addr(), stage != stageLoggedIn && stage != stageFailed)
+			}
+			switch stage {
+			case stageNew, stageRetry:
 				// Closed before the handshake finished: the deadline, or
 				// a peer that gave up.
 				n.mx.HandshakeFailures.Timeout.Inc()
+			case stageProving:
+				// Answered, never proven: a replayed first message, or a
+				// client gone right after the reply.
+				n.proving.Delete(c)
+				n.mx.HandshakeFailures.Unproven.Inc()
 			}
 			c.post(n.pool, event{kind: evClosed})
 		}
@@ -420,15 +432,28 @@ func (n *Node) startHTTP() error {
 	mux := http.NewServeMux()
 	mux.Handle("/v1/media", n.media.Handler())
 	mux.Handle("/v1/media/", n.media.Handler())
-	mux.Handle("/", svc.Handler())
+	mux.Handle("/", requestDeadline(n.cfg.Limits.HTTPRequestTimeout, svc.Handler()))
 	if n.adminLn, err = net.Listen("tcp", n.cfg.Admin); err != nil {
 		return fmt.Errorf("admin listener on %s: %w (choose another address with --admin)", n.cfg.Admin, err)
 	}
-	// No whole-request ReadTimeout: media uploads of 64 MiB are slow on
-	// slow links; the media handler cuts off stalled uploads itself.
-	n.httpSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(n.log.Handler(), slog.LevelWarn)}
-	n.adminSrv = &http.Server{Handler: n.adminHandler(), ReadHeaderTimeout: 10 * time.Second}
-	go n.httpSrv.Serve(n.httpLn)
+	// The listener's read and write timeouts are sized for media (uploads
+	// of 64 MiB on slow links); registration requests get the short
+	// HTTPRequestTimeout (requestDeadline above).
+	lim := n.cfg.Limits
+	newServer := func(h http.Handler) *http.Server {
+		return &http.Server{
+			Handler:           h,
+			ReadHeaderTimeout: lim.HTTPReadHeaderTimeout,
+			ReadTimeout:       lim.HTTPReadTimeout,
+			WriteTimeout:      lim.HTTPWriteTimeout,
+			IdleTimeout:       lim.HTTPIdleTimeout,
+			ErrorLog:          slog.NewLogLogger(n.log.Handler(), slog.LevelWarn),
+		}
+	}
+	n.httpSrv = newServer(mux)
+	n.adminSrv = newServer(n.adminHandler())
+	httpHits := n.mx.LimitHits.WithLabelValues("http_conns_per_addr")
+	go n.httpSrv.Serve(limitPerAddr(n.httpLn, lim.HTTPConnsPerAddr, httpHits.Inc))
 	go n.adminSrv.Serve(n.adminLn)
 	return nil
 }

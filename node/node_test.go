@@ -52,7 +52,7 @@ func TestClientThatNeverReadsIsCutOff(t *testing.T) {
 	gw := &codeGateway{}
 	n, err := node.Start(context.Background(), node.Config{
 		DataDir: t.TempDir(), Listen: "127.0.0.1:0", HTTP: "127.0.0.1:0", Admin: "127.0.0.1:0",
-		SMS: gw, MaxWriteBuffer: maxWriteBufferForTest, Log: testLogger(t),
+		SMS: gw, Limits: node.Limits{MaxWriteBuffer: maxWriteBufferForTest}, Log: testLogger(t),
 	})
 	if err != nil {
 		t.Fatal(err)

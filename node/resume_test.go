@@ -98,7 +98,7 @@ func resume(nc net.Conn, phone string, tk ticketOf) (*rawConn, *wire.LoginResult
 	if err := proto.Unmarshal(pl, res); err != nil {
 		return nil, nil, err
 	}
-	return &rawConn{nc: nc, tx: tx, rx: rx}, res, nil
+	return provenConn(nc, tx, rx, res)
 }
 
 func dial(t *testing.T, n *node.Node) net.Conn {

@@ -446,6 +446,33 @@ func (s *Static) Accept(first []byte) (*Hello, error) {
 	}
 }
 
+// Ephemeral returns the client's ephemeral public key from a first
+// message, without any cryptography: both handshakes send it in the clear
+// at a fixed place. A client makes a new one for every handshake, so a
+// server that has seen it before is looking at a replay and can refuse it
+// before spending a Diffie-Hellman on it.
+func Ephemeral(first []byte) (e [KeyLen]byte, ok bool) {
+	if len(first) == 0 {
+		return e, false
+	}
+	rest := first[1:]
+	switch first[0] {
+	case kindFull:
+	case kindResume:
+		if len(rest) == 0 || len(rest) < 1+int(rest[0]) {
+			return e, false
+		}
+		rest = rest[1+int(rest[0]):]
+	default:
+		return e, false
+	}
+	if len(rest) < KeyLen {
+		return e, false
+	}
+	copy(e[:], rest)
+	return e, true
+}
+
 // newResumeState starts Noise_NNpsk0 keyed by a ticket's secret, with the
 // ticket in the prologue.
 func newResumeState(ticket, psk []byte, initiator bool) (*fnoise.HandshakeState, error) {

@@ -1,0 +1,192 @@
+package node_test
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/parleyhq/parley/node"
+	"github.com/parleyhq/parley/noise"
+	"github.com/parleyhq/parley/wire"
+)
+
+// A captured first handshake message, sent again, must cost the real device
+// nothing: while the server remembers it, it is refused unanswered; once
+// it does not (after a restart), it is answered, but the replayer cannot
+// prove it holds the keys, so it replaces no one.
+func TestReplayedLoginReplacesNoOne(t *testing.T) {
+	dir := t.TempDir()
+	gw := &codeGateway{}
+	n := startNodeIn(t, dir, gw)
+	akp, _ := register(t, n.HTTPURL(), alicePhone, gw.code)
+
+	// The real device logs in; the attacker captures its first message.
+	hs, first, err := noise.NewClient(akp, n.PublicKey(), loginPayload(alicePhone, 1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	nc := dial(t, n)
+	if err := writeMsg(nc, first); err != nil {
+		t.Fatal(err)
+	}
+	nc.SetReadDeadline(time.Now().Add(ioGuard))
+	reply, err := wire.ReadMessage(nc, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, tx, rx, err := hs.Finish(reply)
+	if err != nil {
+		t.Fatal(err)
+	}
+	alice, _, err := provenConn(nc, tx, rx, &wire.LoginResult{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := alice.writePlain(pingFrame(1)); err != nil {
+		t.Fatal(err)
+	}
+	awaitPong(t, alice, 1)
+
+	for i := range 20 {
+		r := dial(t, n)
+		if err := writeMsg(r, first); err != nil {
+			t.Fatal(err)
+		}
+		expectHangup(t, r, true)
+		if t.Failed() {
+			t.Fatalf("replay %d was answered", i+1)
+		}
+	}
+	if err := alice.writePlain(pingFrame(2)); err != nil {
+		t.Fatal(err)
+	}
+	awaitPong(t, alice, 2) // no Close frame came first
+
+	// After a restart the server has forgotten the message: it answers the
+	// replay, and the device that logs in meanwhile stays in.
+	alice.Close()
+	n.Close()
+	n = startNodeIn(t, dir, gw)
+	alice2, _ := loginFull(t, n, alicePhone, akp)
+	r := dial(t, n)
+	if err := writeMsg(r, first); err != nil {
+		t.Fatal(err)
+	}
+	r.SetReadDeadline(time.Now().Add(ioGuard))
+	if _, err := wire.ReadMessage(r, nil); err != nil {
+		t.Fatalf("the forgotten replay was not answered: %v", err)
+	}
+	if err := alice2.writePlain(pingFrame(3)); err != nil {
+		t.Fatal(err)
+	}
+	awaitPong(t, alice2, 3) // not REPLACED by the unproven replay
+	// The replay's connection is closed at the handshake deadline, never
+	// having started a session.
+	if got := n.SessionCount(); got != 1 {
+		t.Errorf("sessions = %d, want 1 (alice's)", got)
+	}
+}
+
+// GET /admin/limits echoes every limit in force, defaults filled in.
+func TestAdminLimits(t *testing.T) {
+	n := startNodeWith(t, node.Limits{MaxConnsPerAddr: 7})
+	resp, err := (&http.Client{Timeout: ioGuard}).Get(n.AdminURL() + "/admin/limits")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var got struct {
+		Node map[string]any `json:"node"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&got); err != nil {
+		t.Fatal(err)
+	}
+	def := node.DefaultLimits()
+	for k, want := range map[string]any{
+		"max_conns_per_addr":  float64(7),
+		"max_handshakes":      float64(def.MaxHandshakes),
+		"handshake_timeout":   def.HandshakeTimeout.String(),
+		"max_mailbox":         float64(def.MaxMailbox),
+		"http_conns_per_addr": float64(def.HTTPConnsPerAddr),
+	} {
+		if got.Node[k] != want {
+			t.Errorf("limits[%s] = %v, want %v", k, got.Node[k], want)
+		}
+	}
+}
+
+func startNodeWith(t *testing.T, lim node.Limits) *node.Node {
+	t.Helper()
+	n, err := node.Start(t.Context(), node.Config{
+		DataDir: t.TempDir(), Listen: "127.0.0.1:0", HTTP: "127.0.0.1:0", Admin: "127.0.0.1:0",
+		SMS: &codeGateway{}, Limits: lim, Log: testLogger(t),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { n.Close() })
+	return n
+}
+
+// Slow HTTP clients: a request that never finishes arriving is cut off at
+// the request timeout, and one address cannot hold more connections than
+// its share; another client is served meanwhile.
+func TestSlowHTTPClientsAreBounded(t *testing.T) {
+	const perAddr = 4
+	n := startNodeWith(t, node.Limits{HTTPRequestTimeout: 500 * time.Millisecond, HTTPConnsPerAddr: perAddr})
+	host := strings.TrimPrefix(n.HTTPURL(), "http://")
+
+	// A POST declaring 4000 bytes and sending one.
+	slow, err := net.DialTimeout("tcp", host, ioGuard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer slow.Close()
+	fmt.Fprintf(slow, "POST /v1/register/request HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 4000\r\n\r\n{")
+	slow.SetReadDeadline(time.Now().Add(ioGuard))
+	if _, err := io.ReadAll(slow); err != nil {
+		t.Errorf("a request that never finishes arriving was not cut off: %v", err)
+	}
+
+	// perAddr idle connections hold the address's share; the next is
+	// closed at once.
+	var held []net.Conn
+	for range perAddr {
+		c, err := net.DialTimeout("tcp", host, ioGuard)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		held = append(held, c)
+	}
+	extra, err := net.DialTimeout("tcp", host, ioGuard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer extra.Close()
+	extra.SetReadDeadline(time.Now().Add(ioGuard))
+	if b, err := io.ReadAll(extra); err != nil || len(b) != 0 {
+		t.Errorf("connection %d from one address: read %q, %v; want it closed at once", perAddr+1, b, err)
+	}
+	// Another address is served.
+	d := net.Dialer{Timeout: ioGuard, LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 2)}}
+	c, err := d.Dial("tcp", host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	fmt.Fprintf(c, "GET /v1/server HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+	c.SetReadDeadline(time.Now().Add(ioGuard))
+	b, _ := io.ReadAll(c)
+	if !strings.HasPrefix(string(b), "HTTP/1.1 200") {
+		t.Errorf("another address: %.40q, want 200", b)
+	}
+	for _, h := range held {
+		h.Close()
+	}
+}

@@ -1,0 +1,208 @@
+package node
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"time"
+)
+
+// Limits bounds everything the network can make a node hold or do. Each
+// field's default is in DefaultLimits, the one place defaults live; a zero
+// field means its default. GET /admin/limits answers the limits in force,
+// as nats-server's /varz does, and parley_limit_hits_total{limit} counts
+// what each one refused or cut off (an alert fires while any is hit).
+//
+// Sizes are for one server; a bigger machine raises the connection limits
+// (each idle connection costs about 2 KiB of memory, kernel included).
+type Limits struct {
+	// MaxConnections bounds native connections in all; past it new ones
+	// are closed at once. Default 1,000,000 (the process's open-file limit
+	// is the other bound: raise it with ulimit -n).
+	MaxConnections int
+	// MaxConnsPerAddr bounds native connections from one IP address.
+	// Default 10,000: a carrier-grade NAT puts many users behind one
+	// address, so this stops one host from taking the whole server, not
+	// one user from having two devices.
+	MaxConnsPerAddr int
+	// MaxHandshakes bounds connections accepted and not yet logged in
+	// (handshakes in flight, including logins waiting for their proof).
+	// Default 10,000.
+	MaxHandshakes int
+	// HandshakeTimeout closes connections that have not logged in (sent
+	// their proof included) in time. Default 10s.
+	HandshakeTimeout time.Duration
+	// FrameTimeout closes logged-in connections that stop in the middle of
+	// a message this long. Default 30s.
+	FrameTimeout time.Duration
+	// KeepAlive is the TCP keep-alive idle time of native connections: a
+	// peer gone without a FIN (a phone that lost coverage, a crashed NAT)
+	// is found by the kernel after this, plus 4 probes 15s apart, and its
+	// connection closed. It costs no memory per connection, unlike a
+	// timer. Default 2m; negative turns keep-alive off.
+	KeepAlive time.Duration
+	// MaxWriteBuffer bounds what the server holds for one client that does
+	// not read what it is sent; past it the connection is closed (the
+	// client reconnects and its queue is delivered again). Default 4 MiB.
+	MaxWriteBuffer int
+	// MaxMailbox bounds the events waiting for one session (frames read,
+	// store results, pushes); a client that sends faster than its session
+	// is served is cut off with a SLOW_CLIENT-style Close (code
+	// BAD_REQUEST) past it. Default 4,096.
+	MaxMailbox int
+	// Window is the most deliveries a session keeps unacknowledged.
+	// Default 256.
+	Window int
+	// MaxQueueLen bounds one user's offline queue. Default 100,000.
+	MaxQueueLen int
+	// MaxQueueAge bounds how long an item waits. Default 30 days.
+	MaxQueueAge time.Duration
+	// FailedLoginsPerAddr and FailedLoginsPerNumber bound refused logins
+	// (unknown number, wrong key) per client address and per number
+	// claimed, per minute; past them the address or number gets no
+	// handshake until the minute is over. Defaults 60 and 20.
+	FailedLoginsPerAddr, FailedLoginsPerNumber int
+	// ThrottleKeys bounds the addresses and numbers the failed-login
+	// counters remember at once. Default 100,000.
+	ThrottleKeys int
+	// LoginLogsPerSecond bounds the log lines of refused logins; the rest
+	// are only counted (parley_login_failures_total). Default 10.
+	LoginLogsPerSecond int
+	// ReplayWindow and ReplayMemory size the memory of recent handshakes
+	// that refuses a replayed first message before any cryptography: it
+	// remembers ReplayMemory handshakes or ReplayWindow, whichever is
+	// less, twice over. Defaults 10m and 100,000 (about 10 MB at most).
+	ReplayWindow time.Duration
+	ReplayMemory int
+	// MaxReadIDs bounds the message ids of one Read frame. Default 256.
+	MaxReadIDs int
+
+	// HTTPReadHeaderTimeout, HTTPReadTimeout, HTTPWriteTimeout and
+	// HTTPIdleTimeout are the HTTP and admin listeners' timeouts (see
+	// net/http.Server). The read and write timeouts bound a whole request
+	// and response, a media upload or download included, so they are
+	// sized for the largest media at a slow mobile link. Defaults 5s, 5m,
+	// 5m and 60s.
+	HTTPReadHeaderTimeout, HTTPReadTimeout, HTTPWriteTimeout, HTTPIdleTimeout time.Duration
+	// HTTPRequestTimeout bounds how long a registration request may take
+	// to arrive and be answered. Default 10s.
+	HTTPRequestTimeout time.Duration
+	// HTTPConnsPerAddr bounds the HTTP connections one client address
+	// holds open on the public HTTP listener. Default 64.
+	HTTPConnsPerAddr int
+}
+
+// DefaultLimits returns the defaults of every limit.
+func DefaultLimits() Limits {
+	return Limits{
+		MaxConnections:        1_000_000,
+		MaxConnsPerAddr:       10_000,
+		MaxHandshakes:         10_000,
+		HandshakeTimeout:      10 * time.Second,
+		FrameTimeout:          30 * time.Second,
+		KeepAlive:             2 * time.Minute,
+		MaxWriteBuffer:        4 << 20,
+		MaxMailbox:            4096,
+		Window:                256,
+		MaxQueueLen:           100_000,
+		MaxQueueAge:           30 * 24 * time.Hour,
+		FailedLoginsPerAddr:   60,
+		FailedLoginsPerNumber: 20,
+		ThrottleKeys:          100_000,
+		LoginLogsPerSecond:    10,
+		ReplayWindow:          10 * time.Minute,
+		ReplayMemory:          100_000,
+		MaxReadIDs:            256,
+		HTTPReadHeaderTimeout: 5 * time.Second,
+		HTTPReadTimeout:       5 * time.Minute,
+		HTTPWriteTimeout:      5 * time.Minute,
+		HTTPIdleTimeout:       60 * time.Second,
+		HTTPRequestTimeout:    10 * time.Second,
+		HTTPConnsPerAddr:      64,
+	}
+}
+
+// withDefaults fills every zero field from DefaultLimits.
+func (l Limits) withDefaults() Limits {
+	d := DefaultLimits()
+	zi := func(v *int, def int) {
+		if *v <= 0 {
+			*v = def
+		}
+	}
+	zd := func(v *time.Duration, def time.Duration) {
+		if *v == 0 {
+			*v = def
+		}
+	}
+	zi(&l.MaxConnections, d.MaxConnections)
+	zi(&l.MaxConnsPerAddr, d.MaxConnsPerAddr)
+	zi(&l.MaxHandshakes, d.MaxHandshakes)
+	zd(&l.HandshakeTimeout, d.HandshakeTimeout)
+	zd(&l.FrameTimeout, d.FrameTimeout)
+	zd(&l.KeepAlive, d.KeepAlive)
+	zi(&l.MaxWriteBuffer, d.MaxWriteBuffer)
+	zi(&l.MaxMailbox, d.MaxMailbox)
+	zi(&l.Window, d.Window)
+	zi(&l.MaxQueueLen, d.MaxQueueLen)
+	zd(&l.MaxQueueAge, d.MaxQueueAge)
+	zi(&l.FailedLoginsPerAddr, d.FailedLoginsPerAddr)
+	zi(&l.FailedLoginsPerNumber, d.FailedLoginsPerNumber)
+	zi(&l.ThrottleKeys, d.ThrottleKeys)
+	zi(&l.LoginLogsPerSecond, d.LoginLogsPerSecond)
+	zd(&l.ReplayWindow, d.ReplayWindow)
+	zi(&l.ReplayMemory, d.ReplayMemory)
+	zi(&l.MaxReadIDs, d.MaxReadIDs)
+	zd(&l.HTTPReadHeaderTimeout, d.HTTPReadHeaderTimeout)
+	zd(&l.HTTPReadTimeout, d.HTTPReadTimeout)
+	zd(&l.HTTPWriteTimeout, d.HTTPWriteTimeout)
+	zd(&l.HTTPIdleTimeout, d.HTTPIdleTimeout)
+	zd(&l.HTTPRequestTimeout, d.HTTPRequestTimeout)
+	zi(&l.HTTPConnsPerAddr, d.HTTPConnsPerAddr)
+	return l
+}
+
+// MarshalJSON writes the limits with snake_case names and durations as
+// Go duration strings ("10s"), which is how an operator sets them.
+func (l Limits) MarshalJSON() ([]byte, error) {
+	d := func(v time.Duration) string { return v.String() }
+	return json.Marshal(map[string]any{
+		"max_connections":          l.MaxConnections,
+		"max_conns_per_addr":       l.MaxConnsPerAddr,
+		"max_handshakes":           l.MaxHandshakes,
+		"handshake_timeout":        d(l.HandshakeTimeout),
+		"frame_timeout":            d(l.FrameTimeout),
+		"keep_alive":               d(l.KeepAlive),
+		"max_write_buffer":         l.MaxWriteBuffer,
+		"max_mailbox":              l.MaxMailbox,
+		"window":                   l.Window,
+		"max_queue_len":            l.MaxQueueLen,
+		"max_queue_age":            d(l.MaxQueueAge),
+		"failed_logins_per_addr":   l.FailedLoginsPerAddr,
+		"failed_logins_per_number": l.FailedLoginsPerNumber,
+		"throttle_keys":            l.ThrottleKeys,
+		"login_logs_per_second":    l.LoginLogsPerSecond,
+		"replay_window":            d(l.ReplayWindow),
+		"replay_memory":            l.ReplayMemory,
+		"max_read_ids":             l.MaxReadIDs,
+		"http_read_header_timeout": d(l.HTTPReadHeaderTimeout),
+		"http_read_timeout":        d(l.HTTPReadTimeout),
+		"http_write_timeout":       d(l.HTTPWriteTimeout),
+		"http_idle_timeout":        d(l.HTTPIdleTimeout),
+		"http_request_timeout":     d(l.HTTPRequestTimeout),
+		"http_conns_per_addr":      l.HTTPConnsPerAddr,
+	})
+}
+
+// handleLimits answers GET /admin/limits: every limit in force, and the
+// ones that live in other parts (media, registration).
+func (n *Node) handleLimits(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, map[string]any{
+		"node":  n.cfg.Limits,
+		"media": map[string]any{"max_size": n.cfg.MediaMaxSize, "ttl": n.cfg.MediaTTL.String()},
+		"registration": map[string]any{
+			"per_number": fmt.Sprintf("%d per %s, %s apart", n.cfg.PerNumber.Max, n.cfg.PerNumber.Window, n.cfg.PerNumber.MinGap),
+			"per_addr":   fmt.Sprintf("%d per %s", n.cfg.PerAddr.Max, n.cfg.PerAddr.Window),
+		},
+	})
+}
