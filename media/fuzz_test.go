@@ -31,7 +31,7 @@ func FuzzThumbnail(f *testing.F) {
 	f.Fuzz(func(t *testing.T, data []byte) {
 		// A low pixel limit keeps each run cheap; the limit's own
 		// correctness is tested elsewhere.
-		th, err := Thumbnail(bytes.NewReader(data), 16, 1<<16)
+		th, err := Thumbnail(bytes.NewReader(data), 16, 1<<16, 1<<20)
 		if err != nil {
 			if th != nil {
 				t.Fatal("thumbnail with an error")

@@ -309,20 +309,28 @@ func thumbnailable(mime string) bool {
 
 // thumbnail makes the thumbnail of a committed blob, reading it back from
 // the store (from the page cache, in practice) rather than holding the
-// upload in memory; at most MaxDecodes run at once.
+// upload in memory. The header decides, before any pixel is decoded,
+// whether the image may be decoded (MaxPixels, MaxDecodeBytes) and how
+// much memory the decode reserves under DecodeMemory.
 func (s *Service) thumbnail(ctx context.Context, key string) ([]byte, error) {
-	select {
-	case s.decodes <- struct{}{}:
-		defer func() { <-s.decodes }()
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	}
-	rc, _, err := s.store.Open(ctx, key)
+	rc, m, err := s.store.Open(ctx, key)
 	if err != nil {
 		return nil, err
 	}
 	defer rc.Close()
-	return Thumbnail(rc, s.cfg.ThumbMax, s.cfg.MaxPixels)
+	p, err := probeImage(rc, m.Size)
+	if err != nil {
+		return nil, err
+	}
+	if err := p.check(s.cfg.MaxPixels, s.cfg.MaxDecodeBytes); err != nil {
+		return nil, err
+	}
+	release, err := s.decodes.acquire(ctx, p.cost, s.cfg.DecodeWait)
+	if err != nil {
+		return nil, err
+	}
+	defer release()
+	return p.thumbnail(rc, s.cfg.ThumbMax)
 }
 
 func (s *Service) download(w http.ResponseWriter, r *http.Request, id string) {
