@@ -61,6 +61,20 @@
 // first-come-first-served weighted semaphore); an upload whose decode does
 // not fit within 5 s (Config.DecodeWait) is stored without a thumbnail.
 //
+// What that costs at worst, measured with the defaults on 2 cores: 16
+// accounts upload at once, over loopback through the real handler, a
+// 4000x4000 16-bit RGBA PNG each (128 MB decoded, just under
+// MaxDecodeBytes): peak RSS (VmHWM) 627 MiB, from 13 MiB before; with
+// GOMEMLIMIT=320MiB, 329 MiB (5 of the 16 then went without a thumbnail,
+// past DecodeWait). The same 16 uploads of the 7000x7000 bomb, refused by
+// its header: 16 MiB. Go's collector lets the heap grow to twice what
+// was live at the last collection (GOGC=100), so budget about
+// 2.5 x DecodeMemory for thumbnails, or set GOMEMLIMIT. One case per
+// process, since VmHWM is the process's:
+//
+//	go test -run '^$' -bench 'DecodeMemoryRSS/under' -benchtime 1x ./media
+//	go test -run '^$' -bench 'DecodeMemoryRSS/bomb' -benchtime 1x ./media
+//
 // # Storage
 //
 // [BlobStore] is the storage interface; [FSStore] is the default, files

@@ -285,7 +285,22 @@ func readRow(img image.Image, y int, row []uint8) {
 			g := m.Pix[j]
 			row[i], row[i+1], row[i+2], row[i+3] = g, g, g, 0xff
 		}
-	default: // paletted, 16-bit, CMYK: rarer, and fine the slow way
+	case *image.NRGBA64: // 16-bit PNG with alpha
+		o := m.PixOffset(b.Min.X, y)
+		for i, j := 0, o; i < len(row); i, j = i+4, j+8 {
+			a := uint32(m.Pix[j+6])<<8 | uint32(m.Pix[j+7])
+			for c := range 3 {
+				v := uint32(m.Pix[j+2*c])<<8 | uint32(m.Pix[j+2*c+1])
+				row[i+c] = uint8(v * a / 0xffff >> 8)
+			}
+			row[i+3] = uint8(a >> 8)
+		}
+	case *image.RGBA64: // opaque 16-bit PNG
+		o := m.PixOffset(b.Min.X, y)
+		for i, j := 0, o; i < len(row); i, j = i+4, j+8 {
+			row[i], row[i+1], row[i+2], row[i+3] = m.Pix[j], m.Pix[j+2], m.Pix[j+4], m.Pix[j+6]
+		}
+	default: // paletted, 16-bit grey, CMYK: rarer, and fine the slow way
 		for x, i := b.Min.X, 0; x < b.Max.X; x, i = x+1, i+4 {
 			r, g, bl, a := m.At(x, y).RGBA()
 			row[i], row[i+1], row[i+2], row[i+3] = uint8(r>>8), uint8(g>>8), uint8(bl>>8), uint8(a>>8)

@@ -208,6 +208,14 @@ func TestReadRowMatchesAt(t *testing.T) {
 	r := image.Rect(3, 5, 40, 9) // a non-zero origin catches offset mistakes
 	ycc := image.NewYCbCr(r, image.YCbCrSubsampleRatio420)
 	rgba, nrgba, gray := image.NewRGBA(r), image.NewNRGBA(r), image.NewGray(r)
+	rgba64, nrgba64 := image.NewRGBA64(r), image.NewNRGBA64(r)
+	for i := range nrgba64.Pix {
+		nrgba64.Pix[i] = uint8(i * 29)
+		rgba64.Pix[i] = uint8(i * 17)
+		if i%8 >= 6 {
+			rgba64.Pix[i] = 0xff // premultiplied: keep it valid
+		}
+	}
 	pal := image.NewPaletted(r, color.Palette{color.Black, color.NRGBA{200, 100, 50, 128}})
 	for i := range ycc.Y {
 		ycc.Y[i] = uint8(i * 7)
@@ -225,7 +233,7 @@ func TestReadRowMatchesAt(t *testing.T) {
 		gray.Pix[i] = uint8(i * 5)
 		pal.Pix[i] = uint8(i % 2)
 	}
-	for name, img := range map[string]image.Image{"ycbcr": ycc, "rgba": rgba, "nrgba": nrgba, "gray": gray, "paletted": pal} {
+	for name, img := range map[string]image.Image{"ycbcr": ycc, "rgba": rgba, "nrgba": nrgba, "gray": gray, "paletted": pal, "rgba64": rgba64, "nrgba64": nrgba64} {
 		row := make([]uint8, 4*r.Dx())
 		for y := r.Min.Y; y < r.Max.Y; y++ {
 			readRow(img, y, row)
