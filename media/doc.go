@@ -48,7 +48,9 @@
 //   - Downloads are Cache-Control private (the URL is a secret; shared
 //     caches must not keep it), immutable, with the SHA-256 as ETag and a
 //     max-age running to the expiry; ranges and conditional requests are
-//     served by http.ServeContent.
+//     served by http.ServeContent, after the Range header is checked: at
+//     most 8 ranges (more: the whole file), 416 when none can be
+//     satisfied, a malformed one ignored.
 //
 // # Limits
 //

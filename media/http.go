@@ -80,7 +80,7 @@ func mustJSON(v any) []byte {
 //
 //	POST   /v1/media       body: the file; Authorization: Bearer <upload token>
 //	                       -> 201 {"id","url","size","mime","sha256","thumbnail","expires"}
-//	GET    /v1/media/{id}  the file; ranges, ETag (the SHA-256), caching until expiry
+//	GET    /v1/media/{id}  the file; ranges (at most 8), ETag (the SHA-256), caching until expiry
 //	HEAD   /v1/media/{id}  the same without the body
 //	DELETE /v1/media/{id}  Authorization: Bearer <upload token of the owner> -> 204
 //
@@ -368,6 +368,13 @@ func (s *Service) download(w http.ResponseWriter, r *http.Request, id string) {
 	h.Set("Content-Security-Policy", "sandbox; default-src 'none'")
 	if !inline(m.MIME) {
 		h.Set("Content-Disposition", "attachment")
+	}
+	if rh := r.Header.Get("Range"); rh != "" {
+		if rh = normalizeRange(rh, m.Size); rh == "" {
+			r.Header.Del("Range")
+		} else {
+			r.Header.Set("Range", rh)
+		}
 	}
 	http.ServeContent(w, r, "", m.Created, rc)
 }
