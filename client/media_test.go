@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -148,13 +149,51 @@ func TestUploadEarlyAnswer(t *testing.T) {
 	}))
 	defer srv.Close()
 	r := &lateReader{t: t, left: 64 << 20}
-	_, err := client.Upload(testCtx(t), srv.Client(), client.UploadToken{Token: "t", URL: srv.URL}, r, r.left)
+	// The transport closes the request body once it has stopped writing
+	// it (RoundTripper's contract, after RoundTrip if need be): only then
+	// is it certain that no late read will come.
+	hc := srv.Client()
+	bodyClosed := make(chan struct{})
+	hc.Transport = closeNotifier{hc.Transport, bodyClosed}
+	ctx := testCtx(t)
+	_, err := client.Upload(ctx, hc, client.UploadToken{Token: "t", URL: srv.URL}, r, r.left)
 	r.stop.Store(true)
 	if err == nil {
 		t.Fatal("upload succeeded")
 	}
 	t.Logf("err = %v", err)
-	time.Sleep(50 * time.Millisecond) // a late read would come now
+	select {
+	case <-bodyClosed:
+	case <-ctx.Done():
+		t.Fatal("the transport never closed the upload's body")
+	}
+}
+
+// closeNotifier is a RoundTripper that closes done when the transport
+// closes a request's body.
+type closeNotifier struct {
+	http.RoundTripper
+	done chan struct{}
+}
+
+func (c closeNotifier) RoundTrip(req *http.Request) (*http.Response, error) {
+	if req.Body != nil {
+		req = req.Clone(req.Context())
+		req.Body = &notifyingBody{ReadCloser: req.Body, done: c.done}
+	}
+	return c.RoundTripper.RoundTrip(req)
+}
+
+type notifyingBody struct {
+	io.ReadCloser
+	once sync.Once
+	done chan struct{}
+}
+
+func (b *notifyingBody) Close() error {
+	err := b.ReadCloser.Close()
+	b.once.Do(func() { close(b.done) })
+	return err
 }
 
 func TestDownload(t *testing.T) {

@@ -48,7 +48,7 @@ func BenchmarkThumbnailPhoto(b *testing.B) {
 	b.SetBytes(int64(len(data)))
 	b.ReportAllocs()
 	for b.Loop() {
-		if _, err := Thumbnail(bytes.NewReader(data), 100, 0); err != nil {
+		if _, err := Thumbnail(bytes.NewReader(data), 100, 0, 0); err != nil {
 			b.Fatal(err)
 		}
 	}

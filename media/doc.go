@@ -13,9 +13,13 @@
 // once complete and fsynced; an upload cut off or refused midway leaves
 // nothing. The type is sniffed from the first bytes, never taken from the
 // client. JPEG, PNG, GIF and WebP images get a thumbnail (longest side 100
-// px by default); one too large to decode safely (over 50 megapixels by
-// its declared dimensions, checked before any decoding) or corrupt is kept
-// without one, since a message may carry any file.
+// px by default); one too large to decode safely or corrupt is kept
+// without one, since a message may carry any file. "Too large" is decided
+// from the header, before any pixel is decoded: over 50 megapixels, or
+// over 128 MiB of decoder memory by the image's own layout (bytes per
+// pixel of its colour model, JPEG subsampling and progressive mode, PNG
+// interlacing), so that a 381 KB 7000x7000 16-bit PNG, which decodes to
+// 392 MB, is refused like a 100000x100000 one.
 //
 // # Who may download
 //
@@ -44,7 +48,9 @@
 //   - Downloads are Cache-Control private (the URL is a secret; shared
 //     caches must not keep it), immutable, with the SHA-256 as ETag and a
 //     max-age running to the expiry; ranges and conditional requests are
-//     served by http.ServeContent.
+//     served by http.ServeContent, after the Range header is checked: at
+//     most 8 ranges (more: the whole file), 416 when none can be
+//     satisfied, a malformed one ignored.
 //
 // # Limits
 //
@@ -52,7 +58,24 @@
 // (30 a minute, 429 rate_limited with Retry-After) and in total stored (1
 // GiB, 413 quota_exceeded: the request is too large for what the account
 // has left; it may upload again once it deletes media or old media expire).
-// Image decodes run at most two at a time.
+// Image decodes run at most two at a time, and all decodes at once may
+// allocate at most 256 MiB by the same estimate (Config.DecodeMemory, a
+// first-come-first-served weighted semaphore); an upload whose decode does
+// not fit within 5 s (Config.DecodeWait) is stored without a thumbnail.
+//
+// What that costs at worst, measured with the defaults on 2 cores: 16
+// accounts upload at once, over loopback through the real handler, a
+// 4000x4000 16-bit RGBA PNG each (128 MB decoded, just under
+// MaxDecodeBytes): peak RSS (VmHWM) 627 MiB, from 13 MiB before; with
+// GOMEMLIMIT=320MiB, 329 MiB (5 of the 16 then went without a thumbnail,
+// past DecodeWait). The same 16 uploads of the 7000x7000 bomb, refused by
+// its header: 16 MiB. Go's collector lets the heap grow to twice what
+// was live at the last collection (GOGC=100), so budget about
+// 2.5 x DecodeMemory for thumbnails, or set GOMEMLIMIT. One case per
+// process, since VmHWM is the process's:
+//
+//	go test -run '^$' -bench 'DecodeMemoryRSS/under' -benchtime 1x ./media
+//	go test -run '^$' -bench 'DecodeMemoryRSS/bomb' -benchtime 1x ./media
 //
 // # Storage
 //

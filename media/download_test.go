@@ -237,15 +237,29 @@ func TestRunSweepsUntilCancelled(t *testing.T) {
 	e.uploadOK("+14155550100", []byte("soon gone"))
 	e.clock.Add(time.Hour)
 
+	// A deadline well inside go test's own, so that a Run that never
+	// sweeps or never returns fails this test instead of hanging the run.
+	deadline, stop := context.WithTimeout(t.Context(), 30*time.Second)
+	defer stop()
 	ctx, cancel := context.WithCancel(t.Context())
-	done := make(chan error)
+	defer cancel()
+	done := make(chan error, 1)
 	go func() { done <- e.svc.Run(ctx) }()
 	// Run sweeps at once; wait for it to have done so.
 	for len(files(t, e.dir)) != 0 {
-		time.Sleep(time.Millisecond)
+		select {
+		case <-deadline.Done():
+			t.Fatalf("Run did not sweep: %v still there", files(t, e.dir))
+		case <-time.After(time.Millisecond):
+		}
 	}
 	cancel()
-	if err := <-done; err != nil {
-		t.Errorf("Run returned %v, want nil", err)
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("Run returned %v, want nil", err)
+		}
+	case <-deadline.Done():
+		t.Fatal("Run did not return once its context was cancelled")
 	}
 }

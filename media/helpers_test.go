@@ -2,6 +2,7 @@ package media
 
 import (
 	"bytes"
+	"compress/flate"
 	"encoding/base64"
 	"encoding/binary"
 	"encoding/json"
@@ -335,3 +336,53 @@ func decodeThumb(t testing.TB, b64 string) image.Image {
 func lines(s ...string) string { return strings.Join(s, "\r\n") }
 
 func jsonUnmarshal(b []byte, v any) error { return json.Unmarshal(b, v) }
+
+// pngHeaderOf is a PNG signature and a valid IHDR declaring w x h of the
+// given bit depth and colour type (6: RGBA), not interlaced.
+func pngHeaderOf(w, h uint32, depth, colorType byte) []byte {
+	ihdr := binary.BigEndian.AppendUint32(nil, w)
+	ihdr = binary.BigEndian.AppendUint32(ihdr, h)
+	ihdr = append(ihdr, depth, colorType, 0, 0, 0)
+	return append([]byte("\x89PNG\r\n\x1a\n"), pngChunk("IHDR", ihdr)...)
+}
+
+// pngBomb is a whole, valid w x h 16-bit RGBA PNG of transparent black:
+// all its pixel data (filter bytes included) is zeros, so it compresses
+// about a thousandfold (7000x7000 is 392 MB decoded, some 380 KB here).
+// The zlib stream is one compressed MiB of zeros repeated, each copy
+// ending on a sync flush so that copies can follow each other, and
+// built without compressing the whole: the test stays fast under -race.
+func pngBomb(t testing.TB, w, h int) []byte {
+	t.Helper()
+	total := int64(h) * (1 + 8*int64(w))
+	const chunk = 1 << 20
+	zeros := make([]byte, chunk)
+	deflate := func(n int, final bool) []byte {
+		var b bytes.Buffer
+		fw, err := flate.NewWriter(&b, flate.BestCompression)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fw.Write(zeros[:n])
+		if final {
+			err = fw.Close()
+		} else {
+			err = fw.Flush()
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b.Bytes()
+	}
+	z := []byte{0x78, 0xda} // zlib header: deflate, 32 KiB window, best compression
+	one := deflate(chunk, false)
+	for range total / chunk {
+		z = append(z, one...)
+	}
+	z = append(z, deflate(int(total%chunk), true)...)
+	// Adler-32 of zeros: a stays 1, b adds 1 per byte.
+	z = binary.BigEndian.AppendUint32(z, uint32(total%65521)<<16|1)
+	out := pngHeaderOf(uint32(w), uint32(h), 16, 6)
+	out = append(out, pngChunk("IDAT", z)...)
+	return append(out, pngChunk("IEND", nil)...)
+}

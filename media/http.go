@@ -80,7 +80,7 @@ func mustJSON(v any) []byte {
 //
 //	POST   /v1/media       body: the file; Authorization: Bearer <upload token>
 //	                       -> 201 {"id","url","size","mime","sha256","thumbnail","expires"}
-//	GET    /v1/media/{id}  the file; ranges, ETag (the SHA-256), caching until expiry
+//	GET    /v1/media/{id}  the file; ranges (at most 8), ETag (the SHA-256), caching until expiry
 //	HEAD   /v1/media/{id}  the same without the body
 //	DELETE /v1/media/{id}  Authorization: Bearer <upload token of the owner> -> 204
 //
@@ -309,20 +309,28 @@ func thumbnailable(mime string) bool {
 
 // thumbnail makes the thumbnail of a committed blob, reading it back from
 // the store (from the page cache, in practice) rather than holding the
-// upload in memory; at most MaxDecodes run at once.
+// upload in memory. The header decides, before any pixel is decoded,
+// whether the image may be decoded (MaxPixels, MaxDecodeBytes) and how
+// much memory the decode reserves under DecodeMemory.
 func (s *Service) thumbnail(ctx context.Context, key string) ([]byte, error) {
-	select {
-	case s.decodes <- struct{}{}:
-		defer func() { <-s.decodes }()
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	}
-	rc, _, err := s.store.Open(ctx, key)
+	rc, m, err := s.store.Open(ctx, key)
 	if err != nil {
 		return nil, err
 	}
 	defer rc.Close()
-	return Thumbnail(rc, s.cfg.ThumbMax, s.cfg.MaxPixels)
+	p, err := probeImage(rc, m.Size)
+	if err != nil {
+		return nil, err
+	}
+	if err := p.check(s.cfg.MaxPixels, s.cfg.MaxDecodeBytes); err != nil {
+		return nil, err
+	}
+	release, err := s.decodes.acquire(ctx, p.cost, s.cfg.DecodeWait)
+	if err != nil {
+		return nil, err
+	}
+	defer release()
+	return p.thumbnail(rc, s.cfg.ThumbMax)
 }
 
 func (s *Service) download(w http.ResponseWriter, r *http.Request, id string) {
@@ -360,6 +368,13 @@ func (s *Service) download(w http.ResponseWriter, r *http.Request, id string) {
 	h.Set("Content-Security-Policy", "sandbox; default-src 'none'")
 	if !inline(m.MIME) {
 		h.Set("Content-Disposition", "attachment")
+	}
+	if rh := r.Header.Get("Range"); rh != "" {
+		if rh = normalizeRange(rh, m.Size); rh == "" {
+			r.Header.Del("Range")
+		} else {
+			r.Header.Set("Range", rh)
+		}
 	}
 	http.ServeContent(w, r, "", m.Created, rc)
 }

@@ -13,11 +13,20 @@ import (
 
 // Defaults of the Config fields left zero.
 const (
-	DefaultMaxSize          = 64 << 20
-	DefaultTTL              = 30 * 24 * time.Hour
-	DefaultTokenTTL         = 5 * time.Minute
-	DefaultThumbMax         = 100
-	DefaultMaxDecodes       = 2
+	DefaultMaxSize  = 64 << 20
+	DefaultTTL      = 30 * 24 * time.Hour
+	DefaultTokenTTL = 5 * time.Minute
+	DefaultThumbMax = 100
+	// DefaultMaxPixels: 50 megapixels, more than any phone camera takes.
+	DefaultMaxPixels = 50_000_000
+	// DefaultMaxDecodeBytes: enough for a 48-megapixel baseline JPEG as
+	// phones take them (4:2:0, 1.5 bytes a pixel), a 12-megapixel
+	// progressive one, or a 32-megapixel 8-bit RGBA PNG.
+	DefaultMaxDecodeBytes = 128 << 20
+	DefaultMaxDecodes     = 2
+	// DefaultDecodeMemory: two decodes of DefaultMaxDecodeBytes.
+	DefaultDecodeMemory     = 2 * DefaultMaxDecodeBytes
+	DefaultDecodeWait       = 5 * time.Second
 	DefaultUploadsPerMinute = 30
 	DefaultQuotaBytes       = 1 << 30
 )
@@ -56,11 +65,29 @@ type Config struct {
 	// ThumbMax is the longest side of a thumbnail in pixels.
 	ThumbMax int
 	// MaxPixels is the largest image (width x height) that gets a
-	// thumbnail; larger ones are stored without one. 0: DefaultMaxPixels.
+	// thumbnail; larger ones are stored without one.
 	MaxPixels int
-	// MaxDecodes bounds concurrent image decodes, each of which may need
-	// a few hundred MiB for an image near MaxPixels.
+	// MaxDecodeBytes is the most memory one thumbnail's decode may
+	// allocate, estimated from the image's header before any pixel is
+	// decoded: width x height x bytes per pixel of the decoded image
+	// (8 for 16-bit RGBA PNG, 1.5 for a 4:2:0 JPEG, more for progressive
+	// JPEG and interlaced PNG). Larger images are stored without a
+	// thumbnail. Pixels alone do not bound memory: a 7000x7000 16-bit
+	// RGBA PNG is under MaxPixels, compresses to 381 KB, and decodes to
+	// 392 MB.
+	MaxDecodeBytes int64
+	// MaxDecodes bounds how many thumbnails are decoded at once (CPU).
 	MaxDecodes int
+	// DecodeMemory bounds the memory all decodes running at once may
+	// allocate together, by the same estimate; at least MaxDecodeBytes.
+	// A decode that does not fit waits its turn (first come, first
+	// served) for up to DecodeWait.
+	DecodeMemory int64
+	// DecodeWait is how long an upload waits for a decode to fit under
+	// MaxDecodes and DecodeMemory before it is stored without a
+	// thumbnail (the upload itself succeeds; the message goes without a
+	// preview). < 0: never wait.
+	DecodeWait time.Duration
 	// UploadsPerMinute is how many uploads one account may start per
 	// minute (sliding window); < 0 lifts the limit. Every attempt with a
 	// valid token counts, refused ones included, since they cost too.
@@ -84,8 +111,8 @@ type Service struct {
 	store   BlobStore
 	log     *slog.Logger
 	baseURL string
-	// decodes is a semaphore over image decodes (see Config.MaxDecodes).
-	decodes chan struct{}
+	// decodes bounds image decodes (Config.MaxDecodes, DecodeMemory).
+	decodes *decodeGate
 	// bufs holds copy buffers for uploads, so that a busy server does not
 	// allocate one per request.
 	bufs sync.Pool
@@ -110,6 +137,8 @@ func New(cfg Config) (*Service, error) {
 		return nil, errors.New("media: negative TTL or TokenTTL")
 	case cfg.ThumbMax < 0 || cfg.MaxPixels < 0 || cfg.MaxDecodes < 0:
 		return nil, errors.New("media: negative ThumbMax, MaxPixels or MaxDecodes")
+	case cfg.MaxDecodeBytes < 0 || cfg.DecodeMemory < 0:
+		return nil, errors.New("media: negative MaxDecodeBytes or DecodeMemory")
 	}
 	setDefault(&cfg.MaxSize, DefaultMaxSize)
 	setDefault(&cfg.TTL, DefaultTTL)
@@ -117,6 +146,12 @@ func New(cfg Config) (*Service, error) {
 	setDefault(&cfg.ThumbMax, DefaultThumbMax)
 	setDefault(&cfg.MaxPixels, DefaultMaxPixels)
 	setDefault(&cfg.MaxDecodes, DefaultMaxDecodes)
+	setDefault(&cfg.MaxDecodeBytes, DefaultMaxDecodeBytes)
+	setDefault(&cfg.DecodeMemory, max(DefaultDecodeMemory, cfg.MaxDecodeBytes))
+	setDefault(&cfg.DecodeWait, DefaultDecodeWait)
+	if cfg.DecodeMemory < cfg.MaxDecodeBytes {
+		return nil, fmt.Errorf("media: DecodeMemory %d is under MaxDecodeBytes %d: no decode that large could ever run; raise DecodeMemory or lower MaxDecodeBytes", cfg.DecodeMemory, cfg.MaxDecodeBytes)
+	}
 	setDefault(&cfg.UploadsPerMinute, DefaultUploadsPerMinute)
 	setDefault(&cfg.QuotaBytes, DefaultQuotaBytes)
 	if cfg.Now == nil {
@@ -145,7 +180,7 @@ func New(cfg Config) (*Service, error) {
 		store:   store,
 		log:     cfg.Log,
 		baseURL: base,
-		decodes: make(chan struct{}, cfg.MaxDecodes),
+		decodes: newDecodeGate(cfg.MaxDecodes, cfg.DecodeMemory),
 		usage:   make(map[string]int64),
 		hits:    make(map[string][]time.Time),
 	}

@@ -21,15 +21,10 @@ import (
 var (
 	ErrNotImage      = errors.New("media: not a JPEG, PNG, GIF or WebP image")
 	ErrTooManyPixels = errors.New("media: image has too many pixels to thumbnail")
+	ErrTooMuchMemory = errors.New("media: image would need too much memory to decode")
 )
 
 const (
-	// DefaultMaxPixels is the largest image Thumbnail decodes when told
-	// maxPixels <= 0: 50 megapixels, more than any phone camera takes.
-	// Decoding needs a few bytes per pixel (up to 8 for 16-bit PNG), so
-	// this bounds a decode to a few hundred MiB.
-	DefaultMaxPixels = 50_000_000
-
 	// maxHeader bounds how much of an image is read, and kept to be read
 	// again, before its dimensions are known. Headers are a few KiB; EXIF,
 	// ICC and XMP blocks before a JPEG's frame header can make them a few
@@ -78,56 +73,100 @@ func sniffImage(b []byte) *imageFormat {
 // up), with the aspect ratio kept, EXIF orientation applied and
 // transparency flattened onto white.
 //
-// The image's declared dimensions are checked before anything is decoded:
-// an image of more than maxPixels pixels (<= 0: DefaultMaxPixels) yields
-// ErrTooManyPixels without a pixel buffer ever being allocated, which is
-// what defeats decompression bombs. Anything that is not one of the four
-// formats yields ErrNotImage; a corrupt image yields an error, never a
-// panic.
-func Thumbnail(r io.Reader, maxSide, maxPixels int) (thumb []byte, err error) {
+// The image's header is read and its cost checked before anything is
+// decoded: an image of more than maxPixels pixels (<= 0: DefaultMaxPixels)
+// yields ErrTooManyPixels, and one whose decoding would allocate more than
+// maxBytes (<= 0: DefaultMaxDecodeBytes; see [decodeCost] for how bits per
+// pixel, subsampling, progressive JPEG and interlacing count) yields
+// ErrTooMuchMemory, in both cases without a pixel buffer ever being
+// allocated, which is what defeats decompression bombs. Anything that is
+// not one of the four formats yields ErrNotImage; a corrupt image yields
+// an error, never a panic.
+//
+// None of the decoders can decode to a reduced size (image/jpeg has no DCT
+// scaling, image/png and x/image/webp no row streaming), so the bound is
+// on the full decode.
+func Thumbnail(r io.Reader, maxSide, maxPixels int, maxBytes int64) ([]byte, error) {
 	if maxSide <= 0 {
 		return nil, fmt.Errorf("media: thumbnail side %d, want > 0", maxSide)
 	}
-	if maxPixels <= 0 {
-		maxPixels = DefaultMaxPixels
+	p, err := probeImage(r, -1)
+	if err != nil {
+		return nil, err
 	}
-	var f *imageFormat
-	defer func() {
-		// The decoders are meant not to panic, but they parse hostile
-		// input; one bad file must cost its thumbnail, not the server.
-		if p := recover(); p != nil {
-			name := "image"
-			if f != nil {
-				name = f.name
-			}
-			thumb, err = nil, fmt.Errorf("media: %s decoder panicked: %v", name, p)
-		}
-	}()
+	if err := p.check(maxPixels, maxBytes); err != nil {
+		return nil, err
+	}
+	return p.thumbnail(r, maxSide)
+}
 
+// probe is what the header of an image says, read before any pixel.
+type probe struct {
+	f    *imageFormat
+	cfg  image.Config
+	head []byte // every byte read from the image so far
+	// cost is how many bytes decoding will allocate, from above.
+	cost int64
+}
+
+// probeImage reads the header of the image r holds, up to its dimensions
+// and no further than maxHeader bytes. size is the file's length, or -1
+// if unknown (it counts for WebP, whose decoder reads chunks whole).
+func probeImage(r io.Reader, size int64) (p *probe, err error) {
+	p = &probe{}
+	defer p.recoverPanic(&err)
 	// Everything the header parse reads is kept in head and read again by
 	// the decoder, so r need not be seekable.
 	var head bytes.Buffer
 	tee := io.TeeReader(io.LimitReader(r, maxHeader), &head)
 	var magic [12]byte
 	n, _ := io.ReadFull(tee, magic[:])
-	if f = sniffImage(magic[:n]); f == nil {
+	if p.f = sniffImage(magic[:n]); p.f == nil {
 		return nil, ErrNotImage
 	}
-	cfg, err := f.config(io.MultiReader(bytes.NewReader(magic[:n]), tee))
+	cfg, err := p.f.config(io.MultiReader(bytes.NewReader(magic[:n]), tee))
 	if err != nil {
 		if head.Len() >= maxHeader {
-			return nil, fmt.Errorf("media: %s header is over %d bytes", f.name, maxHeader)
+			return nil, fmt.Errorf("media: %s header is over %d bytes", p.f.name, maxHeader)
 		}
-		return nil, fmt.Errorf("media: %s header: %w", f.name, err)
+		return nil, fmt.Errorf("media: %s header: %w", p.f.name, err)
 	}
 	if cfg.Width <= 0 || cfg.Height <= 0 {
-		return nil, fmt.Errorf("media: %s image is %dx%d", f.name, cfg.Width, cfg.Height)
+		return nil, fmt.Errorf("media: %s image is %dx%d", p.f.name, cfg.Width, cfg.Height)
 	}
-	if int64(cfg.Width)*int64(cfg.Height) > int64(maxPixels) {
-		return nil, fmt.Errorf("%w: %dx%d is over %d", ErrTooManyPixels, cfg.Width, cfg.Height, maxPixels)
+	p.cfg, p.head = cfg, head.Bytes()
+	p.cost = decodeCost(p.f, cfg, p.head)
+	if p.f == formatWebP && size > 0 {
+		p.cost += size
 	}
+	return p, nil
+}
 
-	img, err := f.decode(io.MultiReader(bytes.NewReader(head.Bytes()), r))
+// check refuses an image over either limit (<= 0: the default).
+func (p *probe) check(maxPixels int, maxBytes int64) error {
+	if maxPixels <= 0 {
+		maxPixels = DefaultMaxPixels
+	}
+	if maxBytes <= 0 {
+		maxBytes = DefaultMaxDecodeBytes
+	}
+	w, h := p.cfg.Width, p.cfg.Height
+	if int64(w)*int64(h) > int64(maxPixels) {
+		return fmt.Errorf("%w: %dx%d is over %d", ErrTooManyPixels, w, h, maxPixels)
+	}
+	if p.cost > maxBytes {
+		return fmt.Errorf("%w: %s %dx%d needs about %s, over %s",
+			ErrTooMuchMemory, p.f.name, w, h, humanSize(p.cost), humanSize(maxBytes))
+	}
+	return nil
+}
+
+// thumbnail decodes the image (the bytes in p.head, then the rest of r,
+// which must continue where probeImage stopped) and makes its thumbnail.
+func (p *probe) thumbnail(rest io.Reader, maxSide int) (thumb []byte, err error) {
+	defer p.recoverPanic(&err)
+	f := p.f
+	img, err := f.decode(io.MultiReader(bytes.NewReader(p.head), rest))
 	if err != nil {
 		return nil, fmt.Errorf("media: %s: %w", f.name, err)
 	}
@@ -137,7 +176,7 @@ func Thumbnail(r io.Reader, maxSide, maxPixels int) (thumb []byte, err error) {
 	}
 	orientation := 1
 	if f == formatJPEG {
-		orientation = exifOrientation(head.Bytes())
+		orientation = exifOrientation(p.head)
 	}
 
 	w, h := fit(b.Dx(), b.Dy(), maxSide)
@@ -151,6 +190,19 @@ func Thumbnail(r io.Reader, maxSide, maxPixels int) (thumb []byte, err error) {
 		return nil, fmt.Errorf("media: encode thumbnail: %w", err)
 	}
 	return out.Bytes(), nil
+}
+
+// recoverPanic turns a decoder's panic into an error. The decoders are
+// meant not to panic, but they parse hostile input; one bad file must
+// cost its thumbnail, not the server.
+func (p *probe) recoverPanic(err *error) {
+	if v := recover(); v != nil {
+		name := "image"
+		if p.f != nil {
+			name = p.f.name
+		}
+		*err = fmt.Errorf("media: %s decoder panicked: %v", name, v)
+	}
 }
 
 // prescale shrinks a large image by an integer factor, averaging blocks,
@@ -233,7 +285,22 @@ func readRow(img image.Image, y int, row []uint8) {
 			g := m.Pix[j]
 			row[i], row[i+1], row[i+2], row[i+3] = g, g, g, 0xff
 		}
-	default: // paletted, 16-bit, CMYK: rarer, and fine the slow way
+	case *image.NRGBA64: // 16-bit PNG with alpha
+		o := m.PixOffset(b.Min.X, y)
+		for i, j := 0, o; i < len(row); i, j = i+4, j+8 {
+			a := uint32(m.Pix[j+6])<<8 | uint32(m.Pix[j+7])
+			for c := range 3 {
+				v := uint32(m.Pix[j+2*c])<<8 | uint32(m.Pix[j+2*c+1])
+				row[i+c] = uint8(v * a / 0xffff >> 8)
+			}
+			row[i+3] = uint8(a >> 8)
+		}
+	case *image.RGBA64: // opaque 16-bit PNG
+		o := m.PixOffset(b.Min.X, y)
+		for i, j := 0, o; i < len(row); i, j = i+4, j+8 {
+			row[i], row[i+1], row[i+2], row[i+3] = m.Pix[j], m.Pix[j+2], m.Pix[j+4], m.Pix[j+6]
+		}
+	default: // paletted, 16-bit grey, CMYK: rarer, and fine the slow way
 		for x, i := b.Min.X, 0; x < b.Max.X; x, i = x+1, i+4 {
 			r, g, bl, a := m.At(x, y).RGBA()
 			row[i], row[i+1], row[i+2], row[i+3] = uint8(r>>8), uint8(g>>8), uint8(bl>>8), uint8(a>>8)

@@ -28,7 +28,7 @@ func TestThumbnailSize(t *testing.T) {
 		{300, 200, 64, 64, 43, "jpeg", encodeJPEG},
 	} {
 		data := tc.encode(t, photo(tc.w, tc.h))
-		th, err := Thumbnail(bytes.NewReader(data), tc.side, 0)
+		th, err := Thumbnail(bytes.NewReader(data), tc.side, 0, 0)
 		if err != nil {
 			t.Errorf("%s %dx%d: %v", tc.format, tc.w, tc.h, err)
 			continue
@@ -74,7 +74,7 @@ func TestThumbnailFlattensTransparencyOntoWhite(t *testing.T) {
 
 func mustThumb(t *testing.T, data []byte) image.Image {
 	t.Helper()
-	th, err := Thumbnail(bytes.NewReader(data), 100, 0)
+	th, err := Thumbnail(bytes.NewReader(data), 100, 0, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -139,17 +139,17 @@ func TestThumbnailRefusesBombsBeforeDecoding(t *testing.T) {
 		"webp 60000x60000":  webpHeader(40000, 40000),
 		"jpeg 65500x65500":  jpegHeader(65500, 65500),
 	} {
-		_, err := Thumbnail(&failAfter{t: t, data: bytes.NewReader(hdr)}, 100, DefaultMaxPixels)
+		_, err := Thumbnail(&failAfter{t: t, data: bytes.NewReader(hdr)}, 100, DefaultMaxPixels, 0)
 		if !errors.Is(err, ErrTooManyPixels) {
 			t.Errorf("%s: %v, want ErrTooManyPixels", name, err)
 		}
 	}
 	// The limit is the caller's.
 	data := encodePNG(t, photo(200, 100))
-	if _, err := Thumbnail(bytes.NewReader(data), 100, 19_999); !errors.Is(err, ErrTooManyPixels) {
+	if _, err := Thumbnail(bytes.NewReader(data), 100, 19_999, 0); !errors.Is(err, ErrTooManyPixels) {
 		t.Errorf("200x100 with a limit of 19999: %v, want ErrTooManyPixels", err)
 	}
-	if _, err := Thumbnail(bytes.NewReader(data), 100, 20_000); err != nil {
+	if _, err := Thumbnail(bytes.NewReader(data), 100, 20_000, 0); err != nil {
 		t.Errorf("200x100 with a limit of 20000: %v", err)
 	}
 }
@@ -182,7 +182,7 @@ func TestThumbnailErrors(t *testing.T) {
 		"bad png checksum":  {append(pngHeader(10, 10)[:29], 0, 0, 0, 0), nil},
 		"header over 1 MiB": {hugeHeader, nil},
 	} {
-		th, err := Thumbnail(bytes.NewReader(tc.data), 100, 0)
+		th, err := Thumbnail(bytes.NewReader(tc.data), 100, 0, 0)
 		if err == nil || th != nil {
 			t.Errorf("%s: %d bytes, %v; want an error", name, len(th), err)
 			continue
@@ -197,7 +197,7 @@ func TestThumbnailErrors(t *testing.T) {
 			t.Errorf("%s: error %q does not say where it is from", name, err)
 		}
 	}
-	if _, err := Thumbnail(bytes.NewReader(good), 0, 0); err == nil {
+	if _, err := Thumbnail(bytes.NewReader(good), 0, 0, 0); err == nil {
 		t.Error("side 0 accepted")
 	}
 }
@@ -208,6 +208,14 @@ func TestReadRowMatchesAt(t *testing.T) {
 	r := image.Rect(3, 5, 40, 9) // a non-zero origin catches offset mistakes
 	ycc := image.NewYCbCr(r, image.YCbCrSubsampleRatio420)
 	rgba, nrgba, gray := image.NewRGBA(r), image.NewNRGBA(r), image.NewGray(r)
+	rgba64, nrgba64 := image.NewRGBA64(r), image.NewNRGBA64(r)
+	for i := range nrgba64.Pix {
+		nrgba64.Pix[i] = uint8(i * 29)
+		rgba64.Pix[i] = uint8(i * 17)
+		if i%8 >= 6 {
+			rgba64.Pix[i] = 0xff // premultiplied: keep it valid
+		}
+	}
 	pal := image.NewPaletted(r, color.Palette{color.Black, color.NRGBA{200, 100, 50, 128}})
 	for i := range ycc.Y {
 		ycc.Y[i] = uint8(i * 7)
@@ -225,7 +233,7 @@ func TestReadRowMatchesAt(t *testing.T) {
 		gray.Pix[i] = uint8(i * 5)
 		pal.Pix[i] = uint8(i % 2)
 	}
-	for name, img := range map[string]image.Image{"ycbcr": ycc, "rgba": rgba, "nrgba": nrgba, "gray": gray, "paletted": pal} {
+	for name, img := range map[string]image.Image{"ycbcr": ycc, "rgba": rgba, "nrgba": nrgba, "gray": gray, "paletted": pal, "rgba64": rgba64, "nrgba64": nrgba64} {
 		row := make([]uint8, 4*r.Dx())
 		for y := r.Min.Y; y < r.Max.Y; y++ {
 			readRow(img, y, row)

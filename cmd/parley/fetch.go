@@ -29,6 +29,7 @@ func newFetchCmd() *cobra.Command {
 		sumHex     string
 		fromJSON   string
 		force      bool
+		anyHost    bool
 		asJSON     bool
 		timeout    time.Duration
 	)
@@ -39,6 +40,11 @@ func newFetchCmd() *cobra.Command {
 or by its id (the URL is then this profile's server + /v1/media/ + ID). The
 URL is the key to the file: no login is needed, and anyone who has it may
 download the file until it expires.
+
+A URL must be on the profile's server (same scheme, host and port): a
+link in a message could point anywhere, and fetching it would tell that
+host your address and that you opened it. --any-host fetches from any
+host all the same.
 
 The file is written to -o FILE (default: the id, in the current directory;
 "-" writes to stdout). An existing file is not replaced unless --force. The
@@ -95,7 +101,7 @@ Prints the path, size and SHA-256, or with --json one object:
 					return fmt.Errorf("--sha256 %q: want the %d hex digits of a SHA-256 (media.sha256 in 'parley recv --json')", sumHex, 2*sha256.Size)
 				}
 			}
-			if target, mediaID, err = mediaURL(target, profileDir); err != nil {
+			if target, mediaID, err = mediaURL(target, profileDir, anyHost); err != nil {
 				return err
 			}
 			if out == "" {
@@ -148,19 +154,30 @@ Prints the path, size and SHA-256, or with --json one object:
 	f.StringVar(&sumHex, "sha256", "", "the SHA-256 (hex) the file must have, from the message")
 	f.StringVar(&fromJSON, "from-json", "", "take URL and SHA-256 from this line of 'parley recv --json' (- reads it from stdin)")
 	f.BoolVar(&force, "force", false, "replace FILE if it exists")
+	f.BoolVar(&anyHost, "any-host", false, "fetch a URL even if it is not on the profile's server")
 	f.BoolVar(&asJSON, "json", false, "print the result as one JSON object")
 	f.DurationVar(&timeout, "timeout", 0, "give up after this long (0: never)")
 	return cmd
 }
 
 // mediaURL turns the argument into a download URL, and the media id when
-// it can tell (for the default file name).
-func mediaURL(arg, profileDir string) (target, id string, err error) {
+// it can tell (for the default file name). A URL must be on the profile's
+// server unless anyHost.
+func mediaURL(arg, profileDir string, anyHost bool) (target, id string, err error) {
 	arg = strings.TrimSpace(arg)
 	if strings.Contains(arg, "://") {
 		u, err := url.Parse(arg)
 		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 			return "", "", fmt.Errorf("%q is not an http(s) URL: give the URL 'parley recv' showed, or the media id", arg)
+		}
+		if !anyHost {
+			server, dir, err := profileServer(profileDir)
+			if err != nil {
+				return "", "", fmt.Errorf("cannot tell whether %s is your server: %w; or fetch from any host with --any-host", u.Host, err)
+			}
+			if !sameOrigin(u, server) {
+				return "", "", fmt.Errorf("%s is not on your server %s (profile %s): the link may come from anyone; fetch it anyway with --any-host", arg, server.Redacted(), dir)
+			}
 		}
 		if base := path.Base(u.Path); isMediaID(base) {
 			id = base
@@ -170,21 +187,51 @@ func mediaURL(arg, profileDir string) (target, id string, err error) {
 	if !isMediaID(arg) {
 		return "", "", fmt.Errorf("%q is neither a URL nor a media id: give the URL 'parley recv' showed (http://.../v1/media/ID), or the ID", arg)
 	}
-	dir, err := resolveProfileDir(profileDir)
+	server, _, err := profileServer(profileDir)
 	if err != nil {
 		return "", "", fmt.Errorf("fetching by id needs the server's URL from a profile: %w (or give the whole URL)", err)
 	}
+	return strings.TrimRight(server.String(), "/") + "/v1/media/" + arg, arg, nil
+}
+
+// profileServer returns the server URL of the profile in profileDir (or
+// the only profile), and the profile's directory.
+func profileServer(profileDir string) (*url.URL, string, error) {
+	dir, err := resolveProfileDir(profileDir)
+	if err != nil {
+		return nil, "", err
+	}
 	p, err := client.LoadProfile(dir)
 	if errors.Is(err, os.ErrNotExist) {
-		return "", "", fmt.Errorf("no profile in %s, so no server to fetch id %s from: give --profile DIR or the whole URL", dir, arg)
+		return nil, dir, fmt.Errorf("no profile in %s: give --profile DIR", dir)
 	}
 	if err != nil {
-		return "", "", err
+		return nil, dir, err
 	}
 	if p.Server == "" {
-		return "", "", fmt.Errorf("profile %s names no server URL: give the whole URL", dir)
+		return nil, dir, fmt.Errorf("profile %s names no server URL", dir)
 	}
-	return strings.TrimRight(p.Server, "/") + "/v1/media/" + arg, arg, nil
+	u, err := url.Parse(p.Server)
+	if err != nil || u.Host == "" {
+		return nil, dir, fmt.Errorf("profile %s: server %q is not a URL", dir, p.Server)
+	}
+	return u, dir, nil
+}
+
+// sameOrigin reports whether a and b have the same scheme, host and port
+// (a missing port is the scheme's default; host names are not case
+// sensitive).
+func sameOrigin(a, b *url.URL) bool {
+	port := func(u *url.URL) string {
+		if p := u.Port(); p != "" {
+			return p
+		}
+		if strings.EqualFold(u.Scheme, "https") {
+			return "443"
+		}
+		return "80"
+	}
+	return strings.EqualFold(a.Scheme, b.Scheme) && strings.EqualFold(a.Hostname(), b.Hostname()) && port(a) == port(b)
 }
 
 // isMediaID reports whether s looks like a media id (base64url): safe as

@@ -16,12 +16,16 @@ import (
 	"image/color"
 	"image/jpeg"
 	"image/png"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/spf13/cobra"
+
+	"github.com/parleyhq/parley/client"
 )
 
 // parleyFetch runs the CLI like parley, with the fetch command added to
@@ -138,7 +142,7 @@ func TestSendRecvFetchMedia(t *testing.T) {
 
 	// fetch URL -o FILE --sha256 HEX
 	outPath := filepath.Join(work, "out.png")
-	r = parleyFetch(t, "", "fetch", url, "-o", outPath, "--sha256", sumHex).must(t)
+	r = parleyFetch(t, "", "fetch", "--profile", bobDir, url, "-o", outPath, "--sha256", sumHex).must(t)
 	if b, err := os.ReadFile(outPath); err != nil || !bytes.Equal(b, pic) {
 		t.Fatalf("fetched file differs from the upload (err %v)", err)
 	}
@@ -146,16 +150,16 @@ func TestSendRecvFetchMedia(t *testing.T) {
 		t.Fatalf("fetch printed %q", r.stdout)
 	}
 	// It does not replace a file unasked.
-	wantErr(t, parleyFetch(t, "", "fetch", url, "-o", outPath), "--force")
-	parleyFetch(t, "", "fetch", url, "-o", outPath, "--force").must(t)
+	wantErr(t, parleyFetch(t, "", "fetch", "--profile", bobDir, url, "-o", outPath), "--force")
+	parleyFetch(t, "", "fetch", "--profile", bobDir, url, "-o", outPath, "--force").must(t)
 
 	// The line recv printed is enough to fetch and verify.
 	fromJSON := filepath.Join(work, "from-json.png")
-	r = parleyFetch(t, "", "fetch", "--from-json", recvLine, "-o", fromJSON, "--json").must(t)
+	r = parleyFetch(t, "", "fetch", "--profile", bobDir, "--from-json", recvLine, "-o", fromJSON, "--json").must(t)
 	if f := jsonLines(t, r.stdout); len(f) != 1 || f[0]["verified"] != true || f[0]["sha256"] != sumHex || f[0]["path"] != fromJSON {
 		t.Fatalf("fetch --from-json printed %v", f)
 	}
-	r = parleyFetch(t, recvLine+"\n", "fetch", "--from-json", "-", "-o", "-").must(t)
+	r = parleyFetch(t, recvLine+"\n", "fetch", "--profile", bobDir, "--from-json", "-", "-o", "-").must(t)
 	if r.stdout != string(pic) || !strings.Contains(r.stderr, "verified") {
 		t.Fatalf("fetch -o - wrote %d bytes, want %d; stderr %q", len(r.stdout), len(pic), r.stderr)
 	}
@@ -170,7 +174,7 @@ func TestSendRecvFetchMedia(t *testing.T) {
 	// A hash other than the message's: an error, and no file left.
 	bad := filepath.Join(work, "bad.png")
 	wrong := strings.Repeat("0", 64)
-	wantErr(t, parleyFetch(t, "", "fetch", url, "-o", bad, "--sha256", wrong), "download does not match the SHA-256 in the message")
+	wantErr(t, parleyFetch(t, "", "fetch", "--profile", bobDir, url, "-o", bad, "--sha256", wrong), "download does not match the SHA-256 in the message")
 	if ents, _ := filepath.Glob(filepath.Join(work, "*bad.png*")); len(ents) != 0 {
 		t.Fatalf("a failed fetch left %v", ents)
 	}
@@ -178,7 +182,7 @@ func TestSendRecvFetchMedia(t *testing.T) {
 	// An unknown id, well formed.
 	wantErr(t, parleyFetch(t, "", "fetch", "--profile", bobDir, strings.Repeat("A", len(id)), "-o", filepath.Join(work, "x")), "no such media, or it expired")
 	wantErr(t, parleyFetch(t, "", "fetch", "--profile", bobDir, "../etc/passwd"), "neither a URL nor a media id")
-	wantErr(t, parleyFetch(t, "", "fetch", "--sha256", "abc", url), "--sha256")
+	wantErr(t, parleyFetch(t, "", "fetch", "--profile", bobDir, "--sha256", "abc", url), "--sha256")
 
 	// TEXT as the caption, and the human-readable line.
 	parley(t, "", "send", "--profile", aliceDir, "--to", bobPhone, "--file", photo, "look", "at", "this").must(t)
@@ -244,4 +248,45 @@ func TestSendFileErrors(t *testing.T) {
 		})
 	}
 	wantErr(t, parleyFetch(t, "", "fetch"), "what to fetch")
+}
+
+// fetch takes a URL only from the profile's server unless --any-host: a
+// link in a message may point anywhere.
+func TestFetchRefusesOtherHosts(t *testing.T) {
+	file := []byte("from elsewhere")
+	other := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.Write(file) }))
+	defer other.Close()
+	mine := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.Write(file) }))
+	defer mine.Close()
+	dir := t.TempDir()
+	if err := client.SaveProfile(dir, client.Profile{
+		Phone: bobPhone, Server: mine.URL + "/", NativeAddr: "127.0.0.1:1",
+		ServerKey: make([]byte, 32), PrivateKey: make([]byte, 32), PublicKey: make([]byte, 32),
+	}); err != nil {
+		t.Fatal(err)
+	}
+	id := strings.Repeat("A", 22)
+	out := filepath.Join(t.TempDir(), "x")
+	for _, u := range []string{
+		other.URL + "/v1/media/" + id,
+		strings.Replace(mine.URL, "http://", "https://", 1) + "/v1/media/" + id,
+		mine.URL + "@" + strings.TrimPrefix(other.URL, "http://") + "/v1/media/" + id, // mine as userinfo, then another host
+	} {
+		wantErr(t, parleyFetch(t, "", "fetch", "--profile", dir, u, "-o", out), "--any-host")
+		wantErr(t, parleyFetch(t, "", "fetch", "--profile", dir, "--from-json", `{"media":{"url":"`+u+`"}}`, "-o", out), "--any-host")
+	}
+	if _, err := os.Stat(out); err == nil {
+		t.Fatal("a refused fetch wrote the file")
+	}
+	// No profile to tell: refused, saying what to do.
+	wantErr(t, parleyFetch(t, "", "fetch", "--profile", t.TempDir(), other.URL+"/v1/media/"+id, "-o", out), "--any-host")
+
+	// The profile's own server.
+	parleyFetch(t, "", "fetch", "--profile", dir, mine.URL+"/v1/media/"+id, "-o", out).must(t)
+	os.Remove(out)
+	// Anywhere, when asked.
+	parleyFetch(t, "", "fetch", "--any-host", other.URL+"/v1/media/"+id, "-o", out).must(t)
+	if b, err := os.ReadFile(out); err != nil || !bytes.Equal(b, file) {
+		t.Fatalf("fetch --any-host: %q, %v", b, err)
+	}
 }
