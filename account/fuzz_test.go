@@ -9,29 +9,36 @@ import (
 	"testing"
 )
 
-// FuzzNormalize checks Normalize never panics and that whatever it accepts
-// is E.164 and a fixed point.
-func FuzzNormalize(f *testing.F) {
+// FuzzNormalizePhone checks NormalizePhone never panics, accepts only
+// input made of digits, separators and a leading +, and that whatever it
+// accepts is E.164 and a fixed point.
+func FuzzNormalizePhone(f *testing.F) {
 	for _, s := range [][2]string{
 		{"+1 415-555-0100", ""}, {"(415) 555-0100", "US"}, {"0049 30 12345678", "DE"},
 		{"+", ""}, {"", "US"}, {"++1", ""}, {"+1 415 555 0100 ext. 12", ""}, {"１２３", "JP"},
-		{"tel:+1-415-555-0100", ""}, {"\x00+1", "ZZ"},
+		{"tel:+1-415-555-0100", ""}, {"\x00+1", "ZZ"}, {"+4915123456789x", ""}, {"+1800 FLOWERS", ""},
+		{"+49 30 1234567890123", ""}, {"＋１ ４１５ ５５５ ０１００", ""}, {"030 1234567", "de"},
 	} {
 		f.Add(s[0], s[1])
 	}
 	f.Fuzz(func(t *testing.T, raw, region string) {
-		got, err := Normalize(raw, region)
+		got, err := NormalizePhone(raw, region)
 		if err != nil {
 			if err.Error() == "" {
 				t.Fatal("empty error message")
 			}
 			return
 		}
-		if len(got) < 2 || got[0] != '+' || strings.Trim(got[1:], "0123456789") != "" {
-			t.Fatalf("Normalize(%q, %q) = %q, not E.164", raw, region, got)
+		if !IsE164(got) {
+			t.Fatalf("NormalizePhone(%q, %q) = %q, not E.164", raw, region, got)
 		}
-		if again, err := Normalize(got, ""); err != nil || again != got {
-			t.Fatalf("Normalize(%q) = %q, %v; want it unchanged", got, again, err)
+		for _, r := range strings.TrimSpace(raw) {
+			if digitValue(r) < 0 && !isPhoneSeparator(r) && r != '+' && r != '\uff0b' {
+				t.Fatalf("NormalizePhone(%q, %q) = %q: accepted %q, which is no part of a number", raw, region, got, r)
+			}
+		}
+		if again, err := NormalizePhone(got, ""); err != nil || again != got {
+			t.Fatalf("NormalizePhone(%q) = %q, %v; want it unchanged", got, again, err)
 		}
 	})
 }

@@ -279,7 +279,7 @@ func (s *Service) RequestCode(ctx context.Context, rawPhone, clientAddr string) 
 		return "", 0, rateLimited(wait, "too many code requests from your network")
 	}
 
-	phone, err = Normalize(rawPhone, s.cfg.DefaultRegion)
+	phone, err = NormalizePhone(rawPhone, s.cfg.DefaultRegion)
 	if err != nil {
 		return "", 0, invalidPhone(err)
 	}
@@ -335,7 +335,7 @@ func (s *Service) Verify(ctx context.Context, rawPhone, code string, key []byte)
 	if err := ctx.Err(); err != nil {
 		return store.Account{}, err
 	}
-	phone, err := Normalize(rawPhone, s.cfg.DefaultRegion)
+	phone, err := NormalizePhone(rawPhone, s.cfg.DefaultRegion)
 	if err != nil {
 		return store.Account{}, invalidPhone(err)
 	}
@@ -498,9 +498,10 @@ func checkKey(key []byte) error {
 	return nil
 }
 
+// invalidPhone answers NormalizePhone's error, whose message already says
+// what to do.
 func invalidPhone(err error) *Error {
-	return &Error{Status: http.StatusBadRequest, Code: CodeInvalidPhone,
-		Message: err.Error() + "; send the number in international format, e.g. +14155550100"}
+	return &Error{Status: http.StatusBadRequest, Code: CodeInvalidPhone, Message: err.Error()}
 }
 
 func rateLimited(wait time.Duration, what string) *Error {

@@ -80,7 +80,7 @@ The profile holds the device's private key: it is written with mode 0600.`,
 			// profile directory; the server has the last word (it may
 			// assume a region), so this is only a first guess.
 			guess := phone
-			if p, err := account.Normalize(phone, ""); err == nil {
+			if p, err := account.NormalizePhone(phone, ""); err == nil {
 				guess = p
 			}
 			explicitDir := dir != ""
