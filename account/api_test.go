@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -415,5 +416,76 @@ func TestBadRequests(t *testing.T) {
 				t.Fatal("405 without an Allow header")
 			}
 		})
+	}
+}
+
+// smsProvider is a local HTTP server standing in for an SMS provider: it
+// records the numbers the http gateway posted codes to.
+type smsProvider struct {
+	mu  sync.Mutex
+	tos []string
+}
+
+func startSMSProvider(t *testing.T) (*smsProvider, Gateway) {
+	t.Helper()
+	p := &smsProvider{}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var m struct{ To, Message string }
+		if err := json.NewDecoder(r.Body).Decode(&m); err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		p.mu.Lock()
+		p.tos = append(p.tos, m.To)
+		p.mu.Unlock()
+	}))
+	t.Cleanup(srv.Close)
+	g, err := NewHTTPGateway(HTTPGatewayConfig{URL: srv.URL, Client: srv.Client()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p, g
+}
+
+func (p *smsProvider) sent() []string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return append([]string(nil), p.tos...)
+}
+
+// TestTypoSendsNoSMS: a number with a typo in it is refused with one
+// message that says what to do, and no SMS goes anywhere. Before, letters
+// became keypad digits and trailing junk was dropped, so these reached a
+// number the user never typed.
+func TestTypoSendsNoSMS(t *testing.T) {
+	provider, gw := startSMSProvider(t)
+	h := newHarness(t, func(c *Config) { c.SMS = gw })
+	for _, phone := range []string{"+4915123456789x", "+1800 FLOWERS", "+1 415 555 0100 ext 5", "tel:+14155550100"} {
+		r := h.request(t, phone)
+		wantStatus(t, r, http.StatusBadRequest, CodeInvalidPhone)
+		if msg := r.errMessage(); !strings.Contains(msg, "contains") || strings.Count(msg, "e.g.") != 1 {
+			t.Errorf("%q: message %q should name the stray character and give one example", phone, msg)
+		}
+	}
+	if got := provider.sent(); len(got) != 0 {
+		t.Fatalf("the provider was asked to text %v", got)
+	}
+	// The same number written as people do write it goes through.
+	wantStatus(t, h.request(t, "+49 (151) 234-567.89"), http.StatusOK, "")
+	if got := provider.sent(); len(got) != 1 || got[0] != "+4915123456789" {
+		t.Fatalf("the provider was asked to text %v, want [+4915123456789]", got)
+	}
+}
+
+// TestErrorMessagesSayItOnce: the API's messages carry their hint once
+// (they used to repeat the example number after the normaliser's own).
+func TestErrorMessagesSayItOnce(t *testing.T) {
+	h := newHarness(t, nil)
+	for _, phone := range []string{"4155550100", "", "+1 415 555", "+999 123456"} {
+		r := h.request(t, phone)
+		wantStatus(t, r, http.StatusBadRequest, CodeInvalidPhone)
+		if msg := r.errMessage(); strings.Count(msg, "e.g.") > 1 || strings.Count(msg, "international format") > 1 {
+			t.Errorf("%q: message %q repeats itself", phone, msg)
+		}
 	}
 }

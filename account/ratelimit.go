@@ -1,14 +1,17 @@
 package account
 
 import (
+	"container/list"
 	"fmt"
 	"net/netip"
+	"sync"
 	"time"
 )
 
-// RateLimit bounds how often one key (a phone number, a client address) may
-// ask for a code. A zero RateLimit means the default of the field it sits
-// in; Max < 0 lifts the count limit (MinGap still applies).
+// RateLimit bounds how often one key (a phone number, a client address)
+// may do something: ask for a code, fail a login. In a Config, a zero
+// RateLimit means the default of the field it sits in. Max <= 0 lifts the
+// count limit (MinGap still applies).
 type RateLimit struct {
 	// Max requests per Window, counted over a sliding window.
 	Max    int
@@ -27,24 +30,55 @@ func (r RateLimit) check(name string) error {
 	return nil
 }
 
-// limiter is a sliding-window log: per key, the times of the requests still
-// inside the window. A window log (rather than a token bucket) is what
-// makes "3 per 10 minutes" exact, and it stays small: a key never holds
-// more than Max times, and keys with nothing left in the window are
-// dropped by sweep. Not safe for concurrent use; the Service locks.
-type limiter struct {
-	RateLimit
-	hits map[string][]time.Time // ascending
+// DefaultMaxKeys is how many keys a Limiter remembers unless told
+// otherwise: about 10 MB at 3 hits a key, far above the keys an honest
+// load keeps inside a window.
+const DefaultMaxKeys = 100_000
+
+// Limiter applies a RateLimit per key (an address, a claimed account, a
+// kind of log line). It is a sliding-window log: per key, the times of the
+// hits still inside the window, which is what makes "3 per 10 minutes"
+// exact.
+//
+// Its memory is bounded: a key holds at most Max times (1 when Max <= 0),
+// a key whose hits no longer matter is dropped when touched or by Sweep,
+// and at most maxKeys keys are kept: a new key beyond that evicts the
+// least recently hit one. Eviction forgets that key's hits, so choose
+// maxKeys well above the keys an honest load touches within a window: a
+// flood of new keys then costs the flooder, not the limits of others.
+//
+// It is safe for concurrent use.
+type Limiter struct {
+	rate    RateLimit
+	maxKeys int
+
+	mu    sync.Mutex
+	keys  map[string]*list.Element // of *limitEntry
+	order list.List                // least recently hit first
 }
 
-func newLimiter(r RateLimit) *limiter {
-	return &limiter{RateLimit: r, hits: make(map[string][]time.Time)}
+type limitEntry struct {
+	key  string
+	hits []time.Time // ascending
+}
+
+// NewLimiter returns a limiter of r for at most maxKeys keys
+// (DefaultMaxKeys when maxKeys <= 0). r must be complete: its zero fields
+// are not filled with defaults here.
+func NewLimiter(r RateLimit, maxKeys int) (*Limiter, error) {
+	if err := r.check("rate limit"); err != nil {
+		return nil, err
+	}
+	if maxKeys <= 0 {
+		maxKeys = DefaultMaxKeys
+	}
+	return &Limiter{rate: r, maxKeys: maxKeys, keys: make(map[string]*list.Element)}, nil
 }
 
 // keep is how long a hit matters: for the window and for the gap.
-func (l *limiter) keep() time.Duration { return max(l.Window, l.MinGap) }
+func (l *Limiter) keep() time.Duration { return max(l.rate.Window, l.rate.MinGap) }
 
-func (l *limiter) prune(ts []time.Time, now time.Time) []time.Time {
+func (l *Limiter) prune(ts []time.Time, now time.Time) []time.Time {
 	cut := now.Add(-l.keep())
 	i := 0
 	for i < len(ts) && !ts[i].After(cut) {
@@ -53,54 +87,104 @@ func (l *limiter) prune(ts []time.Time, now time.Time) []time.Time {
 	return ts[i:]
 }
 
-// take records a request for key at now and reports true, or, when the
-// request is over the limit, records nothing and says how long to wait.
-func (l *limiter) take(key string, now time.Time) (bool, time.Duration) {
-	ts := l.prune(l.hits[key], now)
-	var wait time.Duration
-	if l.MinGap > 0 && len(ts) > 0 {
-		wait = max(wait, ts[len(ts)-1].Add(l.MinGap).Sub(now))
+// Allow records a hit for key at now and reports true, or, when the hit is
+// over the limit, records nothing and says how long until one would pass.
+// A refused hit still counts as use of the key for eviction, so a key
+// being held back is the last to be forgotten.
+func (l *Limiter) Allow(key string, now time.Time) (ok bool, wait time.Duration) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var ts []time.Time
+	if el := l.keys[key]; el != nil {
+		ts = l.prune(el.Value.(*limitEntry).hits, now)
 	}
-	if l.Max > 0 && len(ts) >= l.Max {
-		wait = max(wait, ts[len(ts)-l.Max].Add(l.Window).Sub(now))
+	r := l.rate
+	if r.MinGap > 0 && len(ts) > 0 {
+		wait = max(wait, ts[len(ts)-1].Add(r.MinGap).Sub(now))
+	}
+	if r.Max > 0 && len(ts) >= r.Max {
+		wait = max(wait, ts[len(ts)-r.Max].Add(r.Window).Sub(now))
 	}
 	if wait > 0 {
 		l.set(key, ts)
 		return false, wait
 	}
 	ts = append(ts, now)
-	if l.Max <= 0 {
+	if r.Max <= 0 {
 		ts = ts[len(ts)-1:] // only the gap matters: keep the last
 	}
 	l.set(key, ts)
 	return true, 0
 }
 
-// undo forgets the request take recorded for key at at, for a request that
+// Undo forgets the hit Allow recorded for key at at, for a request that
 // came to nothing through no fault of the client.
-func (l *limiter) undo(key string, at time.Time) {
-	ts := l.hits[key]
+func (l *Limiter) Undo(key string, at time.Time) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	el := l.keys[key]
+	if el == nil {
+		return
+	}
+	ts := el.Value.(*limitEntry).hits
 	for i := len(ts) - 1; i >= 0; i-- {
 		if ts[i].Equal(at) {
-			l.set(key, append(ts[:i:i], ts[i+1:]...))
+			ts = append(ts[:i:i], ts[i+1:]...)
+			if len(ts) == 0 {
+				l.drop(el)
+			} else {
+				el.Value.(*limitEntry).hits = ts
+			}
 			return
 		}
 	}
 }
 
-func (l *limiter) set(key string, ts []time.Time) {
-	if len(ts) == 0 {
-		delete(l.hits, key)
-		return
+// Sweep drops the keys with no hit left that matters at now. Keys are
+// also dropped when touched; Sweep is for the untouched ones.
+func (l *Limiter) Sweep(now time.Time) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for el := l.order.Front(); el != nil; {
+		next := el.Next()
+		e := el.Value.(*limitEntry)
+		if e.hits = l.prune(e.hits, now); len(e.hits) == 0 {
+			l.drop(el)
+		}
+		el = next
 	}
-	l.hits[key] = ts
 }
 
-// sweep drops keys with no request left that matters at now.
-func (l *limiter) sweep(now time.Time) {
-	for k, ts := range l.hits {
-		l.set(k, l.prune(ts, now))
+// Len is the number of keys remembered.
+func (l *Limiter) Len() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.keys)
+}
+
+// set stores key's hits as its most recent use, evicting the least
+// recently used key if a new one would pass maxKeys.
+func (l *Limiter) set(key string, ts []time.Time) {
+	el := l.keys[key]
+	switch {
+	case len(ts) == 0:
+		if el != nil {
+			l.drop(el)
+		}
+	case el != nil:
+		el.Value.(*limitEntry).hits = ts
+		l.order.MoveToBack(el)
+	default:
+		if len(l.keys) >= l.maxKeys {
+			l.drop(l.order.Front())
+		}
+		l.keys[key] = l.order.PushBack(&limitEntry{key: key, hits: ts})
 	}
+}
+
+func (l *Limiter) drop(el *list.Element) {
+	delete(l.keys, el.Value.(*limitEntry).key)
+	l.order.Remove(el)
 }
 
 // addrKey is the rate-limit key for a client address. IPv6 clients are

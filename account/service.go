@@ -105,6 +105,10 @@ type Config struct {
 	// PerAddr limits code requests per client IP (per /64 for IPv6).
 	// Default DefaultPerAddr: 20 per 10 minutes.
 	PerAddr RateLimit
+	// RateLimitKeys is the most numbers, and the most addresses, the rate
+	// limits remember; past it the least recently seen is forgotten.
+	// Default DefaultMaxKeys.
+	RateLimitKeys int
 	// TrustProxy takes the client address from the last X-Forwarded-For
 	// entry (the one the proxy in front of us appended) instead of the
 	// connection's. Set it only behind a proxy that sets the header:
@@ -180,10 +184,10 @@ type Service struct {
 	log     *slog.Logger
 	codeKey []byte // HMAC key for code hashes
 
-	mu      sync.Mutex // guards codes, perNum, perAddr
+	mu      sync.Mutex // guards codes
 	codes   map[string]*pending
-	perNum  *limiter
-	perAddr *limiter
+	perNum  *Limiter
+	perAddr *Limiter
 
 	// regLocks serialize the read-modify-write of one phone's account
 	// (striped: bounded memory, and registrations are rare enough).
@@ -245,6 +249,14 @@ func NewService(cfg Config) (*Service, error) {
 	if err := cfg.PerAddr.check("account: Config.PerAddr"); err != nil {
 		return nil, err
 	}
+	perNum, err := NewLimiter(cfg.PerNumber, cfg.RateLimitKeys)
+	if err != nil {
+		return nil, err
+	}
+	perAddr, err := NewLimiter(cfg.PerAddr, cfg.RateLimitKeys)
+	if err != nil {
+		return nil, err
+	}
 	key := make([]byte, 32)
 	if _, err := io.ReadFull(cfg.Rand, key); err != nil {
 		return nil, fmt.Errorf("account: reading Config.Rand: %w", err)
@@ -254,8 +266,8 @@ func NewService(cfg Config) (*Service, error) {
 		log:     cfg.Log,
 		codeKey: key,
 		codes:   make(map[string]*pending),
-		perNum:  newLimiter(cfg.PerNumber),
-		perAddr: newLimiter(cfg.PerAddr),
+		perNum:  perNum,
+		perAddr: perAddr,
 		seed:    maphash.MakeSeed(),
 	}, nil
 }
@@ -271,22 +283,18 @@ func (s *Service) RequestCode(ctx context.Context, rawPhone, clientAddr string) 
 	now := s.cfg.Now()
 	akey := addrKey(clientAddr)
 
-	s.mu.Lock()
-	ok, wait := s.perAddr.take(akey, now)
-	s.mu.Unlock()
+	ok, wait := s.perAddr.Allow(akey, now)
 	if !ok {
 		s.log.InfoContext(ctx, "code request rate limited by address", "addr", akey, "retry_after", wait)
 		return "", 0, rateLimited(wait, "too many code requests from your network")
 	}
 
-	phone, err = Normalize(rawPhone, s.cfg.DefaultRegion)
+	phone, err = NormalizePhone(rawPhone, s.cfg.DefaultRegion)
 	if err != nil {
 		return "", 0, invalidPhone(err)
 	}
 
-	s.mu.Lock()
-	ok, wait = s.perNum.take(phone, now)
-	s.mu.Unlock()
+	ok, wait = s.perNum.Allow(phone, now)
 	if !ok {
 		s.log.InfoContext(ctx, "code request rate limited by number", "phone", phone, "retry_after", wait)
 		return "", 0, rateLimited(wait, "too many codes requested for this number")
@@ -315,11 +323,7 @@ func (s *Service) RequestCode(ctx context.Context, rawPhone, clientAddr string) 
 	return phone, s.cfg.CodeTTL, nil
 }
 
-func (s *Service) undoNumber(phone string, at time.Time) {
-	s.mu.Lock()
-	s.perNum.undo(phone, at)
-	s.mu.Unlock()
-}
+func (s *Service) undoNumber(phone string, at time.Time) { s.perNum.Undo(phone, at) }
 
 // Verify checks code for rawPhone and binds the phone to key, a 32-byte
 // Curve25519 public key:
@@ -335,7 +339,7 @@ func (s *Service) Verify(ctx context.Context, rawPhone, code string, key []byte)
 	if err := ctx.Err(); err != nil {
 		return store.Account{}, err
 	}
-	phone, err := Normalize(rawPhone, s.cfg.DefaultRegion)
+	phone, err := NormalizePhone(rawPhone, s.cfg.DefaultRegion)
 	if err != nil {
 		return store.Account{}, invalidPhone(err)
 	}
@@ -430,14 +434,14 @@ func (s *Service) checkCode(ctx context.Context, phone, code string) error {
 // are also dropped when touched, so Sweep is only about the untouched ones.
 func (s *Service) Sweep(now time.Time) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	for phone, p := range s.codes {
 		if !now.Before(p.expires) {
 			delete(s.codes, phone)
 		}
 	}
-	s.perNum.sweep(now)
-	s.perAddr.sweep(now)
+	s.mu.Unlock()
+	s.perNum.Sweep(now)
+	s.perAddr.Sweep(now)
 }
 
 // sum is the stored form of a code: HMAC-SHA-256 under a per-process key,
@@ -498,9 +502,10 @@ func checkKey(key []byte) error {
 	return nil
 }
 
+// invalidPhone answers NormalizePhone's error, whose message already says
+// what to do.
 func invalidPhone(err error) *Error {
-	return &Error{Status: http.StatusBadRequest, Code: CodeInvalidPhone,
-		Message: err.Error() + "; send the number in international format, e.g. +14155550100"}
+	return &Error{Status: http.StatusBadRequest, Code: CodeInvalidPhone, Message: err.Error()}
 }
 
 func rateLimited(wait time.Duration, what string) *Error {

@@ -93,7 +93,7 @@ func TestSweepForgetsRateLimits(t *testing.T) {
 	h.svc.Sweep(t0.Add(10 * time.Minute))
 	h.svc.mu.Lock()
 	defer h.svc.mu.Unlock()
-	if n := len(h.svc.codes) + len(h.svc.perNum.hits) + len(h.svc.perAddr.hits); n != 0 {
+	if n := len(h.svc.codes) + h.svc.perNum.Len() + h.svc.perAddr.Len(); n != 0 {
 		t.Fatalf("%d entries left after Sweep", n)
 	}
 }

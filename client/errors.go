@@ -3,6 +3,7 @@ package client
 import (
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/parleyhq/parley/wire"
@@ -117,14 +118,20 @@ func (e *APIError) Error() string {
 	if e.Message != "" {
 		msg += ": " + e.Message
 	}
+	// A Parley error's message already says what to do (the registration
+	// API's 429 says how long to wait): the hints below are for answers
+	// that do not, such as a proxy's page, so each hint is given once.
+	wait := e.RetryAfter.Round(time.Second).String()
 	switch {
-	case e.RetryAfter > 0:
-		msg += fmt.Sprintf(" (try again in %s)", e.RetryAfter.Round(time.Second))
+	case e.RetryAfter > 0 && !strings.Contains(e.Message, wait):
+		msg += " (try again in " + wait + ")"
+	case e.Code != "" || e.RetryAfter > 0:
+		// Said already.
 	case e.Status == 429:
 		msg += " (too many requests: wait a while and try again)"
 	case e.Status >= 500:
 		msg += " (the server failed: try again later, or check the server's log)"
-	case e.Status == 404 && e.Code == "":
+	case e.Status == 404:
 		msg += " (no such API endpoint: is this URL a Parley server's HTTP address?)"
 	}
 	return msg

@@ -31,6 +31,13 @@ func fakeAPI(t *testing.T, serverKey []byte) *httptest.Server {
 			w.Header().Set("Retry-After", "42")
 			w.WriteHeader(http.StatusTooManyRequests)
 			w.Write([]byte(`{"error":{"code":"rate_limited","message":"too many codes for this number"}}`))
+		case "+14155550198":
+			w.Header().Set("Retry-After", "322")
+			w.WriteHeader(http.StatusTooManyRequests)
+			w.Write([]byte(`{"error":{"code":"rate_limited","message":"too many codes for this number; wait 5m22s and try again"}}`))
+		case "+14155550197":
+			w.WriteHeader(http.StatusInternalServerError)
+			w.Write([]byte(`{"error":{"code":"internal","message":"internal error; try again later"}}`))
 		case "bogus":
 			w.WriteHeader(http.StatusBadRequest)
 			w.Write([]byte(`{"error":{"code":"bad_phone","message":"not a phone number"}}`))
@@ -106,12 +113,27 @@ func TestAPIErrors(t *testing.T) {
 		call func() error
 		want client.APIError
 		text string // a part of Error() that tells the user what to do
+		once string // a part of Error() that must not repeat
 	}{
 		{
 			name: "rate limited",
 			call: func() error { _, err := client.RequestCode(ctx, nil, srv.URL, "+14155550199"); return err },
 			want: client.APIError{Status: 429, Code: "rate_limited", Message: "too many codes for this number", RetryAfter: 42 * time.Second},
 			text: "try again in 42s",
+		},
+		{
+			name: "rate limited, the wait in the message",
+			call: func() error { _, err := client.RequestCode(ctx, nil, srv.URL, "+14155550198"); return err },
+			want: client.APIError{Status: 429, Code: "rate_limited", Message: "too many codes for this number; wait 5m22s and try again", RetryAfter: 322 * time.Second},
+			text: "wait 5m22s and try again",
+			once: "5m22s",
+		},
+		{
+			name: "internal error",
+			call: func() error { _, err := client.RequestCode(ctx, nil, srv.URL, "+14155550197"); return err },
+			want: client.APIError{Status: 500, Code: "internal", Message: "internal error; try again later"},
+			text: "try again later",
+			once: "try again",
 		},
 		{
 			name: "bad request",
@@ -147,6 +169,9 @@ func TestAPIErrors(t *testing.T) {
 			}
 			if !strings.Contains(err.Error(), tt.text) {
 				t.Errorf("error %q does not say %q", err, tt.text)
+			}
+			if tt.once != "" && strings.Count(err.Error(), tt.once) != 1 {
+				t.Errorf("error %q says %q more than once", err, tt.once)
 			}
 		})
 	}

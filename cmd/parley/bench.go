@@ -51,7 +51,7 @@ so the bench can share the machine with it. Methods: go doc ./bench.`,
 	}
 	f := cmd.PersistentFlags()
 	f.StringVar(&bf.cfg.Addr, "addr", "127.0.0.1:5222", "the node's native listener, HOST:PORT")
-	f.StringVar(&bf.cfg.Admin, "admin", "http://127.0.0.1:9090", "the node's admin listener URL")
+	f.StringVar(&bf.cfg.Admin, "admin", "http://127.0.0.1:9090", "the node's admin listener: URL, or HOST:PORT as 'parley serve --admin' takes it")
 	f.StringVar(&bf.cfg.State, "state", "", "bench state file (default: "+bench.DefaultStatePath("http://127.0.0.1:9090")+", named after --admin)")
 	f.IntVar(&bf.cfg.Offset, "offset", 0, "first test user to use: give bench processes sharing a node disjoint ranges")
 	f.StringVar(&bf.src, "src", "auto", "source addresses to spread connections over, e.g. 127.0.0.2-127.0.0.20; auto: on loopback, 127.0.0.2 and up, one per 2,000 connections; none: the kernel's choice")
@@ -79,6 +79,14 @@ func (bf *benchFlags) run(cmd *cobra.Command, mc *bench.Config, mode func(contex
 	}
 	cfg := *mc
 	cfg.Addr, cfg.Admin, cfg.State, cfg.Offset = bf.cfg.Addr, bf.cfg.Admin, bf.cfg.State, bf.cfg.Offset
+	if cfg.Admin, err = listenerURL("--admin", cfg.Admin, "http://127.0.0.1:9090"); err != nil {
+		return err
+	}
+	if cfg.Server != "" {
+		if cfg.Server, err = listenerURL("--server", cfg.Server, "http://127.0.0.1:8080"); err != nil {
+			return err
+		}
+	}
 	cfg.Concurrency, cfg.DialTimeout, cfg.Src, cfg.AutoSrc = bf.cfg.Concurrency, bf.cfg.DialTimeout, src, autoSrc
 	cfg.FullHandshake = bf.cfg.FullHandshake
 	if bf.cpuprofile != "" {
@@ -163,7 +171,7 @@ HTTP API (--server). Running it again keeps the seed (the same keys) unless
 	}
 	f := cmd.Flags()
 	f.IntVar(&mc.Users, "users", 0, "number of test accounts (required)")
-	f.StringVar(&mc.Server, "server", "http://127.0.0.1:8080", "the node's public HTTP API URL (for the server key)")
+	f.StringVar(&mc.Server, "server", "http://127.0.0.1:8080", "the node's public HTTP API: URL or HOST:PORT (for the server key)")
 	f.IntVar(&mc.Chunk, "chunk", 5000, "accounts per bulk request")
 	f.BoolVar(&mc.Fresh, "fresh", false, "make new keys even if a state file exists")
 	cmd.MarkFlagRequired("users")

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"time"
+	"unicode/utf8"
 
 	"github.com/spf13/cobra"
 
@@ -23,15 +25,15 @@ func newChatCmd() *cobra.Command {
 		Use:   "chat --to NUMBER",
 		Short: "Chat with one number, line by line",
 		Long: `Chat interactively with one number. Every line typed is sent to it; what
-arrives is printed as it comes:
+arrives is printed as it comes, each line with the server's time and who it
+is from ("you" for your own messages):
 
-  hello alice             a message from the person you chat with
-  [+14155550103] hi       a message from anyone else, with their number
-  [image/jpeg 2.1 MiB] the view — https://.../v1/media/ID
-                          a file (get it with 'parley fetch URL')
-    ✓ sent: "are you…"    your message is stored for the recipient
-    ✓✓ delivered: "are…"  their device received it
-    ✓✓ read: "are you…"   they read it
+  [14:03:27] +14155550102: hello alice   a message, from whoever sent it
+  [14:03:30] +14155550102: [image/jpeg 2.1 MiB] the view — https://.../v1/media/ID
+                                         a file (get it with 'parley fetch URL')
+  [14:03:41] you ✓ sent: "are you…"      your message is stored for them
+  [14:03:41] you ✓✓ delivered: "are…"    their device received it
+  [14:03:52] you ✓✓ read: "are you…"     they read it
 
 Messages from the person you chat with are marked read as they are shown;
 everything shown is acknowledged (erased from the server). A dropped
@@ -140,7 +142,7 @@ type chat struct {
 // the peer sees the lines in the order they were typed.
 func (ch *chat) send(ctx context.Context, line string) error {
 	if len(line) > wire.MaxBody {
-		ch.out.line("  ✗ not sent (%d bytes, over the %d-byte limit)", len(line), wire.MaxBody)
+		ch.out.line("%s ✗ not sent (%d bytes, over the %d-byte limit)", ch.own(time.Now().UnixNano()), len(line), wire.MaxBody)
 		return nil
 	}
 	// The id is known before sending so that a receipt arriving before
@@ -150,18 +152,45 @@ func (ch *chat) send(ctx context.Context, line string) error {
 	ch.mu.Lock()
 	ch.mine[id] = short
 	ch.mu.Unlock()
-	_, err := ch.s.c.SendWithID(ctx, id, ch.peer, []byte(line))
+	ack, err := ch.s.c.SendWithID(ctx, id, ch.peer, []byte(line))
 	var se *client.ServerError
 	switch {
 	case err == nil:
-		ch.out.line("  ✓ sent: %q", short)
+		ch.out.line("%s ✓ sent: %q", ch.own(ack.TS), short)
 	case errors.As(err, &se):
-		ch.out.line("  ✗ not sent: %q: %s", short, se.Text)
+		ch.out.line("%s ✗ not sent: %q: %s", ch.own(time.Now().UnixNano()), short, se.Text)
 		ch.forget(id)
 	default:
 		return explainClientError(err, ch.s.profile, ch.s.dir)
 	}
 	return nil
+}
+
+// own starts a line about one of my messages: "[14:03:27] you".
+func (ch *chat) own(ts int64) string { return "[" + clock(ts) + "] you" }
+
+// messageLines are the lines an incoming message shows as: a media summary
+// and the text, each "[time] sender: ...". Nothing the other side sends may
+// pass for my own lines, so the lines of a multi-line text are indented
+// under the first, and a line with control characters (terminal escapes)
+// is shown quoted.
+func messageLines(m *wire.Message) []string {
+	prefix := fmt.Sprintf("[%s] %s: ", clock(m.Ts), printable(m.From))
+	var lines []string
+	if m.Media != nil {
+		lines = append(lines, prefix+mediaSummary(m.Media))
+	}
+	if len(m.Body) > 0 || m.Media == nil {
+		indent := strings.Repeat(" ", utf8.RuneCountInString(prefix))
+		for i, l := range strings.Split(textOf(m.Body), "\n") {
+			if i == 0 {
+				lines = append(lines, prefix+printable(l))
+			} else {
+				lines = append(lines, indent+printable(l))
+			}
+		}
+	}
+	return lines
 }
 
 func (ch *chat) forget(id uint64) {
@@ -181,19 +210,8 @@ func (ch *chat) receive(ctx context.Context) error {
 		switch {
 		case in.Message != nil:
 			m := in.Message
-			var lines []string
-			if m.Media != nil {
-				lines = append(lines, mediaSummary(m.Media))
-			}
-			if len(m.Body) > 0 || m.Media == nil {
-				lines = append(lines, textOf(m.Body))
-			}
-			for _, l := range lines {
-				if m.From == ch.peer {
-					ch.out.line("%s", l)
-				} else {
-					ch.out.line("[%s] %s", m.From, l)
-				}
+			for _, l := range messageLines(m) {
+				ch.out.line("%s", l)
 			}
 			if m.From == ch.peer {
 				readFrom = m // shown on screen: that is what "read" means here
@@ -223,13 +241,14 @@ func (ch *chat) showReceipt(r *wire.Receipt) {
 			delete(ch.mine, id) // nothing comes after read
 		}
 		ch.mu.Unlock()
+		who := ch.own(r.Ts)
 		switch {
 		case ok && r.By == ch.peer:
-			ch.out.line("  %s %s: %q", tick(r.Kind), kind, short)
+			ch.out.line("%s %s %s: %q", who, tick(r.Kind), kind, short)
 		case ok:
-			ch.out.line("  %s %s by %s: %q", tick(r.Kind), kind, r.By, short)
+			ch.out.line("%s %s %s by %s: %q", who, tick(r.Kind), kind, printable(r.By), short)
 		default: // a message sent before this chat started
-			ch.out.line("  %s %s by %s: message %d", tick(r.Kind), kind, r.By, id)
+			ch.out.line("%s %s %s by %s: message %d", who, tick(r.Kind), kind, printable(r.By), id)
 		}
 	}
 }

@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/parleyhq/parley/account"
 	"github.com/parleyhq/parley/client"
 	"github.com/parleyhq/parley/internal/nodetest"
 	"github.com/parleyhq/parley/node"
@@ -237,4 +238,29 @@ func TestClientCommandErrors(t *testing.T) {
 
 	// recv with only --timeout ends normally.
 	parley(t, "", "recv", "--profile", aliceDir, "--timeout", "100ms").must(t)
+}
+
+// TestRegisterErrorsSayItOnce: what register prints for the server's
+// refusals gives each hint once (it used to print "wait 59m59s and try
+// again (try again in 59m59s)" and two example numbers).
+func TestRegisterErrorsSayItOnce(t *testing.T) {
+	tn := nodetest.Start(t, func(c *node.Config) {
+		c.Log = slog.New(slog.DiscardHandler)
+		c.PerNumber = account.RateLimit{Max: 1, Window: time.Hour}
+	})
+	url := tn.HTTPURL()
+	parley(t, "", "register", "--server", url, "--phone", alicePhone).must(t)
+
+	r := parley(t, "", "register", "--server", url, "--phone", alicePhone)
+	if r.err == nil || !strings.Contains(r.err.Error(), "rate_limited") || strings.Count(r.err.Error(), "try again") != 1 {
+		t.Errorf("second code request: %v; want rate_limited saying once when to try again", r.err)
+	}
+	r = parley(t, "", "register", "--server", url, "--phone", "4155550101")
+	if r.err == nil || !strings.Contains(r.err.Error(), "invalid_phone") || strings.Count(r.err.Error(), "e.g.") != 1 {
+		t.Errorf("number without country code: %v; want invalid_phone with one example", r.err)
+	}
+	r = parley(t, "", "register", "--server", url, "--phone", "+4915123456789x")
+	if r.err == nil || !strings.Contains(r.err.Error(), "contains 'x'") {
+		t.Errorf("number with a typo: %v; want it refused, naming the x", r.err)
+	}
 }

@@ -175,7 +175,7 @@ func normalizePhone(flag, raw string) (string, error) {
 	if raw == "" {
 		return "", fmt.Errorf("%s is required: the phone number in international format, e.g. +14155550100", flag)
 	}
-	p, err := account.Normalize(raw, "")
+	p, err := account.NormalizePhone(raw, "")
 	if err != nil {
 		return "", fmt.Errorf("%s %q: %w", flag, raw, err)
 	}

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net/http"
 	"os"
-	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -51,7 +50,10 @@ The profile holds the device's private key: it is written with mode 0600.`,
 			if phone == "" {
 				return errors.New("--phone is required: the number to register, in international format, e.g. +14155550100")
 			}
-			server = normalizeServerURL(server)
+			var err error
+			if server, err = listenerURL("--server", server, defaultServerURL); err != nil {
+				return err
+			}
 			ctx, cancel := withTimeout(cmd.Context(), timeout)
 			defer cancel()
 			hc := &http.Client{}
@@ -80,7 +82,7 @@ The profile holds the device's private key: it is written with mode 0600.`,
 			// profile directory; the server has the last word (it may
 			// assume a region), so this is only a first guess.
 			guess := phone
-			if p, err := account.Normalize(phone, ""); err == nil {
+			if p, err := account.NormalizePhone(phone, ""); err == nil {
 				guess = p
 			}
 			explicitDir := dir != ""
@@ -134,22 +136,13 @@ The profile holds the device's private key: it is written with mode 0600.`,
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&server, "server", defaultServerURL, "the server's HTTP API URL")
+	f.StringVar(&server, "server", defaultServerURL, "the server's HTTP API: URL or HOST:PORT")
 	f.StringVar(&phone, "phone", "", "phone number to register, in international format (+14155550100)")
 	f.StringVar(&code, "code", "", "the 6-digit code from the SMS (omit to request one)")
 	f.StringVar(&dir, "profile", "", "profile directory (default "+profileRootHelp()+"/<number without +>)")
 	f.BoolVar(&asJSON, "json", false, "print the result as one JSON object")
 	f.DurationVar(&timeout, "timeout", 30*time.Second, "give up on the server after this long (0: never)")
 	return cmd
-}
-
-// normalizeServerURL accepts "host:port" for "http://host:port".
-func normalizeServerURL(s string) string {
-	s = strings.TrimRight(strings.TrimSpace(s), "/")
-	if !strings.Contains(s, "://") {
-		s = "http://" + s
-	}
-	return s
 }
 
 // deviceKey returns the key already in dir's profile if it is phone's, or

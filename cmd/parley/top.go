@@ -25,7 +25,8 @@ func newTopCmd() *cobra.Command {
 		Long: `Show a live view of a running Parley node, like Erlang's etop: node totals
 at the top (connections, messages per second in and out, offline queue depth,
 mailboxes, alerts firing), sessions below sorted by mailbox length, refreshed
-every --interval. It reads the node's admin listener (parley serve --admin).
+every --interval. It reads the node's admin listener: --admin (or
+PARLEY_ADMIN) is its URL, or HOST:PORT as parley serve --admin takes it.
 
 Keys:
   ` + keys + `
@@ -38,6 +39,7 @@ When the admin listener is not on loopback it needs the admin token: --token
 or PARLEY_TOKEN.`,
 		Example: `  parley top
   parley top --admin http://10.0.0.5:9090 --token "$PARLEY_ADMIN_TOKEN"
+  parley top --admin 127.0.0.1:39090
   parley top --sort in_rate
   parley top --once --json | jq '.sessions[0]'`,
 		Args: cobra.NoArgs,
@@ -52,6 +54,9 @@ or PARLEY_TOKEN.`,
 			if o.Interval < 100*time.Millisecond {
 				return fmt.Errorf("--interval %v: want 100ms or more (the node samples once a second)", o.Interval)
 			}
+			if admin, err = listenerURL("--admin", admin, "http://127.0.0.1:9090"); err != nil {
+				return err
+			}
 			c, err := top.NewClient(admin, token, nil)
 			if err != nil {
 				return err
@@ -60,7 +65,7 @@ or PARLEY_TOKEN.`,
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&admin, "admin", "http://127.0.0.1:9090", "the node's admin listener URL")
+	f.StringVar(&admin, "admin", "http://127.0.0.1:9090", "the node's admin listener: URL, or HOST:PORT as 'parley serve --admin' takes it")
 	f.StringVar(&token, "token", "", "admin token, when the admin listener is not on loopback")
 	f.StringVar(&sort, "sort", "mailbox", "sort sessions by: mailbox, in_rate, out_rate or queued")
 	f.IntVar(&o.Limit, "limit", 0, "sessions to show (0: as many as fit the screen; 50 when not on a terminal)")
