@@ -53,9 +53,9 @@ func (s *Service) Provision(ctx context.Context, accts []Provisioned) (Provision
 	now := s.cfg.Now()
 	for i, a := range accts {
 		phone := a.Phone
-		if !isE164(phone) {
+		if !IsE164(phone) {
 			return ProvisionResult{}, &Error{Status: http.StatusBadRequest, Code: CodeInvalidPhone,
-				Message: fmt.Sprintf("accounts[%d]: phone %q is not in E.164 form (+ and 7 to 15 digits)", i, phone)}
+				Message: fmt.Sprintf("accounts[%d]: phone %q is not in E.164 form (+ and 6 to 15 digits)", i, phone)}
 		}
 		if err := checkKey(a.Key); err != nil {
 			e := *err.(*Error)
@@ -141,16 +141,3 @@ func (s *Service) create(a store.Account) (bool, error) {
 	return true, nil
 }
 
-// isE164 reports whether s has the shape of an E.164 number: a plus, a
-// non-zero digit, and 6 to 14 more digits.
-func isE164(s string) bool {
-	if len(s) < 8 || len(s) > 16 || s[0] != '+' || s[1] == '0' {
-		return false
-	}
-	for _, c := range s[1:] {
-		if c < '0' || c > '9' {
-			return false
-		}
-	}
-	return true
-}
