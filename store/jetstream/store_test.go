@@ -1,0 +1,82 @@
+package jetstream_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+
+	"github.com/parleyhq/parley/store"
+	"github.com/parleyhq/parley/store/jetstream"
+	"github.com/parleyhq/parley/store/storetest"
+)
+
+// startServer runs a one-node NATS server with JetStream kept in dir and
+// returns a connection to it; both end with the test (or stop's call).
+func startServer(t testing.TB, dir string) (nc *nats.Conn, stop func()) {
+	t.Helper()
+	ns, err := server.NewServer(&server.Options{
+		JetStream: true,
+		StoreDir:  dir,
+		Host:      "127.0.0.1",
+		Port:      -1,
+		NoLog:     true,
+		NoSigs:    true,
+	})
+	if err != nil {
+		t.Fatalf("nats server: %v", err)
+	}
+	go ns.Start()
+	if !ns.ReadyForConnections(30 * time.Second) {
+		t.Fatalf("nats server not ready")
+	}
+	nc, err = nats.Connect("", nats.InProcessServer(ns))
+	if err != nil {
+		ns.Shutdown()
+		t.Fatalf("connect: %v", err)
+	}
+	stopped := false
+	stop = func() {
+		if stopped {
+			return
+		}
+		stopped = true
+		nc.Close()
+		ns.Shutdown()
+		ns.WaitForShutdown()
+	}
+	t.Cleanup(stop)
+	return nc, stop
+}
+
+// serverStore is a store with its own embedded server: closing the store
+// stops the server, so a reopen restarts it on the same directory.
+type serverStore struct {
+	*jetstream.Store
+	stop func()
+}
+
+func (s serverStore) Close() error {
+	err := s.Store.Close()
+	s.stop()
+	return err
+}
+
+func openStore(t *testing.T, dir string, opts store.Options) store.Store {
+	t.Helper()
+	nc, stop := startServer(t, dir)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	s, err := jetstream.Open(ctx, nc, jetstream.Options{Store: opts, Partitions: 4})
+	if err != nil {
+		stop()
+		t.Fatalf("Open: %v", err)
+	}
+	return serverStore{Store: s, stop: stop}
+}
+
+func TestConformance(t *testing.T) {
+	storetest.Run(t, openStore)
+}
