@@ -93,8 +93,8 @@ func (l layout) metaSubjects() []string {
 }
 
 func (l layout) accountSubject(phone string) string { return l.prefix + ".acct." + token(phone) }
-func (l layout) idsSubject() string                  { return l.prefix + ".ids" }
-func (l layout) cfgSubject() string                  { return l.prefix + ".cfg" }
+func (l layout) idsSubject() string                 { return l.prefix + ".ids" }
+func (l layout) cfgSubject() string                 { return l.prefix + ".cfg" }
 
 // userOfQueueSubject returns the token of a queue subject's user.
 func userTokenOf(subject string) string {
