@@ -2,6 +2,7 @@ package jetstream
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
 	"sync"
@@ -37,7 +38,14 @@ type request struct {
 	sweep *sweepOp
 	done  func(store.Result)
 	res   store.Result
+	// tries counts the times the request was decided again after a
+	// conflict with another writer.
+	tries int
 }
+
+// maxTries bounds how often a request refused by a compare-and-set is
+// decided again before ErrConflict is reported.
+const maxTries = 8
 
 // commitQueue is the FIFO between Commit and the committer: a guarded
 // slice, so Commit never blocks (a Commit from a done callback, which runs
@@ -76,6 +84,15 @@ func (q *commitQueue) signal() {
 func (q *commitQueue) close() {
 	q.mu.Lock()
 	q.closed = true
+	q.mu.Unlock()
+	q.signal()
+}
+
+// requeue puts rs back at the head of the queue, in order, even after
+// close (they were taken before it).
+func (q *commitQueue) requeue(rs []request) {
+	q.mu.Lock()
+	q.reqs = append(append(make([]request, 0, len(rs)+len(q.reqs)), rs...), q.reqs...)
 	q.mu.Unlock()
 	q.signal()
 }
@@ -170,7 +187,11 @@ type committer struct {
 	s       *Store
 	overlay map[string]dedupSlot // dedup records this group writes
 	plans   []partPlan
+	// failed and written are set by the partition writers, under resMu.
+	resMu   sync.Mutex
 	failed  []error // by request index
+	written []bool  // by request index: some part of it was written
+	retry   []request
 	touched []touchedQueue
 	targets []int
 }
@@ -202,6 +223,7 @@ func (c *committer) commitGroup(group []request) {
 		clear(c.plans[p].purgeReqs)
 	}
 	c.failed = append(c.failed[:0], make([]error, len(group))...)
+	c.written = append(c.written[:0], make([]bool, len(group))...)
 	s.stMu.Lock()
 	if len(s.states) >= maxCachedStates {
 		clear(s.states)
@@ -231,17 +253,34 @@ func (c *committer) commitGroup(group []request) {
 	wg.Wait()
 
 	anyFailed := false
+	c.retry = c.retry[:0]
 	for i := range group {
-		if err := c.failed[i]; err != nil {
-			anyFailed = true
-			group[i].res = store.Result{Err: err}
+		err := c.failed[i]
+		if err == nil {
+			continue
 		}
+		anyFailed = true
+		// Refused by a compare-and-set (another node wrote one of its
+		// queues) with nothing of it written: decide it again against
+		// the reloaded queues.
+		if errors.Is(err, ErrConflict) && !c.written[i] && group[i].tries < maxTries {
+			group[i].tries++
+			group[i].res = store.Result{}
+			c.retry = append(c.retry, group[i])
+			group[i].done = nil
+			continue
+		}
+		group[i].res = store.Result{Err: err}
 	}
 	if anyFailed {
 		// The cached states ran ahead of what was written: reload.
 		s.stMu.Lock()
 		clear(s.states)
 		s.stMu.Unlock()
+	}
+	if len(c.retry) > 0 {
+		s.q.requeue(c.retry)
+		clear(c.retry)
 	}
 	if f := s.opts.Store.OnGroup; f != nil {
 		f(len(group))
@@ -471,14 +510,21 @@ func (c *committer) writePart(ctx context.Context, p int, pl *partPlan) {
 		}
 		chunk := ops[:n]
 		ops = ops[n:]
-		if err := c.publishChunk(ctx, p, chunk); err != nil {
-			failure = err
-			for _, o := range chunk {
+		err := c.publishChunk(ctx, p, chunk)
+		c.resMu.Lock()
+		for _, o := range chunk {
+			if err != nil {
 				c.failed[o.req] = err
+			} else {
+				c.written[o.req] = true
 			}
 		}
+		c.resMu.Unlock()
+		failure = err
 	}
 	if failure != nil {
+		c.resMu.Lock()
+		defer c.resMu.Unlock()
 		for _, o := range ops {
 			c.failed[o.req] = failure
 		}
@@ -493,9 +539,11 @@ func (c *committer) writePart(ctx context.Context, p int, pl *partPlan) {
 		if err := c.purgeBelow(ctx, p, st, head); err != nil {
 			err = fmt.Errorf("erase queue %s below %d: %w", st.user, head, err)
 			s.log.Warn("store erase failed", "user", st.user, "seq", head, "err", err)
+			c.resMu.Lock()
 			for _, i := range pl.purgeReqs[st] {
 				c.failed[i] = err
 			}
+			c.resMu.Unlock()
 		}
 	}
 }

@@ -16,8 +16,14 @@ import (
 // startServer runs a one-node NATS server with JetStream kept in dir and
 // returns a connection to it; both end with the test (or stop's call).
 func startServer(t testing.TB, dir string) (nc *nats.Conn, stop func()) {
+	nc, _, stop = startServerNS(t, dir)
+	return nc, stop
+}
+
+func startServerNS(t testing.TB, dir string) (nc *nats.Conn, ns *server.Server, stop func()) {
 	t.Helper()
-	ns, err := server.NewServer(&server.Options{
+	var err error
+	ns, err = server.NewServer(&server.Options{
 		JetStream: true,
 		StoreDir:  dir,
 		Host:      "127.0.0.1",
@@ -48,7 +54,7 @@ func startServer(t testing.TB, dir string) (nc *nats.Conn, stop func()) {
 		ns.WaitForShutdown()
 	}
 	t.Cleanup(stop)
-	return nc, stop
+	return nc, ns, stop
 }
 
 // serverStore is a store with its own embedded server: closing the store
