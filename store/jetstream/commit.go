@@ -132,6 +132,9 @@ type userState struct {
 	// every write to the subject is a compare-and-set on it, so a write
 	// made meanwhile by another node is detected, never overwritten.
 	last uint64
+	// marker and prevMarker are the stream seqs of the queue's newest
+	// empty-marker and the one before (DeletePerItem deletes it); 0: none.
+	marker, prevMarker uint64
 	// known pairs recent items' seqs with their stream seqs, ascending,
 	// to start reads and purges near the right place.
 	known []seqPair
@@ -169,6 +172,9 @@ type partPlan struct {
 	// below it are erased with one PurgeEx after the group's publishes.
 	purge     map[*userState]uint64
 	purgeReqs map[*userState][]int
+	// dels, with DeletePerItem, maps a queue to the seqs [from, to) its
+	// acks erase, each with its own DeleteMsg after the publishes.
+	dels map[*userState][2]uint64
 }
 
 // touchedQueue is a queue the batch being decided touches.
@@ -221,6 +227,7 @@ func (c *committer) commitGroup(group []request) {
 		c.plans[p].ops = c.plans[p].ops[:0]
 		clear(c.plans[p].purge)
 		clear(c.plans[p].purgeReqs)
+		clear(c.plans[p].dels)
 	}
 	c.failed = append(c.failed[:0], make([]error, len(group))...)
 	c.written = append(c.written[:0], make([]bool, len(group))...)
@@ -241,7 +248,7 @@ func (c *committer) commitGroup(group []request) {
 
 	var wg sync.WaitGroup
 	for p := range c.plans {
-		if len(c.plans[p].ops) == 0 && len(c.plans[p].purge) == 0 {
+		if len(c.plans[p].ops) == 0 && len(c.plans[p].purge) == 0 && len(c.plans[p].dels) == 0 {
 			continue
 		}
 		wg.Add(1)
@@ -434,6 +441,25 @@ func (c *committer) decide(ctx context.Context, i int, b *store.Batch, now int64
 // part is purged below its new head after the group's publishes.
 func (c *committer) erase(i int, st *userState, newHead uint64, now int64) {
 	pl := &c.plans[st.part]
+	if c.s.opts.DeletePerItem {
+		if newHead > st.tail {
+			pl.ops = append(pl.ops, op{req: i, kind: opMarker, st: st, seq: st.tail, ts: now})
+		}
+		if pl.dels == nil {
+			pl.dels = make(map[*userState][2]uint64)
+		}
+		d, ok := pl.dels[st]
+		if !ok {
+			d[0] = st.head
+		}
+		d[1] = newHead
+		pl.dels[st] = d
+		if pl.purgeReqs == nil {
+			pl.purgeReqs = make(map[*userState][]int)
+		}
+		pl.purgeReqs[st] = append(pl.purgeReqs[st], i)
+		return
+	}
 	if newHead > st.tail {
 		pl.ops = append(pl.ops, op{req: i, kind: opMarker, st: st, seq: st.tail, ts: now})
 		delete(pl.purge, st)
@@ -535,6 +561,17 @@ func (c *committer) writePart(ctx context.Context, p int, pl *partPlan) {
 		}
 		return
 	}
+	for st, d := range pl.dels {
+		if err := c.deleteEach(ctx, p, st, d[0], d[1]); err != nil {
+			err = fmt.Errorf("erase queue %s below %d: %w", st.user, d[1], err)
+			s.log.Warn("store erase failed", "user", st.user, "seq", d[1], "err", err)
+			c.resMu.Lock()
+			for _, i := range pl.purgeReqs[st] {
+				c.failed[i] = err
+			}
+			c.resMu.Unlock()
+		}
+	}
 	for st, head := range pl.purge {
 		if err := c.purgeBelow(ctx, p, st, head); err != nil {
 			err = fmt.Errorf("erase queue %s below %d: %w", st.user, head, err)
@@ -563,7 +600,9 @@ func (c *committer) publishChunk(ctx context.Context, p int, ops []op) error {
 			kind := byte(kindItem)
 			if o.kind == opMarker {
 				kind = kindMarker
-				m.Header.Set(njs.MsgRollup, njs.MsgRollupSubject)
+				if !s.opts.DeletePerItem {
+					m.Header.Set(njs.MsgRollup, njs.MsgRollupSubject)
+				}
 			}
 			m.Data = appendRecord(make([]byte, 0, recHeader+len(o.data)), kind, o.seq, o.ts, o.data)
 			if !seen[o.st.subj] {
@@ -599,7 +638,11 @@ func (c *committer) publishChunk(ctx context.Context, p int, ops []op) error {
 			}
 		case opMarker:
 			o.st.last = sseq
-			o.st.known = o.st.known[:0]
+			o.st.prevMarker, o.st.marker = o.st.marker, sseq
+			if !s.opts.DeletePerItem {
+				o.st.known = o.st.known[:0]
+				o.st.prevMarker = 0 // the rollup erased it
+			}
 		case opDedup:
 			if o.deadline != 0 {
 				s.noteBornExpired(dedupRef{part: p, seq: sseq, deadline: o.deadline})
@@ -652,6 +695,60 @@ func (c *committer) purgeBelow(ctx context.Context, p int, st *userState, head u
 	s.stMu.Lock()
 	k := 0
 	for k < len(st.known) && st.known[k].seq < head {
+		k++
+	}
+	st.known = append(st.known[:0], st.known[k:]...)
+	s.stMu.Unlock()
+	return nil
+}
+
+// deleteEach erases st's items with seq in [from, to), and its previous
+// marker, with one DeleteMsg each: the DeletePerItem baseline.
+func (c *committer) deleteEach(ctx context.Context, p int, st *userState, from, to uint64) error {
+	s := c.s
+	var sseqs []uint64
+	s.stMu.Lock()
+	for _, k := range st.known {
+		if k.seq >= from && k.seq < to {
+			sseqs = append(sseqs, k.sseq)
+		}
+	}
+	if st.prevMarker != 0 {
+		sseqs = append(sseqs, st.prevMarker)
+		st.prevMarker = 0
+	}
+	s.stMu.Unlock()
+	if uint64(len(sseqs)) < to-from { // not all known: find them
+		sseqs = sseqs[:0]
+		for cur := uint64(1); ; {
+			m, err := s.getNext(ctx, s.parts[p], st.subj, cur)
+			if err != nil {
+				return err
+			}
+			if m == nil {
+				break
+			}
+			cur = m.Sequence + 1
+			r, err := decodeRecord(m.Data)
+			if err != nil {
+				return fmt.Errorf("stream seq %d: %w", m.Sequence, err)
+			}
+			if r.kind == kindItem && r.seq >= to {
+				break
+			}
+			if r.kind == kindItem || m.Sequence != st.marker {
+				sseqs = append(sseqs, m.Sequence)
+			}
+		}
+	}
+	for _, seq := range sseqs {
+		if err := s.parts[p].DeleteMsg(ctx, seq); err != nil && !isNotFound(err) {
+			return err
+		}
+	}
+	s.stMu.Lock()
+	k := 0
+	for k < len(st.known) && st.known[k].seq < to {
 		k++
 	}
 	st.known = append(st.known[:0], st.known[k:]...)

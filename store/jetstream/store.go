@@ -58,6 +58,12 @@ type Options struct {
 	Timeout time.Duration
 	// Log receives the store's logs; nil means slog.Default().
 	Log *slog.Logger
+
+	// DeletePerItem erases acked items with one DeleteMsg each (and an
+	// emptied queue's marker is written without Nats-Rollup), the obvious
+	// pattern this store improves on. It exists for the benchmarks that
+	// compare the two; leave it off.
+	DeletePerItem bool
 }
 
 func (o Options) withDefaults() Options {

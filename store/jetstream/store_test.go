@@ -86,3 +86,17 @@ func openStore(t *testing.T, dir string, opts store.Options) store.Store {
 func TestConformance(t *testing.T) {
 	storetest.Run(t, openStore)
 }
+
+// The baseline erase pattern keeps every guarantee too.
+func TestConformanceDeletePerItem(t *testing.T) {
+	storetest.Run(t, func(t *testing.T, dir string, opts store.Options) store.Store {
+		t.Helper()
+		nc, stop := startServer(t, dir)
+		s, err := jetstream.Open(context.Background(), nc, jetstream.Options{Store: opts, Partitions: 4, DeletePerItem: true})
+		if err != nil {
+			stop()
+			t.Fatalf("Open: %v", err)
+		}
+		return serverStore{Store: s, stop: stop}
+	})
+}
