@@ -4,81 +4,133 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"sync"
-	"sync/atomic"
 	"time"
+
+	"github.com/nats-io/nats.go"
+	njs "github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nuid"
 
 	"github.com/parleyhq/parley/store"
 )
 
-// The committer is a pipeline of three kinds of goroutine:
-//
-//   - the decider takes requests in commit order, decides each against
-//     the cached queue states (seqs, limits, dedup) and hands its messages
-//     to the writers of the partitions it touches, without waiting;
-//   - one writer per partition publishes what it was handed, whole
-//     requests at a time, as atomic batches: one batch in flight per
-//     partition (a compare-and-set on a subject needs the previous write
-//     to it acknowledged), all partitions at once;
-//   - the reporter calls done in commit order once every share of a
-//     request is written.
-//
-// A write refused by a compare-and-set (another node wrote one of the
-// partition's queues) fails every request queued behind it in that
-// partition and raises a barrier: the decider stops, the pipeline drains,
-// the cached states are dropped, and the refused requests that wrote
-// nothing are decided again, ahead of everything newer, so each caller's
-// order holds.
-
-// maxGroup caps how many requests the decider takes at once.
+// maxGroup caps how many batches the committer decides and writes together.
 const maxGroup = 1024
+
+// maxAtomic is how many messages go into one atomic batch publish: the
+// server's default limit (streamMaxAtomicBatchSize) is 1,000.
+const maxAtomic = 1000
+
+// Atomic batch publish headers (ADR-50; nats.go does not name them).
+const (
+	hdrBatchID     = "Nats-Batch-Id"
+	hdrBatchSeq    = "Nats-Batch-Sequence"
+	hdrBatchCommit = "Nats-Batch-Commit"
+)
+
+// maxKnown bounds the (seq, stream seq) pairs kept per queue.
+const maxKnown = 64
+
+// request is one entry of the commit queue: a caller's batch, or a sweep.
+type request struct {
+	b     *store.Batch
+	sweep *sweepOp
+	done  func(store.Result)
+	res   store.Result
+	// tries counts the times the request was decided again after a
+	// conflict with another writer.
+	tries int
+}
 
 // maxTries bounds how often a request refused by a compare-and-set is
 // decided again before ErrConflict is reported.
 const maxTries = 8
 
-// maxKnown bounds the (seq, stream seq) pairs kept per queue.
-const maxKnown = 64
-
-// inflight is a decided request on its way through the writers.
-type inflight struct {
-	req   request
-	res   store.Result
-	parts atomic.Int32 // partition shares not yet written
-
-	mu      sync.Mutex // guards err and written
-	err     error
-	written bool // some share of it was written
-
-	ddSubj string    // the overlay entry it owns, if any
-	dupOf  *inflight // its Dup came from dupOf's record, not yet written
-	retry  bool      // set by the reporter: decided again, not reported
-	ok     bool      // set by the reporter: reported written (or a Dup)
+// commitQueue is the FIFO between Commit and the committer: a guarded
+// slice, so Commit never blocks (a Commit from a done callback, which runs
+// on the committer, would deadlock on a full channel).
+type commitQueue struct {
+	mu     sync.Mutex
+	reqs   []request
+	closed bool
+	wake   chan struct{}
 }
 
-func (fl *inflight) fail(err error) {
-	fl.mu.Lock()
-	if fl.err == nil {
-		fl.err = err
+func (q *commitQueue) init() { q.wake = make(chan struct{}, 1) }
+
+func (q *commitQueue) push(r request) bool {
+	q.mu.Lock()
+	if q.closed {
+		q.mu.Unlock()
+		return false
 	}
-	fl.mu.Unlock()
+	q.reqs = append(q.reqs, r)
+	first := len(q.reqs) == 1
+	q.mu.Unlock()
+	if first {
+		q.signal()
+	}
+	return true
 }
 
-// userState is the committer's view of one queue, guarded by Store.stMu.
-// The decider writes head and tail; the queue's partition writer writes
-// last, marker and known.
+func (q *commitQueue) signal() {
+	select {
+	case q.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (q *commitQueue) close() {
+	q.mu.Lock()
+	q.closed = true
+	q.mu.Unlock()
+	q.signal()
+}
+
+// requeue puts rs back at the head of the queue, in order, even after
+// close (they were taken before it).
+func (q *commitQueue) requeue(rs []request) {
+	q.mu.Lock()
+	q.reqs = append(append(make([]request, 0, len(rs)+len(q.reqs)), rs...), q.reqs...)
+	q.mu.Unlock()
+	q.signal()
+}
+
+func (q *commitQueue) take(group []request, max int) ([]request, bool) {
+	for {
+		q.mu.Lock()
+		if n := len(q.reqs); n > 0 {
+			take := min(n, max)
+			group = append(group[:0], q.reqs[:take]...)
+			rest := copy(q.reqs, q.reqs[take:])
+			clear(q.reqs[rest:])
+			q.reqs = q.reqs[:rest]
+			q.mu.Unlock()
+			return group, true
+		}
+		closed := q.closed
+		q.mu.Unlock()
+		if closed {
+			return nil, false
+		}
+		<-q.wake
+	}
+}
+
+// userState is the committer's view of one queue. head, tail and last
+// are written by the committer (last and known by the goroutine writing
+// the queue's partition) under Store.stMu.
 type userState struct {
 	user string
 	part int
 	subj string
 	// head is the lowest seq not erased and tail the last seq assigned;
-	// head = tail+1 when the queue is empty. Both run ahead of the
-	// writes: they include what was decided and not yet written.
+	// head = tail+1 when the queue is empty.
 	head, tail uint64
-	// last is the stream seq of the subject's last message as last
-	// written: every write to the subject is a compare-and-set on it, so
-	// a write made meanwhile by another node is detected, never
-	// overwritten.
+	// last is the stream seq of the subject's last message as last seen:
+	// every write to the subject is a compare-and-set on it, so a write
+	// made meanwhile by another node is detected, never overwritten.
 	last uint64
 	// marker and prevMarker are the stream seqs of the queue's newest
 	// empty-marker and the one before (DeletePerItem deletes it); 0: none.
@@ -86,8 +138,6 @@ type userState struct {
 	// known pairs recent items' seqs with their stream seqs, ascending,
 	// to start reads and purges near the right place.
 	known []seqPair
-	// stale: dropped after a failed write; ops decided on it are refused.
-	stale bool
 }
 
 type seqPair struct{ seq, sseq uint64 }
@@ -95,20 +145,17 @@ type seqPair struct{ seq, sseq uint64 }
 type opKind uint8
 
 const (
-	opItem   opKind = iota // publish an item
-	opMarker               // publish an empty-marker (Nats-Rollup: sub)
-	opDedup                // publish a dedup record
-	opPurge                // after the publish: PurgeEx below seq
-	opDelete               // after the publish: DeleteMsg each of [seq, to)
+	opItem opKind = iota
+	opMarker
+	opDedup
 )
 
-// op is one step of a request's write to one partition.
+// op is one message of a group's write.
 type op struct {
-	fl   *inflight
+	req  int // index in the group
 	kind opKind
-	st   *userState // item, marker, purge, delete
-	seq  uint64     // item, marker: its seq; purge, delete: the first kept
-	from uint64     // delete: the first erased
+	st   *userState // item, marker
+	seq  uint64     // item, marker
 	ts   int64
 	data []byte // item
 
@@ -118,7 +165,17 @@ type op struct {
 	deadline int64 // dedup: TS + DedupTTL, for a record born expired; else 0
 }
 
-func (o *op) published() bool { return o.kind <= opDedup }
+// partPlan is what a group writes to one partition.
+type partPlan struct {
+	ops []op
+	// purge maps a queue acked only in part to its new head: the items
+	// below it are erased with one PurgeEx after the group's publishes.
+	purge     map[*userState]uint64
+	purgeReqs map[*userState][]int
+	// dels, with DeletePerItem, maps a queue to the seqs [from, to) its
+	// acks erase, each with its own DeleteMsg after the publishes.
+	dels map[*userState][2]uint64
+}
 
 // touchedQueue is a queue the batch being decided touches.
 type touchedQueue struct {
@@ -130,259 +187,115 @@ type touchedQueue struct {
 type dedupSlot struct {
 	serverID uint64
 	ts       int64
-	fl       *inflight // the request writing it; nil once written
 }
 
 type committer struct {
 	s       *Store
-	writers []*partWriter
-
-	// Decider scratch.
-	staged  [][]op // by partition: the request being decided
+	overlay map[string]dedupSlot // dedup records this group writes
+	plans   []partPlan
+	// failed and written are set by the partition writers, under resMu.
+	resMu   sync.Mutex
+	failed  []error // by request index
+	written []bool  // by request index: some part of it was written
+	retry   []request
 	touched []touchedQueue
 	targets []int
-
-	// overlay holds the dedup records decided and not yet reported, so
-	// later requests see them. The decider reads and adds; the reporter
-	// removes.
-	ovMu    sync.Mutex
-	overlay map[string]dedupSlot
-
-	pmu     sync.Mutex
-	pending []*inflight // decided, in commit order, not yet reported
-	retry   []request   // refused by a conflict, to decide again; reporter-owned until the barrier
-
-	reportWake chan struct{} // a request's last share was written
-	drained    chan struct{} // pending became empty
-	barrier    atomic.Bool   // a write failed: drain before deciding more
-	barrierUp  chan struct{} // wakes the decider when barrier is raised
-	stopReport chan struct{}
-	reported   chan struct{}
 }
 
-func newCommitter(s *Store) *committer {
-	c := &committer{
-		s:          s,
-		staged:     make([][]op, s.lay.parts),
-		overlay:    make(map[string]dedupSlot),
-		reportWake: make(chan struct{}, 1),
-		drained:    make(chan struct{}, 1),
-		barrierUp:  make(chan struct{}, 1),
-		stopReport: make(chan struct{}),
-		reported:   make(chan struct{}),
-	}
-	for p := range s.lay.parts {
-		c.writers = append(c.writers, newPartWriter(c, p))
-	}
-	return c
-}
-
-func signal(ch chan struct{}) {
-	select {
-	case ch <- struct{}{}:
-	default:
-	}
-}
-
-// run is the decider goroutine; it starts the writers and the reporter
-// and stops them once the queue is closed and everything is reported.
 func (c *committer) run() {
-	var wg sync.WaitGroup
-	for _, w := range c.writers {
-		wg.Add(1)
-		go func() { defer wg.Done(); w.run() }()
-	}
-	go c.report()
-	defer func() {
-		for _, w := range c.writers {
-			w.stop()
-		}
-		wg.Wait()
-		close(c.stopReport)
-		<-c.reported
-		close(c.s.committed)
-	}()
+	defer close(c.s.committed)
+	c.plans = make([]partPlan, c.s.lay.parts)
 	var group []request
 	for {
-		if c.barrier.Load() {
-			c.recover()
-		}
 		var ok bool
-		group, ok = c.s.q.take(group, maxGroup, c.barrierUp)
+		group, ok = c.s.q.take(group, maxGroup)
 		if !ok {
-			c.drain()
-			if c.barrier.Load() {
-				c.recover() // may requeue refused requests
-				continue
-			}
 			return
 		}
-		now := time.Now().UnixNano()
-		for i := range group {
-			if c.barrier.Load() {
-				c.s.q.requeue(group[i:])
-				break
-			}
-			c.decideOne(group[i], now)
-		}
+		c.commitGroup(group)
 		clear(group)
 	}
 }
 
-// drain waits until every decided request is reported.
-func (c *committer) drain() {
-	for {
-		c.pmu.Lock()
-		empty := len(c.pending) == 0
-		c.pmu.Unlock()
-		if empty {
-			return
-		}
-		<-c.drained
-	}
-}
-
-// recover lowers the barrier: with the pipeline drained, it drops every
-// cached state (they ran ahead of what was written), lets the writers
-// write again and puts the refused requests back, ahead of the rest.
-func (c *committer) recover() {
-	c.drain()
-	c.s.stMu.Lock()
-	for _, st := range c.s.states {
-		st.stale = true
-	}
-	clear(c.s.states)
-	c.s.stMu.Unlock()
-	for _, w := range c.writers {
-		w.failing.Store(false)
-	}
-	c.pmu.Lock()
-	retry := c.retry
-	c.retry = nil
-	c.pmu.Unlock()
-	if len(retry) > 0 {
-		c.s.q.requeue(retry)
-	}
-	c.barrier.Store(false)
-}
-
-// raiseBarrier is called by a writer whose write failed.
-func (c *committer) raiseBarrier() {
-	c.barrier.Store(true)
-	signal(c.barrierUp)
-}
-
-// decideOne decides r and hands its shares to the writers.
-func (c *committer) decideOne(r request, now int64) {
+func (c *committer) commitGroup(group []request) {
 	s := c.s
-	ctx, cancel := context.WithTimeout(s.ctx, s.opts.Timeout)
+	ctx, cancel := context.WithTimeout(s.ctx, s.opts.Timeout*4)
 	defer cancel()
+	now := time.Now().UnixNano()
+	clear(c.overlay)
+	for p := range c.plans {
+		c.plans[p].ops = c.plans[p].ops[:0]
+		clear(c.plans[p].purge)
+		clear(c.plans[p].purgeReqs)
+		clear(c.plans[p].dels)
+	}
+	c.failed = append(c.failed[:0], make([]error, len(group))...)
+	c.written = append(c.written[:0], make([]bool, len(group))...)
 	s.stMu.Lock()
 	if len(s.states) >= maxCachedStates {
-		// Drop the cache; ops in flight on dropped states are refused
-		// (stale) and decided again, which costs a drain, rarely.
-		for _, st := range s.states {
-			st.stale = true
-		}
 		clear(s.states)
 	}
 	s.stMu.Unlock()
-	for p := range c.staged {
-		c.staged[p] = c.staged[p][:0]
-	}
-	fl := &inflight{req: r}
-	if r.sweep != nil {
-		fl.res = c.decideSweep(ctx, fl, r.sweep)
-	} else {
-		fl.res = c.decide(ctx, fl, r.b, now)
-	}
-	n := int32(0)
-	for p := range c.staged {
-		if len(c.staged[p]) > 0 {
-			n++
-		}
-	}
-	fl.parts.Store(n)
-	c.pmu.Lock()
-	c.pending = append(c.pending, fl)
-	c.pmu.Unlock()
-	if n == 0 {
-		signal(c.reportWake)
-		return
-	}
-	for p := range c.staged {
-		if len(c.staged[p]) > 0 {
-			c.writers[p].add(c.staged[p])
-		}
-	}
-}
 
-// shareDone is called by a writer once its share of fl is handled.
-func (c *committer) shareDone(fl *inflight) {
-	if fl.parts.Add(-1) == 0 {
-		signal(c.reportWake)
+	for i := range group {
+		r := &group[i]
+		if r.sweep != nil {
+			r.res = c.decideSweep(ctx, i, r.sweep)
+		} else {
+			r.res = c.decide(ctx, i, r.b, now)
+		}
 	}
-}
 
-// report is the reporter goroutine: it calls done for each request in
-// commit order once all of it is written, or sets it aside to be decided
-// again.
-func (c *committer) report() {
-	defer close(c.reported)
-	for {
-		select {
-		case <-c.reportWake:
-		case <-c.stopReport:
-			return
+	var wg sync.WaitGroup
+	for p := range c.plans {
+		if len(c.plans[p].ops) == 0 && len(c.plans[p].purge) == 0 && len(c.plans[p].dels) == 0 {
+			continue
 		}
-		for {
-			c.pmu.Lock()
-			if len(c.pending) == 0 || c.pending[0].parts.Load() > 0 {
-				if len(c.pending) == 0 {
-					signal(c.drained)
-				}
-				c.pmu.Unlock()
-				break
-			}
-			fl := c.pending[0]
-			c.pending[0] = nil
-			c.pending = c.pending[1:]
-			c.pmu.Unlock()
-			c.finish(fl)
-		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c.writePart(ctx, p, &c.plans[p])
+		}()
 	}
-}
+	wg.Wait()
 
-func (c *committer) finish(fl *inflight) {
-	if fl.ddSubj != "" {
-		c.ovMu.Lock()
-		if slot, ok := c.overlay[fl.ddSubj]; ok && slot.fl == fl {
-			delete(c.overlay, fl.ddSubj)
+	anyFailed := false
+	c.retry = c.retry[:0]
+	for i := range group {
+		err := c.failed[i]
+		if err == nil {
+			continue
 		}
-		c.ovMu.Unlock()
-	}
-	fl.mu.Lock()
-	err, written := fl.err, fl.written
-	fl.mu.Unlock()
-	if err == nil && fl.dupOf != nil && !fl.dupOf.ok {
-		// Its Dup named a record that was not written after all.
-		err = fmt.Errorf("the earlier send it repeats was refused: %w", ErrConflict)
-	}
-	if err != nil {
-		if errors.Is(err, ErrConflict) && !written && fl.req.tries < maxTries {
-			fl.retry = true
-			r := fl.req
-			r.tries++
-			c.pmu.Lock()
-			c.retry = append(c.retry, r)
-			c.pmu.Unlock()
-			return
+		anyFailed = true
+		// Refused by a compare-and-set (another node wrote one of its
+		// queues) with nothing of it written: decide it again against
+		// the reloaded queues.
+		if errors.Is(err, ErrConflict) && !c.written[i] && group[i].tries < maxTries {
+			group[i].tries++
+			group[i].res = store.Result{}
+			c.retry = append(c.retry, group[i])
+			group[i].done = nil
+			continue
 		}
-		fl.res = store.Result{Err: err}
+		group[i].res = store.Result{Err: err}
 	}
-	fl.ok = err == nil && fl.res.Err == nil
-	if done := fl.req.done; done != nil {
-		done(fl.res)
+	if anyFailed {
+		// The cached states ran ahead of what was written: reload.
+		s.stMu.Lock()
+		clear(s.states)
+		s.stMu.Unlock()
+	}
+	if len(c.retry) > 0 {
+		s.q.requeue(c.retry)
+		clear(c.retry)
+	}
+	if f := s.opts.Store.OnGroup; f != nil {
+		f(len(group))
+	}
+	for i := range group {
+		if done := group[i].done; done != nil {
+			done(group[i].res)
+		}
 	}
 }
 
@@ -400,7 +313,7 @@ func (c *committer) state(ctx context.Context, user string) (*userState, error) 
 		return nil, fmt.Errorf("load queue %s: %w", user, err)
 	}
 	p := s.lay.partition(user)
-	st = &userState{user: user, part: p, subj: s.lay.queueSubject(p, user), head: b.head, tail: b.tail, last: b.last, marker: b.marker}
+	st = &userState{user: user, part: p, subj: s.lay.queueSubject(p, user), head: b.head, tail: b.tail, last: b.last}
 	if b.headSeq != 0 {
 		st.known = append(st.known, seqPair{b.head, b.headSeq})
 	}
@@ -429,10 +342,10 @@ func (c *committer) dedupPartition(b *store.Batch) int {
 	return c.s.lay.partition(b.Dedup.Sender)
 }
 
-// decide checks b against the state left by every request decided before
-// it and, if it is accepted, stages its writes and advances the cached
-// state. A refused batch stages nothing.
-func (c *committer) decide(ctx context.Context, fl *inflight, b *store.Batch, now int64) store.Result {
+// decide checks b against the state left by every earlier batch (this
+// group's included) and, if it is accepted, plans its writes and advances
+// the cached state. A refused batch plans nothing.
+func (c *committer) decide(ctx context.Context, i int, b *store.Batch, now int64) store.Result {
 	s := c.s
 	if b == nil {
 		return store.Result{}
@@ -448,7 +361,6 @@ func (c *committer) decide(ctx context.Context, fl *inflight, b *store.Batch, no
 				return store.Result{Err: err}
 			}
 			if found {
-				fl.dupOf = slot.fl
 				return store.Result{Dup: &store.Dedup{Sender: d.Sender, ClientID: d.ClientID, ServerID: slot.serverID, TS: slot.ts}}
 			}
 		}
@@ -489,11 +401,11 @@ func (c *committer) decide(ctx context.Context, fl *inflight, b *store.Batch, no
 		c.targets = append(c.targets, ti)
 	}
 
-	// Accepted: stage the writes.
+	// Accepted: plan the writes.
 	for k := range c.touched {
 		t := &c.touched[k]
 		if t.head > t.st.head {
-			c.erase(fl, t.st, t.head, now)
+			c.erase(i, t.st, t.head, now)
 		}
 		t.next = t.st.tail
 	}
@@ -505,17 +417,15 @@ func (c *committer) decide(ctx context.Context, fl *inflight, b *store.Batch, no
 		t := &c.touched[c.targets[k]]
 		t.next++
 		seqs[k] = t.next
-		p := t.st.part
-		c.staged[p] = append(c.staged[p], op{fl: fl, kind: opItem, st: t.st, seq: t.next, ts: now, data: a.Data})
+		pl := &c.plans[t.st.part]
+		pl.ops = append(pl.ops, op{req: i, kind: opItem, st: t.st, seq: t.next, ts: now, data: a.Data})
 	}
 	if d := b.Dedup; d != nil {
-		o := op{fl: fl, kind: opDedup, subject: ddSubj, dedupCAS: !d.Fresh, ts: d.TS, seq: d.ServerID}
+		o := op{req: i, kind: opDedup, subject: ddSubj, dedupCAS: !d.Fresh, ts: d.TS, seq: d.ServerID}
 		o.ttl, o.deadline = c.dedupTTL(d.TS, now)
-		c.staged[ddPart] = append(c.staged[ddPart], o)
-		fl.ddSubj = ddSubj
-		c.ovMu.Lock()
-		c.overlay[ddSubj] = dedupSlot{serverID: d.ServerID, ts: d.TS, fl: fl}
-		c.ovMu.Unlock()
+		pl := &c.plans[ddPart]
+		pl.ops = append(pl.ops, o)
+		c.overlay[ddSubj] = dedupSlot{serverID: d.ServerID, ts: d.TS}
 	}
 	s.stMu.Lock()
 	for _, t := range c.touched {
@@ -525,22 +435,45 @@ func (c *committer) decide(ctx context.Context, fl *inflight, b *store.Batch, no
 	return store.Result{Seqs: seqs}
 }
 
-// erase stages the erasure of st's items below newHead (> st.head). A
-// queue left empty gets an empty-marker written with Nats-Rollup: sub, one
+// erase plans the erasure of st's items below newHead (> st.head). A queue
+// left empty gets an empty-marker written with Nats-Rollup: sub, one
 // message that erases every earlier one of the subject; a queue acked in
-// part is purged below its new head once the publish is acknowledged.
-// With DeletePerItem, each item gets its own DeleteMsg instead.
-func (c *committer) erase(fl *inflight, st *userState, newHead uint64, now int64) {
-	p := st.part
+// part is purged below its new head after the group's publishes.
+func (c *committer) erase(i int, st *userState, newHead uint64, now int64) {
+	pl := &c.plans[st.part]
+	if c.s.opts.DeletePerItem {
+		if newHead > st.tail {
+			pl.ops = append(pl.ops, op{req: i, kind: opMarker, st: st, seq: st.tail, ts: now})
+		}
+		if pl.dels == nil {
+			pl.dels = make(map[*userState][2]uint64)
+		}
+		d, ok := pl.dels[st]
+		if !ok {
+			d[0] = st.head
+		}
+		d[1] = newHead
+		pl.dels[st] = d
+		if pl.purgeReqs == nil {
+			pl.purgeReqs = make(map[*userState][]int)
+		}
+		pl.purgeReqs[st] = append(pl.purgeReqs[st], i)
+		return
+	}
 	if newHead > st.tail {
-		c.staged[p] = append(c.staged[p], op{fl: fl, kind: opMarker, st: st, seq: st.tail, ts: now})
+		pl.ops = append(pl.ops, op{req: i, kind: opMarker, st: st, seq: st.tail, ts: now})
+		delete(pl.purge, st)
+	} else {
+		if pl.purge == nil {
+			pl.purge = make(map[*userState]uint64)
+			pl.purgeReqs = make(map[*userState][]int)
+		}
+		pl.purge[st] = newHead
 	}
-	switch {
-	case c.s.opts.DeletePerItem:
-		c.staged[p] = append(c.staged[p], op{fl: fl, kind: opDelete, st: st, from: st.head, seq: newHead})
-	case newHead <= st.tail:
-		c.staged[p] = append(c.staged[p], op{fl: fl, kind: opPurge, st: st, seq: newHead})
+	if pl.purgeReqs == nil {
+		pl.purgeReqs = make(map[*userState][]int)
 	}
+	pl.purgeReqs[st] = append(pl.purgeReqs[st], i)
 }
 
 // dedupTTL is the Nats-TTL of a record with timestamp ts written at now:
@@ -561,10 +494,7 @@ func (c *committer) dedupTTL(ts, now int64) (ttl time.Duration, deadline int64) 
 }
 
 func (c *committer) lookupDedup(ctx context.Context, part int, subj string) (dedupSlot, bool, error) {
-	c.ovMu.Lock()
-	slot, ok := c.overlay[subj]
-	c.ovMu.Unlock()
-	if ok {
+	if slot, ok := c.overlay[subj]; ok {
 		return slot, true, nil
 	}
 	m, err := c.s.getLast(ctx, c.s.parts[part], subj)
@@ -579,4 +509,288 @@ func (c *committer) lookupDedup(ctx context.Context, part int, subj string) (ded
 		return dedupSlot{}, false, fmt.Errorf("look up dedup %s: %w", subj, err)
 	}
 	return dedupSlot{serverID: id, ts: ts}, true, nil
+}
+
+// writePart writes one partition's share of the group: its messages as
+// atomic batches of whole requests (one, usually), then the purges of
+// queues acked in part. A request whose write fails is marked failed; so
+// are the requests after it in this partition (they may rest on it).
+func (c *committer) writePart(ctx context.Context, p int, pl *partPlan) {
+	s := c.s
+	var failure error
+	ops := pl.ops
+	for len(ops) > 0 && failure == nil {
+		// A chunk ends at a request boundary, under maxAtomic messages
+		// when it can (a single request past it is written alone and is
+		// refused by the server).
+		n := 0
+		for n < len(ops) {
+			end := n + 1
+			for end < len(ops) && ops[end].req == ops[n].req {
+				end++
+			}
+			if n > 0 && end > maxAtomic {
+				break
+			}
+			n = end
+		}
+		chunk := ops[:n]
+		ops = ops[n:]
+		err := c.publishChunk(ctx, p, chunk)
+		c.resMu.Lock()
+		for _, o := range chunk {
+			if err != nil {
+				c.failed[o.req] = err
+			} else {
+				c.written[o.req] = true
+			}
+		}
+		c.resMu.Unlock()
+		failure = err
+	}
+	if failure != nil {
+		c.resMu.Lock()
+		defer c.resMu.Unlock()
+		for _, o := range ops {
+			c.failed[o.req] = failure
+		}
+		for _, reqs := range pl.purgeReqs {
+			for _, i := range reqs {
+				c.failed[i] = failure
+			}
+		}
+		return
+	}
+	for st, d := range pl.dels {
+		if err := c.deleteEach(ctx, p, st, d[0], d[1]); err != nil {
+			err = fmt.Errorf("erase queue %s below %d: %w", st.user, d[1], err)
+			s.log.Warn("store erase failed", "user", st.user, "seq", d[1], "err", err)
+			c.resMu.Lock()
+			for _, i := range pl.purgeReqs[st] {
+				c.failed[i] = err
+			}
+			c.resMu.Unlock()
+		}
+	}
+	for st, head := range pl.purge {
+		if err := c.purgeBelow(ctx, p, st, head); err != nil {
+			err = fmt.Errorf("erase queue %s below %d: %w", st.user, head, err)
+			s.log.Warn("store erase failed", "user", st.user, "seq", head, "err", err)
+			c.resMu.Lock()
+			for _, i := range pl.purgeReqs[st] {
+				c.failed[i] = err
+			}
+			c.resMu.Unlock()
+		}
+	}
+}
+
+// publishChunk publishes ops as one atomic batch, each queue's first
+// message a compare-and-set on the subject's last stream seq.
+func (c *committer) publishChunk(ctx context.Context, p int, ops []op) error {
+	s := c.s
+	msgs := make([]*nats.Msg, len(ops))
+	seen := make(map[string]bool, len(ops))
+	for k := range ops {
+		o := &ops[k]
+		var m *nats.Msg
+		switch o.kind {
+		case opItem, opMarker:
+			m = nats.NewMsg(o.st.subj)
+			kind := byte(kindItem)
+			if o.kind == opMarker {
+				kind = kindMarker
+				if !s.opts.DeletePerItem {
+					m.Header.Set(njs.MsgRollup, njs.MsgRollupSubject)
+				}
+			}
+			m.Data = appendRecord(make([]byte, 0, recHeader+len(o.data)), kind, o.seq, o.ts, o.data)
+			if !seen[o.st.subj] {
+				seen[o.st.subj] = true
+				m.Header.Set(njs.ExpectedLastSubjSeqHeader, strconv.FormatUint(o.st.last, 10))
+			}
+		case opDedup:
+			m = nats.NewMsg(o.subject)
+			m.Data = appendDedup(make([]byte, 0, dedupLen), o.seq, o.ts)
+			m.Header.Set(njs.MsgTTLHeader, strconv.FormatInt(int64(o.ttl/time.Second), 10))
+			if o.dedupCAS && !seen[o.subject] {
+				m.Header.Set(njs.ExpectedLastSubjSeqHeader, "0")
+			}
+			seen[o.subject] = true
+		}
+		msgs[k] = m
+	}
+	last, err := s.publishBatch(ctx, msgs)
+	if err != nil {
+		return fmt.Errorf("write %d messages to partition %d: %w", len(msgs), p, err)
+	}
+	first := last - uint64(len(msgs)) + 1
+	s.stMu.Lock()
+	for k := range ops {
+		o := &ops[k]
+		sseq := first + uint64(k)
+		switch o.kind {
+		case opItem:
+			o.st.last = sseq
+			o.st.known = append(o.st.known, seqPair{o.seq, sseq})
+			if len(o.st.known) > maxKnown {
+				o.st.known = append(o.st.known[:0], o.st.known[len(o.st.known)-maxKnown/2:]...)
+			}
+		case opMarker:
+			o.st.last = sseq
+			o.st.prevMarker, o.st.marker = o.st.marker, sseq
+			if !s.opts.DeletePerItem {
+				o.st.known = o.st.known[:0]
+				o.st.prevMarker = 0 // the rollup erased it
+			}
+		case opDedup:
+			if o.deadline != 0 {
+				s.noteBornExpired(dedupRef{part: p, seq: sseq, deadline: o.deadline})
+			}
+		}
+	}
+	s.stMu.Unlock()
+	return nil
+}
+
+// purgeBelow erases st's items with seq < head: one PurgeEx of the subject
+// below the stream seq of the item at head. Only the acked prefix goes:
+// items appended meanwhile, by any node, have higher stream seqs.
+func (c *committer) purgeBelow(ctx context.Context, p int, st *userState, head uint64) error {
+	s := c.s
+	s.stMu.Lock()
+	var from, sseq uint64 = 1, 0
+	for _, k := range st.known {
+		if k.seq == head {
+			sseq = k.sseq
+		}
+		if k.seq < head && k.sseq+1 > from {
+			from = k.sseq + 1
+		}
+	}
+	s.stMu.Unlock()
+	for sseq == 0 {
+		m, err := s.getNext(ctx, s.parts[p], st.subj, from)
+		if err != nil {
+			return err
+		}
+		if m == nil {
+			return nil // erased meanwhile
+		}
+		r, err := decodeRecord(m.Data)
+		if err != nil {
+			return fmt.Errorf("stream seq %d: %w", m.Sequence, err)
+		}
+		if r.kind == kindItem && r.seq >= head {
+			sseq = m.Sequence
+		}
+		from = m.Sequence + 1
+	}
+	if sseq <= 1 {
+		return nil // nothing below; and sequence 1 once meant "everything"
+	}
+	if err := s.parts[p].Purge(ctx, njs.WithPurgeSubject(st.subj), njs.WithPurgeSequence(sseq)); err != nil {
+		return err
+	}
+	s.stMu.Lock()
+	k := 0
+	for k < len(st.known) && st.known[k].seq < head {
+		k++
+	}
+	st.known = append(st.known[:0], st.known[k:]...)
+	s.stMu.Unlock()
+	return nil
+}
+
+// deleteEach erases st's items with seq in [from, to), and its previous
+// marker, with one DeleteMsg each: the DeletePerItem baseline.
+func (c *committer) deleteEach(ctx context.Context, p int, st *userState, from, to uint64) error {
+	s := c.s
+	var sseqs []uint64
+	s.stMu.Lock()
+	for _, k := range st.known {
+		if k.seq >= from && k.seq < to {
+			sseqs = append(sseqs, k.sseq)
+		}
+	}
+	if st.prevMarker != 0 {
+		sseqs = append(sseqs, st.prevMarker)
+		st.prevMarker = 0
+	}
+	s.stMu.Unlock()
+	if uint64(len(sseqs)) < to-from { // not all known: find them
+		sseqs = sseqs[:0]
+		for cur := uint64(1); ; {
+			m, err := s.getNext(ctx, s.parts[p], st.subj, cur)
+			if err != nil {
+				return err
+			}
+			if m == nil {
+				break
+			}
+			cur = m.Sequence + 1
+			r, err := decodeRecord(m.Data)
+			if err != nil {
+				return fmt.Errorf("stream seq %d: %w", m.Sequence, err)
+			}
+			if r.kind == kindItem && r.seq >= to {
+				break
+			}
+			if r.kind == kindItem || m.Sequence != st.marker {
+				sseqs = append(sseqs, m.Sequence)
+			}
+		}
+	}
+	for _, seq := range sseqs {
+		if err := s.parts[p].DeleteMsg(ctx, seq); err != nil && !isNotFound(err) {
+			return err
+		}
+	}
+	s.stMu.Lock()
+	k := 0
+	for k < len(st.known) && st.known[k].seq < to {
+		k++
+	}
+	st.known = append(st.known[:0], st.known[k:]...)
+	s.stMu.Unlock()
+	return nil
+}
+
+// publishBatch publishes msgs as one atomic batch (a lone message as a
+// plain publish) and returns the stream seq of the last; the others have
+// the seqs just before it.
+func (s *Store) publishBatch(ctx context.Context, msgs []*nats.Msg) (uint64, error) {
+	if len(msgs) == 1 {
+		pa, err := s.publish(ctx, msgs[0])
+		return pa.Seq, err
+	}
+	id := nuid.Next()
+	for k, m := range msgs {
+		m.Header.Set(hdrBatchID, id)
+		m.Header.Set(hdrBatchSeq, strconv.Itoa(k+1))
+		if k < len(msgs)-1 {
+			if err := s.nc.PublishMsg(m); err != nil {
+				return 0, fmt.Errorf("publish batch: %w", err)
+			}
+			continue
+		}
+		m.Header.Set(hdrBatchCommit, "1")
+	}
+	pa, err := s.publish(ctx, msgs[len(msgs)-1])
+	if err != nil {
+		return 0, err
+	}
+	if pa.Count != uint64(len(msgs)) {
+		return 0, fmt.Errorf("publish batch: %d messages committed, want %d", pa.Count, len(msgs))
+	}
+	return pa.Seq, nil
+}
+
+func (s *Store) noteBornExpired(r dedupRef) {
+	s.beMu.Lock()
+	defer s.beMu.Unlock()
+	if len(s.bornExpired) >= maxBornExpired {
+		s.bornExpired = s.bornExpired[1:]
+	}
+	s.bornExpired = append(s.bornExpired, r)
 }

@@ -216,7 +216,8 @@ func Open(ctx context.Context, nc *nats.Conn, opts Options) (*Store, error) {
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.q.init()
-	go newCommitter(s).run()
+	c := &committer{s: s, overlay: make(map[string]dedupSlot)}
+	go c.run()
 	go s.sweepLoop()
 	return s, nil
 }
@@ -381,7 +382,6 @@ type bounds struct {
 	head, tail uint64 // head = tail+1 when empty
 	last       uint64 // stream seq of the subject's last message; 0 if none
 	headSeq    uint64 // stream seq of the head item; 0 if empty
-	marker     uint64 // stream seq of the marker before the items; 0 if none
 }
 
 func (s *Store) loadBounds(ctx context.Context, user string) (bounds, error) {
@@ -400,7 +400,6 @@ func (s *Store) loadBounds(ctx context.Context, user string) (bounds, error) {
 	}
 	b := bounds{tail: r.seq, head: r.seq + 1, last: last.Sequence}
 	if r.kind == kindMarker {
-		b.marker = last.Sequence
 		return b, nil
 	}
 	// A queue with items: its head is the first item (a marker, if any,
@@ -422,7 +421,6 @@ func (s *Store) loadBounds(ctx context.Context, user string) (bounds, error) {
 			b.head, b.headSeq = fr.seq, m.Sequence
 			return b, nil
 		}
-		b.marker = m.Sequence
 		cur = m.Sequence + 1
 	}
 }

@@ -22,7 +22,7 @@ type sweepQueue struct {
 // decideSweep plans the erasure of what the sweeper found expired. Between
 // its scan and now the queues may have moved (acks), so each is erased
 // only up to what is still there, and op records exactly what was.
-func (c *committer) decideSweep(ctx context.Context, fl *inflight, op *sweepOp) store.Result {
+func (c *committer) decideSweep(ctx context.Context, i int, op *sweepOp) store.Result {
 	for k := range op.queues {
 		if _, err := c.state(ctx, op.queues[k].user); err != nil {
 			return store.Result{Err: err}
@@ -37,7 +37,7 @@ func (c *committer) decideSweep(ctx context.Context, fl *inflight, op *sweepOp) 
 		if to <= from {
 			continue
 		}
-		c.erase(fl, st, to, now)
+		c.erase(i, st, to, now)
 		q.to = to
 		c.s.stMu.Lock()
 		st.head = to
