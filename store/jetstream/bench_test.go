@@ -48,6 +48,8 @@ func benchChat(b *testing.B, urls []string, opts jetstream.Options) {
 		b.Fatalf("connect: %v", err)
 	}
 	defer nc.Close()
+	var groups, batches atomic.Int64
+	opts.Store.OnGroup = func(n int) { groups.Add(1); batches.Add(int64(n)) }
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	s, err := jetstream.Open(ctx, nc, opts)
 	cancel()
@@ -117,6 +119,9 @@ func benchChat(b *testing.B, urls []string, opts jetstream.Options) {
 	})
 	b.StopTimer()
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "msgs/s")
+	if g := groups.Load(); g > 0 {
+		b.ReportMetric(float64(batches.Load())/float64(g), "batches/group")
+	}
 }
 
 // startCluster runs an n-node NATS cluster with JetStream in this process

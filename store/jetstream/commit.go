@@ -187,6 +187,7 @@ type touchedQueue struct {
 type dedupSlot struct {
 	serverID uint64
 	ts       int64
+	req      int // the request of this group writing it; -1: read from the stream
 }
 
 type committer struct {
@@ -197,6 +198,7 @@ type committer struct {
 	resMu   sync.Mutex
 	failed  []error // by request index
 	written []bool  // by request index: some part of it was written
+	dupOf   []int   // by request index: the request whose unwritten record its Dup names, or -1
 	retry   []request
 	touched []touchedQueue
 	targets []int
@@ -231,6 +233,10 @@ func (c *committer) commitGroup(group []request) {
 	}
 	c.failed = append(c.failed[:0], make([]error, len(group))...)
 	c.written = append(c.written[:0], make([]bool, len(group))...)
+	c.dupOf = c.dupOf[:0]
+	for range group {
+		c.dupOf = append(c.dupOf, -1)
+	}
 	s.stMu.Lock()
 	if len(s.states) >= maxCachedStates {
 		clear(s.states)
@@ -259,6 +265,13 @@ func (c *committer) commitGroup(group []request) {
 	}
 	wg.Wait()
 
+	for i, owner := range c.dupOf {
+		if owner >= 0 && c.failed[owner] != nil && c.failed[i] == nil {
+			// Its Dup names a record that was not written after all:
+			// decide it again, after the owner.
+			c.failed[i] = fmt.Errorf("the earlier send it repeats was not written: %w", ErrConflict)
+		}
+	}
 	anyFailed := false
 	c.retry = c.retry[:0]
 	for i := range group {
@@ -361,6 +374,7 @@ func (c *committer) decide(ctx context.Context, i int, b *store.Batch, now int64
 				return store.Result{Err: err}
 			}
 			if found {
+				c.dupOf[i] = slot.req
 				return store.Result{Dup: &store.Dedup{Sender: d.Sender, ClientID: d.ClientID, ServerID: slot.serverID, TS: slot.ts}}
 			}
 		}
@@ -425,7 +439,7 @@ func (c *committer) decide(ctx context.Context, i int, b *store.Batch, now int64
 		o.ttl, o.deadline = c.dedupTTL(d.TS, now)
 		pl := &c.plans[ddPart]
 		pl.ops = append(pl.ops, o)
-		c.overlay[ddSubj] = dedupSlot{serverID: d.ServerID, ts: d.TS}
+		c.overlay[ddSubj] = dedupSlot{serverID: d.ServerID, ts: d.TS, req: i}
 	}
 	s.stMu.Lock()
 	for _, t := range c.touched {
@@ -508,7 +522,7 @@ func (c *committer) lookupDedup(ctx context.Context, part int, subj string) (ded
 	if err != nil {
 		return dedupSlot{}, false, fmt.Errorf("look up dedup %s: %w", subj, err)
 	}
-	return dedupSlot{serverID: id, ts: ts}, true, nil
+	return dedupSlot{serverID: id, ts: ts, req: -1}, true, nil
 }
 
 // writePart writes one partition's share of the group: its messages as
