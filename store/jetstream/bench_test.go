@@ -126,7 +126,7 @@ func benchChat(b *testing.B, urls []string, opts jetstream.Options) {
 
 // startCluster runs an n-node NATS cluster with JetStream in this process
 // and returns its client URLs once JetStream answers.
-func startCluster(b *testing.B, n int) []string {
+func startCluster(b testing.TB, n int) []string {
 	b.Helper()
 	ports := make([]int, n)
 	var routes []*url.URL

@@ -37,6 +37,13 @@ const (
 // the caller may retry the batch (a send retried with its Dedup is safe).
 var ErrConflict = errors.New("concurrent write to the same queue: retry")
 
+// ErrUnavailable reports that JetStream did not acknowledge a write in
+// time: no quorum for the stream (this node is cut off, or replicas are
+// down), or the NATS system is unreachable. The write may or may not have
+// happened; a send retried with its Dedup is safe. It clears by itself
+// once a quorum is back.
+var ErrUnavailable = errors.New("JetStream unavailable (no quorum or unreachable): retry")
+
 // Options configure a JetStream store.
 type Options struct {
 	// Store holds the limits every store.Store honours. Store.FS is
@@ -549,6 +556,9 @@ type pubAck struct {
 func (s *Store) publish(ctx context.Context, msg *nats.Msg) (pubAck, error) {
 	resp, err := s.nc.RequestMsgWithContext(ctx, msg)
 	if err != nil {
+		if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout) || errors.Is(err, nats.ErrNoResponders) {
+			err = fmt.Errorf("%w (%w)", ErrUnavailable, err)
+		}
 		return pubAck{}, fmt.Errorf("publish to %s: %w", msg.Subject, err)
 	}
 	var pa pubAck
@@ -558,6 +568,9 @@ func (s *Store) publish(ctx context.Context, msg *nats.Msg) (pubAck, error) {
 	if pa.Error != nil {
 		if pa.Error.ErrorCode == njs.JSErrCodeStreamWrongLastSequence || pa.Error.ErrorCode == njs.JSErrCodeStreamWrongLastSequenceConstant {
 			return pa, fmt.Errorf("publish to %s: %s: %w", msg.Subject, pa.Error.Description, ErrConflict)
+		}
+		if pa.Error.Code == 503 {
+			return pa, fmt.Errorf("publish to %s: %w (%w)", msg.Subject, ErrUnavailable, pa.Error)
 		}
 		return pa, fmt.Errorf("publish to %s: %w", msg.Subject, pa.Error)
 	}

@@ -2,6 +2,9 @@ package jetstream_test
 
 import (
 	"context"
+	"fmt"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -98,5 +101,42 @@ func TestConformanceDeletePerItem(t *testing.T) {
 			t.Fatalf("Open: %v", err)
 		}
 		return serverStore{Store: s, stop: stop}
+	})
+}
+
+// TestConformanceR3 runs the suite against a three-node in-process
+// cluster, every stream R3: each store gets its own Name, and a reopen is
+// a new Store of the same Name (the data lives in the cluster). -short
+// skips it.
+func TestConformanceR3(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short: the three-node cluster run is skipped")
+	}
+	urls := startCluster(t, 3)
+	var (
+		mu    sync.Mutex
+		names = map[string]string{}
+	)
+	storetest.Run(t, func(t *testing.T, dir string, opts store.Options) store.Store {
+		t.Helper()
+		mu.Lock()
+		name, ok := names[dir]
+		if !ok {
+			name = fmt.Sprintf("t%d", len(names))
+			names[dir] = name
+		}
+		mu.Unlock()
+		nc, err := nats.Connect(strings.Join(urls, ","))
+		if err != nil {
+			t.Fatalf("connect: %v", err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		s, err := jetstream.Open(ctx, nc, jetstream.Options{Store: opts, Name: name, Partitions: 2, Replicas: 3})
+		if err != nil {
+			nc.Close()
+			t.Fatalf("Open: %v", err)
+		}
+		return serverStore{Store: s, stop: nc.Close}
 	})
 }
