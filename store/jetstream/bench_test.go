@@ -128,6 +128,12 @@ func benchChat(b *testing.B, urls []string, opts jetstream.Options) {
 // and returns its client URLs once JetStream answers.
 func startCluster(b testing.TB, n int) []string {
 	b.Helper()
+	urls, _ := startClusterNS(b, n)
+	return urls
+}
+
+func startClusterNS(b testing.TB, n int) ([]string, []*server.Server) {
+	b.Helper()
 	ports := make([]int, n)
 	var routes []*url.URL
 	for i := range ports {
@@ -139,7 +145,10 @@ func startCluster(b testing.TB, n int) []string {
 		_ = l.Close()
 		routes = append(routes, &url.URL{Scheme: "nats", Host: fmt.Sprintf("127.0.0.1:%d", ports[i])})
 	}
-	var urls []string
+	var (
+		urls []string
+		srvs []*server.Server
+	)
 	for i := range n {
 		ns, err := server.NewServer(&server.Options{
 			ServerName: fmt.Sprintf("n%d", i+1),
@@ -161,6 +170,7 @@ func startCluster(b testing.TB, n int) []string {
 			b.Fatal("nats server not ready")
 		}
 		urls = append(urls, ns.ClientURL())
+		srvs = append(srvs, ns)
 	}
 	nc, err := nats.Connect(strings.Join(urls, ","))
 	if err != nil {
@@ -173,7 +183,7 @@ func startCluster(b testing.TB, n int) []string {
 		_, err := nc.Request("$JS.API.INFO", nil, 2*time.Second)
 		if err == nil {
 			if m, _ := nc.Request("$JS.API.INFO", nil, 2*time.Second); m != nil && !strings.Contains(string(m.Data), `"error"`) {
-				return urls
+				return urls, srvs
 			}
 		}
 		if time.Now().After(deadline) {

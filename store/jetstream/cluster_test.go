@@ -253,3 +253,37 @@ func TestAcksEraseMessages(t *testing.T) {
 		t.Fatalf("append to no account = %+v, want ErrUnknownUser", r)
 	}
 }
+
+// A node that cannot reach a quorum refuses writes with ErrUnavailable,
+// a retryable error, rather than hanging or acking what it cannot
+// replicate.
+func TestNoQuorumIsErrUnavailable(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short: needs a three-node cluster")
+	}
+	urls, srvs := startClusterNS(t, 3)
+	nc, err := nats.Connect(urls[0])
+	if err != nil {
+		t.Fatalf("connect: %v", err)
+	}
+	defer nc.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	s, err := jetstream.Open(ctx, nc, jetstream.Options{Partitions: 1, Replicas: 3, Timeout: time.Second})
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	defer s.Close()
+	putAccounts(t, s, bob)
+	if r := commit(t, s, &store.Batch{Appends: []store.Append{{To: bob}}}); r.Err != nil {
+		t.Fatalf("append with all nodes up: %v", r.Err)
+	}
+	for _, ns := range srvs[1:] {
+		ns.Shutdown()
+		ns.WaitForShutdown()
+	}
+	r := commit(t, s, &store.Batch{Appends: []store.Append{{To: bob}}})
+	if !errors.Is(r.Err, jetstream.ErrUnavailable) {
+		t.Fatalf("append with 2 of 3 nodes down = %+v, want ErrUnavailable", r)
+	}
+}
