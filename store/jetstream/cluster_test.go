@@ -1,0 +1,289 @@
+package jetstream_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	njs "github.com/nats-io/nats.go/jetstream"
+
+	"github.com/parleyhq/parley/store"
+	"github.com/parleyhq/parley/store/jetstream"
+)
+
+const (
+	alice = "+15550000001"
+	bob   = "+15550000002"
+)
+
+// nodes opens n stores on one JetStream system, as n Parley nodes of a
+// cluster would: each its own connection, committer and caches.
+func nodes(t *testing.T, n int, opts jetstream.Options) []*jetstream.Store {
+	t.Helper()
+	_, srv, _ := startServerNS(t, t.TempDir())
+	url := srv.ClientURL()
+	var out []*jetstream.Store
+	for range n {
+		c, err := nats.Connect(url)
+		if err != nil {
+			t.Fatalf("connect: %v", err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		s, err := jetstream.Open(ctx, c, opts)
+		cancel()
+		if err != nil {
+			t.Fatalf("Open: %v", err)
+		}
+		t.Cleanup(func() { _ = s.Close(); c.Close() })
+		out = append(out, s)
+	}
+	return out
+}
+
+func commit(t *testing.T, s store.Store, b *store.Batch) store.Result {
+	t.Helper()
+	ch := make(chan store.Result, 1)
+	s.Commit(b, func(r store.Result) { ch <- r })
+	select {
+	case r := <-ch:
+		return r
+	case <-time.After(time.Minute):
+		t.Fatal("Commit: no result")
+		return store.Result{}
+	}
+}
+
+func putAccounts(t *testing.T, s store.Store, phones ...string) {
+	t.Helper()
+	for _, p := range phones {
+		if err := s.PutAccount(store.Account{Phone: p, Key: make([]byte, 32), Generation: 1}); err != nil {
+			t.Fatalf("PutAccount: %v", err)
+		}
+	}
+}
+
+// Two nodes appending to one queue at once: every append is stored once,
+// with its own seq, and each node's appends keep their order.
+func TestNodesAppendingToOneQueueNeverShareASeq(t *testing.T) {
+	ns := nodes(t, 2, jetstream.Options{Partitions: 2})
+	putAccounts(t, ns[0], bob)
+	const perNode = 200
+	var (
+		wg     sync.WaitGroup
+		mu     sync.Mutex
+		failed []string
+		seqOf  = map[string]uint64{}
+	)
+	for n, s := range ns {
+		wg.Add(perNode)
+		for i := range perNode {
+			data := fmt.Sprintf("%d/%03d", n, i)
+			s.Commit(&store.Batch{Appends: []store.Append{{To: bob, Data: []byte(data)}}}, func(r store.Result) {
+				defer wg.Done()
+				mu.Lock()
+				defer mu.Unlock()
+				if r.Err != nil || len(r.Seqs) != 1 {
+					failed = append(failed, fmt.Sprintf("%s: %+v", data, r))
+					return
+				}
+				seqOf[data] = r.Seqs[0]
+			})
+		}
+	}
+	wg.Wait()
+	if len(failed) > 0 {
+		t.Fatalf("%d appends failed, first: %s", len(failed), failed[0])
+	}
+	items, err := ns[1].ReadQueue(bob, 0, 1000)
+	if err != nil {
+		t.Fatalf("ReadQueue: %v", err)
+	}
+	if len(items) != 2*perNode {
+		t.Fatalf("queue holds %d items, want %d", len(items), 2*perNode)
+	}
+	last := map[byte]string{}
+	for i, it := range items {
+		if i > 0 && it.Seq <= items[i-1].Seq {
+			t.Fatalf("item %d seq %d after seq %d", i, it.Seq, items[i-1].Seq)
+		}
+		d := string(it.Data)
+		if seqOf[d] != it.Seq {
+			t.Fatalf("%s reported as seq %d, stored at %d", d, seqOf[d], it.Seq)
+		}
+		if prev, ok := last[d[0]]; ok && d <= prev {
+			t.Fatalf("node %c: %s stored after %s", d[0], d, prev)
+		}
+		last[d[0]] = d
+	}
+}
+
+// A resend to another node (its first node died) finds the first node's
+// record and stores nothing.
+func TestResendToAnotherNodeIsADuplicate(t *testing.T) {
+	ns := nodes(t, 2, jetstream.Options{Partitions: 2})
+	putAccounts(t, ns[0], alice, bob)
+	first := store.Dedup{Sender: alice, ClientID: 7, ServerID: 100, TS: time.Now().UnixNano(), Fresh: true}
+	if r := commit(t, ns[0], &store.Batch{Dedup: &first, Appends: []store.Append{{To: bob, Data: []byte("hi")}}}); r.Err != nil {
+		t.Fatalf("send: %+v", r)
+	}
+	r := commit(t, ns[1], &store.Batch{
+		Dedup:   &store.Dedup{Sender: alice, ClientID: 7, ServerID: 200, TS: time.Now().UnixNano()},
+		Appends: []store.Append{{To: bob, Data: []byte("hi")}},
+	})
+	if r.Err != nil || r.Dup == nil || *r.Dup != (store.Dedup{Sender: alice, ClientID: 7, ServerID: 100, TS: first.TS}) {
+		t.Fatalf("resend on node 2 = %+v, want a Dup of ServerID 100", r)
+	}
+	if n, err := ns[1].QueueLen(bob); err != nil || n != 1 {
+		t.Fatalf("QueueLen = %d, %v; want 1", n, err)
+	}
+}
+
+// Acks and appends made on different nodes: seqs continue, never reused.
+func TestQueueMovesBetweenNodes(t *testing.T) {
+	ns := nodes(t, 2, jetstream.Options{Partitions: 2})
+	putAccounts(t, ns[0], bob)
+	for i := range 3 {
+		if r := commit(t, ns[0], &store.Batch{Appends: []store.Append{{To: bob}}}); r.Err != nil || r.Seqs[0] != uint64(i+1) {
+			t.Fatalf("append %d on node 1 = %+v", i, r)
+		}
+	}
+	if r := commit(t, ns[1], &store.Batch{Acks: []store.Ack{{User: bob, UpTo: 3}}}); r.Err != nil {
+		t.Fatalf("ack on node 2: %+v", r)
+	}
+	if r := commit(t, ns[0], &store.Batch{Appends: []store.Append{{To: bob}}}); r.Err != nil || r.Seqs[0] != 4 {
+		t.Fatalf("append on node 1 after node 2 emptied the queue = %+v, want seq 4", r)
+	}
+	if n, err := ns[1].QueueLen(bob); err != nil || n != 1 {
+		t.Fatalf("QueueLen on node 2 = %d, %v; want 1", n, err)
+	}
+}
+
+func TestReserveIDsAcrossNodesNeverOverlap(t *testing.T) {
+	ns := nodes(t, 3, jetstream.Options{Partitions: 1})
+	var (
+		mu   sync.Mutex
+		seen = map[uint64]bool{}
+		wg   sync.WaitGroup
+	)
+	for _, s := range ns {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range 30 {
+				first, err := s.ReserveIDs(3)
+				if err != nil {
+					t.Errorf("ReserveIDs: %v", err)
+					return
+				}
+				mu.Lock()
+				for id := first; id < first+3; id++ {
+					if seen[id] {
+						t.Errorf("id %d handed out twice", id)
+					}
+					seen[id] = true
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+}
+
+func TestPartitionCountIsFixedAtCreation(t *testing.T) {
+	nc, _ := startServer(t, t.TempDir())
+	ctx := context.Background()
+	s, err := jetstream.Open(ctx, nc, jetstream.Options{Partitions: 3})
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	_ = s.Close()
+	if _, err := jetstream.Open(ctx, nc, jetstream.Options{Partitions: 5}); err == nil {
+		t.Fatal("Open with another partition count succeeded, want an error")
+	}
+	s, err = jetstream.Open(ctx, nc, jetstream.Options{})
+	if err != nil {
+		t.Fatalf("Open with no count: %v", err)
+	}
+	_ = s.Close()
+}
+
+// Acks erase for real: an emptied queue keeps one marker, a queue acked in
+// part keeps only its unacked items.
+func TestAcksEraseMessages(t *testing.T) {
+	nc, _ := startServer(t, t.TempDir())
+	ctx := context.Background()
+	s, err := jetstream.Open(ctx, nc, jetstream.Options{Partitions: 1})
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	defer s.Close()
+	putAccounts(t, s, bob)
+	for range 5 {
+		commit(t, s, &store.Batch{Appends: []store.Append{{To: bob}}})
+	}
+	js, _ := njs.New(nc)
+	msgs := func() uint64 {
+		t.Helper()
+		st, err := js.Stream(ctx, "PARLEY_Q_0")
+		if err != nil {
+			t.Fatalf("stream: %v", err)
+		}
+		info, err := st.Info(ctx)
+		if err != nil {
+			t.Fatalf("stream info: %v", err)
+		}
+		return info.State.Msgs
+	}
+	commit(t, s, &store.Batch{Acks: []store.Ack{{User: bob, UpTo: 2}}})
+	if n := msgs(); n != 3 {
+		t.Fatalf("after acking 2 of 5: %d messages in the stream, want 3", n)
+	}
+	commit(t, s, &store.Batch{Acks: []store.Ack{{User: bob, UpTo: 5}}})
+	if n := msgs(); n != 1 {
+		t.Fatalf("after acking all: %d messages in the stream, want 1 (the marker)", n)
+	}
+	if r := commit(t, s, &store.Batch{Appends: []store.Append{{To: bob}}}); r.Err != nil || r.Seqs[0] != 6 {
+		t.Fatalf("append after emptying = %+v, want seq 6", r)
+	}
+	if r := commit(t, s, &store.Batch{Appends: []store.Append{{To: "+1555nobody"}}}); !errors.Is(r.Err, store.ErrUnknownUser) {
+		t.Fatalf("append to no account = %+v, want ErrUnknownUser", r)
+	}
+}
+
+// A node that cannot reach a quorum refuses writes with ErrUnavailable,
+// a retryable error, rather than hanging or acking what it cannot
+// replicate.
+func TestNoQuorumIsErrUnavailable(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short: needs a three-node cluster")
+	}
+	urls, srvs := startClusterNS(t, 3)
+	nc, err := nats.Connect(urls[0])
+	if err != nil {
+		t.Fatalf("connect: %v", err)
+	}
+	defer nc.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	s, err := jetstream.Open(ctx, nc, jetstream.Options{Partitions: 1, Replicas: 3, Timeout: time.Second})
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	defer s.Close()
+	putAccounts(t, s, bob)
+	if r := commit(t, s, &store.Batch{Appends: []store.Append{{To: bob}}}); r.Err != nil {
+		t.Fatalf("append with all nodes up: %v", r.Err)
+	}
+	for _, ns := range srvs[1:] {
+		ns.Shutdown()
+		ns.WaitForShutdown()
+	}
+	r := commit(t, s, &store.Batch{Appends: []store.Append{{To: bob}}})
+	if !errors.Is(r.Err, jetstream.ErrUnavailable) {
+		t.Fatalf("append with 2 of 3 nodes down = %+v, want ErrUnavailable", r)
+	}
+}

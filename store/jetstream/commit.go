@@ -1,0 +1,810 @@
+package jetstream
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	njs "github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nuid"
+
+	"github.com/parleyhq/parley/store"
+)
+
+// maxGroup caps how many batches the committer decides and writes together.
+const maxGroup = 1024
+
+// maxAtomic is how many messages go into one atomic batch publish: the
+// server's default limit (streamMaxAtomicBatchSize) is 1,000.
+const maxAtomic = 1000
+
+// Atomic batch publish headers (ADR-50; nats.go does not name them).
+const (
+	hdrBatchID     = "Nats-Batch-Id"
+	hdrBatchSeq    = "Nats-Batch-Sequence"
+	hdrBatchCommit = "Nats-Batch-Commit"
+)
+
+// maxKnown bounds the (seq, stream seq) pairs kept per queue.
+const maxKnown = 64
+
+// request is one entry of the commit queue: a caller's batch, or a sweep.
+type request struct {
+	b     *store.Batch
+	sweep *sweepOp
+	done  func(store.Result)
+	res   store.Result
+	// tries counts the times the request was decided again after a
+	// conflict with another writer.
+	tries int
+}
+
+// maxTries bounds how often a request refused by a compare-and-set is
+// decided again before ErrConflict is reported.
+const maxTries = 8
+
+// commitQueue is the FIFO between Commit and the committer: a guarded
+// slice, so Commit never blocks (a Commit from a done callback, which runs
+// on the committer, would deadlock on a full channel).
+type commitQueue struct {
+	mu     sync.Mutex
+	reqs   []request
+	closed bool
+	wake   chan struct{}
+}
+
+func (q *commitQueue) init() { q.wake = make(chan struct{}, 1) }
+
+func (q *commitQueue) push(r request) bool {
+	q.mu.Lock()
+	if q.closed {
+		q.mu.Unlock()
+		return false
+	}
+	q.reqs = append(q.reqs, r)
+	first := len(q.reqs) == 1
+	q.mu.Unlock()
+	if first {
+		q.signal()
+	}
+	return true
+}
+
+func (q *commitQueue) signal() {
+	select {
+	case q.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (q *commitQueue) close() {
+	q.mu.Lock()
+	q.closed = true
+	q.mu.Unlock()
+	q.signal()
+}
+
+// requeue puts rs back at the head of the queue, in order, even after
+// close (they were taken before it).
+func (q *commitQueue) requeue(rs []request) {
+	q.mu.Lock()
+	q.reqs = append(append(make([]request, 0, len(rs)+len(q.reqs)), rs...), q.reqs...)
+	q.mu.Unlock()
+	q.signal()
+}
+
+func (q *commitQueue) take(group []request, max int) ([]request, bool) {
+	for {
+		q.mu.Lock()
+		if n := len(q.reqs); n > 0 {
+			take := min(n, max)
+			group = append(group[:0], q.reqs[:take]...)
+			rest := copy(q.reqs, q.reqs[take:])
+			clear(q.reqs[rest:])
+			q.reqs = q.reqs[:rest]
+			q.mu.Unlock()
+			return group, true
+		}
+		closed := q.closed
+		q.mu.Unlock()
+		if closed {
+			return nil, false
+		}
+		<-q.wake
+	}
+}
+
+// userState is the committer's view of one queue. head, tail and last
+// are written by the committer (last and known by the goroutine writing
+// the queue's partition) under Store.stMu.
+type userState struct {
+	user string
+	part int
+	subj string
+	// head is the lowest seq not erased and tail the last seq assigned;
+	// head = tail+1 when the queue is empty.
+	head, tail uint64
+	// last is the stream seq of the subject's last message as last seen:
+	// every write to the subject is a compare-and-set on it, so a write
+	// made meanwhile by another node is detected, never overwritten.
+	last uint64
+	// marker and prevMarker are the stream seqs of the queue's newest
+	// empty-marker and the one before (DeletePerItem deletes it); 0: none.
+	marker, prevMarker uint64
+	// known pairs recent items' seqs with their stream seqs, ascending,
+	// to start reads and purges near the right place.
+	known []seqPair
+}
+
+type seqPair struct{ seq, sseq uint64 }
+
+type opKind uint8
+
+const (
+	opItem opKind = iota
+	opMarker
+	opDedup
+)
+
+// op is one message of a group's write.
+type op struct {
+	req  int // index in the group
+	kind opKind
+	st   *userState // item, marker
+	seq  uint64     // item, marker
+	ts   int64
+	data []byte // item
+
+	subject  string // dedup
+	dedupCAS bool   // dedup: must not exist yet
+	ttl      time.Duration
+	deadline int64 // dedup: TS + DedupTTL, for a record born expired; else 0
+}
+
+// partPlan is what a group writes to one partition.
+type partPlan struct {
+	ops []op
+	// purge maps a queue acked only in part to its new head: the items
+	// below it are erased with one PurgeEx after the group's publishes.
+	purge     map[*userState]uint64
+	purgeReqs map[*userState][]int
+	// dels, with DeletePerItem, maps a queue to the seqs [from, to) its
+	// acks erase, each with its own DeleteMsg after the publishes.
+	dels map[*userState][2]uint64
+}
+
+// touchedQueue is a queue the batch being decided touches.
+type touchedQueue struct {
+	st         *userState
+	head, tail uint64
+	next       uint64
+}
+
+type dedupSlot struct {
+	serverID uint64
+	ts       int64
+	req      int // the request of this group writing it; -1: read from the stream
+}
+
+type committer struct {
+	s       *Store
+	overlay map[string]dedupSlot // dedup records this group writes
+	plans   []partPlan
+	// failed and written are set by the partition writers, under resMu.
+	resMu   sync.Mutex
+	failed  []error // by request index
+	written []bool  // by request index: some part of it was written
+	dupOf   []int   // by request index: the request whose unwritten record its Dup names, or -1
+	retry   []request
+	touched []touchedQueue
+	targets []int
+}
+
+func (c *committer) run() {
+	defer close(c.s.committed)
+	c.plans = make([]partPlan, c.s.lay.parts)
+	var group []request
+	for {
+		var ok bool
+		group, ok = c.s.q.take(group, maxGroup)
+		if !ok {
+			return
+		}
+		c.commitGroup(group)
+		clear(group)
+	}
+}
+
+func (c *committer) commitGroup(group []request) {
+	s := c.s
+	ctx, cancel := context.WithTimeout(s.ctx, s.opts.Timeout*4)
+	defer cancel()
+	now := time.Now().UnixNano()
+	clear(c.overlay)
+	for p := range c.plans {
+		c.plans[p].ops = c.plans[p].ops[:0]
+		clear(c.plans[p].purge)
+		clear(c.plans[p].purgeReqs)
+		clear(c.plans[p].dels)
+	}
+	c.failed = append(c.failed[:0], make([]error, len(group))...)
+	c.written = append(c.written[:0], make([]bool, len(group))...)
+	c.dupOf = c.dupOf[:0]
+	for range group {
+		c.dupOf = append(c.dupOf, -1)
+	}
+	s.stMu.Lock()
+	if len(s.states) >= maxCachedStates {
+		clear(s.states)
+	}
+	s.stMu.Unlock()
+
+	for i := range group {
+		r := &group[i]
+		if r.sweep != nil {
+			r.res = c.decideSweep(ctx, i, r.sweep)
+		} else {
+			r.res = c.decide(ctx, i, r.b, now)
+		}
+	}
+
+	var wg sync.WaitGroup
+	for p := range c.plans {
+		if len(c.plans[p].ops) == 0 && len(c.plans[p].purge) == 0 && len(c.plans[p].dels) == 0 {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c.writePart(ctx, p, &c.plans[p])
+		}()
+	}
+	wg.Wait()
+
+	for i, owner := range c.dupOf {
+		if owner >= 0 && c.failed[owner] != nil && c.failed[i] == nil {
+			// Its Dup names a record that was not written after all:
+			// decide it again, after the owner.
+			c.failed[i] = fmt.Errorf("the earlier send it repeats was not written: %w", ErrConflict)
+		}
+	}
+	anyFailed := false
+	c.retry = c.retry[:0]
+	for i := range group {
+		err := c.failed[i]
+		if err == nil {
+			continue
+		}
+		anyFailed = true
+		// Refused by a compare-and-set (another node wrote one of its
+		// queues) with nothing of it written: decide it again against
+		// the reloaded queues.
+		if errors.Is(err, ErrConflict) && !c.written[i] && group[i].tries < maxTries {
+			group[i].tries++
+			group[i].res = store.Result{}
+			c.retry = append(c.retry, group[i])
+			group[i].done = nil
+			continue
+		}
+		group[i].res = store.Result{Err: err}
+	}
+	if anyFailed {
+		// The cached states ran ahead of what was written: reload.
+		s.stMu.Lock()
+		clear(s.states)
+		s.stMu.Unlock()
+	}
+	if len(c.retry) > 0 {
+		s.q.requeue(c.retry)
+		clear(c.retry)
+	}
+	if f := s.opts.Store.OnGroup; f != nil {
+		f(len(group))
+	}
+	for i := range group {
+		if done := group[i].done; done != nil {
+			done(group[i].res)
+		}
+	}
+}
+
+// state returns user's cached state, loading it from the stream first.
+func (c *committer) state(ctx context.Context, user string) (*userState, error) {
+	s := c.s
+	s.stMu.Lock()
+	st := s.states[user]
+	s.stMu.Unlock()
+	if st != nil {
+		return st, nil
+	}
+	b, err := s.loadBounds(ctx, user)
+	if err != nil {
+		return nil, fmt.Errorf("load queue %s: %w", user, err)
+	}
+	p := s.lay.partition(user)
+	st = &userState{user: user, part: p, subj: s.lay.queueSubject(p, user), head: b.head, tail: b.tail, last: b.last}
+	if b.headSeq != 0 {
+		st.known = append(st.known, seqPair{b.head, b.headSeq})
+	}
+	s.stMu.Lock()
+	s.states[user] = st
+	s.stMu.Unlock()
+	return st, nil
+}
+
+func (c *committer) touch(st *userState) int {
+	for i := range c.touched {
+		if c.touched[i].st == st {
+			return i
+		}
+	}
+	c.touched = append(c.touched, touchedQueue{st: st, head: st.head, tail: st.tail})
+	return len(c.touched) - 1
+}
+
+// dedupPartition is where a batch's dedup record lives: with its first
+// append, so that a send's record and item are one atomic write.
+func (c *committer) dedupPartition(b *store.Batch) int {
+	if len(b.Appends) > 0 {
+		return c.s.lay.partition(b.Appends[0].To)
+	}
+	return c.s.lay.partition(b.Dedup.Sender)
+}
+
+// decide checks b against the state left by every earlier batch (this
+// group's included) and, if it is accepted, plans its writes and advances
+// the cached state. A refused batch plans nothing.
+func (c *committer) decide(ctx context.Context, i int, b *store.Batch, now int64) store.Result {
+	s := c.s
+	if b == nil {
+		return store.Result{}
+	}
+	var ddSubj string
+	ddPart := 0
+	if d := b.Dedup; d != nil {
+		ddPart = c.dedupPartition(b)
+		ddSubj = s.lay.dedupSubject(ddPart, d.Sender, d.ClientID)
+		if !d.Fresh {
+			slot, found, err := c.lookupDedup(ctx, ddPart, ddSubj)
+			if err != nil {
+				return store.Result{Err: err}
+			}
+			if found {
+				c.dupOf[i] = slot.req
+				return store.Result{Dup: &store.Dedup{Sender: d.Sender, ClientID: d.ClientID, ServerID: slot.serverID, TS: slot.ts}}
+			}
+		}
+	}
+
+	// Acks first, against the queue before this batch's appends: an ack
+	// names seqs the client has seen, and the room it frees counts.
+	c.touched = c.touched[:0]
+	c.targets = c.targets[:0]
+	for _, a := range b.Acks {
+		st, err := c.state(ctx, a.User)
+		if err != nil {
+			return store.Result{Err: err}
+		}
+		t := &c.touched[c.touch(st)]
+		if a.UpTo >= t.head {
+			t.head = min(a.UpTo, st.tail) + 1
+		}
+	}
+	for _, a := range b.Appends {
+		ok, err := s.accountExists(ctx, a.To)
+		if err != nil {
+			return store.Result{Err: err}
+		}
+		if !ok {
+			return store.Result{Err: fmt.Errorf("append to %s: %w", a.To, store.ErrUnknownUser)}
+		}
+		st, err := c.state(ctx, a.To)
+		if err != nil {
+			return store.Result{Err: err}
+		}
+		ti := c.touch(st)
+		t := &c.touched[ti]
+		t.tail++
+		if t.tail+1-t.head > uint64(s.opts.Store.MaxQueueLen) {
+			return store.Result{Err: fmt.Errorf("append to %s: %w", a.To, store.ErrQueueFull)}
+		}
+		c.targets = append(c.targets, ti)
+	}
+
+	// Accepted: plan the writes.
+	for k := range c.touched {
+		t := &c.touched[k]
+		if t.head > t.st.head {
+			c.erase(i, t.st, t.head, now)
+		}
+		t.next = t.st.tail
+	}
+	var seqs []uint64
+	if len(b.Appends) > 0 {
+		seqs = make([]uint64, len(b.Appends))
+	}
+	for k, a := range b.Appends {
+		t := &c.touched[c.targets[k]]
+		t.next++
+		seqs[k] = t.next
+		pl := &c.plans[t.st.part]
+		pl.ops = append(pl.ops, op{req: i, kind: opItem, st: t.st, seq: t.next, ts: now, data: a.Data})
+	}
+	if d := b.Dedup; d != nil {
+		o := op{req: i, kind: opDedup, subject: ddSubj, dedupCAS: !d.Fresh, ts: d.TS, seq: d.ServerID}
+		o.ttl, o.deadline = c.dedupTTL(d.TS, now)
+		pl := &c.plans[ddPart]
+		pl.ops = append(pl.ops, o)
+		c.overlay[ddSubj] = dedupSlot{serverID: d.ServerID, ts: d.TS, req: i}
+	}
+	s.stMu.Lock()
+	for _, t := range c.touched {
+		t.st.head, t.st.tail = t.head, t.tail
+	}
+	s.stMu.Unlock()
+	return store.Result{Seqs: seqs}
+}
+
+// erase plans the erasure of st's items below newHead (> st.head). A queue
+// left empty gets an empty-marker written with Nats-Rollup: sub, one
+// message that erases every earlier one of the subject; a queue acked in
+// part is purged below its new head after the group's publishes.
+func (c *committer) erase(i int, st *userState, newHead uint64, now int64) {
+	pl := &c.plans[st.part]
+	if c.s.opts.DeletePerItem {
+		if newHead > st.tail {
+			pl.ops = append(pl.ops, op{req: i, kind: opMarker, st: st, seq: st.tail, ts: now})
+		}
+		if pl.dels == nil {
+			pl.dels = make(map[*userState][2]uint64)
+		}
+		d, ok := pl.dels[st]
+		if !ok {
+			d[0] = st.head
+		}
+		d[1] = newHead
+		pl.dels[st] = d
+		if pl.purgeReqs == nil {
+			pl.purgeReqs = make(map[*userState][]int)
+		}
+		pl.purgeReqs[st] = append(pl.purgeReqs[st], i)
+		return
+	}
+	if newHead > st.tail {
+		pl.ops = append(pl.ops, op{req: i, kind: opMarker, st: st, seq: st.tail, ts: now})
+		delete(pl.purge, st)
+	} else {
+		if pl.purge == nil {
+			pl.purge = make(map[*userState]uint64)
+			pl.purgeReqs = make(map[*userState][]int)
+		}
+		pl.purge[st] = newHead
+	}
+	if pl.purgeReqs == nil {
+		pl.purgeReqs = make(map[*userState][]int)
+	}
+	pl.purgeReqs[st] = append(pl.purgeReqs[st], i)
+}
+
+// dedupTTL is the Nats-TTL of a record with timestamp ts written at now:
+// what is left of DedupTTL after ts. A record already past it (a TS from
+// long ago) is kept for an hour at least (or DedupTTL if shorter), and
+// Sweep deletes it when it runs.
+func (c *committer) dedupTTL(ts, now int64) (ttl time.Duration, deadline int64) {
+	keep := c.s.opts.Store.DedupTTL
+	left := time.Duration(ts + int64(keep) - now)
+	switch {
+	case left > 2*keep: // a TS in the future: clocks disagree
+		return 2 * keep, 0
+	case left >= time.Minute:
+		return left, 0
+	default:
+		return max(min(keep, time.Hour), time.Second), ts + int64(keep)
+	}
+}
+
+func (c *committer) lookupDedup(ctx context.Context, part int, subj string) (dedupSlot, bool, error) {
+	if slot, ok := c.overlay[subj]; ok {
+		return slot, true, nil
+	}
+	m, err := c.s.getLast(ctx, c.s.parts[part], subj)
+	if err != nil {
+		return dedupSlot{}, false, fmt.Errorf("look up dedup %s: %w", subj, err)
+	}
+	if m == nil {
+		return dedupSlot{}, false, nil
+	}
+	id, ts, err := decodeDedup(m.Data)
+	if err != nil {
+		return dedupSlot{}, false, fmt.Errorf("look up dedup %s: %w", subj, err)
+	}
+	return dedupSlot{serverID: id, ts: ts, req: -1}, true, nil
+}
+
+// writePart writes one partition's share of the group: its messages as
+// atomic batches of whole requests (one, usually), then the purges of
+// queues acked in part. A request whose write fails is marked failed; so
+// are the requests after it in this partition (they may rest on it).
+func (c *committer) writePart(ctx context.Context, p int, pl *partPlan) {
+	s := c.s
+	var failure error
+	ops := pl.ops
+	for len(ops) > 0 && failure == nil {
+		// A chunk ends at a request boundary, under maxAtomic messages
+		// when it can (a single request past it is written alone and is
+		// refused by the server).
+		n := 0
+		for n < len(ops) {
+			end := n + 1
+			for end < len(ops) && ops[end].req == ops[n].req {
+				end++
+			}
+			if n > 0 && end > maxAtomic {
+				break
+			}
+			n = end
+		}
+		chunk := ops[:n]
+		ops = ops[n:]
+		err := c.publishChunk(ctx, p, chunk)
+		c.resMu.Lock()
+		for _, o := range chunk {
+			if err != nil {
+				c.failed[o.req] = err
+			} else {
+				c.written[o.req] = true
+			}
+		}
+		c.resMu.Unlock()
+		failure = err
+	}
+	if failure != nil {
+		c.resMu.Lock()
+		defer c.resMu.Unlock()
+		for _, o := range ops {
+			c.failed[o.req] = failure
+		}
+		for _, reqs := range pl.purgeReqs {
+			for _, i := range reqs {
+				c.failed[i] = failure
+			}
+		}
+		return
+	}
+	for st, d := range pl.dels {
+		if err := c.deleteEach(ctx, p, st, d[0], d[1]); err != nil {
+			err = fmt.Errorf("erase queue %s below %d: %w", st.user, d[1], err)
+			s.log.Warn("store erase failed", "user", st.user, "seq", d[1], "err", err)
+			c.resMu.Lock()
+			for _, i := range pl.purgeReqs[st] {
+				c.failed[i] = err
+			}
+			c.resMu.Unlock()
+		}
+	}
+	for st, head := range pl.purge {
+		if err := c.purgeBelow(ctx, p, st, head); err != nil {
+			err = fmt.Errorf("erase queue %s below %d: %w", st.user, head, err)
+			s.log.Warn("store erase failed", "user", st.user, "seq", head, "err", err)
+			c.resMu.Lock()
+			for _, i := range pl.purgeReqs[st] {
+				c.failed[i] = err
+			}
+			c.resMu.Unlock()
+		}
+	}
+}
+
+// publishChunk publishes ops as one atomic batch, each queue's first
+// message a compare-and-set on the subject's last stream seq.
+func (c *committer) publishChunk(ctx context.Context, p int, ops []op) error {
+	s := c.s
+	msgs := make([]*nats.Msg, len(ops))
+	seen := make(map[string]bool, len(ops))
+	for k := range ops {
+		o := &ops[k]
+		var m *nats.Msg
+		switch o.kind {
+		case opItem, opMarker:
+			m = nats.NewMsg(o.st.subj)
+			kind := byte(kindItem)
+			if o.kind == opMarker {
+				kind = kindMarker
+				if !s.opts.DeletePerItem {
+					m.Header.Set(njs.MsgRollup, njs.MsgRollupSubject)
+				}
+			}
+			m.Data = appendRecord(make([]byte, 0, recHeader+len(o.data)), kind, o.seq, o.ts, o.data)
+			if !seen[o.st.subj] {
+				seen[o.st.subj] = true
+				m.Header.Set(njs.ExpectedLastSubjSeqHeader, strconv.FormatUint(o.st.last, 10))
+			}
+		case opDedup:
+			m = nats.NewMsg(o.subject)
+			m.Data = appendDedup(make([]byte, 0, dedupLen), o.seq, o.ts)
+			m.Header.Set(njs.MsgTTLHeader, strconv.FormatInt(int64(o.ttl/time.Second), 10))
+			if o.dedupCAS && !seen[o.subject] {
+				m.Header.Set(njs.ExpectedLastSubjSeqHeader, "0")
+			}
+			seen[o.subject] = true
+		}
+		msgs[k] = m
+	}
+	last, err := s.publishBatch(ctx, msgs)
+	if err != nil {
+		return fmt.Errorf("write %d messages to partition %d: %w", len(msgs), p, err)
+	}
+	first := last - uint64(len(msgs)) + 1
+	s.stMu.Lock()
+	for k := range ops {
+		o := &ops[k]
+		sseq := first + uint64(k)
+		switch o.kind {
+		case opItem:
+			o.st.last = sseq
+			o.st.known = append(o.st.known, seqPair{o.seq, sseq})
+			if len(o.st.known) > maxKnown {
+				o.st.known = append(o.st.known[:0], o.st.known[len(o.st.known)-maxKnown/2:]...)
+			}
+		case opMarker:
+			o.st.last = sseq
+			o.st.prevMarker, o.st.marker = o.st.marker, sseq
+			if !s.opts.DeletePerItem {
+				o.st.known = o.st.known[:0]
+				o.st.prevMarker = 0 // the rollup erased it
+			}
+		case opDedup:
+			if o.deadline != 0 {
+				s.noteBornExpired(dedupRef{part: p, seq: sseq, deadline: o.deadline})
+			}
+		}
+	}
+	s.stMu.Unlock()
+	return nil
+}
+
+// purgeBelow erases st's items with seq < head: one PurgeEx of the subject
+// below the stream seq of the item at head. Only the acked prefix goes:
+// items appended meanwhile, by any node, have higher stream seqs.
+func (c *committer) purgeBelow(ctx context.Context, p int, st *userState, head uint64) error {
+	s := c.s
+	s.stMu.Lock()
+	var from, sseq uint64 = 1, 0
+	for _, k := range st.known {
+		if k.seq == head {
+			sseq = k.sseq
+		}
+		if k.seq < head && k.sseq+1 > from {
+			from = k.sseq + 1
+		}
+	}
+	s.stMu.Unlock()
+	for sseq == 0 {
+		m, err := s.getNext(ctx, s.parts[p], st.subj, from)
+		if err != nil {
+			return err
+		}
+		if m == nil {
+			return nil // erased meanwhile
+		}
+		r, err := decodeRecord(m.Data)
+		if err != nil {
+			return fmt.Errorf("stream seq %d: %w", m.Sequence, err)
+		}
+		if r.kind == kindItem && r.seq >= head {
+			sseq = m.Sequence
+		}
+		from = m.Sequence + 1
+	}
+	if sseq <= 1 {
+		return nil // nothing below; and sequence 1 once meant "everything"
+	}
+	if err := s.parts[p].Purge(ctx, njs.WithPurgeSubject(st.subj), njs.WithPurgeSequence(sseq)); err != nil {
+		return err
+	}
+	s.stMu.Lock()
+	k := 0
+	for k < len(st.known) && st.known[k].seq < head {
+		k++
+	}
+	st.known = append(st.known[:0], st.known[k:]...)
+	s.stMu.Unlock()
+	return nil
+}
+
+// deleteEach erases st's items with seq in [from, to), and its previous
+// marker, with one DeleteMsg each: the DeletePerItem baseline.
+func (c *committer) deleteEach(ctx context.Context, p int, st *userState, from, to uint64) error {
+	s := c.s
+	var sseqs []uint64
+	s.stMu.Lock()
+	for _, k := range st.known {
+		if k.seq >= from && k.seq < to {
+			sseqs = append(sseqs, k.sseq)
+		}
+	}
+	if st.prevMarker != 0 {
+		sseqs = append(sseqs, st.prevMarker)
+		st.prevMarker = 0
+	}
+	s.stMu.Unlock()
+	if uint64(len(sseqs)) < to-from { // not all known: find them
+		sseqs = sseqs[:0]
+		for cur := uint64(1); ; {
+			m, err := s.getNext(ctx, s.parts[p], st.subj, cur)
+			if err != nil {
+				return err
+			}
+			if m == nil {
+				break
+			}
+			cur = m.Sequence + 1
+			r, err := decodeRecord(m.Data)
+			if err != nil {
+				return fmt.Errorf("stream seq %d: %w", m.Sequence, err)
+			}
+			if r.kind == kindItem && r.seq >= to {
+				break
+			}
+			if r.kind == kindItem || m.Sequence != st.marker {
+				sseqs = append(sseqs, m.Sequence)
+			}
+		}
+	}
+	for _, seq := range sseqs {
+		if err := s.parts[p].DeleteMsg(ctx, seq); err != nil && !isNotFound(err) {
+			return err
+		}
+	}
+	s.stMu.Lock()
+	k := 0
+	for k < len(st.known) && st.known[k].seq < to {
+		k++
+	}
+	st.known = append(st.known[:0], st.known[k:]...)
+	s.stMu.Unlock()
+	return nil
+}
+
+// publishBatch publishes msgs as one atomic batch (a lone message as a
+// plain publish) and returns the stream seq of the last; the others have
+// the seqs just before it.
+func (s *Store) publishBatch(ctx context.Context, msgs []*nats.Msg) (uint64, error) {
+	if len(msgs) == 1 {
+		pa, err := s.publish(ctx, msgs[0])
+		return pa.Seq, err
+	}
+	id := nuid.Next()
+	for k, m := range msgs {
+		m.Header.Set(hdrBatchID, id)
+		m.Header.Set(hdrBatchSeq, strconv.Itoa(k+1))
+		if k < len(msgs)-1 {
+			if err := s.nc.PublishMsg(m); err != nil {
+				return 0, fmt.Errorf("publish batch: %w", err)
+			}
+			continue
+		}
+		m.Header.Set(hdrBatchCommit, "1")
+	}
+	pa, err := s.publish(ctx, msgs[len(msgs)-1])
+	if err != nil {
+		return 0, err
+	}
+	if pa.Count != uint64(len(msgs)) {
+		return 0, fmt.Errorf("publish batch: %d messages committed, want %d", pa.Count, len(msgs))
+	}
+	return pa.Seq, nil
+}
+
+func (s *Store) noteBornExpired(r dedupRef) {
+	s.beMu.Lock()
+	defer s.beMu.Unlock()
+	if len(s.bornExpired) >= maxBornExpired {
+		s.bornExpired = s.bornExpired[1:]
+	}
+	s.bornExpired = append(s.bornExpired, r)
+}

@@ -1,0 +1,104 @@
+// Package jetstream is Parley's cluster store: a store.Store kept in NATS
+// JetStream, so that every node of a cluster sees the same accounts,
+// queues and dedup records, and losing a node loses none of them.
+//
+// (The package is named for the engine it stores in, like its directory;
+// inside it nats.go's jetstream package is imported as njs.)
+//
+// # Layout
+//
+// Queues live in P partition streams NAME_Q_<p> (P fixed when the store is
+// created, recorded in the meta stream), one subject per user,
+// name.q.<p>.<user>, with p = fnv32a(user) mod P. No consumers: reads are
+// MSG.GET requests (next_by_subj, last_by_subj), answered by the stream's
+// leader, so a read always sees every batch whose Commit succeeded (a
+// direct get may be answered by a lagging replica; see ADR-31).
+//
+// Each message of a queue subject is an item (per-user seq, timestamp,
+// data) or an empty-marker. Item.Seq is per queue: 1, 2, 3... assigned by
+// the committer and stored in the item, not the stream sequence (which is
+// shared by the partition). Every write to a queue subject is a
+// compare-and-set on the subject's last stream seq
+// (Nats-Expected-Last-Subject-Sequence), so two nodes writing one queue
+// can never give out the same seq: the second write is refused, nothing
+// of its partition's share is written, the node drops its cached queue
+// states, and the refused batches that wrote nothing are decided again,
+// ahead of every newer one (up to 8 times; then ErrConflict).
+//
+// Erasing on ack: an ack that empties the queue (the common case: the
+// client acks everything it got) writes one empty-marker with
+// Nats-Rollup: sub, which erases every earlier message of the subject as
+// part of the same write and records the tail, so seqs are never reused.
+// An ack that leaves items is one PurgeEx of the subject below the first
+// kept item. Both replace the per-item DeleteMsg (each a JSON API request
+// and its own Raft entry); see the benchmarks. A user's last marker stays
+// for good: about 150-190 bytes of JetStream index memory per user who
+// ever emptied a queue, per replica.
+//
+// Dedup records live in the partition of the batch's first append,
+// name.d.<p>.<sender>.<client id>, with a per-message TTL (Nats-TTL) of
+// what is left of DedupTTL after the record's TS. Accounts, the id counter
+// and the partition count live in NAME_META (one message per subject).
+// ReserveIDs is a compare-and-set loop on the counter: ids are unique
+// cluster-wide.
+//
+// # Atomicity
+//
+// A group of batches is written per partition, each partition's share as
+// one atomic batch publish (JetStream 2.12+, within one stream): all of it
+// or none. So a batch whose writes all fall in one partition is atomic.
+// That is every batch the session makes except an ack with receipts to
+// other users: a send (its item and its dedup record are in the
+// recipient's partition), a read receipt, an ack alone.
+//
+// A batch spanning partitions (an ack whose receipts go to other
+// partitions) is written as several atomic parts, in parallel, and is
+// reported failed if any part fails; the parts that succeeded stay. The
+// session tolerates that: receipts are idempotent (a repeated receipt
+// marks what is already marked) and a lost erase only redelivers items
+// the client drops by id. A Dedup batch appending to several partitions
+// (not made by the session today) could, on a retry after such a partial
+// failure, append again to the partitions whose part succeeded.
+//
+// Dedup across failover: a send's dedup record and its item are one
+// atomic write, so a resend of (sender, client id) to any node finds the
+// record if and only if the item was stored, and gets the earlier ack.
+// Two sends of one key racing on two nodes: the record is written with a
+// compare-and-set on "no record yet", so exactly one is stored.
+// A checked resend whose Dup names a record still being written in the
+// same group is decided again if that write fails.
+//
+// MaxQueueLen is checked against the node's view; the compare-and-set
+// refuses a write decided on a stale view, so the limit holds.
+//
+// # Errors
+//
+// ErrUnavailable: a write JetStream did not acknowledge in time (no quorum
+// for the stream, or NATS unreachable); it may or may not have happened,
+// so a send is retried with its Dedup. ErrConflict: a batch kept losing
+// compare-and-sets to other nodes. Both are retryable. The node clears
+// its cached state after any failed write and recovers by itself.
+//
+// # Costs
+//
+// One committer goroutine groups pending batches (up to 1,024) and
+// writes each partition's share as one atomic batch, all partitions in
+// parallel. A pipelined committer (writers per partition, not waiting
+// for each other) measured slower on a 2-vCPU box and was reverted.
+// Replicas 1 is much slower than 3 per message: the server stages an R1
+// file stream's atomic batch in a new file store, an R3 one in memory.
+// Reads are one MSG.GET per item (leader-routed). Sweep reads each
+// partition from its start: one message per idle queue (its marker) plus
+// the expired items.
+//
+// # Durability: what R3 promises and what it does not
+//
+// A Commit succeeds when JetStream acknowledges the write: the stream's
+// leader and a majority of its replicas have it. With Replicas 3, losing
+// any one node (or its disk) loses nothing acknowledged. JetStream does
+// not fsync each write (it syncs on its own schedule, every two minutes by
+// default), so replication is the durability: a correlated power loss of
+// every replica at once can lose the writes of the last seconds. That is
+// outside the promise, as is a single-node store (Replicas 1): use Pebble
+// there.
+package jetstream

@@ -1,0 +1,142 @@
+package jetstream_test
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+
+	"github.com/parleyhq/parley/store"
+	"github.com/parleyhq/parley/store/jetstream"
+	"github.com/parleyhq/parley/store/storetest"
+)
+
+// startServer runs a one-node NATS server with JetStream kept in dir and
+// returns a connection to it; both end with the test (or stop's call).
+func startServer(t testing.TB, dir string) (nc *nats.Conn, stop func()) {
+	nc, _, stop = startServerNS(t, dir)
+	return nc, stop
+}
+
+func startServerNS(t testing.TB, dir string) (nc *nats.Conn, ns *server.Server, stop func()) {
+	t.Helper()
+	var err error
+	ns, err = server.NewServer(&server.Options{
+		JetStream: true,
+		StoreDir:  dir,
+		Host:      "127.0.0.1",
+		Port:      -1,
+		NoLog:     true,
+		NoSigs:    true,
+	})
+	if err != nil {
+		t.Fatalf("nats server: %v", err)
+	}
+	go ns.Start()
+	if !ns.ReadyForConnections(30 * time.Second) {
+		t.Fatalf("nats server not ready")
+	}
+	nc, err = nats.Connect("", nats.InProcessServer(ns))
+	if err != nil {
+		ns.Shutdown()
+		t.Fatalf("connect: %v", err)
+	}
+	stopped := false
+	stop = func() {
+		if stopped {
+			return
+		}
+		stopped = true
+		nc.Close()
+		ns.Shutdown()
+		ns.WaitForShutdown()
+	}
+	t.Cleanup(stop)
+	return nc, ns, stop
+}
+
+// serverStore is a store with its own embedded server: closing the store
+// stops the server, so a reopen restarts it on the same directory.
+type serverStore struct {
+	*jetstream.Store
+	stop func()
+}
+
+func (s serverStore) Close() error {
+	err := s.Store.Close()
+	s.stop()
+	return err
+}
+
+func openStore(t *testing.T, dir string, opts store.Options) store.Store {
+	t.Helper()
+	nc, stop := startServer(t, dir)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	s, err := jetstream.Open(ctx, nc, jetstream.Options{Store: opts, Partitions: 4})
+	if err != nil {
+		stop()
+		t.Fatalf("Open: %v", err)
+	}
+	return serverStore{Store: s, stop: stop}
+}
+
+func TestConformance(t *testing.T) {
+	storetest.Run(t, openStore)
+}
+
+// The baseline erase pattern keeps every guarantee too.
+func TestConformanceDeletePerItem(t *testing.T) {
+	storetest.Run(t, func(t *testing.T, dir string, opts store.Options) store.Store {
+		t.Helper()
+		nc, stop := startServer(t, dir)
+		s, err := jetstream.Open(context.Background(), nc, jetstream.Options{Store: opts, Partitions: 4, DeletePerItem: true})
+		if err != nil {
+			stop()
+			t.Fatalf("Open: %v", err)
+		}
+		return serverStore{Store: s, stop: stop}
+	})
+}
+
+// TestConformanceR3 runs the suite against a three-node in-process
+// cluster, every stream R3: each store gets its own Name, and a reopen is
+// a new Store of the same Name (the data lives in the cluster). -short
+// skips it.
+func TestConformanceR3(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short: the three-node cluster run is skipped")
+	}
+	urls := startCluster(t, 3)
+	var (
+		mu    sync.Mutex
+		names = map[string]string{}
+	)
+	storetest.Run(t, func(t *testing.T, dir string, opts store.Options) store.Store {
+		t.Helper()
+		mu.Lock()
+		name, ok := names[dir]
+		if !ok {
+			name = fmt.Sprintf("t%d", len(names))
+			names[dir] = name
+		}
+		mu.Unlock()
+		nc, err := nats.Connect(strings.Join(urls, ","))
+		if err != nil {
+			t.Fatalf("connect: %v", err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		s, err := jetstream.Open(ctx, nc, jetstream.Options{Store: opts, Name: name, Partitions: 2, Replicas: 3})
+		if err != nil {
+			nc.Close()
+			t.Fatalf("Open: %v", err)
+		}
+		return serverStore{Store: s, stop: nc.Close}
+	})
+}
