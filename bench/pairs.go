@@ -65,7 +65,7 @@ func (r *PairsResult) Rows() []Row {
 		{Name: "latency_ms max", Value: fmtF(r.Latency.Max, 3)},
 		{Name: "server_cpu_us_per_msg", Value: fmtF(r.ServerCPUUsPerMsg, 2), Note: fmt.Sprintf("%.2f server CPU-seconds, from /admin/process", r.ServerCPUS)},
 		{Name: "bench_cpu_us_per_msg", Value: fmtF(r.BenchCPUUsPerMsg, 2), Note: "this load generator's own CPU"},
-		{Name: "lost", Value: fmtInt(r.Lost), Note: "missing + duplicated + out of order; anything but 0 is a bug"},
+		{Name: "lost", Value: fmtInt(r.Lost), Note: "missing + duplicated + out of order + late; anything but 0 is a bug"},
 		{Name: "stale", Value: fmtInt(r.Stale), Note: "items from earlier runs, acked and ignored"},
 	}
 	return append(rows, errorRows(r.Errors, r.ErrorSamples)...)
@@ -546,6 +546,16 @@ func Pairs(ctx context.Context, cfg Config, progress io.Writer) (*PairsResult, e
 	if err != nil {
 		return nil, err
 	}
+	// The receivers stopped at the last receipt; a late duplicate or a
+	// stray is still queued, and counts as lost.
+	late := make([]int64, cfg.Pairs)
+	for i, s := range senders {
+		n, err := proveDrained(s.c, receivers[i].c, e.users[2*i].phone, e.users[2*i+1].phone, base+uint64(s.sent)+1, time.Now().Add(drainGrace))
+		if err != nil {
+			r.errs.add(fmt.Errorf("prove the queue of %s empty: %w", e.users[2*i+1].phone, err))
+		}
+		late[i] = n
+	}
 
 	res := &PairsResult{
 		Mode: "pairs", Pairs: cfg.Pairs, Window: cfg.Window, Size: cfg.Size, Rate: cfg.Rate, MsgsPerPair: cfg.Msgs,
@@ -572,7 +582,7 @@ func Pairs(ctx context.Context, cfg Config, progress io.Writer) (*PairsResult, e
 		if missing < 0 {
 			missing = -missing
 		}
-		res.Lost += missing + v.dups + v.jumps
+		res.Lost += missing + v.dups + v.jumps + late[i]
 	}
 	res.Seconds = time.Duration(last).Seconds()
 	res.MsgsPerS = rate(res.Delivered, time.Duration(last))
