@@ -39,7 +39,7 @@ func (r *DrainResult) Rows() []Row {
 		{Name: "queue_msgs_per_s", Value: fmtF(r.QueueMsgsPerS, 0), Note: fmt.Sprintf("%s queued for the offline user in %.2f s", fmtInt(r.Queued), r.QueueSeconds)},
 		{Name: "msgs_per_s", Value: fmtF(r.MsgsPerS, 0), Note: fmt.Sprintf("%s drained in %.3f s from the login", fmtInt(r.Received), r.Seconds)},
 		{Name: "server_cpu_us_per_msg", Value: fmtF(r.ServerCPUUsPerMsg, 2), Note: fmt.Sprintf("%.2f server CPU-seconds while draining", r.ServerCPUS)},
-		{Name: "lost", Value: fmtInt(r.Lost), Note: "missing + duplicated + out of order + late; anything but 0 is a bug"},
+		{Name: "lost", Value: fmtInt(r.Lost), Note: "missing + duplicated + out of order + late + wrong body; anything but 0 is a bug"},
 		{Name: "stale", Value: fmtInt(r.Stale), Note: "items from earlier runs, acked and ignored"},
 	}
 	return append(rows, errorRows(r.Errors, r.ErrorSamples)...)
@@ -149,7 +149,7 @@ func Drain(ctx context.Context, cfg Config, progress io.Writer) (*DrainResult, e
 	defer rc.close()
 	defer interruptOnDone(ctx, sc, rc)()
 	rc.nc.SetReadDeadline(t1.Add(cfg.Duration))
-	v := &receiver{c: rc, from: from.phone, base: base}
+	v := &receiver{c: rc, from: from.phone, base: base, body: make([]byte, cfg.Size)}
 	var f frame
 	var last time.Time
 	for v.unique < q.acked {
@@ -190,7 +190,7 @@ func Drain(ctx context.Context, cfg Config, progress io.Writer) (*DrainResult, e
 	if missing < 0 {
 		missing = -missing
 	}
-	res.Lost = missing + v.dups + v.jumps + late
+	res.Lost = missing + v.dups + v.jumps + v.corrupt + late
 	res.Stale += v.stale
 	res.Errors, res.ErrorSamples = errs.count(), errs.list()
 	pr.end()
