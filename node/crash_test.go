@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
 	"math/rand/v2"
 	"net"
@@ -563,7 +564,36 @@ func TestCrashRecovery(t *testing.T) {
 	// Not parallel: while the node leaks accepted sockets into child
 	// processes (see TestChildProcessDoesNotHoldConnections), starting
 	// `go build` and `parley serve` would disturb other tests' nodes.
+	crashCycle(t, buildParley(t))
+}
+
+var soak = flag.Duration("soak", 0, "how long TestSoak repeats the crash test's cycle (e.g. -soak=2m); 0 skips it")
+
+// TestSoak repeats TestCrashRecovery's cycle (a fresh server, kills at
+// random moments under load, the full loss check) until -soak has passed,
+// stopping at the first failing cycle:
+//
+//	go test -run TestSoak -soak=2m ./node
+//
+// Without -soak it is skipped: CI runs one cycle, as TestCrashRecovery.
+func TestSoak(t *testing.T) {
+	if *soak <= 0 {
+		t.Skip("set -soak=DURATION to run crash cycles for that long")
+	}
 	bin := buildParley(t)
+	end := time.Now().Add(*soak)
+	cycles := 0
+	for cycles < 100_000 && time.Now().Before(end) {
+		cycles++
+		if !t.Run(fmt.Sprintf("cycle %d", cycles), func(t *testing.T) { crashCycle(t, bin) }) {
+			break
+		}
+	}
+	t.Logf("soak: %d crash cycles in %v", cycles, *soak)
+}
+
+// crashCycle is one run of the crash test against the parley binary bin.
+func crashCycle(t *testing.T, bin string) {
 	dir := t.TempDir()
 	dataDir := filepath.Join(dir, "data")
 	codes := filepath.Join(dir, "codes.jsonl")
