@@ -452,6 +452,7 @@ type failures struct {
 const maxReported = 25
 
 func (f *failures) errorf(format string, args ...any) {
+	f.t.Helper()
 	switch n := f.n.Add(1); {
 	case n <= maxReported:
 		f.t.Errorf(format, args...)
