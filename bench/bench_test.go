@@ -244,8 +244,8 @@ func TestModes(t *testing.T) {
 		if r.Errors != 0 || r.Lost != 0 || r.Queued != 500 || r.Received != 500 {
 			t.Fatalf("drain: %+v", r)
 		}
-		if r.Stale < 3 {
-			t.Errorf("stale = %d, want the 3 leftovers", r.Stale)
+		if r.Stale != 3 {
+			t.Errorf("stale = %d, want the 3 leftovers and nothing else", r.Stale)
 		}
 		jsonKeys(t, r, "msgs_per_s", "queue_msgs_per_s", "lost", "errors")
 	})

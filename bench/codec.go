@@ -52,6 +52,7 @@ type frame struct {
 	rKind    int32    // Receipt.kind
 	by       []byte   // Receipt.by
 	ids      []uint64 // Receipt.ids, reused between frames
+	srvIDs   []uint64 // Receipt.server_ids, reused between frames
 	msgSrvID uint64   // Message.server_id
 }
 
@@ -114,7 +115,7 @@ func fields(b []byte, f func(num protowire.Number, typ protowire.Type, v []byte)
 
 // parseFrame decodes a server frame into f, reusing f.ids.
 func parseFrame(b []byte, f *frame) error {
-	*f = frame{ids: f.ids[:0]}
+	*f = frame{ids: f.ids[:0], srvIDs: f.srvIDs[:0]}
 	var inner []byte
 	err := fields(b, func(num protowire.Number, typ protowire.Type, v []byte) int {
 		if typ != protowire.BytesType || num < fSendAck || num > fClose {
@@ -261,6 +262,24 @@ func parseDeliver(b []byte, f *frame) error {
 						return m
 					}
 					f.ids = append(f.ids, x)
+					packed = packed[m:]
+				}
+				return n
+			case num == 4 && typ == protowire.VarintType:
+				x, n := protowire.ConsumeVarint(v)
+				f.srvIDs = append(f.srvIDs, x)
+				return n
+			case num == 4 && typ == protowire.BytesType:
+				packed, n := protowire.ConsumeBytes(v)
+				if n < 0 {
+					return n
+				}
+				for len(packed) > 0 {
+					x, m := protowire.ConsumeVarint(packed)
+					if m < 0 {
+						return m
+					}
+					f.srvIDs = append(f.srvIDs, x)
 					packed = packed[m:]
 				}
 				return n

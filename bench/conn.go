@@ -417,3 +417,62 @@ func (c *conn) settle(deadline time.Time) (acked int64, err error) {
 func closeErr(f *frame) error {
 	return fmt.Errorf("server closed the session (%s): %s", wire.Error_Code(f.code), f.text)
 }
+
+// proveDrained shows that to's queue holds nothing more: sc (logged in as
+// from) sends to a marker with id markerID, and, a queue being FIFO,
+// whatever was queued before the marker reaches rc (logged in as to) first.
+// It returns how many items came before the marker: late duplicates or
+// strays that a check stopping at the expected count would miss. Neither
+// connection may be read elsewhere meanwhile; deadline bounds the wait.
+func proveDrained(sc, rc *conn, from, to string, markerID uint64, deadline time.Time) (late int64, err error) {
+	if err := sc.queueSend(markerID, to, []byte("marker")); err != nil {
+		return 0, err
+	}
+	if err := sc.flush(); err != nil {
+		return 0, err
+	}
+	rc.nc.SetReadDeadline(deadline)
+	defer rc.nc.SetReadDeadline(time.Time{})
+	var f frame
+	for {
+		if err := rc.wait(); err != nil {
+			return late, fmt.Errorf("waiting for the marker to %s: %w", to, err)
+		}
+		var ack uint64
+		found := false
+		for {
+			pt, ok, err := rc.next()
+			if err == nil && ok {
+				err = parseFrame(pt, &f)
+			}
+			if err != nil {
+				return late, err
+			}
+			if !ok {
+				break
+			}
+			switch f.kind {
+			case fClose:
+				return late, closeErr(&f)
+			case fDeliver:
+				ack = max(ack, f.seq)
+				if f.isMsg && string(f.from) == from && f.msgID == markerID {
+					found = true
+				} else if !found {
+					late++
+				}
+			}
+		}
+		if ack > 0 {
+			if err := rc.queueAck(ack); err != nil {
+				return late, err
+			}
+			if err := rc.flush(); err != nil {
+				return late, err
+			}
+		}
+		if found {
+			return late, nil
+		}
+	}
+}

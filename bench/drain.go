@@ -39,7 +39,7 @@ func (r *DrainResult) Rows() []Row {
 		{Name: "queue_msgs_per_s", Value: fmtF(r.QueueMsgsPerS, 0), Note: fmt.Sprintf("%s queued for the offline user in %.2f s", fmtInt(r.Queued), r.QueueSeconds)},
 		{Name: "msgs_per_s", Value: fmtF(r.MsgsPerS, 0), Note: fmt.Sprintf("%s drained in %.3f s from the login", fmtInt(r.Received), r.Seconds)},
 		{Name: "server_cpu_us_per_msg", Value: fmtF(r.ServerCPUUsPerMsg, 2), Note: fmt.Sprintf("%.2f server CPU-seconds while draining", r.ServerCPUS)},
-		{Name: "lost", Value: fmtInt(r.Lost), Note: "missing + duplicated + out of order; anything but 0 is a bug"},
+		{Name: "lost", Value: fmtInt(r.Lost), Note: "missing + duplicated + out of order + late + wrong body; anything but 0 is a bug"},
 		{Name: "stale", Value: fmtInt(r.Stale), Note: "items from earlier runs, acked and ignored"},
 	}
 	return append(rows, errorRows(r.Errors, r.ErrorSamples)...)
@@ -121,11 +121,15 @@ func Drain(ctx context.Context, cfg Config, progress io.Writer) (*DrainResult, e
 		defer swg.Done()
 		sink.run(&closing)
 	}()
-	defer func() {
-		closing.Store(true)
-		sc.nc.SetReadDeadline(time.Now())
-		swg.Wait()
-	}()
+	var stopSink sync.Once
+	stopSinking := func() {
+		stopSink.Do(func() {
+			closing.Store(true)
+			sc.nc.SetReadDeadline(time.Now())
+			swg.Wait()
+		})
+	}
+	defer stopSinking()
 
 	// Drain.
 	phase.Store("draining")
@@ -145,7 +149,7 @@ func Drain(ctx context.Context, cfg Config, progress io.Writer) (*DrainResult, e
 	defer rc.close()
 	defer interruptOnDone(ctx, sc, rc)()
 	rc.nc.SetReadDeadline(t1.Add(cfg.Duration))
-	v := &receiver{c: rc, from: from.phone, base: base}
+	v := &receiver{c: rc, from: from.phone, base: base, body: make([]byte, cfg.Size)}
 	var f frame
 	var last time.Time
 	for v.unique < q.acked {
@@ -167,10 +171,12 @@ func Drain(ctx context.Context, cfg Config, progress io.Writer) (*DrainResult, e
 	if err != nil {
 		return nil, err
 	}
-	if extra, err := rc.settle(time.Now().Add(10 * time.Second)); err != nil {
-		errs.add(fmt.Errorf("settle the drained queue: %w", err))
-	} else {
-		res.Stale += extra
+	// Anything still queued for the receiver is late: a duplicate or a
+	// stray, and a loss-check failure, not a leftover of an earlier run.
+	stopSinking()
+	late, err := proveDrained(sc, rc, from.phone, to.phone, base+uint64(cfg.Msgs)+1, time.Now().Add(10*time.Second))
+	if err != nil {
+		errs.add(fmt.Errorf("prove the drained queue empty: %w", err))
 	}
 	elapsed := last.Sub(t1)
 	res.Received = v.received.Load()
@@ -184,7 +190,7 @@ func Drain(ctx context.Context, cfg Config, progress io.Writer) (*DrainResult, e
 	if missing < 0 {
 		missing = -missing
 	}
-	res.Lost = missing + v.dups + v.jumps
+	res.Lost = missing + v.dups + v.jumps + v.corrupt + late
 	res.Stale += v.stale
 	res.Errors, res.ErrorSamples = errs.count(), errs.list()
 	pr.end()

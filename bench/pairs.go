@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -65,7 +66,7 @@ func (r *PairsResult) Rows() []Row {
 		{Name: "latency_ms max", Value: fmtF(r.Latency.Max, 3)},
 		{Name: "server_cpu_us_per_msg", Value: fmtF(r.ServerCPUUsPerMsg, 2), Note: fmt.Sprintf("%.2f server CPU-seconds, from /admin/process", r.ServerCPUS)},
 		{Name: "bench_cpu_us_per_msg", Value: fmtF(r.BenchCPUUsPerMsg, 2), Note: "this load generator's own CPU"},
-		{Name: "lost", Value: fmtInt(r.Lost), Note: "missing + duplicated + out of order; anything but 0 is a bug"},
+		{Name: "lost", Value: fmtInt(r.Lost), Note: "missing + duplicated + out of order + late + wrong body; anything but 0 is a bug"},
 		{Name: "stale", Value: fmtInt(r.Stale), Note: "items from earlier runs, acked and ignored"},
 	}
 	return append(rows, errorRows(r.Errors, r.ErrorSamples)...)
@@ -125,6 +126,7 @@ type sender struct {
 
 	mu     sync.Mutex // paced mode: pacer and reader share the conn
 	sendAt []int64    // ring by message number: when it was written
+	ackSID []uint64   // ring by message number: the server id its SendAck gave
 
 	sent, failed, acked int64
 	rcptHigh            uint64 // highest message number with a receipt
@@ -159,6 +161,9 @@ func (s *sender) handle(f *frame, now int64) error {
 	switch f.kind {
 	case fSendAck:
 		s.acked++
+		if k := int64(f.id - s.base); f.id > s.base && k <= s.sent {
+			s.ackSID[(k-1)%int64(len(s.ackSID))] = f.serverID
+		}
 	case fError:
 		if k := int64(f.id - s.base); f.id > s.base && k <= s.sent {
 			s.failed++
@@ -176,7 +181,10 @@ func (s *sender) handle(f *frame, now int64) error {
 		}
 		sh := &s.r.hist[s.shard]
 		n := 0
-		for _, id := range f.ids {
+		if len(f.srvIDs) != len(f.ids) {
+			s.r.errs.add(fmt.Errorf("delivered receipt with %d ids and %d server ids", len(f.ids), len(f.srvIDs)))
+		}
+		for i, id := range f.ids {
 			k := int64(id - s.base)
 			if id <= s.base || k > s.sent {
 				s.stale++
@@ -185,6 +193,11 @@ func (s *sender) handle(f *frame, now int64) error {
 			if uint64(k) <= s.rcptHigh {
 				s.r.errs.add(fmt.Errorf("duplicate delivered receipt for message %d", id))
 				continue
+			}
+			// At most a window of messages wait for their receipts, so
+			// the ring still holds k's SendAck.
+			if want := s.ackSID[(k-1)%int64(len(s.ackSID))]; i < len(f.srvIDs) && f.srvIDs[i] != want {
+				s.r.errs.add(fmt.Errorf("delivered receipt for message %d names server id %d; its SendAck gave %d", id, f.srvIDs[i], want))
 			}
 			s.rcptHigh = uint64(k)
 			us := (now - s.sendAt[(k-1)%int64(len(s.sendAt))]) / 1000
@@ -343,10 +356,12 @@ type receiver struct {
 	c       *conn
 	from    string
 	base    uint64
+	body    []byte // every message's body
 	next    uint64 // the message number expected next
 	unique  int64
 	dups    int64 // seen before (or late after a gap)
 	jumps   int64 // arrived ahead of a missing one
+	corrupt int64 // arrived with another body
 	stale   int64
 	seqHigh uint64
 	ackSent uint64
@@ -394,6 +409,9 @@ func (v *receiver) batch(f *frame) error {
 			if !f.isMsg || string(f.from) != v.from || f.msgID <= v.base {
 				v.stale++
 				continue
+			}
+			if !bytes.Equal(f.body, v.body) {
+				v.corrupt++
 			}
 			k := f.msgID - v.base
 			switch {
@@ -463,8 +481,8 @@ func Pairs(ctx context.Context, cfg Config, progress io.Writer) (*PairsResult, e
 	receivers := make([]*receiver, cfg.Pairs)
 	for i := range cfg.Pairs {
 		s, v := conns[2*i], conns[2*i+1]
-		senders[i] = &sender{r: r, c: s, to: e.users[2*i+1].phone, base: base, shard: i % len(r.hist), sendAt: make([]int64, cfg.Window)}
-		receivers[i] = &receiver{c: v, from: e.users[2*i].phone, base: base}
+		senders[i] = &sender{r: r, c: s, to: e.users[2*i+1].phone, base: base, shard: i % len(r.hist), sendAt: make([]int64, cfg.Window), ackSID: make([]uint64, cfg.Window)}
+		receivers[i] = &receiver{c: v, from: e.users[2*i].phone, base: base, body: r.body}
 	}
 	delivered := func() (n int64) {
 		for _, s := range senders {
@@ -546,6 +564,16 @@ func Pairs(ctx context.Context, cfg Config, progress io.Writer) (*PairsResult, e
 	if err != nil {
 		return nil, err
 	}
+	// The receivers stopped at the last receipt; a late duplicate or a
+	// stray is still queued, and counts as lost.
+	late := make([]int64, cfg.Pairs)
+	for i, s := range senders {
+		n, err := proveDrained(s.c, receivers[i].c, e.users[2*i].phone, e.users[2*i+1].phone, base+uint64(s.sent)+1, time.Now().Add(drainGrace))
+		if err != nil {
+			r.errs.add(fmt.Errorf("prove the queue of %s empty: %w", e.users[2*i+1].phone, err))
+		}
+		late[i] = n
+	}
 
 	res := &PairsResult{
 		Mode: "pairs", Pairs: cfg.Pairs, Window: cfg.Window, Size: cfg.Size, Rate: cfg.Rate, MsgsPerPair: cfg.Msgs,
@@ -572,7 +600,7 @@ func Pairs(ctx context.Context, cfg Config, progress io.Writer) (*PairsResult, e
 		if missing < 0 {
 			missing = -missing
 		}
-		res.Lost += missing + v.dups + v.jumps
+		res.Lost += missing + v.dups + v.jumps + v.corrupt + late[i]
 	}
 	res.Seconds = time.Duration(last).Seconds()
 	res.MsgsPerS = rate(res.Delivered, time.Duration(last))

@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
 	"math/rand/v2"
 	"net"
@@ -21,6 +22,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"google.golang.org/protobuf/proto"
 
 	"github.com/parleyhq/parley/noise"
 	"github.com/parleyhq/parley/wire"
@@ -37,6 +40,10 @@ const (
 	crashSendFor = 25 * time.Second
 	// crashGuard bounds each wait for the server or the clients.
 	crashGuard = 45 * time.Second
+	// The load the test must have exercised, or it fails: kills, and
+	// messages sent (each acked by the end).
+	crashKills       = 2
+	crashMinMessages = 1000
 )
 
 // buildParley builds cmd/parley into a temporary directory.
@@ -268,6 +275,11 @@ type crashSender struct {
 	writes    int               // Send frames written, resends included
 	done      chan struct{}     // closed once ids 1..limit are all acked
 	doneOnce  sync.Once
+
+	receiver   string
+	receipts   map[uint64]*wire.Receipt // delivered receipts by queue seq
+	receiptSID map[uint64]uint64        // message id -> server id its receipt gave
+	receiptSeq map[uint64]uint64        // message id -> seq of its receipt
 }
 
 // checkDone closes done once everything up to limit is acked; s.mu held.
@@ -387,12 +399,47 @@ func (s *crashSender) runRound(addr string, key []byte, to string, conns *connSe
 			default:
 			}
 		case *wire.Frame_Deliver:
-			c.ack(k.Deliver.Seq) // delivered receipts
+			s.receipt(k.Deliver.Seq, k.Deliver.Item)
+			c.ack(k.Deliver.Seq)
 		case *wire.Frame_Close:
 			s.fails.errorf("%s: unexpected Close %v", s.phone, k.Close)
 			return errors.New("closed by the server")
 		}
 	}
+}
+
+// receipt checks and records a delivered item: a delivered receipt from
+// the receiver, new or the redelivery of one already seen at its seq (its
+// ack lost in a crash), never a second receipt for a message.
+func (s *crashSender) receipt(seq uint64, it *wire.Item) {
+	r := it.GetReceipt()
+	if r == nil || r.Kind != wire.Receipt_DELIVERED || r.By != s.receiver || len(r.Ids) != len(r.ServerIds) {
+		s.fails.errorf("%s: got %v at seq %d, want a delivered receipt from %s", s.phone, it, seq, s.receiver)
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if prev, seen := s.receipts[seq]; seen {
+		if !proto.Equal(prev, r) {
+			s.fails.errorf("%s: seq %d delivered as %v, then as %v", s.phone, seq, prev, r)
+		}
+		return
+	}
+	s.receipts[seq] = r
+	for i, id := range r.Ids {
+		if prev, seen := s.receiptSeq[id]; seen {
+			s.fails.errorf("%s: a second delivered receipt for message %d: seqs %d and %d", s.phone, id, prev, seq)
+			continue
+		}
+		s.receiptSeq[id] = seq
+		s.receiptSID[id] = r.ServerIds[i]
+	}
+}
+
+func (s *crashSender) receipted() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.receiptSID)
 }
 
 // failures reports per-message problems, at most maxReported of them, so
@@ -405,6 +452,7 @@ type failures struct {
 const maxReported = 25
 
 func (f *failures) errorf(format string, args ...any) {
+	f.t.Helper()
 	switch n := f.n.Add(1); {
 	case n <= maxReported:
 		f.t.Errorf(format, args...)
@@ -426,18 +474,17 @@ type crashReceiver struct {
 	senders map[string]bool
 	fails   *failures
 
-	mu          sync.Mutex
-	got         map[msgKey]uint64 // first arrival's server id
-	last        map[string]uint64 // id of each sender's latest first arrival
-	deliveries  int               // every Deliver of a message, redeliveries included
-	lastArrival time.Time
+	mu         sync.Mutex
+	got        map[msgKey]uint64 // first arrival's server id
+	seqOf      map[msgKey]uint64 // first arrival's queue seq
+	last       map[string]uint64 // id of each sender's latest first arrival
+	deliveries int               // every Deliver of a message, redeliveries included
 }
 
-func (r *crashReceiver) record(m *wire.Message) {
+func (r *crashReceiver) record(seq uint64, m *wire.Message) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.deliveries++
-	r.lastArrival = time.Now()
 	if !r.senders[m.From] {
 		r.fails.errorf("message %d from %q, who sent nothing", m.Id, m.From)
 		return
@@ -447,10 +494,13 @@ func (r *crashReceiver) record(m *wire.Message) {
 	}
 	k := msgKey{m.From, m.Id}
 	if sid, seen := r.got[k]; seen {
-		// A redelivery (an ack lost in the crash) is fine; a second copy
-		// stored under another server id is not.
-		if sid != m.ServerId {
+		// A redelivery from the same seq (an ack lost in the crash) is
+		// fine; a second copy, in the queue at another seq, is not.
+		switch {
+		case sid != m.ServerId:
 			r.fails.errorf("message %d from %s stored twice: server ids %d and %d", m.Id, m.From, sid, m.ServerId)
+		case r.seqOf[k] != seq:
+			r.fails.errorf("message %d from %s (server id %d) delivered twice: seqs %d and %d", m.Id, m.From, sid, r.seqOf[k], seq)
 		}
 		return
 	}
@@ -459,12 +509,13 @@ func (r *crashReceiver) record(m *wire.Message) {
 	}
 	r.last[m.From] = m.Id
 	r.got[k] = m.ServerId
+	r.seqOf[k] = seq
 }
 
-func (r *crashReceiver) distinct() (n int, quietFor time.Duration) {
+func (r *crashReceiver) distinct() int {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return len(r.got), time.Since(r.lastArrival)
+	return len(r.got)
 }
 
 func (r *crashReceiver) runRound(addr string, key []byte, conns *connSet) error {
@@ -474,6 +525,7 @@ func (r *crashReceiver) runRound(addr string, key []byte, conns *connSet) error 
 	}
 	conns.add(c)
 	defer c.Close()
+	var lastSeq uint64
 	for {
 		f, err := c.readFrame(2 * crashGuard)
 		if err != nil {
@@ -481,8 +533,13 @@ func (r *crashReceiver) runRound(addr string, key []byte, conns *connSet) error 
 		}
 		switch k := f.Kind.(type) {
 		case *wire.Frame_Deliver:
+			// One connection delivers each item once, in queue order.
+			if seq := k.Deliver.Seq; seq <= lastSeq {
+				r.fails.errorf("receiver: seq %d delivered after seq %d on one connection", seq, lastSeq)
+			}
+			lastSeq = k.Deliver.Seq
 			if m := k.Deliver.Item.GetMessage(); m != nil {
-				r.record(m)
+				r.record(k.Deliver.Seq, m)
 			} else {
 				r.fails.errorf("receiver got a non-message item %v", k.Deliver.Item)
 			}
@@ -508,7 +565,36 @@ func TestCrashRecovery(t *testing.T) {
 	// Not parallel: while the node leaks accepted sockets into child
 	// processes (see TestChildProcessDoesNotHoldConnections), starting
 	// `go build` and `parley serve` would disturb other tests' nodes.
+	crashCycle(t, buildParley(t))
+}
+
+var soak = flag.Duration("soak", 0, "how long TestSoak repeats the crash test's cycle (e.g. -soak=2m); 0 skips it")
+
+// TestSoak repeats TestCrashRecovery's cycle (a fresh server, kills at
+// random moments under load, the full loss check) until -soak has passed,
+// stopping at the first failing cycle:
+//
+//	go test -run TestSoak -soak=2m ./node
+//
+// Without -soak it is skipped: CI runs one cycle, as TestCrashRecovery.
+func TestSoak(t *testing.T) {
+	if *soak <= 0 {
+		t.Skip("set -soak=DURATION to run crash cycles for that long")
+	}
 	bin := buildParley(t)
+	end := time.Now().Add(*soak)
+	cycles := 0
+	for cycles < 100_000 && time.Now().Before(end) {
+		cycles++
+		if !t.Run(fmt.Sprintf("cycle %d", cycles), func(t *testing.T) { crashCycle(t, bin) }) {
+			break
+		}
+	}
+	t.Logf("soak: %d crash cycles in %v", cycles, *soak)
+}
+
+// crashCycle is one run of the crash test against the parley binary bin.
+func crashCycle(t *testing.T, bin string) {
 	dir := t.TempDir()
 	dataDir := filepath.Join(dir, "data")
 	codes := filepath.Join(dir, "codes.jsonl")
@@ -530,15 +616,19 @@ func TestCrashRecovery(t *testing.T) {
 	}
 	fails := &failures{t: t}
 	recv := &crashReceiver{phone: receiverPhone, kp: recvKey, senders: map[string]bool{}, fails: fails,
-		got: map[msgKey]uint64{}, last: map[string]uint64{}}
+		got: map[msgKey]uint64{}, seqOf: map[msgKey]uint64{}, last: map[string]uint64{}}
 	var senders []*crashSender
 	for i := range crashSenders {
 		phone := fmt.Sprintf("+1415555011%d", i+1)
 		kp, _ := register(t, srv.httpURL, phone, codeOf)
 		senders = append(senders, &crashSender{phone: phone, kp: kp, fails: fails, limit: crashPerSender,
-			acked: map[uint64]uint64{}, done: make(chan struct{})})
+			acked: map[uint64]uint64{}, done: make(chan struct{}), receiver: receiverPhone,
+			receipts: map[uint64]*wire.Receipt{}, receiptSID: map[uint64]uint64{}, receiptSeq: map[uint64]uint64{}})
 		recv.senders[phone] = true
 	}
+	// The probe proves the queues empty at the end (see proveDrained).
+	const probePhone = "+14155550119"
+	probeKey, _ := register(t, srv.httpURL, probePhone, codeOf)
 
 	start := time.Now()
 	sendUntil := start.Add(crashSendFor)
@@ -587,9 +677,10 @@ func TestCrashRecovery(t *testing.T) {
 	}
 
 	var ackedAtCrash []int64
-	for crash := 1; crash <= 2; crash++ {
-		if crash == 2 && time.Since(start) > crashSendFor/2 {
-			t.Logf("skipping the second crash: %v spent", time.Since(start))
+	for crash := 1; crash <= crashKills; crash++ {
+		if crash > 1 && time.Since(start) > crashSendFor/2 {
+			// Checked below: too few kills fail the test.
+			t.Logf("no kill %d: %v spent, past half of the %v of sending", crash, time.Since(start).Round(time.Millisecond), crashSendFor)
 			break
 		}
 		threshold := totalAcked.Load() + 300 + rand.Int64N(400)
@@ -610,7 +701,8 @@ func TestCrashRecovery(t *testing.T) {
 		}
 	}
 
-	// The final round: senders finish, then the receiver drains its queue.
+	// The final round: senders finish, the receiver drains its queue, and
+	// the senders get their receipts.
 	var want int
 	round(true, func(conns *connSet) {
 		deadline := time.Now().Add(crashGuard)
@@ -627,21 +719,41 @@ func TestCrashRecovery(t *testing.T) {
 			want += int(s.limit)
 			s.mu.Unlock()
 		}
-		for {
-			n, quiet := recv.distinct()
-			// Complete, and nothing more for a while (redeliveries,
-			// strays): the queue is drained.
-			if n >= want && quiet > 300*time.Millisecond {
-				break
+		complete := func() bool {
+			if recv.distinct() < want {
+				return false
 			}
-			if time.Now().After(deadline) {
-				t.Errorf("the receiver got %d of %d messages within %v", n, want, crashGuard)
-				break
+			for _, s := range senders {
+				if s.receipted() < int(s.limit) {
+					return false
+				}
 			}
-			time.Sleep(5 * time.Millisecond)
+			return true
+		}
+		if !await(time.Until(deadline), complete) {
+			t.Errorf("within %v the receiver got %d of %d messages", crashGuard, recv.distinct(), want)
+			for _, s := range senders {
+				t.Errorf("%s got delivered receipts for %d of its %d messages", s.phone, s.receipted(), s.limit)
+			}
 		}
 		conns.closeAll()
 	})
+	// Whatever comes late (a duplicate, a stray) is still in a queue: the
+	// receipts say every message was erased, so the receiver's must be
+	// empty; a sender's may hold only receipts it has seen, at their seqs
+	// (their acks in flight when its connection closed).
+	probe, err := dialLogin(srv.native, serverKey, probePhone, probeKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer probe.Close()
+	proveDrained(t, fails, srv.native, serverKey, probe, probePhone, 1, receiverPhone, recvKey, nil)
+	for i, s := range senders {
+		proveDrained(t, fails, srv.native, serverKey, probe, probePhone, uint64(i+2), s.phone, s.kp, func(seq uint64, it *wire.Item) bool {
+			r, seen := s.receipts[seq]
+			return seen && proto.Equal(r, it.GetReceipt())
+		})
+	}
 	srv.stop(t)
 
 	// Every message sent was acked (the senders finished), so every one
@@ -664,11 +776,76 @@ func TestCrashRecovery(t *testing.T) {
 			case got != sid:
 				fails.errorf("%s: message %d acked as server id %d, delivered as %d", s.phone, id, sid, got)
 			}
+			if rsid, ok := s.receiptSID[id]; !ok {
+				fails.errorf("%s: message %d has no delivered receipt", s.phone, id)
+			} else if rsid != sid {
+				fails.errorf("%s: message %d acked as server id %d, receipted as %d", s.phone, id, sid, rsid)
+			}
+		}
+		for id, rsid := range s.receiptSID {
+			if id == 0 || id > s.limit {
+				fails.errorf("%s: delivered receipt for message %d (server id %d), which was never sent", s.phone, id, rsid)
+			}
 		}
 	}
 	if len(recv.got) != sent {
 		t.Errorf("the receiver got %d distinct messages; %d were sent", len(recv.got), sent)
 	}
-	t.Logf("crash test: %d senders sent %d messages (%d Send frames with resends); acked before each crash: %v; delivered %d distinct (%d deliveries with redeliveries) in %v",
-		len(senders), sent, writes, ackedAtCrash, len(recv.got), recv.deliveries, time.Since(start).Round(time.Millisecond))
+	// The load the test claims to have exercised.
+	if kills := len(ackedAtCrash); kills < crashKills {
+		t.Errorf("only %d of %d kills were exercised: the machine was too slow for the test's bounds", kills, crashKills)
+	}
+	if sent < crashMinMessages {
+		t.Errorf("only %d messages were sent and acked; the test needs at least %d", sent, crashMinMessages)
+	}
+	if writes <= sent {
+		t.Errorf("%d Send frames for %d messages: no resend after a kill was exercised", writes, sent)
+	}
+	t.Logf("crash test: %d kills; %d senders sent %d messages (%d Send frames with resends); acked before each kill: %v; delivered %d distinct (%d deliveries with redeliveries) in %v",
+		len(ackedAtCrash), len(senders), sent, writes, ackedAtCrash, len(recv.got), recv.deliveries, time.Since(start).Round(time.Millisecond))
+}
+
+// proveDrained shows that phone's queue holds nothing it should not. Its
+// clients are gone; it logs in afresh, the probe sends it a marker (with
+// id markerID), and, a queue being FIFO, everything queued before the
+// marker arrives first: each such item must be one allowed accepts (nil:
+// none).
+func proveDrained(t *testing.T, fails *failures, addr string, serverKey []byte, probe *rawConn, probePhone string, markerID uint64,
+	phone string, kp noise.Keypair, allowed func(seq uint64, it *wire.Item) bool) {
+	t.Helper()
+	c, err := dialLogin(addr, serverKey, phone, kp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	marker := []byte("marker for " + phone)
+	if err := probe.send(markerID, phone, marker); err != nil {
+		t.Fatal(err)
+	}
+	a := awaitSendAck(t, probe, markerID)
+	for i := 0; i < 1_000_000; i++ {
+		f, err := c.readFrame(crashGuard)
+		if err != nil {
+			t.Fatalf("%s: waiting for the probe's marker: %v", phone, err)
+		}
+		switch k := f.Kind.(type) {
+		case *wire.Frame_Deliver:
+			d := k.Deliver
+			if err := c.ack(d.Seq); err != nil { // so the window never stops the marker
+				t.Fatal(err)
+			}
+			if m := d.Item.GetMessage(); m != nil && m.From == probePhone {
+				if m.ServerId != a.ServerId || !bytes.Equal(m.Body, marker) {
+					fails.errorf("%s: the marker came as %v, want server id %d", phone, m, a.ServerId)
+				}
+				return
+			}
+			if allowed == nil || !allowed(d.Seq, d.Item) {
+				fails.errorf("%s: still queued after everything had arrived: seq %d %v", phone, d.Seq, d.Item)
+			}
+		case *wire.Frame_Close:
+			t.Fatalf("%s: waiting for the probe's marker: Close %v", phone, k.Close)
+		}
+	}
+	t.Fatalf("%s: a million items and no marker", phone)
 }
