@@ -140,4 +140,3 @@ func (s *Service) create(a store.Account) (bool, error) {
 	}
 	return true, nil
 }
-

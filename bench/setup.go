@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"strings"
 	"sync/atomic"
 	"time"
 )
@@ -86,6 +87,9 @@ func Setup(ctx context.Context, cfg Config, progress io.Writer) (*SetupResult, e
 		}
 		c, err := a.createAccounts(ctx, us)
 		if err != nil {
+			if strings.Contains(err.Error(), "account_exists") {
+				err = fmt.Errorf("%w: the server holds these bench numbers with other keys (from another state file, or --fresh): use that state file, or start the server on a new --data", err)
+			}
 			return nil, fmt.Errorf("provision users %d..%d: %w", from, from+n-1, err)
 		}
 		if c != n {

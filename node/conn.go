@@ -156,14 +156,36 @@ func (c *conn) post(p *pool, ev event) {
 		c.mbox = new(mailbox)
 		c.mbox.evs = c.mbox.first[:0]
 	}
+	overflow := false
+	if n := len(c.mbox.evs); n >= p.n.cfg.Limits.MaxMailbox && ev.kind != evClosed {
+		// The client makes work faster than its session is served (a
+		// flood of pings it never reads the answers to, say): cut it off
+		// rather than hold its events without bound. The first event
+		// over the limit becomes the kick; the rest are dropped, which
+		// loses nothing acked (a dropped store result only means its
+		// answer never reaches a client being closed anyway).
+		if last := c.mbox.evs[n-1]; last.kind == evKick && last.text == mailboxFullText {
+			c.mu.Unlock()
+			return
+		}
+		ev = event{kind: evKick, code: wire.Error_BAD_REQUEST, text: mailboxFullText}
+		overflow = true
+	}
 	c.mbox.evs = append(c.mbox.evs, ev)
 	sched := !c.scheduled
 	c.scheduled = true
 	c.mu.Unlock()
+	if overflow {
+		p.n.mx.LimitHits.WithLabelValues("max_mailbox").Inc()
+		p.n.log.Warn("client cut off: its mailbox is full", "conn", c.id(), "limit", p.n.cfg.Limits.MaxMailbox)
+	}
 	if sched {
 		p.push(c, time.Now().UnixNano())
 	}
 }
+
+// mailboxFullText is the reason given to a client cut off for MaxMailbox.
+const mailboxFullText = "too much work waiting for this connection: read what the server sends, and wait for answers before sending more"
 
 // maxRounds bounds how long one session keeps a worker before yielding it
 // to others, so one flooded session cannot starve the rest.
@@ -326,7 +348,12 @@ func (c *conn) encode(w *worker, o session.Out) error {
 // flush writes everything one mailbox round produced with one write.
 func (c *conn) flush(w *worker, closeNow bool) {
 	if len(w.out) > 0 {
-		if _, err := c.nc.Write(w.out); err != nil {
+		if _, err := c.nc.Write(w.out); errors.Is(err, nbio.ErrOverflow) {
+			// nbio closes the connection when it would hold more than
+			// MaxWriteBuffer for it: a client that does not read.
+			w.n.mx.LimitHits.WithLabelValues("max_write_buffer").Inc()
+			w.n.log.Warn("client cut off: it does not read what it is sent", "user", c.core.User(), "conn", c.id(), "limit", w.n.cfg.Limits.MaxWriteBuffer)
+		} else if err != nil {
 			w.n.log.Debug("write", "user", c.core.User(), "err", err)
 		}
 		if cap(w.out) > 1<<20 {

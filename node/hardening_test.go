@@ -190,3 +190,108 @@ func TestSlowHTTPClientsAreBounded(t *testing.T) {
 		h.Close()
 	}
 }
+
+// awaitErrorFrame reads until the Error frame answering request id.
+func awaitErrorFrame(t *testing.T, c *rawConn, id uint64) *wire.Error {
+	t.Helper()
+	for {
+		f, err := c.readFrame(ioGuard)
+		if err != nil {
+			t.Fatalf("waiting for the answer to request %d: %v", id, err)
+		}
+		switch k := f.Kind.(type) {
+		case *wire.Frame_Error:
+			if k.Error.Id == id {
+				return k.Error
+			}
+		case *wire.Frame_SendAck:
+			if k.SendAck.Id == id {
+				t.Fatalf("request %d was accepted, want an error", id)
+			}
+		case *wire.Frame_Close:
+			t.Fatalf("waiting for the answer to request %d: Close %v", id, k.Close)
+		}
+	}
+}
+
+// What a session refuses of a client's frames, answered with an error and
+// without storing anything: media that are not this server's, and read
+// receipts that are too big or name no one.
+func TestSessionRefusesForgedFields(t *testing.T) {
+	gw := &codeGateway{}
+	n := startNodeIn(t, t.TempDir(), gw)
+	akp, _ := register(t, n.HTTPURL(), alicePhone, gw.code)
+	register(t, n.HTTPURL(), bobPhone, gw.code)
+	alice, _ := loginFull(t, n, alicePhone, akp)
+	for i, m := range []*wire.Media{
+		{Url: "http://evil.example/x", Id: "x", Mime: "image/jpeg", Size: 1},
+		{Url: n.HTTPURL() + "/v1/media/../../etc/passwd", Id: "../../etc/passwd", Mime: "image/jpeg", Size: 1},
+		{Url: n.HTTPURL() + "/v1/media/abc", Id: "abc", Mime: "text/html", Size: 1},
+	} {
+		id := uint64(100 + i)
+		if err := alice.writeFrame(&wire.Frame{Kind: &wire.Frame_Send{Send: &wire.Send{Id: id, To: bobPhone, Media: m}}}); err != nil {
+			t.Fatal(err)
+		}
+		if e := awaitErrorFrame(t, alice, id); e.Code != wire.Error_BAD_REQUEST {
+			t.Errorf("media %v: %v, want BAD_REQUEST", m, e)
+		}
+	}
+	ids := make([]uint64, node.DefaultLimits().MaxReadIDs+1)
+	for i := range ids {
+		ids[i] = uint64(i + 1)
+	}
+	for _, tc := range []struct {
+		read *wire.Read
+		want wire.Error_Code
+	}{
+		{&wire.Read{Id: 200, To: bobPhone, Ids: ids}, wire.Error_TOO_LARGE},
+		{&wire.Read{Id: 201, To: alicePhone, Ids: []uint64{1}}, wire.Error_BAD_REQUEST},
+	} {
+		if err := alice.writeFrame(&wire.Frame{Kind: &wire.Frame_Read{Read: tc.read}}); err != nil {
+			t.Fatal(err)
+		}
+		if e := awaitErrorFrame(t, alice, tc.read.Id); e.Code != tc.want {
+			t.Errorf("read to %s of %d ids: %v, want %v", tc.read.To, len(tc.read.Ids), e, tc.want)
+		}
+	}
+}
+
+// A client that floods the server with requests faster than its session
+// is served is cut off with a reason, instead of its mailbox growing
+// without bound.
+func TestFloodingClientIsCutOff(t *testing.T) {
+	gw := &codeGateway{}
+	n, err := node.Start(t.Context(), node.Config{
+		DataDir: t.TempDir(), Listen: "127.0.0.1:0", HTTP: "127.0.0.1:0", Admin: "127.0.0.1:0",
+		SMS: gw, Limits: node.Limits{MaxMailbox: 2}, Log: testLogger(t),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { n.Close() })
+	kp, _ := register(t, n.HTTPURL(), alicePhone, gw.code)
+	c, _ := loginFull(t, n, alicePhone, kp)
+	var flood []byte
+	c.wmu.Lock()
+	for i := range 5000 {
+		msg, err := c.sealed(pingFrame(uint64(i)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		flood = append(flood, msg...)
+	}
+	c.wmu.Unlock()
+	go c.writeRaw(flood) // may fail once the server closes
+	for {
+		f, err := c.readFrame(ioGuard)
+		if err != nil {
+			t.Fatalf("flooding client: %v before a Close frame", err)
+		}
+		if cl := f.GetClose(); cl != nil {
+			if !strings.Contains(cl.Text, "too much work waiting") {
+				t.Errorf("Close %v, want the mailbox reason", cl)
+			}
+			return
+		}
+	}
+}

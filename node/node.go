@@ -244,6 +244,7 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 		Now:         func() int64 { return time.Now().UnixNano() },
 		NewID:       n.ids.next,
 		IssueUpload: n.issueUpload,
+		MaxReadIDs:  cfg.Limits.MaxReadIDs,
 	}
 	n.pool = newPool(n, cfg.Workers)
 	n.monitor, err = monitor.New(monitor.Config{
@@ -429,6 +430,9 @@ func (n *Node) startHTTP() error {
 	if err != nil {
 		return fmt.Errorf("media: %w", err)
 	}
+	// A message's media must be this server's (no links elsewhere, no
+	// paths, no types it would not serve); set before any session starts.
+	n.sessionCfg.CheckMedia = func(m *wire.Media) error { return n.media.CheckRef(m.Url, m.Id, m.Mime) }
 	mux := http.NewServeMux()
 	mux.Handle("/v1/media", n.media.Handler())
 	mux.Handle("/v1/media/", n.media.Handler())

@@ -9,6 +9,7 @@ package session
 
 import (
 	"bytes"
+	"cmp"
 	"errors"
 	"fmt"
 	"math"
@@ -36,6 +37,12 @@ type Config struct {
 	// to and the token's expiry (unix nanoseconds); nil when the server
 	// takes no media.
 	IssueUpload func(user string) (token, url string, expires int64)
+	// CheckMedia, if set, vets a Send's media fields (that they name this
+	// server's media, of a type it serves); a Send it refuses gets
+	// BAD_REQUEST with its error's text and is not stored.
+	CheckMedia func(m *wire.Media) error
+	// MaxReadIDs bounds the message ids of one Read. Default 256.
+	MaxReadIDs int
 }
 
 // Load asks the caller to read the user's queue from seq From, at most Max
@@ -367,6 +374,9 @@ func (c *Core) close(code wire.Error_Code, text string) {
 	c.closed = true
 }
 
+// defaultMaxReadIDs is Config.MaxReadIDs's default.
+const defaultMaxReadIDs = 256
+
 func errFrame(id uint64, code wire.Error_Code, text string) *wire.Frame {
 	return &wire.Frame{Kind: &wire.Frame_Error{Error: &wire.Error{Id: id, Code: code, Text: text}}}
 }
@@ -399,6 +409,12 @@ func (c *Core) received(f *wire.Frame) {
 }
 
 func (c *Core) onSend(s *wire.Send) {
+	if s.Media != nil && c.cfg.CheckMedia != nil {
+		if err := c.cfg.CheckMedia(s.Media); err != nil {
+			c.send(errFrame(s.Id, wire.Error_BAD_REQUEST, err.Error()))
+			return
+		}
+	}
 	serverID, ts := c.cfg.NewID(), c.cfg.Now()
 	data := wire.AppendMessageItem(nil, c.user, s.Id, serverID, ts, s.Body, s.Media)
 	if len(data) > wire.MaxItem {
@@ -416,6 +432,14 @@ func (c *Core) onSend(s *wire.Send) {
 }
 
 func (c *Core) onRead(r *wire.Read) {
+	if max := cmp.Or(c.cfg.MaxReadIDs, defaultMaxReadIDs); len(r.Ids) > max {
+		c.send(errFrame(r.Id, wire.Error_TOO_LARGE, fmt.Sprintf("a read receipt names %d messages, over the %d one may: split it", len(r.Ids), max)))
+		return
+	}
+	if r.To == c.user {
+		c.send(errFrame(r.Id, wire.Error_BAD_REQUEST, "a read receipt goes to the messages' sender, not to yourself"))
+		return
+	}
 	data, err := wire.EncodeItem(&wire.Item{Kind: &wire.Item_Receipt{Receipt: &wire.Receipt{
 		Kind: wire.Receipt_READ, By: c.user, Ids: r.Ids, Ts: c.cfg.Now(),
 	}}})

@@ -48,7 +48,9 @@ func TestAdminAsHostPort(t *testing.T) {
 	e := startNode(t)
 	hostPort := strings.TrimPrefix(e.n.AdminURL(), "http://")
 	_, port, _ := strings.Cut(hostPort, ":")
-
+	// One state for every run: the accounts it names are provisioned once
+	// and found in place after (the server never replaces an account).
+	state := filepath.Join(t.TempDir(), "bench.json")
 	for _, admin := range []string{hostPort, ":" + port, e.n.AdminURL()} {
 		t.Run(admin, func(t *testing.T) {
 			t.Setenv("PARLEY_ADMIN", admin)
@@ -57,7 +59,6 @@ func TestAdminAsHostPort(t *testing.T) {
 			if len(got) != 1 || got[0]["totals"] == nil {
 				t.Fatalf("top printed %s", r.stdout)
 			}
-			state := filepath.Join(t.TempDir(), "bench.json")
 			r = parley(t, "", "bench", "setup", "--users", "2", "--state", state, "--server", strings.TrimPrefix(e.n.HTTPURL(), "http://"), "--json", "-q").must(t)
 			if got := jsonLines(t, r.stdout); len(got) != 1 {
 				t.Fatalf("bench setup printed %s", r.stdout)
