@@ -462,7 +462,10 @@ func (c *conn) fail(n *Node, code wire.Error_Code, text string) {
 	n.mx.BadInput.Inc()
 	if c.stage.Load() != stageLoggedIn {
 		c.stage.Store(stageRefused)
-		n.log.Info("connection refused", "conn", c.id(), "reason", text)
+		n.failures.fail(c.peer.AddrPort().Addr(), time.Now())
+		if n.loginLogs.allow(time.Now()) {
+			n.log.Info("connection refused", "conn", c.id(), "reason", text)
+		}
 		c.nc.Close()
 		return
 	}
@@ -476,6 +479,14 @@ func (c *conn) fail(n *Node, code wire.Error_Code, text string) {
 // reply both completes the handshake and says whether the login succeeded;
 // a successful login's result carries a ticket for the next one.
 func (c *conn) handshake(n *Node, msg []byte) bool {
+	if n.failures.over(c.peer.AddrPort().Addr(), time.Now()) {
+		// This address keeps failing to log in: no handshake for it until
+		// its minute is over.
+		c.stage.Store(stageRefused)
+		n.mx.LimitHits.WithLabelValues("failed_logins_per_addr").Inc()
+		c.nc.Close()
+		return false
+	}
 	eph, hasEph := noise.Ephemeral(msg)
 	if hasEph && n.replays.seen(eph) {
 		// A first message seen before: a replay. Refused before any
@@ -572,7 +583,12 @@ func (c *conn) handshake(n *Node, msg []byte) bool {
 		c.stage.Store(stageRefused)
 		n.mx.LoginFailures.Inc()
 		n.mx.HandshakeFailures.LoginRefused.Inc()
-		n.log.Info("login refused", "user", login.Phone, "conn", c.id(), "reason", res.Error.GetText())
+		if res.Error.GetCode() == wire.Error_LOGIN_FAILED {
+			n.failures.fail(c.peer.AddrPort().Addr(), time.Now())
+		}
+		if n.loginLogs.allow(time.Now()) {
+			n.log.Info("login refused", "user", login.Phone, "conn", c.id(), "reason", res.Error.GetText())
+		}
 		c.nc.Close()
 		return false
 	}

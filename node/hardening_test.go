@@ -295,3 +295,35 @@ func TestFloodingClientIsCutOff(t *testing.T) {
 		}
 	}
 }
+
+// An address whose logins keep failing gets no more handshakes for the
+// rest of the minute (refused before any cryptography), while a user on
+// another address logs in as usual.
+func TestFailedLoginsThrottled(t *testing.T) {
+	const budget = 3
+	n := startNodeWith(t, node.Limits{FailedLoginsPerAddr: budget})
+	for i := range budget {
+		if _, err := dialLogin(n.NativeAddr(), n.PublicKey(), malloryPhone, newKeypair(t)); err == nil {
+			t.Fatalf("failed login %d: logged in", i+1)
+		}
+	}
+	nc, err := net.DialTimeout("tcp", n.NativeAddr(), ioGuard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	_, _, err = handshake(nc, newKeypair(t), n.PublicKey(), loginPayload(malloryPhone, 1))
+	if err == nil || !strings.Contains(err.Error(), errNoReply.Error()) {
+		t.Errorf("login over the budget: %v, want the connection closed unanswered", err)
+	}
+	// Another address is not held up.
+	d := net.Dialer{Timeout: ioGuard, LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 2)}}
+	other, err := d.Dial("tcp", n.NativeAddr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	if _, res, err := handshake(other, newKeypair(t), n.PublicKey(), loginPayload(malloryPhone, 1)); err != nil || res.Error.GetCode() != wire.Error_LOGIN_FAILED {
+		t.Errorf("a login from another address: %v %v, want it answered (LOGIN_FAILED: no such account)", res.GetError(), err)
+	}
+}

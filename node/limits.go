@@ -57,13 +57,18 @@ type Limits struct {
 	MaxQueueLen int
 	// MaxQueueAge bounds how long an item waits. Default 30 days.
 	MaxQueueAge time.Duration
-	// FailedLoginsPerAddr and FailedLoginsPerNumber bound refused logins
-	// (unknown number, wrong key) per client address and per number
-	// claimed, per minute; past them the address or number gets no
-	// handshake until the minute is over. Defaults 60 and 20.
-	FailedLoginsPerAddr, FailedLoginsPerNumber int
-	// ThrottleKeys bounds the addresses and numbers the failed-login
-	// counters remember at once. Default 100,000.
+	// FailedLoginsPerAddr bounds failed logins (a handshake that does not
+	// verify, an unknown number, a key not the number's) from one client
+	// address (IPv6: one /64) per minute; past it the address's handshakes
+	// are closed unanswered, before any cryptography, until the minute is
+	// over. Default 60. There is deliberately no limit per number claimed:
+	// it would let anyone lock a number's real device out by failing
+	// logins in its name; failures against one number cost the attacker's
+	// addresses their budget instead, and their log lines are bounded by
+	// LoginLogsPerSecond.
+	FailedLoginsPerAddr int
+	// ThrottleKeys bounds the addresses the failed-login counter
+	// remembers in one minute. Default 100,000.
 	ThrottleKeys int
 	// LoginLogsPerSecond bounds the log lines of refused logins; the rest
 	// are only counted (parley_login_failures_total). Default 10.
@@ -107,7 +112,6 @@ func DefaultLimits() Limits {
 		MaxQueueLen:           100_000,
 		MaxQueueAge:           30 * 24 * time.Hour,
 		FailedLoginsPerAddr:   60,
-		FailedLoginsPerNumber: 20,
 		ThrottleKeys:          100_000,
 		LoginLogsPerSecond:    10,
 		ReplayWindow:          10 * time.Minute,
@@ -147,7 +151,6 @@ func (l Limits) withDefaults() Limits {
 	zi(&l.MaxQueueLen, d.MaxQueueLen)
 	zd(&l.MaxQueueAge, d.MaxQueueAge)
 	zi(&l.FailedLoginsPerAddr, d.FailedLoginsPerAddr)
-	zi(&l.FailedLoginsPerNumber, d.FailedLoginsPerNumber)
 	zi(&l.ThrottleKeys, d.ThrottleKeys)
 	zi(&l.LoginLogsPerSecond, d.LoginLogsPerSecond)
 	zd(&l.ReplayWindow, d.ReplayWindow)
@@ -179,7 +182,6 @@ func (l Limits) MarshalJSON() ([]byte, error) {
 		"max_queue_len":            l.MaxQueueLen,
 		"max_queue_age":            d(l.MaxQueueAge),
 		"failed_logins_per_addr":   l.FailedLoginsPerAddr,
-		"failed_logins_per_number": l.FailedLoginsPerNumber,
 		"throttle_keys":            l.ThrottleKeys,
 		"login_logs_per_second":    l.LoginLogsPerSecond,
 		"replay_window":            d(l.ReplayWindow),

@@ -168,6 +168,10 @@ type Node struct {
 	replays *replayFilter
 	// admission holds connections to their limits.
 	admission *admission
+	// failures throttles addresses whose logins keep failing; loginLogs
+	// bounds the log lines of refused logins.
+	failures  *failThrottle
+	loginLogs logBudget
 
 	nativeLn          net.Listener
 	addrs             nbioAddrs // see adopt
@@ -195,6 +199,8 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 	n.frames.New = func() any { return new(wire.Frame) }
 	n.replays = newReplayFilter(cfg.Limits.ReplayMemory, cfg.Limits.ReplayWindow)
 	n.admission = newAdmission(&n.cfg.Limits)
+	n.failures = newFailThrottle(cfg.Limits.FailedLoginsPerAddr, cfg.Limits.ThrottleKeys, time.Minute)
+	n.loginLogs.perSecond = int64(cfg.Limits.LoginLogsPerSecond)
 	defer func() {
 		if err != nil {
 			n.Close() // whatever was started before the failure

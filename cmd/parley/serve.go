@@ -108,7 +108,6 @@ SMS gateways (--sms):
 	f.IntVar(&cfg.Limits.MaxWriteBuffer, "max-write-buffer", lim.MaxWriteBuffer, "bytes held for a client that does not read before it is cut off")
 	f.IntVar(&cfg.Limits.MaxMailbox, "max-mailbox", lim.MaxMailbox, "events waiting for one session before its client is cut off")
 	f.IntVar(&cfg.Limits.FailedLoginsPerAddr, "failed-logins-per-addr", lim.FailedLoginsPerAddr, "refused logins per client address per minute before it is throttled")
-	f.IntVar(&cfg.Limits.FailedLoginsPerNumber, "failed-logins-per-number", lim.FailedLoginsPerNumber, "refused logins per claimed number per minute before it is throttled")
 	f.IntVar(&cfg.Limits.MaxReadIDs, "max-read-ids", lim.MaxReadIDs, "most message ids in one read receipt")
 	f.IntVar(&cfg.Limits.HTTPConnsPerAddr, "http-conns-per-addr", lim.HTTPConnsPerAddr, "most HTTP connections from one client address")
 	f.DurationVar(&cfg.Limits.HTTPReadTimeout, "http-read-timeout", lim.HTTPReadTimeout, "longest an HTTP request (a media upload included) may take to arrive")
