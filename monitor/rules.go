@@ -78,6 +78,20 @@ groups:
           description: %q
 `, r.name, r.summary, num(r.threshold), r.what)
 	}
+	// Limits (node.Limits): one rule for all of them, naming the limit.
+	b.WriteString(`  - name: parley-limits
+    rules:
+      - alert: ParleyLimitHit
+        # Something is being refused or cut off by one of the node's limits
+        # (GET /admin/limits lists them); clears 5 minutes after it stops.
+        expr: sum by (job, instance, limit) (increase(parley_limit_hits_total[5m])) > 0
+        labels:
+          severity: warning
+          parley_alert: limit_hit
+        annotations:
+          summary: "Limit {{ $labels.limit }} is being hit on {{ $labels.instance }}"
+          description: "A client or address hit one of the node's limits. A few are normal (a client that never reads, a scanner); many mean an attack, or a limit too small for real traffic: GET /admin/limits shows it, and its --flag raises it."
+`)
 	return b.String(), nil
 }
 
