@@ -27,6 +27,7 @@ import (
 	"runtime"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/cockroachdb/pebble/vfs"
@@ -241,6 +242,10 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 		OnGroup: func(batches int) { n.mx.CommitBatchSize.Observe(float64(batches)) },
 		FS:      cfg.StoreFS,
 	}, n.log)
+	if errors.Is(err, syscall.EAGAIN) || errors.Is(err, syscall.EWOULDBLOCK) {
+		// Pebble's lock on its directory is taken.
+		return nil, fmt.Errorf("another parley server is using the data directory %s: stop it, or give this one another --data", cfg.DataDir)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("open store: %w", err)
 	}

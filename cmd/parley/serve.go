@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -23,6 +24,8 @@ func newServeCmd() *cobra.Command {
 		logLevel  string
 		logFormat string
 		gcPercent int
+		// The admin token comes from a file or the environment only.
+		adminTokenFile, adminTokenFlag string
 	)
 	cmd := &cobra.Command{
 		Use:   "serve",
@@ -57,6 +60,15 @@ SMS gateways (--sms):
 			// nbio logs through a process-wide logger of its own; the process
 			// is ours here, so send it through slog with everything else.
 			logging.SetLogger(nbioLog{log.With("component", "eventloop")})
+			if adminTokenFlag != "" && adminTokenFlag != os.Getenv("PARLEY_ADMIN_TOKEN") {
+				return errors.New("--admin-token would show the token to every user of the machine (ps): put it in a file given as --admin-token-file, or in PARLEY_ADMIN_TOKEN")
+			}
+			if cfg.AdminToken, err = readAdminToken(adminTokenFile); err != nil {
+				return err
+			}
+			if cfg.Admin, err = listenAddr("--admin", cfg.Admin); err != nil {
+				return err
+			}
 			if cfg.SMS, err = account.ParseGateway(sms, smsHTTP, log); err != nil {
 				return fmt.Errorf("--sms: %w", err)
 			}
@@ -82,7 +94,7 @@ SMS gateways (--sms):
 	f.IntVar(&gcPercent, "gc-percent", 400, "Go GC target percentage (GOGC); lower saves memory, higher saves CPU; -1 turns the collector off")
 	f.StringVar(&cfg.Listen, "listen", "127.0.0.1:5222", "native protocol listen address")
 	f.StringVar(&cfg.HTTP, "http", "127.0.0.1:8080", "public HTTP API listen address")
-	f.StringVar(&cfg.Admin, "admin", "127.0.0.1:9090", "admin listen address (keep on loopback)")
+	f.StringVar(&cfg.Admin, "admin", "127.0.0.1:9090", "admin listen address, HOST:PORT or http://HOST:PORT: metrics, dashboard, pprof, limits, account provisioning (keep on loopback)")
 	f.StringVar(&sms, "sms", "log", "SMS gateway: log, file:PATH or http")
 	f.StringVar(&smsHTTP.URL, "sms-http-url", "", "SMS provider URL for --sms http")
 	f.StringVar(&smsHTTP.Token, "sms-http-token", "", "bearer token for the SMS provider")
@@ -115,7 +127,9 @@ SMS gateways (--sms):
 	f.DurationVar(&cfg.Limits.HTTPIdleTimeout, "http-idle-timeout", lim.HTTPIdleTimeout, "how long an idle HTTP keep-alive connection is kept")
 	f.DurationVar(&cfg.TicketTTL, "ticket-ttl", 7*24*time.Hour, "how long a resumption ticket lets a device log in again with a cheaper handshake (negative: no tickets)")
 	f.DurationVar(&cfg.Limits.FrameTimeout, "frame-timeout", lim.FrameTimeout, "close logged-in connections that stall mid-message this long")
-	f.StringVar(&cfg.AdminToken, "admin-token", "", "token required on the admin listener (required when --admin is not loopback)")
+	f.StringVar(&adminTokenFile, "admin-token-file", "", "file holding the token the admin listener requires (Authorization: Bearer); or set PARLEY_ADMIN_TOKEN. Required when --admin is not loopback")
+	f.StringVar(&adminTokenFlag, "admin-token", "", "refused: use --admin-token-file or PARLEY_ADMIN_TOKEN")
+	_ = f.MarkHidden("admin-token")
 	f.StringVar(&cfg.AlertWebhook, "alert-webhook", "", "URL that receives a JSON POST when an alert fires or clears")
 	f.IntVar(&cfg.Alerts.Mailbox, "alert-mailbox", 0, "alert when a session's mailbox holds more events (0: 1000)")
 	f.IntVar(&cfg.Alerts.Backlog, "alert-backlog", 0, "alert when more sessions wait for a worker (0: 1000)")
@@ -151,4 +165,41 @@ func newLogger(level, format string) (*slog.Logger, error) {
 		return slog.New(slog.NewJSONHandler(os.Stderr, opts)), nil
 	}
 	return nil, fmt.Errorf("--log-format %q: want text or json", format)
+}
+
+// readAdminToken reads the admin token from file (its first line), or from
+// PARLEY_ADMIN_TOKEN when no file is given: never from the command line,
+// where every user of the machine can read it.
+func readAdminToken(file string) (string, error) {
+	if file == "" {
+		return strings.TrimSpace(os.Getenv("PARLEY_ADMIN_TOKEN")), nil
+	}
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return "", fmt.Errorf("--admin-token-file: %w", err)
+	}
+	tok, _, _ := strings.Cut(string(b), "\n")
+	if tok = strings.TrimSpace(tok); tok == "" {
+		return "", fmt.Errorf("--admin-token-file %s is empty: write the token on its first line", file)
+	}
+	return tok, nil
+}
+
+// listenAddr takes a listen address as HOST:PORT or as the URL the other
+// commands take (http://HOST:PORT), so that one PARLEY_ADMIN works for
+// serve, top and bench.
+func listenAddr(flag, raw string) (string, error) {
+	s := strings.TrimSpace(raw)
+	rest, ok := strings.CutPrefix(s, "http://")
+	if !ok {
+		if strings.Contains(s, "://") {
+			return "", fmt.Errorf("%s %q: the listener serves plain HTTP: give HOST:PORT or http://HOST:PORT", flag, raw)
+		}
+		return s, nil
+	}
+	rest = strings.TrimRight(rest, "/")
+	if strings.Contains(rest, "/") {
+		return "", fmt.Errorf("%s %q: give HOST:PORT or http://HOST:PORT, without a path", flag, raw)
+	}
+	return rest, nil
 }
