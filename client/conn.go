@@ -50,8 +50,9 @@ type conn struct {
 }
 
 // write seals f and writes it. A failed write leaves the stream unusable (a
-// nonce was spent), so it closes the connection; the reader goroutine then
-// sees the failure and reconnects or ends the client.
+// nonce was spent), so it shuts the connection (see shut); the reader
+// goroutine then reads what the server last said, sees the failure, and
+// reconnects or ends the client.
 func (cn *conn) write(f *wire.Frame) error {
 	cn.wmu.Lock()
 	defer cn.wmu.Unlock()
@@ -68,7 +69,7 @@ func (cn *conn) writeLocked(f *wire.Frame) error {
 	pt := b[wire.HeaderLen:]
 	sealed, err := cn.tx.Seal(pt[:0], pt)
 	if err != nil {
-		cn.nc.Close()
+		cn.shut()
 		return err
 	}
 	b = b[:wire.HeaderLen+len(sealed)]
@@ -79,10 +80,22 @@ func (cn *conn) writeLocked(f *wire.Frame) error {
 		cn.wbuf = b[:0]
 	}
 	if err != nil {
-		cn.nc.Close()
+		cn.shut()
 		return fmt.Errorf("write: %w", err)
 	}
 	return nil
+}
+
+// shut ends a connection whose writes failed, keeping its read side open a
+// moment: the server may have said why before it closed (a Close frame
+// saying REPLACED, say), and the reader should learn that rather than see
+// its connection closed under it.
+func (cn *conn) shut() {
+	if tc, ok := cn.nc.(interface{ CloseWrite() error }); ok && tc.CloseWrite() == nil {
+		cn.nc.SetReadDeadline(time.Now().Add(writeTimeout))
+		return
+	}
+	cn.nc.Close()
 }
 
 // readFrame reads and decrypts the next frame.
