@@ -5,6 +5,12 @@
 // Noise transport message after them — is preceded by a 3-byte big-endian
 // length. A length over MaxMessage is a protocol error: Noise messages
 // cannot be longer, so such a length can only be garbage or an attack.
+//
+// After a successful login the client's first transport message is its
+// proof: it may be empty (the SDK sends an empty one at once), and the
+// server starts the session, replacing an older connection of the same
+// account, only when it decrypts. A replayed first handshake message gets
+// a reply its sender cannot use, and no session.
 package wire
 
 import (
