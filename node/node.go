@@ -136,6 +136,17 @@ type counts struct {
 	maxLag atomic.Int64
 }
 
+// nodeStore is what a node needs of its store: the Store contract, and the
+// figures the admin endpoints and the monitor show. Pebble (one node) and
+// store/jetstream (a cluster) both provide it.
+type nodeStore interface {
+	store.Store
+	// MemoryStats is the store's own memory beside the Go heap.
+	MemoryStats() (memtables, blockCache int64)
+	// QueueDepths is the offline queues' total length and the longest.
+	QueueDepths() (total int64, maxUser string, maxLen int)
+}
+
 // Node is one running Parley server.
 type Node struct {
 	cfg     Config
@@ -143,7 +154,7 @@ type Node struct {
 	key     noise.Keypair
 	static  *noise.Static    // key, parsed once for every handshake
 	tickets *noise.TicketKey // nil when tickets are off
-	store   *store.Pebble
+	store   nodeStore
 	ids     *idGen
 	router  *router
 	pool    *pool
