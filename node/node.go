@@ -243,7 +243,7 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 	if created {
 		n.log.Info("generated server key", "path", filepath.Join(cfg.DataDir, "server.key"))
 	}
-	n.store, err = store.OpenPebble(filepath.Join(cfg.DataDir, "store"), store.Options{
+	pebble, err := store.OpenPebble(filepath.Join(cfg.DataDir, "store"), store.Options{
 		MaxQueueLen: cfg.Limits.MaxQueueLen,
 		MaxAge:      cfg.Limits.MaxQueueAge,
 		OnExpire: func(user string, it store.Item) {
@@ -260,6 +260,7 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("open store: %w", err)
 	}
+	n.store = pebble // only now: a nil *Pebble in the interface would not be nil
 	n.ids = &idGen{st: n.store}
 	n.sessionCfg = session.Config{
 		Window:      cfg.Limits.Window,
