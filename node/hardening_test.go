@@ -327,3 +327,15 @@ func TestFailedLoginsThrottled(t *testing.T) {
 		t.Errorf("a login from another address: %v %v, want it answered (LOGIN_FAILED: no such account)", res.GetError(), err)
 	}
 }
+
+// Two servers on one data directory: the second says so, and what to do.
+func TestDataDirInUse(t *testing.T) {
+	dir := t.TempDir()
+	startNodeIn(t, dir, &codeGateway{})
+	_, err := node.Start(t.Context(), node.Config{
+		DataDir: dir, Listen: "127.0.0.1:0", HTTP: "127.0.0.1:0", Admin: "127.0.0.1:0", Log: testLogger(t),
+	})
+	if err == nil || !strings.Contains(err.Error(), "another parley server is using the data directory") {
+		t.Fatalf("second server on one data directory: %v", err)
+	}
+}
