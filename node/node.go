@@ -25,6 +25,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -253,8 +254,9 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 		OnGroup: func(batches int) { n.mx.CommitBatchSize.Observe(float64(batches)) },
 		FS:      cfg.StoreFS,
 	}, n.log)
-	if errors.Is(err, syscall.EAGAIN) || errors.Is(err, syscall.EWOULDBLOCK) {
-		// Pebble's lock on its directory is taken.
+	if errors.Is(err, syscall.EAGAIN) || errors.Is(err, syscall.EWOULDBLOCK) || (err != nil && strings.Contains(err.Error(), "lock held by current process")) {
+		// Pebble's lock on its directory is taken: by another process
+		// (flock's EAGAIN), or by this one (Pebble's own message).
 		return nil, fmt.Errorf("another parley server is using the data directory %s: stop it, or give this one another --data", cfg.DataDir)
 	}
 	if err != nil {
