@@ -142,6 +142,39 @@ func TestResendToAnotherNodeIsADuplicate(t *testing.T) {
 	}
 }
 
+// An ack whose receipt goes to a queue of another partition that another
+// node has just written: the receipt's part is refused by its
+// compare-and-set while the ack's part is written. The store decides the
+// receipt again instead of reporting the batch failed, which would lose
+// the receipt (the session does not resend an ack's receipts). alice and
+// bob are in different partitions of 2.
+func TestAckWrittenInPartRetriesItsReceipt(t *testing.T) {
+	ns := nodes(t, 2, jetstream.Options{Partitions: 2})
+	putAccounts(t, ns[0], alice, bob)
+	for i, s := range []store.Store{ns[0], ns[1], ns[0]} {
+		to := alice
+		if i == 2 {
+			to = bob
+		}
+		// Node 1 caches alice's queue, node 2 then appends to it: node
+		// 1's view of it is stale. Then an item for bob to ack.
+		if r := commit(t, s, &store.Batch{Appends: []store.Append{{To: to, Data: []byte("m")}}}); r.Err != nil {
+			t.Fatalf("append %d: %v", i, r.Err)
+		}
+	}
+	r := commit(t, ns[0], &store.Batch{Acks: []store.Ack{{User: bob, UpTo: 1}}, Appends: []store.Append{{To: alice, Data: []byte("receipt")}}})
+	if r.Err != nil || len(r.Seqs) != 1 || r.Seqs[0] != 3 {
+		t.Fatalf("ack with a receipt = %+v, want the receipt at seq 3", r)
+	}
+	items, err := ns[1].ReadQueue(alice, 0, 10)
+	if err != nil || len(items) != 3 || string(items[2].Data) != "receipt" || items[2].Seq != 3 {
+		t.Fatalf("alice's queue = %+v, %v; want 2 items then the receipt at seq 3", items, err)
+	}
+	if n, err := ns[1].QueueLen(bob); err != nil || n != 0 {
+		t.Fatalf("bob's queue holds %d, %v; want 0 (acked)", n, err)
+	}
+}
+
 // Acks and appends made on different nodes: seqs continue, never reused.
 func TestQueueMovesBetweenNodes(t *testing.T) {
 	ns := nodes(t, 2, jetstream.Options{Partitions: 2})

@@ -184,6 +184,15 @@ type touchedQueue struct {
 	next       uint64
 }
 
+// partFailure is a partition where a request's writes failed.
+type partFailure struct {
+	part int
+	err  error
+	// none: nothing of the request's share of the partition was written
+	// (its publish was refused, or never made).
+	none bool
+}
+
 type dedupSlot struct {
 	serverID uint64
 	ts       int64
@@ -198,10 +207,13 @@ type committer struct {
 	resMu   sync.Mutex
 	failed  []error // by request index
 	written []bool  // by request index: some part of it was written
-	dupOf   []int   // by request index: the request whose unwritten record its Dup names, or -1
-	retry   []request
-	touched []touchedQueue
-	targets []int
+	// unwritten lists, by request index, the partitions where the
+	// request's writes failed with nothing of them written, and why.
+	unwritten [][]partFailure
+	dupOf     []int // by request index: the request whose unwritten record its Dup names, or -1
+	retry     []request
+	touched   []touchedQueue
+	targets   []int
 }
 
 func (c *committer) run() {
@@ -233,6 +245,7 @@ func (c *committer) commitGroup(group []request) {
 	}
 	c.failed = append(c.failed[:0], make([]error, len(group))...)
 	c.written = append(c.written[:0], make([]bool, len(group))...)
+	c.unwritten = append(c.unwritten[:0], make([][]partFailure, len(group))...)
 	c.dupOf = c.dupOf[:0]
 	for range group {
 		c.dupOf = append(c.dupOf, -1)
@@ -290,6 +303,14 @@ func (c *committer) commitGroup(group []request) {
 			group[i].done = nil
 			continue
 		}
+		// Written in part (a batch across partitions, one of which was
+		// refused): decide again what was not written, if it is safe to
+		// (see retryRest).
+		if rest, ok := c.retryRest(&group[i], c.unwritten[i]); ok {
+			c.retry = append(c.retry, rest)
+			group[i].done = nil
+			continue
+		}
 		group[i].res = store.Result{Err: err}
 	}
 	if anyFailed {
@@ -310,6 +331,70 @@ func (c *committer) commitGroup(group []request) {
 			done(group[i].res)
 		}
 	}
+}
+
+// noteUnwritten records that request i's writes to partition p failed
+// with err; none: nothing of them was written. Under resMu.
+func (c *committer) noteUnwritten(i, p int, err error, none bool) {
+	for k := range c.unwritten[i] {
+		if f := &c.unwritten[i][k]; f.part == p {
+			f.none = f.none && none
+			return
+		}
+	}
+	c.unwritten[i] = append(c.unwritten[i], partFailure{part: p, err: err, none: none})
+}
+
+// retryRest makes the request that decides again the part of r not
+// written, when r was written in part and every partition that failed was
+// refused by a compare-and-set with nothing of it written (an ack whose
+// receipt to another partition's queue lost a race with another node,
+// say). Redoing that part alone is safe: an ack names seqs (repeating it
+// changes nothing), and appends without a Dedup are new items that were
+// not stored. A batch with a Dedup is not split: its record says the
+// whole batch was stored. The rest's result is merged into r's: r's done
+// gets the seqs of every append, or the rest's error.
+func (c *committer) retryRest(r *request, failures []partFailure) (request, bool) {
+	b := r.b
+	if b == nil || b.Dedup != nil || r.tries >= maxTries || len(failures) == 0 {
+		return request{}, false
+	}
+	failed := make(map[int]bool, len(failures))
+	for _, f := range failures {
+		if !f.none || !errors.Is(f.err, ErrConflict) {
+			return request{}, false
+		}
+		failed[f.part] = true
+	}
+	lay := c.s.lay
+	rest := &store.Batch{}
+	for _, a := range b.Acks {
+		if failed[lay.partition(a.User)] {
+			rest.Acks = append(rest.Acks, a)
+		}
+	}
+	var idx []int // rest's appends, by index in b
+	for k, a := range b.Appends {
+		if failed[lay.partition(a.To)] {
+			rest.Appends = append(rest.Appends, a)
+			idx = append(idx, k)
+		}
+	}
+	seqs := append([]uint64(nil), r.res.Seqs...)
+	done := r.done
+	return request{b: rest, tries: r.tries + 1, done: func(res store.Result) {
+		if done == nil {
+			return
+		}
+		if res.Err != nil {
+			done(store.Result{Err: res.Err})
+			return
+		}
+		for k, j := range idx {
+			seqs[j] = res.Seqs[k]
+		}
+		done(store.Result{Seqs: seqs})
+	}}, true
 }
 
 // state returns user's cached state, loading it from the stream first.
@@ -555,6 +640,7 @@ func (c *committer) writePart(ctx context.Context, p int, pl *partPlan) {
 		for _, o := range chunk {
 			if err != nil {
 				c.failed[o.req] = err
+				c.noteUnwritten(o.req, p, err, true)
 			} else {
 				c.written[o.req] = true
 			}
@@ -567,10 +653,12 @@ func (c *committer) writePart(ctx context.Context, p int, pl *partPlan) {
 		defer c.resMu.Unlock()
 		for _, o := range ops {
 			c.failed[o.req] = failure
+			c.noteUnwritten(o.req, p, failure, true)
 		}
 		for _, reqs := range pl.purgeReqs {
 			for _, i := range reqs {
 				c.failed[i] = failure
+				c.noteUnwritten(i, p, failure, true)
 			}
 		}
 		return
@@ -582,6 +670,7 @@ func (c *committer) writePart(ctx context.Context, p int, pl *partPlan) {
 			c.resMu.Lock()
 			for _, i := range pl.purgeReqs[st] {
 				c.failed[i] = err
+				c.noteUnwritten(i, p, err, false)
 			}
 			c.resMu.Unlock()
 		}
@@ -593,6 +682,7 @@ func (c *committer) writePart(ctx context.Context, p int, pl *partPlan) {
 			c.resMu.Lock()
 			for _, i := range pl.purgeReqs[st] {
 				c.failed[i] = err
+				c.noteUnwritten(i, p, err, false)
 			}
 			c.resMu.Unlock()
 		}

@@ -52,9 +52,12 @@
 // recipient's partition), a read receipt, an ack alone.
 //
 // A batch spanning partitions (an ack whose receipts go to other
-// partitions) is written as several atomic parts, in parallel, and is
-// reported failed if any part fails; the parts that succeeded stay. The
-// session tolerates that: receipts are idempotent (a repeated receipt
+// partitions) is written as several atomic parts, in parallel. A part
+// refused by a compare-and-set (another node wrote one of its queues),
+// with nothing of it written, is decided again on its own, up to 8 times,
+// when the batch has no Dedup; otherwise the batch is reported failed if
+// any part fails, and the parts that succeeded stay. The session tolerates
+// that: receipts are idempotent (a repeated receipt
 // marks what is already marked) and a lost erase only redelivers items
 // the client drops by id. A Dedup batch appending to several partitions
 // (not made by the session today) could, on a retry after such a partial
