@@ -101,6 +101,9 @@ type Config struct {
 	// Tests set it to one that drops unsynced writes at a simulated power
 	// loss (vfs.NewStrictMem).
 	StoreFS vfs.FS
+	// Cluster, when set, makes the node one of a cluster (see
+	// ClusterConfig): its store is JetStream instead of Pebble.
+	Cluster *ClusterConfig
 }
 
 func (c *Config) setDefaults() {
@@ -157,7 +160,8 @@ type Node struct {
 	tickets *noise.TicketKey // nil when tickets are off
 	store   nodeStore
 	ids     *idGen
-	router  *router
+	router  routes
+	cluster *clusterState // nil for a node alone
 	pool    *pool
 	engine  *nbio.Engine
 	counts  counts
@@ -227,12 +231,18 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 		return nil, err
 	}
 	n.key = kp
-	if n.static, err = noise.NewStatic(kp); err != nil {
+	if cfg.Cluster != nil {
+		// The store, the server key and the ticket key are the cluster's.
+		if err := n.joinCluster(ctx); err != nil {
+			return nil, err
+		}
+	}
+	if n.static, err = noise.NewStatic(n.key); err != nil {
 		return nil, fmt.Errorf("server key %s: %w", filepath.Join(cfg.DataDir, "server.key"), err)
 	}
 	if cfg.TicketTTL > 0 {
 		path := filepath.Join(cfg.DataDir, "ticket.key")
-		secret, err := loadOrCreateSecret(path, "devices then log in with a full handshake once")
+		secret, err := n.ticketSecret(path)
 		if err != nil {
 			return nil, err
 		}
@@ -244,25 +254,11 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 	if created {
 		n.log.Info("generated server key", "path", filepath.Join(cfg.DataDir, "server.key"))
 	}
-	pebble, err := store.OpenPebble(filepath.Join(cfg.DataDir, "store"), store.Options{
-		MaxQueueLen: cfg.Limits.MaxQueueLen,
-		MaxAge:      cfg.Limits.MaxQueueAge,
-		OnExpire: func(user string, it store.Item) {
-			n.mx.Expired.Inc()
-			n.log.Warn("queue item expired undelivered", "user", user, "seq", it.Seq, "queued", time.Unix(0, it.TS))
-		},
-		OnGroup: func(batches int) { n.mx.CommitBatchSize.Observe(float64(batches)) },
-		FS:      cfg.StoreFS,
-	}, n.log)
-	if errors.Is(err, syscall.EAGAIN) || errors.Is(err, syscall.EWOULDBLOCK) || (err != nil && strings.Contains(err.Error(), "lock held by current process")) {
-		// Pebble's lock on its directory is taken: by another process
-		// (flock's EAGAIN), or by this one (Pebble's own message).
-		return nil, fmt.Errorf("another parley server is using the data directory %s: stop it, or give this one another --data", cfg.DataDir)
+	if n.store == nil { // a node alone: Pebble
+		if err := n.openPebble(); err != nil {
+			return nil, err
+		}
 	}
-	if err != nil {
-		return nil, fmt.Errorf("open store: %w", err)
-	}
-	n.store = pebble // only now: a nil *Pebble in the interface would not be nil
 	n.ids = &idGen{st: n.store}
 	n.sessionCfg = session.Config{
 		Window:      cfg.Limits.Window,
@@ -313,6 +309,21 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 		"native", n.NativeAddr(), "http", n.HTTPURL(), "admin", n.AdminURL(),
 		"data", cfg.DataDir, "server_key", fmt.Sprintf("%x", n.key.Public))
 	return n, nil
+}
+
+// openPebble opens a lone node's store under its data directory.
+func (n *Node) openPebble() error {
+	pebble, err := store.OpenPebble(filepath.Join(n.cfg.DataDir, "store"), n.storeOptions(), n.log)
+	if errors.Is(err, syscall.EAGAIN) || errors.Is(err, syscall.EWOULDBLOCK) || (err != nil && strings.Contains(err.Error(), "lock held by current process")) {
+		// Pebble's lock on its directory is taken: by another process
+		// (flock's EAGAIN), or by this one (Pebble's own message).
+		return fmt.Errorf("another parley server is using the data directory %s: stop it, or give this one another --data", n.cfg.DataDir)
+	}
+	if err != nil {
+		return fmt.Errorf("open store: %w", err)
+	}
+	n.store = pebble // only now: a nil *Pebble in the interface would not be nil
+	return nil
 }
 
 // listenNative opens the native listener early, so that port 0 works and
@@ -428,6 +439,7 @@ func (n *Node) startHTTP() error {
 			if c := n.router.lookup(phone); c != nil {
 				c.post(n.pool, event{kind: evKick, code: wire.Error_REGISTERED_ELSEWHERE, text: "this number was registered on another device"})
 			}
+			n.router.kickElsewhere(phone, wire.Error_REGISTERED_ELSEWHERE, "this number was registered on another device")
 		},
 	})
 	if err != nil {
@@ -586,6 +598,8 @@ func (n *Node) commit(c *conn, b *store.Batch) {
 			for i, a := range b.Appends {
 				if to := n.router.lookup(a.To); to != nil {
 					to.post(n.pool, event{kind: evPush, seq: r.Seqs[i], data: a.Data})
+				} else {
+					n.router.elsewhere(a.To, r.Seqs[i], a.Data)
 				}
 			}
 		}
@@ -649,6 +663,7 @@ func (n *Node) Close() error {
 		} else if n.nativeLn != nil {
 			n.nativeLn.Close()
 		}
+		n.router.close() // after the sessions, so their hints are released
 		if n.store != nil {
 			errs = append(errs, n.store.Close())
 		}

@@ -1,0 +1,231 @@
+package node
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"regexp"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	njs "github.com/nats-io/nats.go/jetstream"
+
+	"github.com/parleyhq/parley/noise"
+	"github.com/parleyhq/parley/store"
+	"github.com/parleyhq/parley/store/jetstream"
+)
+
+// ClusterConfig makes a node one of a cluster (see package cluster, which
+// provides the connection): its store is JetStream (store/jetstream), not
+// Pebble; the server key and the resumption ticket key are the cluster's,
+// so a device may log in on any node; and a message to a user connected
+// to another node is delivered live (see route_cluster.go).
+type ClusterConfig struct {
+	// Conn is connected to the cluster's NATS system, with JetStream.
+	// The node does not close it.
+	Conn *nats.Conn
+	// Node is this node's name, unique in the cluster: letters, digits,
+	// '-' and '_'.
+	Node string
+	// Replicas is every stream's replication factor. Default 1.
+	Replicas int
+	// Partitions is the number of queue streams, fixed when the cluster's
+	// store is created (later values must match or be 0). Default 16.
+	Partitions int
+	// Timeout bounds each JetStream request. Default 5 s.
+	Timeout time.Duration
+}
+
+var nodeNameRE = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
+
+// clusterState is what a node of a cluster holds beside its store.
+type clusterState struct {
+	ticketSecret []byte
+}
+
+// Names of the cluster's JetStream state beside the store's streams.
+const (
+	// settingsBucket holds what every node must share and that is made
+	// once, by the first node to start: the server key, the ticket key.
+	settingsBucket = "parley_settings"
+	// sessionsBucket holds the hints of where users are connected.
+	sessionsBucket = "parley_sessions"
+)
+
+// joinCluster opens the cluster's store and shared settings and sets up
+// the router to the other nodes. It waits (bounded by ctx) for the
+// streams to be placed: a stream of 3 replicas needs 3 nodes up.
+func (n *Node) joinCluster(ctx context.Context) error {
+	cc := n.cfg.Cluster
+	if cc.Conn == nil {
+		return errors.New("cluster: no NATS connection")
+	}
+	if !nodeNameRE.MatchString(cc.Node) {
+		return fmt.Errorf("cluster: node name %q: use 1 to 64 letters, digits, '-' or '_'", cc.Node)
+	}
+	if cc.Replicas <= 0 {
+		cc.Replicas = 1
+	}
+	if cc.Timeout <= 0 {
+		cc.Timeout = 5 * time.Second
+	}
+	js, err := njs.New(cc.Conn)
+	if err != nil {
+		return fmt.Errorf("cluster: %w", err)
+	}
+	var st *jetstream.Store
+	err = n.retryPlacement(ctx, "the store's streams", func(ctx context.Context) error {
+		st, err = jetstream.Open(ctx, cc.Conn, jetstream.Options{
+			Store:      n.storeOptions(),
+			Partitions: cc.Partitions,
+			Replicas:   cc.Replicas,
+			Timeout:    cc.Timeout,
+			Log:        n.log,
+		})
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	n.store = st
+	var settings, sessions njs.KeyValue
+	err = n.retryPlacement(ctx, "the cluster's key-value buckets", func(ctx context.Context) error {
+		if settings, err = openBucket(ctx, js, settingsBucket, cc.Replicas); err != nil {
+			return err
+		}
+		sessions, err = openBucket(ctx, js, sessionsBucket, cc.Replicas)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	// The server key: every node must present the key devices pinned.
+	// The first node to start offers its own; the others take it.
+	kp, err := sharedSecret(ctx, settings, "server-key", append(append([]byte(nil), n.key.Private...), n.key.Public...))
+	if err != nil {
+		return fmt.Errorf("cluster: server key: %w", err)
+	}
+	if len(kp) != 2*noise.KeyLen {
+		return fmt.Errorf("cluster: the cluster's server key is %d bytes, want %d", len(kp), 2*noise.KeyLen)
+	}
+	if !bytes.Equal(kp[noise.KeyLen:], n.key.Public) {
+		n.log.Info("using the cluster's server key, not this node's own", "server_key", fmt.Sprintf("%x", kp[noise.KeyLen:]))
+	}
+	n.key = noise.Keypair{Private: kp[:noise.KeyLen], Public: kp[noise.KeyLen:]}
+	ticket := make([]byte, 32)
+	if _, err := rand.Read(ticket); err != nil {
+		return err
+	}
+	if ticket, err = sharedSecret(ctx, settings, "ticket-key", ticket); err != nil {
+		return fmt.Errorf("cluster: ticket key: %w", err)
+	}
+	n.cluster = &clusterState{ticketSecret: ticket}
+	r, err := newClusterRouter(n, n.router.(*router), cc, sessions)
+	if err != nil {
+		return err
+	}
+	n.router = r
+	return nil
+}
+
+// retryPlacement runs f until it succeeds or ctx ends: right after a
+// cluster forms, and while fewer nodes than replicas are up, JetStream
+// refuses to place streams; it logs what it waits for now and then.
+func (n *Node) retryPlacement(ctx context.Context, what string, f func(context.Context) error) error {
+	logged := time.Now()
+	for {
+		rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		err := f(rctx)
+		cancel()
+		if err == nil {
+			return nil
+		}
+		if ctx.Err() != nil {
+			return fmt.Errorf("cluster: open %s: %w (are enough nodes up for the replicas asked for?)", what, err)
+		}
+		if time.Since(logged) > 5*time.Second {
+			logged = time.Now()
+			n.log.Info("cluster: waiting to open "+what+": start the other nodes", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
+}
+
+// openBucket opens (creating if needed) a key-value bucket whose reads go
+// to its stream's leader: a key just written is always seen, which the
+// router's compare-and-sets and the settings need (a direct get may be
+// answered by a lagging replica).
+func openBucket(ctx context.Context, js njs.JetStream, bucket string, replicas int) (njs.KeyValue, error) {
+	_, err := js.CreateOrUpdateStream(ctx, njs.StreamConfig{
+		Name:              "KV_" + bucket,
+		Subjects:          []string{"$KV." + bucket + ".>"},
+		MaxMsgsPerSubject: 1,
+		MaxBytes:          -1,
+		MaxMsgs:           -1,
+		MaxMsgSize:        -1,
+		MaxConsumers:      -1,
+		Storage:           njs.FileStorage,
+		Replicas:          replicas,
+		Discard:           njs.DiscardNew,
+		AllowRollup:       true,
+		DenyDelete:        true,
+		Duplicates:        2 * time.Minute,
+		AllowDirect:       false,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("bucket %s: %w", bucket, err)
+	}
+	kv, err := js.KeyValue(ctx, bucket)
+	if err != nil {
+		return nil, fmt.Errorf("bucket %s: %w", bucket, err)
+	}
+	return kv, nil
+}
+
+// sharedSecret returns the value of key, storing offer as its value if it
+// has none: made once, by whichever node comes first.
+func sharedSecret(ctx context.Context, kv njs.KeyValue, key string, offer []byte) ([]byte, error) {
+	for range 5 {
+		e, err := kv.Get(ctx, key)
+		if err == nil {
+			return e.Value(), nil
+		}
+		if !errors.Is(err, njs.ErrKeyNotFound) {
+			return nil, err
+		}
+		if _, err := kv.Create(ctx, key, offer); err != nil && !errors.Is(err, njs.ErrKeyExists) {
+			return nil, err
+		}
+		// Stored, or another node stored its own first: read it back.
+	}
+	return nil, fmt.Errorf("key %s keeps changing", key)
+}
+
+// ticketSecret is the resumption ticket key: the cluster's, or the one in
+// the data directory's file at path.
+func (n *Node) ticketSecret(path string) ([]byte, error) {
+	if n.cluster != nil {
+		return n.cluster.ticketSecret, nil
+	}
+	return loadOrCreateSecret(path, "devices then log in with a full handshake once")
+}
+
+// storeOptions are the store limits and hooks of the node's
+// configuration, for either store.
+func (n *Node) storeOptions() store.Options {
+	return store.Options{
+		MaxQueueLen: n.cfg.Limits.MaxQueueLen,
+		MaxAge:      n.cfg.Limits.MaxQueueAge,
+		OnExpire: func(user string, it store.Item) {
+			n.mx.Expired.Inc()
+			n.log.Warn("queue item expired undelivered", "user", user, "seq", it.Seq, "queued", time.Unix(0, it.TS))
+		},
+		OnGroup: func(batches int) { n.mx.CommitBatchSize.Observe(float64(batches)) },
+		FS:      n.cfg.StoreFS,
+	}
+}

@@ -1,0 +1,253 @@
+package node_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+
+	"github.com/parleyhq/parley/client"
+	"github.com/parleyhq/parley/internal/nodetest"
+	"github.com/parleyhq/parley/node"
+	"github.com/parleyhq/parley/noise"
+	"github.com/parleyhq/parley/wire"
+)
+
+// clGuard bounds every wait of the cluster tests; never an assertion.
+const clGuard = 30 * time.Second
+
+// startClusterNodes starts n nodes of one cluster on one JetStream server
+// (one replica: what is tested here is the nodes' routing between each
+// other, not JetStream's replication, which store/jetstream and the
+// cluster package test).
+func startClusterNodes(t *testing.T, n int) []*nodetest.Node {
+	t.Helper()
+	ns, err := server.NewServer(&server.Options{
+		JetStream: true, StoreDir: t.TempDir(),
+		Host: "127.0.0.1", Port: -1, NoLog: true, NoSigs: true,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go ns.Start()
+	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
+	if !ns.ReadyForConnections(clGuard) {
+		t.Fatal("nats server not ready")
+	}
+	var out []*nodetest.Node
+	for i := range n {
+		nc, err := nats.Connect("", nats.InProcessServer(ns))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(nc.Close) // after the node's Close (cleanups run last first)
+		out = append(out, nodetest.Start(t, func(c *node.Config) {
+			c.Cluster = &node.ClusterConfig{Conn: nc, Node: fmt.Sprintf("n%d", i+1), Partitions: 2}
+		}))
+	}
+	return out
+}
+
+// clRegister registers phone on n with a new device key.
+func clRegister(t *testing.T, n *nodetest.Node, phone string) (noise.Keypair, client.Registration) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), clGuard)
+	defer cancel()
+	kp := newKeypair(t)
+	if _, err := client.RequestCode(ctx, nil, n.HTTPURL(), phone); err != nil {
+		t.Fatalf("request code: %v", err)
+	}
+	reg, err := client.Verify(ctx, nil, n.HTTPURL(), phone, n.Codes.Code(t, phone), kp.Public)
+	if err != nil {
+		t.Fatalf("verify: %v", err)
+	}
+	return kp, reg
+}
+
+// clDial logs phone in on n, pinning serverKey (learnt from any node).
+func clDial(t *testing.T, n *nodetest.Node, phone string, kp noise.Keypair, serverKey []byte) *client.Client {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), clGuard)
+	defer cancel()
+	c, err := client.Dial(ctx, client.Config{Addr: n.NativeAddr(), ServerKey: serverKey, Phone: phone, Key: kp})
+	if err != nil {
+		t.Fatalf("log %s in on %s: %v", phone, n.NativeAddr(), err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+func clRecv(t *testing.T, c *client.Client) client.Incoming {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), clGuard)
+	defer cancel()
+	in, err := c.Recv(ctx)
+	if err != nil {
+		t.Fatalf("receive: %v", err)
+	}
+	if err := c.Ack(in.Seq); err != nil {
+		t.Fatalf("ack: %v", err)
+	}
+	return in
+}
+
+// clClosedWith waits for c to be closed by the server with code.
+func clClosedWith(t *testing.T, c *client.Client, code wire.Error_Code) {
+	t.Helper()
+	select {
+	case <-c.Done():
+	case <-time.After(clGuard):
+		t.Fatalf("still connected, want closed with %s", code)
+	}
+	var ce *client.CloseError
+	if err := c.Err(); !errors.As(err, &ce) || ce.Code != code {
+		t.Fatalf("closed with %v, want %s", err, code)
+	}
+}
+
+// Registered on node 1, Alice on node 2 and Bob on node 3 talk live:
+// every message and receipt crosses nodes, and nobody reconnects.
+func TestClusterDeliversLiveAcrossNodes(t *testing.T) {
+	ns := startClusterNodes(t, 3)
+	akp, reg := clRegister(t, ns[0], alicePhone)
+	bkp, _ := clRegister(t, ns[0], bobPhone)
+	for i, n := range ns[1:] {
+		if got := n.PublicKey(); string(got) != string(reg.ServerKey) {
+			t.Fatalf("node %d's server key %x, want the cluster's %x", i+2, got, reg.ServerKey)
+		}
+	}
+	alice := clDial(t, ns[1], alicePhone, akp, reg.ServerKey)
+	bob := clDial(t, ns[2], bobPhone, bkp, reg.ServerKey)
+	ctx, cancel := context.WithTimeout(context.Background(), clGuard)
+	defer cancel()
+	for i := range 5 {
+		body := fmt.Sprintf("hello %d", i)
+		ack, err := alice.Send(ctx, bobPhone, []byte(body))
+		if err != nil {
+			t.Fatalf("send %d: %v", i, err)
+		}
+		in := clRecv(t, bob)
+		if in.Message == nil || string(in.Message.Body) != body || in.Message.ServerId != ack.ServerID {
+			t.Fatalf("bob got %+v, want %q (server id %d)", in, body, ack.ServerID)
+		}
+		// The delivered receipt goes back across too.
+		if r := clRecv(t, alice); r.Receipt == nil {
+			t.Fatalf("alice got %+v, want a delivered receipt", r)
+		}
+		if _, err := bob.Send(ctx, alicePhone, []byte("re: "+body)); err != nil {
+			t.Fatalf("reply %d: %v", i, err)
+		}
+		if in := clRecv(t, alice); in.Message == nil || string(in.Message.Body) != "re: "+body {
+			t.Fatalf("alice got %+v, want the reply", in)
+		}
+		if r := clRecv(t, bob); r.Receipt == nil {
+			t.Fatalf("bob got %+v, want a delivered receipt", r)
+		}
+	}
+}
+
+// A login on node 2 replaces the same account's session on node 1.
+func TestClusterLoginOnAnotherNodeReplaces(t *testing.T) {
+	ns := startClusterNodes(t, 2)
+	kp, reg := clRegister(t, ns[0], alicePhone)
+	first := clDial(t, ns[0], alicePhone, kp, reg.ServerKey)
+	second := clDial(t, ns[1], alicePhone, kp, reg.ServerKey)
+	clClosedWith(t, first, wire.Error_REPLACED)
+	ctx, cancel := context.WithTimeout(context.Background(), clGuard)
+	defer cancel()
+	if err := second.Ping(ctx); err != nil {
+		t.Fatalf("the newer session: %v", err)
+	}
+}
+
+// Logins of one account racing on two nodes: exactly one survives.
+func TestClusterRacingLoginsLeaveOne(t *testing.T) {
+	ns := startClusterNodes(t, 2)
+	kp, reg := clRegister(t, ns[0], alicePhone)
+	for round := range 5 {
+		cs := make([]*client.Client, 2)
+		done := make(chan struct{})
+		for i := range cs {
+			go func() {
+				defer func() { done <- struct{}{} }()
+				ctx, cancel := context.WithTimeout(context.Background(), clGuard)
+				defer cancel()
+				c, err := client.Dial(ctx, client.Config{Addr: ns[i].NativeAddr(), ServerKey: reg.ServerKey, Phone: alicePhone, Key: kp})
+				if err == nil {
+					cs[i] = c
+				}
+			}()
+		}
+		<-done
+		<-done
+		live := 0
+		deadline := time.Now().Add(clGuard)
+		for {
+			live = 0
+			for _, c := range cs {
+				if c == nil {
+					continue
+				}
+				select {
+				case <-c.Done():
+				default:
+					live++
+				}
+			}
+			if live <= 1 || time.Now().After(deadline) {
+				break
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		if live != 1 {
+			t.Fatalf("round %d: %d sessions live, want exactly 1", round, live)
+		}
+		for _, c := range cs {
+			if c != nil {
+				c.Close()
+			}
+		}
+	}
+}
+
+// A re-registration on node 3 cuts off the old device on node 2 at once,
+// and its key stops working on every node.
+func TestClusterReRegistrationCutsOffOtherNode(t *testing.T) {
+	ns := startClusterNodes(t, 3)
+	oldKP, reg := clRegister(t, ns[0], alicePhone)
+	old := clDial(t, ns[1], alicePhone, oldKP, reg.ServerKey)
+	clRegister(t, ns[2], alicePhone)
+	clClosedWith(t, old, wire.Error_REGISTERED_ELSEWHERE)
+	for i, n := range ns {
+		ctx, cancel := context.WithTimeout(context.Background(), clGuard)
+		_, err := client.Dial(ctx, client.Config{Addr: n.NativeAddr(), ServerKey: reg.ServerKey, Phone: alicePhone, Key: oldKP})
+		cancel()
+		var le *client.LoginError
+		if !errors.As(err, &le) {
+			t.Fatalf("old key on node %d: %v, want a refused login", i+1, err)
+		}
+	}
+}
+
+// A message sent while its recipient is offline waits in the queue and
+// comes at its login on another node; a resumption ticket issued by one
+// node is taken by another.
+func TestClusterQueuedAndResumedOnAnotherNode(t *testing.T) {
+	ns := startClusterNodes(t, 3)
+	akp, reg := clRegister(t, ns[0], alicePhone)
+	bkp, _ := clRegister(t, ns[0], bobPhone)
+	alice := clDial(t, ns[0], alicePhone, akp, reg.ServerKey)
+	ctx, cancel := context.WithTimeout(context.Background(), clGuard)
+	defer cancel()
+	if _, err := alice.Send(ctx, bobPhone, []byte("while you were away")); err != nil {
+		t.Fatal(err)
+	}
+	bob := clDial(t, ns[1], bobPhone, bkp, reg.ServerKey)
+	if in := clRecv(t, bob); in.Message == nil || string(in.Message.Body) != "while you were away" {
+		t.Fatalf("bob got %+v", in)
+	}
+}

@@ -1,0 +1,532 @@
+package node
+
+import (
+	"context"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"hash/maphash"
+	"math"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	njs "github.com/nats-io/nats.go/jetstream"
+
+	"github.com/parleyhq/parley/wire"
+)
+
+// clusterRouter reaches the sessions of a cluster's other nodes.
+//
+// Where a user is connected is a hint, in a replicated key-value bucket:
+// user -> (node, epoch, token). The epoch names the node's run (a
+// restarted node ignores what was meant for its previous run); the token
+// names one login on that node. A hint may be stale or missing: a node
+// killed leaves its hints behind, a failed write leaves none. That only
+// delays delivery, never loses it, because every item is in the user's
+// durable queue, which a session reads at its start, at every wake-up and
+// whenever a push runs ahead of what it has read.
+//
+//   - A login (register) claims the hint with a compare-and-set on the
+//     entry it read. The newest write wins: a login whose write replaced
+//     another node's entry kicks that login (REPLACED), so of racing
+//     logins on two nodes exactly one stays. The kicked node stops
+//     routing to its session, then wakes the winner, so that nothing it
+//     routed to the loser is left unread. The winner is also woken once
+//     its claim is written: an append committed elsewhere before the
+//     claim was visible rang no bell, and this read finds it.
+//   - A commit to a user with no session on this node (elsewhere) looks
+//     up the hint and rings that node's doorbell: one core NATS subject
+//     per node, carrying the item, which the session there delivers like
+//     a local push. A doorbell is at most once; a lost one leaves the
+//     item for the session's next read.
+//   - A logout (unregister) deletes the hint if it is still its own.
+//
+// Hint work for one user is done in order, by one of a few workers
+// chosen by the user's hash, off the event loop and the committer: a
+// login never waits for the bucket.
+type clusterRouter struct {
+	*router // this node's sessions
+	n       *Node
+	nc      *nats.Conn
+	kv      njs.KeyValue
+	node    string
+	epoch   uint64
+	timeout time.Duration
+
+	tokens atomic.Uint64
+	seed   maphash.Seed
+	shards []chan hintJob
+	bells  chan bell
+	subs   []*nats.Subscription
+
+	ctx     context.Context
+	cancel  context.CancelFunc
+	stop    chan struct{}
+	stopped atomic.Bool
+	wg      sync.WaitGroup
+}
+
+// Sizes of the router's queues. Past them work is dropped (and logged):
+// a dropped doorbell or hint only delays a delivery.
+const (
+	hintShards    = 8
+	hintQueue     = 1024
+	bellWorkers   = 4
+	bellQueue     = 4096
+	kickTries     = 3
+	kickTimeout   = time.Second
+	maxDoorbell   = 1 << 20 // NATS's default max_payload
+	routerDrainIn = 3 * time.Second
+)
+
+// wakeSeq, pushed to a session, says "there may be items in your queue
+// beyond what you have read": it is past every real item, so the session
+// delivers nothing from the push itself and reads its queue instead.
+const wakeSeq = math.MaxUint64
+
+type hintJobKind uint8
+
+const (
+	jobClaim hintJobKind = iota + 1
+	jobRelease
+	jobKicked // a kick from another node for a login of this one
+)
+
+type hintJob struct {
+	kind  hintJobKind
+	user  string
+	c     *conn
+	token uint64
+	code  wire.Error_Code
+	from  hint // jobKicked: the node that kicked, to wake its session after
+}
+
+type bell struct {
+	user string
+	seq  uint64
+	data []byte
+}
+
+// hint is a user's entry: where the user logged in last.
+type hint struct {
+	node  string
+	epoch uint64
+	token uint64
+}
+
+func newClusterRouter(n *Node, local *router, cc *ClusterConfig, kv njs.KeyValue) (*clusterRouter, error) {
+	r := &clusterRouter{
+		router:  local,
+		n:       n,
+		nc:      cc.Conn,
+		kv:      kv,
+		node:    cc.Node,
+		epoch:   uint64(time.Now().UnixNano()),
+		timeout: cc.Timeout,
+		seed:    maphash.MakeSeed(),
+		bells:   make(chan bell, bellQueue),
+		stop:    make(chan struct{}),
+	}
+	r.ctx, r.cancel = context.WithCancel(context.Background())
+	bellSub, err := r.nc.Subscribe(bellSubject(r.node), r.onBell)
+	if err != nil {
+		return nil, err
+	}
+	kickSub, err := r.nc.Subscribe(kickSubject(r.node), r.onKick)
+	if err != nil {
+		bellSub.Unsubscribe()
+		return nil, err
+	}
+	allSub, err := r.nc.Subscribe(kickAllSubject, r.onKickAll)
+	if err != nil {
+		bellSub.Unsubscribe()
+		kickSub.Unsubscribe()
+		return nil, err
+	}
+	r.subs = []*nats.Subscription{bellSub, kickSub, allSub}
+	for range hintShards {
+		ch := make(chan hintJob, hintQueue)
+		r.shards = append(r.shards, ch)
+		r.wg.Add(1)
+		go r.hintWorker(ch)
+	}
+	for range bellWorkers {
+		r.wg.Add(1)
+		go r.bellWorker()
+	}
+	// Flush the subscriptions, so that no node can find a hint of this
+	// one before its doorbell listens.
+	if err := r.nc.FlushTimeout(r.timeout); err != nil {
+		r.close()
+		return nil, err
+	}
+	return r, nil
+}
+
+func bellSubject(node string) string { return "parley.node." + node + ".bell" }
+func kickSubject(node string) string { return "parley.node." + node + ".kick" }
+
+// kickAllSubject reaches every node: kicks of a re-registration.
+const kickAllSubject = "parley.kick"
+
+// hintKey is the bucket key of user: E.164 numbers as "p" and their
+// digits; anything else hex-encoded, since a key takes few characters.
+func hintKey(user string) string {
+	if d, ok := strings.CutPrefix(user, "+"); ok && d != "" && strings.Trim(d, "0123456789") == "" {
+		return "p" + d
+	}
+	return "x" + hex.EncodeToString([]byte(user))
+}
+
+func (h hint) encode() []byte {
+	b := binary.BigEndian.AppendUint64(nil, h.epoch)
+	b = binary.BigEndian.AppendUint64(b, h.token)
+	return append(b, h.node...)
+}
+
+func decodeHint(b []byte) (hint, bool) {
+	if len(b) < 17 {
+		return hint{}, false
+	}
+	return hint{epoch: binary.BigEndian.Uint64(b), token: binary.BigEndian.Uint64(b[8:]), node: string(b[16:])}, true
+}
+
+func (r *clusterRouter) self() hint { return hint{node: r.node, epoch: r.epoch} }
+
+// enqueue hands a job to the user's worker without blocking, unless wait
+// is set (then for up to a second); it reports whether the job was taken.
+func (r *clusterRouter) enqueue(j hintJob, wait bool) bool {
+	if r.stopped.Load() {
+		return false
+	}
+	ch := r.shards[maphash.String(r.seed, j.user)%hintShards]
+	select {
+	case ch <- j:
+		return true
+	default:
+	}
+	if wait {
+		t := time.NewTimer(time.Second)
+		defer t.Stop()
+		select {
+		case ch <- j:
+			return true
+		case <-t.C:
+		case <-r.stop:
+		}
+	}
+	r.n.log.Warn("cluster: hint work dropped: the bucket is slow or unreachable", "user", j.user, "job", j.kind)
+	return false
+}
+
+func (r *clusterRouter) register(user string, c *conn) *conn {
+	prev := r.router.register(user, c)
+	r.enqueue(hintJob{kind: jobClaim, user: user, c: c, token: r.tokens.Add(1)}, false)
+	return prev
+}
+
+func (r *clusterRouter) unregister(user string, c *conn) {
+	r.router.unregister(user, c)
+	r.enqueue(hintJob{kind: jobRelease, user: user, c: c}, false)
+}
+
+func (r *clusterRouter) elsewhere(user string, seq uint64, data []byte) {
+	if r.stopped.Load() || len(data) > maxDoorbell-256 {
+		return // too big to ring with: the session's next read finds it
+	}
+	select {
+	case r.bells <- bell{user: user, seq: seq, data: data}:
+	default:
+		// Behind: this item waits for the session's next read.
+	}
+}
+
+// kickElsewhere tells every other node to close the user's session, not
+// only the node its hint names: the hint of a login made a moment ago may
+// not be written yet. It returns once the kick has left this node (a
+// second at most), before the new device is answered, so the kick is
+// ahead of the new device's login and never closes it. A login still
+// being proven when the kick lands checks the account itself (see
+// conn.prove).
+func (r *clusterRouter) kickElsewhere(user string, code wire.Error_Code, _ string) {
+	if r.stopped.Load() {
+		return
+	}
+	b := binary.BigEndian.AppendUint32(nil, uint32(code))
+	b = append(b, byte(len(r.node)))
+	b = append(b, r.node...)
+	b = append(b, user...)
+	err := r.nc.Publish(kickAllSubject, b)
+	if err == nil {
+		err = r.nc.FlushTimeout(kickTimeout)
+	}
+	if err != nil {
+		r.n.log.Warn("cluster: could not tell the other nodes to close a re-registered device's session", "user", user, "err", err)
+	}
+}
+
+// onKickAll takes a kick for every node (see kickElsewhere).
+func (r *clusterRouter) onKickAll(m *nats.Msg) {
+	b := m.Data
+	if len(b) < 5 || len(b) < 5+int(b[4]) {
+		return
+	}
+	code := wire.Error_Code(binary.BigEndian.Uint32(b))
+	from, user := string(b[5:5+int(b[4])]), string(b[5+int(b[4]):])
+	if from == r.node {
+		return // the node that sent it kicked its own
+	}
+	if c := r.router.lookup(user); c != nil {
+		c.post(r.n.pool, event{kind: evKick, code: code, text: kickText(code)})
+	}
+}
+
+func kickText(code wire.Error_Code) string {
+	if code == wire.Error_REGISTERED_ELSEWHERE {
+		return "this number was registered on another device"
+	}
+	return "this account logged in on a newer connection"
+}
+
+func (r *clusterRouter) close() {
+	if r.stopped.Swap(true) {
+		return
+	}
+	for _, s := range r.subs {
+		_ = s.Unsubscribe()
+	}
+	close(r.stop)
+	finished := make(chan struct{})
+	go func() { r.wg.Wait(); close(finished) }()
+	select {
+	case <-finished:
+	case <-time.After(routerDrainIn):
+		r.cancel() // abandon what is still waiting for the bucket
+		<-finished
+	}
+	r.cancel()
+}
+
+// hintWorker does one shard's hint work in order. It owns held: the
+// logins of this node whose claims it wrote, by user.
+func (r *clusterRouter) hintWorker(ch chan hintJob) {
+	defer r.wg.Done()
+	held := make(map[string]heldHint)
+	for {
+		select {
+		case j := <-ch:
+			r.do(held, j)
+		case <-r.stop:
+			for { // finish what was queued before the stop (releases, mostly)
+				select {
+				case j := <-ch:
+					r.do(held, j)
+				default:
+					return
+				}
+			}
+		}
+	}
+}
+
+type heldHint struct {
+	c     *conn
+	token uint64
+	rev   uint64
+}
+
+func (r *clusterRouter) reqCtx() (context.Context, context.CancelFunc) {
+	return context.WithTimeout(r.ctx, r.timeout)
+}
+
+func (r *clusterRouter) do(held map[string]heldHint, j hintJob) {
+	switch j.kind {
+	case jobClaim:
+		r.claim(held, j)
+	case jobRelease:
+		h, ok := held[j.user]
+		if !ok || h.c != j.c {
+			return
+		}
+		delete(held, j.user)
+		ctx, cancel := r.reqCtx()
+		defer cancel()
+		// Only if it is still this login's: a newer login's entry stays.
+		err := r.kv.Delete(ctx, hintKey(j.user), njs.LastRevision(h.rev))
+		if err != nil && !errors.Is(err, njs.ErrKeyExists) && !isWrongLastSeq(err) {
+			r.n.log.Debug("cluster: release hint", "user", j.user, "err", err)
+		}
+	case jobKicked:
+		h, ok := held[j.user]
+		if !ok || (j.token != 0 && h.token != j.token) {
+			return // that login is gone already
+		}
+		delete(held, j.user)
+		// Stop routing to the loser before waking the winner: whatever
+		// was routed here is in the queue the winner's wake-up reads.
+		r.router.unregister(j.user, h.c)
+		h.c.post(r.n.pool, event{kind: evKick, code: j.code, text: kickText(j.code)})
+		if j.from.node != "" {
+			r.ring(j.from, j.user, wakeSeq, nil)
+		}
+	}
+}
+
+// claim writes the hint for a login of this node, and kicks the login
+// whose entry it replaced if that one is on another node.
+func (r *clusterRouter) claim(held map[string]heldHint, j hintJob) {
+	if r.router.lookup(j.user) != j.c {
+		return // replaced here or gone already
+	}
+	key := hintKey(j.user)
+	mine := hint{node: r.node, epoch: r.epoch, token: j.token}
+	val := mine.encode()
+	for range 5 {
+		ctx, cancel := r.reqCtx()
+		var (
+			prev    hint
+			hasPrev bool
+			rev     uint64
+			err     error
+		)
+		e, err := r.kv.Get(ctx, key)
+		switch {
+		case errors.Is(err, njs.ErrKeyNotFound):
+			rev, err = r.kv.Create(ctx, key, val)
+		case err == nil:
+			prev, hasPrev = decodeHint(e.Value())
+			rev, err = r.kv.Update(ctx, key, val, e.Revision())
+		}
+		cancel()
+		if errors.Is(err, njs.ErrKeyExists) || isWrongLastSeq(err) {
+			continue // another login wrote meanwhile: read it and go again
+		}
+		if err != nil {
+			r.n.log.Warn("cluster: could not record where a user is connected; deliveries from other nodes wait for the next read", "user", j.user, "err", err)
+			return
+		}
+		held[j.user] = heldHint{c: j.c, token: j.token, rev: rev}
+		if hasPrev && (prev.node != r.node || prev.epoch != r.epoch) {
+			r.kick(prev, j.user, wire.Error_REPLACED, prev.token, mine)
+		}
+		j.c.post(r.n.pool, event{kind: evPush, seq: wakeSeq})
+		return
+	}
+	r.n.log.Warn("cluster: could not record where a user is connected: too many logins at once", "user", j.user)
+}
+
+func isWrongLastSeq(err error) bool {
+	var apiErr *njs.APIError
+	return errors.As(err, &apiErr) && (apiErr.ErrorCode == njs.JSErrCodeStreamWrongLastSequence || apiErr.ErrorCode == njs.JSErrCodeStreamWrongLastSequenceConstant)
+}
+
+// kick asks node to: close the user's login token (any login if 0) with
+// code, then wake the login named by from, if any.
+func (r *clusterRouter) kick(to hint, user string, code wire.Error_Code, token uint64, from hint) {
+	if to.node == r.node && to.epoch != r.epoch {
+		return // this node's previous run: nothing of it is left
+	}
+	b := binary.BigEndian.AppendUint64(nil, to.epoch)
+	b = binary.BigEndian.AppendUint64(b, token)
+	b = binary.BigEndian.AppendUint32(b, uint32(code))
+	b = binary.BigEndian.AppendUint64(b, from.epoch)
+	b = append(b, byte(len(from.node)))
+	b = append(b, from.node...)
+	b = append(b, user...)
+	for try := range kickTries {
+		ctx, cancel := context.WithTimeout(r.ctx, kickTimeout)
+		_, err := r.nc.RequestWithContext(ctx, kickSubject(to.node), b)
+		cancel()
+		if err == nil || errors.Is(err, nats.ErrNoResponders) || r.ctx.Err() != nil {
+			return // taken; or that node is gone, and its sessions with it
+		}
+		r.n.log.Warn("cluster: kick not answered", "user", user, "node", to.node, "try", try+1, "err", err)
+	}
+}
+
+// onKick takes a kick from another node (see kick).
+func (r *clusterRouter) onKick(m *nats.Msg) {
+	b := m.Data
+	if len(b) < 29 {
+		return
+	}
+	epoch, token := binary.BigEndian.Uint64(b), binary.BigEndian.Uint64(b[8:])
+	code := wire.Error_Code(binary.BigEndian.Uint32(b[16:]))
+	from := hint{epoch: binary.BigEndian.Uint64(b[20:])}
+	nl := int(b[28])
+	if len(b) < 29+nl {
+		return
+	}
+	from.node = string(b[29 : 29+nl])
+	user := string(b[29+nl:])
+	if epoch == r.epoch {
+		r.enqueue(hintJob{kind: jobKicked, user: user, token: token, code: code, from: from}, true)
+	}
+	_ = m.Respond(nil) // taken (or meant for a run of this node that is over)
+}
+
+// bellWorker rings the doorbells of the nodes where the recipients of
+// this node's commits are.
+func (r *clusterRouter) bellWorker() {
+	defer r.wg.Done()
+	for {
+		select {
+		case b := <-r.bells:
+			ctx, cancel := r.reqCtx()
+			e, err := r.kv.Get(ctx, hintKey(b.user))
+			cancel()
+			if err != nil {
+				continue // not connected anywhere (or the bucket is down)
+			}
+			if h, ok := decodeHint(e.Value()); ok && h.node != r.node {
+				r.ring(h, b.user, b.seq, b.data)
+			}
+		case <-r.stop:
+			return
+		}
+	}
+}
+
+// ring publishes a doorbell: seq of user's queue (wakeSeq: read the
+// queue), with the item's data.
+func (r *clusterRouter) ring(to hint, user string, seq uint64, data []byte) {
+	if len(user) > 255 {
+		return
+	}
+	b := make([]byte, 0, 17+len(user)+len(data))
+	b = binary.BigEndian.AppendUint64(b, to.epoch)
+	b = binary.BigEndian.AppendUint64(b, seq)
+	b = append(b, byte(len(user)))
+	b = append(b, user...)
+	b = append(b, data...)
+	if err := r.nc.Publish(bellSubject(to.node), b); err != nil {
+		r.n.log.Debug("cluster: doorbell", "user", user, "node", to.node, "err", err)
+	}
+}
+
+// onBell takes a doorbell from another node: it reaches the user's
+// session here as a push, exactly like a commit made here.
+func (r *clusterRouter) onBell(m *nats.Msg) {
+	b := m.Data
+	if len(b) < 17 || binary.BigEndian.Uint64(b) != r.epoch {
+		return
+	}
+	seq := binary.BigEndian.Uint64(b[8:])
+	ul := int(b[16])
+	if len(b) < 17+ul {
+		return
+	}
+	user, data := string(b[17:17+ul]), b[17+ul:]
+	if seq != wakeSeq && len(data) == 0 {
+		seq = wakeSeq // no item to deliver from: read it
+	}
+	if seq == wakeSeq {
+		data = nil
+	}
+	if c := r.router.lookup(user); c != nil {
+		c.post(r.n.pool, event{kind: evPush, seq: seq, data: data})
+	}
+}
