@@ -26,6 +26,7 @@ func newServeCmd() *cobra.Command {
 		gcPercent int
 		// The admin token comes from a file or the environment only.
 		adminTokenFile, adminTokenFlag string
+		clusterFl                      clusterFlags
 	)
 	cmd := &cobra.Command{
 		Use:   "serve",
@@ -41,10 +42,12 @@ Listeners:
 SMS gateways (--sms):
   log        codes appear in the server log (development default)
   file:PATH  one JSON line {"phone":...,"code":...} per code appended to PATH
-  http       POST {"to":...,"message":...} to --sms-http-url`,
+  http       POST {"to":...,"message":...} to --sms-http-url
+` + clusterHelp,
 		Example: `  parley serve
   parley serve --data /var/lib/parley --sms file:/tmp/codes.jsonl
-  PARLEY_LISTEN=0.0.0.0:5222 parley serve`,
+  PARLEY_LISTEN=0.0.0.0:5222 parley serve
+  parley serve --cluster demo --node n1 --cluster-listen 127.0.0.1:6222 --peers 127.0.0.1:6222,127.0.0.1:6223,127.0.0.1:6224`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			log, err := newLogger(logLevel, logFormat)
@@ -71,6 +74,14 @@ SMS gateways (--sms):
 			}
 			if cfg.SMS, err = account.ParseGateway(sms, smsHTTP, log); err != nil {
 				return fmt.Errorf("--sms: %w", err)
+			}
+			cl, clusterCfg, err := clusterFl.join(cmd.Context(), cfg.DataDir, log, cmd.OutOrStdout())
+			if err != nil {
+				return err
+			}
+			if cl != nil {
+				defer cl.Close() // after the node's Close below
+				cfg.Cluster = clusterCfg
 			}
 			n, err := node.Start(cmd.Context(), cfg)
 			if err != nil {
@@ -139,6 +150,7 @@ SMS gateways (--sms):
 	f.StringVar(&cfg.PublicURL, "public-url", "", "HTTP API base URL as clients reach it, for media links (default http://<--http>)")
 	f.Int64Var(&cfg.MediaMaxSize, "media-max-size", 64<<20, "largest media upload in bytes")
 	f.DurationVar(&cfg.MediaTTL, "media-ttl", 30*24*time.Hour, "how long uploaded media are kept")
+	clusterFl.register(f)
 	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	f.StringVar(&logFormat, "log-format", "text", "log format: text or json")
 	return cmd
