@@ -166,7 +166,7 @@ func (n *Node) retryPlacement(ctx context.Context, what string, f func(context.C
 // router's compare-and-sets and the settings need (a direct get may be
 // answered by a lagging replica).
 func openBucket(ctx context.Context, js njs.JetStream, bucket string, replicas int) (njs.KeyValue, error) {
-	_, err := js.CreateOrUpdateStream(ctx, njs.StreamConfig{
+	_, err := jetstream.EnsureStream(ctx, js, njs.StreamConfig{
 		Name:              "KV_" + bucket,
 		Subjects:          []string{"$KV." + bucket + ".>"},
 		MaxMsgsPerSubject: 1,
@@ -181,7 +181,7 @@ func openBucket(ctx context.Context, js njs.JetStream, bucket string, replicas i
 		DenyDelete:        true,
 		Duplicates:        2 * time.Minute,
 		AllowDirect:       false,
-	})
+	}, 2*time.Second)
 	if err != nil {
 		return nil, fmt.Errorf("bucket %s: %w", bucket, err)
 	}

@@ -287,6 +287,43 @@ func TestAcksEraseMessages(t *testing.T) {
 	}
 }
 
+// Three nodes of a cluster opening one store at once, as they do when the
+// cluster starts: each creates the same streams, and every Open succeeds.
+// (nats-server leaves a create racing another unanswered; without
+// EnsureStream's retries each Open waits out its whole context.)
+func TestNodesOpeningTogether(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short: needs a three-node cluster")
+	}
+	urls, _ := startClusterNS(t, 3)
+	errs := make([]error, len(urls))
+	var wg sync.WaitGroup
+	for i, url := range urls {
+		nc, err := nats.Connect(url)
+		if err != nil {
+			t.Fatalf("connect: %v", err)
+		}
+		defer nc.Close()
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			s, err := jetstream.Open(ctx, nc, jetstream.Options{Partitions: 4, Replicas: 3})
+			if err == nil {
+				s.Close()
+			}
+			errs[i] = err
+		}()
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Errorf("node %d: Open: %v", i+1, err)
+		}
+	}
+}
+
 // A node that cannot reach a quorum refuses writes with ErrUnavailable,
 // a retryable error, rather than hanging or acking what it cannot
 // replicate.

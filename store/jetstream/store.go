@@ -182,7 +182,7 @@ func Open(ctx context.Context, nc *nats.Conn, opts Options) (*Store, error) {
 		accounts:  make(map[string]struct{}),
 	}
 	s.lay = newLayout(opts.Name, 1)
-	meta, err := js.CreateOrUpdateStream(ctx, njs.StreamConfig{
+	meta, err := EnsureStream(ctx, js, njs.StreamConfig{
 		Name:              s.lay.metaStream(),
 		Subjects:          s.lay.metaSubjects(),
 		Storage:           njs.FileStorage,
@@ -190,7 +190,7 @@ func Open(ctx context.Context, nc *nats.Conn, opts Options) (*Store, error) {
 		MaxMsgsPerSubject: 1,
 		Discard:           njs.DiscardOld,
 		AllowDirect:       false, // reads go to the leader: read-after-write
-	})
+	}, createTry)
 	if err != nil {
 		return nil, fmt.Errorf("open jetstream store: meta stream: %w", err)
 	}
@@ -201,7 +201,7 @@ func Open(ctx context.Context, nc *nats.Conn, opts Options) (*Store, error) {
 	}
 	s.lay = newLayout(opts.Name, parts)
 	for p := 0; p < parts; p++ {
-		st, err := js.CreateOrUpdateStream(ctx, njs.StreamConfig{
+		st, err := EnsureStream(ctx, js, njs.StreamConfig{
 			Name:     s.lay.queueStream(p),
 			Subjects: s.lay.queueSubjects(p),
 			Storage:  njs.FileStorage,
@@ -215,7 +215,7 @@ func Open(ctx context.Context, nc *nats.Conn, opts Options) (*Store, error) {
 			AllowAtomicPublish: true, // a batch's writes to one partition are one write
 			AllowDirect:        false,
 			Duplicates:         time.Second, // Nats-Msg-Id is not used
-		})
+		}, createTry)
 		if err != nil {
 			return nil, fmt.Errorf("open jetstream store: queue stream %d: %w", p, err)
 		}
@@ -229,11 +229,42 @@ func Open(ctx context.Context, nc *nats.Conn, opts Options) (*Store, error) {
 	return s, nil
 }
 
+// createTry bounds one try of a stream's creation (see EnsureStream).
+const createTry = 2 * time.Second
+
+// EnsureStream creates the stream cfg describes, or updates it to cfg,
+// trying again each time a request is not answered within try, until ctx
+// ends.
+//
+// Why: in a cluster, nats-server (v2.15.3) does not answer a create of a
+// stream that another node is creating at the same moment, as every node
+// of a cluster started at once does with the same streams; each such
+// request would wait out its whole deadline. The try after it finds the
+// stream made and is answered at once.
+func EnsureStream(ctx context.Context, js njs.JetStream, cfg njs.StreamConfig, try time.Duration) (njs.Stream, error) {
+	for {
+		tctx, cancel := context.WithTimeout(ctx, try)
+		st, err := js.CreateOrUpdateStream(tctx, cfg)
+		cancel()
+		if err == nil || ctx.Err() != nil || !errors.Is(err, context.DeadlineExceeded) {
+			return st, err
+		}
+	}
+}
+
 // partitionCount reads the partition count recorded at creation, recording
 // want (or the default) if there is none.
 func (s *Store) partitionCount(ctx context.Context, want int) (int, error) {
-	for range 10 {
-		m, err := s.meta.GetLastMsgForSubject(ctx, s.lay.cfgSubject())
+	for changes := 0; changes < 10; {
+		// A stream just created may not have elected its leader yet,
+		// and a read sent before then is never answered: short tries.
+		tctx, cancel := context.WithTimeout(ctx, createTry)
+		m, err := s.meta.GetLastMsgForSubject(tctx, s.lay.cfgSubject())
+		cancel()
+		if errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
+			continue
+		}
+		changes++
 		if err == nil {
 			n, perr := strconv.Atoi(string(m.Data))
 			if perr != nil || n <= 0 {
@@ -253,7 +284,10 @@ func (s *Store) partitionCount(ctx context.Context, want int) (int, error) {
 		msg := nats.NewMsg(s.lay.cfgSubject())
 		msg.Data = []byte(strconv.Itoa(want))
 		msg.Header.Set(njs.ExpectedLastSubjSeqHeader, "0")
-		if _, err := s.publish(ctx, msg); err != nil && !errors.Is(err, ErrConflict) {
+		tctx, cancel = context.WithTimeout(ctx, createTry)
+		_, err = s.publish(tctx, msg)
+		cancel()
+		if err != nil && !errors.Is(err, ErrConflict) && !(errors.Is(err, ErrUnavailable) && ctx.Err() == nil) {
 			return 0, fmt.Errorf("open jetstream store: record partition count: %w", err)
 		}
 		// Written, or another node wrote it first: read it back.
