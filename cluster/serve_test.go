@@ -1,0 +1,432 @@
+package cluster_test
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/parleyhq/parley/client"
+	"github.com/parleyhq/parley/noise"
+)
+
+// Bounds of the three-process test. Every duration is a failure guard,
+// never an assertion.
+const (
+	startGuard = 2 * time.Minute // three nodes up (a -race build is slow)
+	flowGuard  = 2 * time.Minute // every message delivered
+	messages   = 150
+	killAfter  = 50 // bob has received this many, live, when his node is killed
+)
+
+const (
+	alicePhone = "+14155550101"
+	bobPhone   = "+14155550102"
+)
+
+// buildParley builds cmd/parley into a temporary directory, the way this
+// test binary was built (-race or not), so that the packages it has
+// compiled already are reused.
+func buildParley(t *testing.T) string {
+	t.Helper()
+	goBin, err := exec.LookPath("go") // go test puts its own go first in PATH
+	if err != nil {
+		t.Fatalf("no go command to build cmd/parley with: %v", err)
+	}
+	out, err := exec.Command(goBin, "env", "GOMOD").Output()
+	if err != nil {
+		t.Fatalf("go env GOMOD: %v", err)
+	}
+	gomod := strings.TrimSpace(string(out))
+	if gomod == "" || gomod == os.DevNull {
+		t.Fatal("not inside the parley module")
+	}
+	bin := filepath.Join(t.TempDir(), "parley")
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	args := []string{"build", "-o", bin}
+	if raceEnabled {
+		args = append(args, "-race")
+	}
+	cmd := exec.CommandContext(ctx, goBin, append(args, "./cmd/parley")...)
+	cmd.Dir = filepath.Dir(gomod)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go build ./cmd/parley: %v\n%s", err, out)
+	}
+	return bin
+}
+
+// proc is one `parley serve` process of the cluster.
+type proc struct {
+	name    string
+	cmd     *exec.Cmd
+	native  string
+	httpURL string
+	codes   string // the file its SMS gateway writes codes to
+	log     string
+	exited  chan struct{}
+}
+
+var servingLine = regexp.MustCompile(`^parley serving: native (\S+), http (\S+), admin (\S+)$`)
+
+// startCluster starts three `parley serve` processes on loopback, each
+// with its own ports and data directory, given the same peer list.
+func startCluster(t *testing.T, bin string) []*proc {
+	t.Helper()
+	routes := freeAddrs(t, 3)
+	ps := make([]*proc, 3)
+	lines := make([]chan string, 3)
+	for i := range ps {
+		dir := t.TempDir()
+		p := &proc{
+			name:   fmt.Sprintf("n%d", i+1),
+			codes:  filepath.Join(dir, "codes.jsonl"),
+			log:    filepath.Join(dir, "log.txt"),
+			exited: make(chan struct{}),
+		}
+		p.cmd = exec.Command(bin, "serve",
+			"--data", filepath.Join(dir, "data"),
+			"--listen", "127.0.0.1:0", "--http", "127.0.0.1:0", "--admin", "127.0.0.1:0",
+			"--sms", "file:"+p.codes, "--log-level", "warn",
+			"--cluster", "test", "--node", p.name,
+			"--cluster-listen", routes[i], "--peers", strings.Join(routes, ","),
+			"--partitions", "4")
+		for _, kv := range os.Environ() {
+			if !strings.HasPrefix(kv, "PARLEY_") { // the test sets every flag it cares about
+				p.cmd.Env = append(p.cmd.Env, kv)
+			}
+		}
+		logf, err := os.Create(p.log)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p.cmd.Stderr = logf
+		stdout, err := p.cmd.StdoutPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := p.cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		logf.Close()
+		lines[i] = make(chan string, 1)
+		go func() {
+			sc := bufio.NewScanner(stdout)
+			for sc.Scan() {
+				if servingLine.MatchString(sc.Text()) {
+					lines[i] <- sc.Text()
+				}
+			}
+			// Read to the end, then reap: Wait must not race the pipe.
+			_ = p.cmd.Wait()
+			close(p.exited)
+		}()
+		ps[i] = p
+	}
+	// Stopped together, as a cluster is: the last node of a cluster
+	// stopped one by one has no quorum left and stops slowly (its store
+	// waits out its requests).
+	t.Cleanup(func() {
+		var wg sync.WaitGroup
+		for _, p := range ps {
+			if p != nil {
+				wg.Add(1)
+				go func() { defer wg.Done(); p.stop(t) }()
+			}
+		}
+		wg.Wait()
+	})
+	deadline := time.After(startGuard)
+	for i, p := range ps {
+		select {
+		case l := <-lines[i]:
+			m := servingLine.FindStringSubmatch(l)
+			p.native, p.httpURL = m[1], m[2]
+		case <-p.exited:
+			t.Fatalf("%s exited before serving:\n%s", p.name, tail(p.log))
+		case <-deadline:
+			t.Fatalf("%s not serving after %s:\n%s", p.name, startGuard, tail(p.log))
+		}
+	}
+	return ps
+}
+
+// stop ends p with SIGTERM (SIGKILL if it does not go), if it still runs.
+func (p *proc) stop(t *testing.T) {
+	select {
+	case <-p.exited:
+		return
+	default:
+	}
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	start := time.Now()
+	select {
+	case <-p.exited:
+		t.Logf("%s stopped in %s", p.name, time.Since(start).Round(time.Millisecond))
+	case <-time.After(40 * time.Second):
+		// Where it hangs: the Go runtime writes every goroutine's stack
+		// to the log on SIGQUIT.
+		_ = p.cmd.Process.Signal(syscall.SIGQUIT)
+		select {
+		case <-p.exited:
+		case <-time.After(5 * time.Second):
+			_ = p.cmd.Process.Kill()
+			<-p.exited
+		}
+		t.Errorf("%s did not stop on SIGTERM (log: %s):\n%s", p.name, p.log, tail(p.log))
+	}
+}
+
+func (p *proc) kill(t *testing.T) {
+	t.Helper()
+	if err := p.cmd.Process.Kill(); err != nil { // SIGKILL
+		t.Fatalf("kill %s: %v", p.name, err)
+	}
+	<-p.exited
+}
+
+// code is the last code p sent to phone.
+func (p *proc) code(t *testing.T, phone string) string {
+	t.Helper()
+	b, err := os.ReadFile(p.codes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	code := ""
+	for _, line := range bytes.Split(b, []byte("\n")) {
+		var l struct{ Phone, Code string }
+		if json.Unmarshal(line, &l) == nil && l.Phone == phone {
+			code = l.Code
+		}
+	}
+	if code == "" {
+		t.Fatalf("%s sent no code to %s", p.name, phone)
+	}
+	return code
+}
+
+func tail(path string) string {
+	b, _ := os.ReadFile(path)
+	if len(b) > 8000 {
+		b = b[len(b)-8000:]
+	}
+	return string(b)
+}
+
+// failover forwards connections to a target it can be told to change: a
+// stand-in for the load balancer (or the SDK's list of addresses) that
+// moves a device to a surviving node.
+type failover struct {
+	ln     net.Listener
+	target atomic.Pointer[string]
+	mu     sync.Mutex
+	conns  []net.Conn
+}
+
+func newFailover(t *testing.T, target string) *failover {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &failover{ln: ln}
+	f.target.Store(&target)
+	go f.serve()
+	t.Cleanup(func() {
+		ln.Close()
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		for _, c := range f.conns {
+			c.Close()
+		}
+	})
+	return f
+}
+
+func (f *failover) addr() string         { return f.ln.Addr().String() }
+func (f *failover) moveTo(target string) { f.target.Store(&target) }
+
+func (f *failover) serve() {
+	for {
+		src, err := f.ln.Accept()
+		if err != nil {
+			return
+		}
+		dst, err := net.DialTimeout("tcp", *f.target.Load(), 5*time.Second)
+		if err != nil {
+			src.Close()
+			continue
+		}
+		f.mu.Lock()
+		f.conns = append(f.conns, src, dst)
+		f.mu.Unlock()
+		pipe := func(a, b net.Conn) {
+			_, _ = io.Copy(a, b)
+			a.Close()
+			b.Close()
+		}
+		go pipe(src, dst)
+		go pipe(dst, src)
+	}
+}
+
+func register(t *testing.T, p *proc, phone string) (noise.Keypair, client.Registration) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	kp, err := noise.GenerateKeypair(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := client.RequestCode(ctx, nil, p.httpURL, phone); err != nil {
+		t.Fatalf("request a code from %s: %v", p.name, err)
+	}
+	reg, err := client.Verify(ctx, nil, p.httpURL, phone, p.code(t, phone), kp.Public)
+	if err != nil {
+		t.Fatalf("verify on %s: %v", p.name, err)
+	}
+	return kp, reg
+}
+
+func dialClient(t *testing.T, addr, phone string, kp noise.Keypair, serverKey []byte) *client.Client {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	c, err := client.Dial(ctx, client.Config{
+		Addr: addr, ServerKey: serverKey, Phone: phone, Key: kp,
+		Reconnect: true, MinBackoff: 50 * time.Millisecond, MaxBackoff: time.Second,
+		DialTimeout: 5 * time.Second,
+	})
+	if err != nil {
+		t.Fatalf("log %s in at %s: %v", phone, addr, err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// TestThreeProcessCluster is the cluster's story end to end, with three
+// `parley serve` processes on loopback: register on node 1; Alice on node
+// 2 sends to Bob on node 3, live; node 3 is killed (SIGKILL) mid-flow,
+// Bob moves to node 1 and gets every message Alice had acked, exactly
+// once and in order, while Alice keeps sending through node 2.
+func TestThreeProcessCluster(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short: builds the server and runs three of it")
+	}
+	start := time.Now()
+	bin := buildParley(t)
+	t.Logf("built in %s", time.Since(start).Round(time.Millisecond))
+	start = time.Now()
+	ps := startCluster(t, bin)
+	t.Logf("three nodes serving in %s", time.Since(start).Round(time.Millisecond))
+	start = time.Now()
+
+	akp, reg := register(t, ps[0], alicePhone)
+	bkp, _ := register(t, ps[0], bobPhone)
+	alice := dialClient(t, ps[1].native, alicePhone, akp, reg.ServerKey)
+	bobRoute := newFailover(t, ps[2].native)
+	bob := dialClient(t, bobRoute.addr(), bobPhone, bkp, reg.ServerKey)
+
+	ctx, cancel := context.WithTimeout(context.Background(), flowGuard)
+	defer cancel()
+	// Alice reads her receipts so that her queue stays short.
+	go func() {
+		for {
+			in, err := alice.Recv(ctx)
+			if err != nil {
+				return
+			}
+			_ = alice.Ack(in.Seq)
+		}
+	}()
+	received := make(chan string, messages)
+	go func() {
+		for {
+			in, err := bob.Recv(ctx)
+			if err != nil {
+				return
+			}
+			if in.Message != nil {
+				received <- string(in.Message.Body)
+			}
+			_ = bob.Ack(in.Seq)
+		}
+	}()
+	// Alice sends one message at a time, each until it is acked: a send
+	// refused while a stream elects a new leader is sent again with the
+	// same id, which stores it once.
+	sent := make(chan error, 1)
+	var acked atomic.Int64
+	go func() {
+		for i := range messages {
+			id, body := alice.NewID(), fmt.Sprintf("m%04d", i)
+			for {
+				_, err := alice.SendWithID(ctx, id, bobPhone, []byte(body))
+				if err == nil {
+					break
+				}
+				var se *client.ServerError
+				if ctx.Err() != nil || !errors.As(err, &se) {
+					sent <- fmt.Errorf("send %s: %w", body, err)
+					return
+				}
+				select {
+				case <-ctx.Done():
+				case <-time.After(100 * time.Millisecond):
+				}
+			}
+			acked.Add(1)
+		}
+		sent <- nil
+	}()
+
+	var got []string
+	killed := false
+	for len(got) < messages {
+		select {
+		case b := <-received:
+			got = append(got, b)
+		case err := <-sent:
+			if err != nil {
+				t.Fatalf("alice: %v (node logs:\n%s\n%s)", err, tail(ps[1].log), tail(ps[2].log))
+			}
+			sent = nil
+		case <-ctx.Done():
+			t.Fatalf("bob has %d of %d messages after %s (alice has %d acked; killed: %v)\nnode 1:\n%s", len(got), messages, flowGuard, acked.Load(), killed, tail(ps[0].log))
+		}
+		if len(got) == killAfter && !killed {
+			// Bob has had these live from node 3: now it dies, and his
+			// device is sent to node 1 instead.
+			bobRoute.moveTo(ps[0].native)
+			ps[2].kill(t)
+			killed = true
+			t.Logf("node 3 killed after %d messages received live, %d acked, in %s", len(got), acked.Load(), time.Since(start).Round(time.Millisecond))
+			start = time.Now()
+		}
+	}
+	if sent != nil {
+		if err := <-sent; err != nil {
+			t.Fatalf("alice: %v", err)
+		}
+	}
+	t.Logf("the other %d messages delivered in %s after the kill", messages-killAfter, time.Since(start).Round(time.Millisecond))
+	for i, b := range got {
+		if want := fmt.Sprintf("m%04d", i); b != want {
+			t.Fatalf("bob's message %d is %q, want %q (exactly once, in order); all: %v", i, b, want, got)
+		}
+	}
+}
