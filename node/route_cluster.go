@@ -72,12 +72,16 @@ type clusterRouter struct {
 // Sizes of the router's queues. Past them work is dropped (and logged):
 // a dropped doorbell or hint only delays a delivery.
 const (
-	hintShards    = 8
-	hintQueue     = 1024
-	bellWorkers   = 4
-	bellQueue     = 4096
-	kickTries     = 3
-	kickTimeout   = time.Second
+	hintShards  = 8
+	hintQueue   = 1024
+	bellWorkers = 4
+	bellQueue   = 4096
+	kickTries   = 3
+	kickTimeout = time.Second
+	// A claim refused by the bucket is tried again claimTries times,
+	// after claimBackoff, doubling up to 5 s: about a minute in all.
+	claimTries    = 14
+	claimBackoff  = 125 * time.Millisecond
 	maxDoorbell   = 1 << 20 // NATS's default max_payload
 	routerDrainIn = 3 * time.Second
 )
@@ -102,6 +106,7 @@ type hintJob struct {
 	token uint64
 	code  wire.Error_Code
 	from  hint // jobKicked: the node that kicked, to wake its session after
+	tries int  // jobClaim: the times it was refused
 }
 
 type bell struct {
@@ -405,7 +410,7 @@ func (r *clusterRouter) claim(held map[string]heldHint, j hintJob) {
 			continue // another login wrote meanwhile: read it and go again
 		}
 		if err != nil {
-			r.n.log.Warn("cluster: could not record where a user is connected; deliveries from other nodes wait for the next read", "user", j.user, "err", err)
+			r.retryClaim(j, err)
 			return
 		}
 		held[j.user] = heldHint{c: j.c, token: j.token, rev: rev}
@@ -416,6 +421,20 @@ func (r *clusterRouter) claim(held map[string]heldHint, j hintJob) {
 		return
 	}
 	r.n.log.Warn("cluster: could not record where a user is connected: too many logins at once", "user", j.user)
+}
+
+// retryClaim tries a claim the bucket refused again later (a new leader
+// being elected, say), with a growing delay, while its login lasts:
+// until it is written, deliveries from other nodes wait for the
+// session's next read.
+func (r *clusterRouter) retryClaim(j hintJob, err error) {
+	if j.tries >= claimTries || r.stopped.Load() {
+		r.n.log.Warn("cluster: could not record where a user is connected; deliveries from other nodes wait for the next read", "user", j.user, "err", err)
+		return
+	}
+	r.n.log.Debug("cluster: claim refused, will try again", "user", j.user, "err", err)
+	j.tries++
+	time.AfterFunc(min(claimBackoff<<j.tries, 5*time.Second), func() { r.enqueue(j, false) })
 }
 
 func isWrongLastSeq(err error) bool {

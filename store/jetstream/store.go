@@ -312,10 +312,16 @@ func (s *Store) Commit(b *store.Batch, done func(store.Result)) {
 }
 
 // Close lets the committer finish every batch already queued, stops the
-// sweeper and ends the store's requests. It does not close the NATS
+// sweeper and ends the store's requests. It waits for them at most
+// Options.Timeout: a node cut off from its quorum would otherwise wait out
+// every queued batch's requests; past it the requests still waiting end,
+// and their batches report ErrUnavailable (not written, or not known to
+// be: a send is retried with its Dedup). It does not close the NATS
 // connection. Later calls return nil.
 func (s *Store) Close() error {
 	s.closeOnce.Do(func() {
+		t := time.AfterFunc(s.opts.Timeout, s.cancel)
+		defer t.Stop()
 		close(s.stopSweep)
 		<-s.swept
 		s.q.close()
@@ -590,7 +596,7 @@ type pubAck struct {
 func (s *Store) publish(ctx context.Context, msg *nats.Msg) (pubAck, error) {
 	resp, err := s.nc.RequestMsgWithContext(ctx, msg)
 	if err != nil {
-		if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout) || errors.Is(err, nats.ErrNoResponders) {
+		if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) || errors.Is(err, nats.ErrTimeout) || errors.Is(err, nats.ErrNoResponders) {
 			err = fmt.Errorf("%w (%w)", ErrUnavailable, err)
 		}
 		return pubAck{}, fmt.Errorf("publish to %s: %w", msg.Subject, err)
