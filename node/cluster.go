@@ -135,13 +135,10 @@ func (n *Node) joinCluster(ctx context.Context) error {
 // refuses to place streams; it logs what it waits for now and then.
 func (n *Node) retryPlacement(ctx context.Context, what string, f func(context.Context) error) error {
 	logged := time.Now()
-	// Right after a cluster forms, and when nodes create the same streams
-	// at once, some requests are never answered: short tries at first,
-	// longer ones after (a loaded machine may need them).
-	try := 5 * time.Second
 	for {
-		rctx, cancel := context.WithTimeout(ctx, try)
-		try = min(2*try, 30*time.Second)
+		// Each request has its own bound (see jetstream.EnsureStream);
+		// this one only ends a try that keeps getting no answer.
+		rctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 		err := f(rctx)
 		cancel()
 		if err == nil {

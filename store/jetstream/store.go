@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -239,8 +240,9 @@ const createTry = 2 * time.Second
 // Why: in a cluster, nats-server (v2.15.3) does not answer a create of a
 // stream that another node is creating at the same moment, as every node
 // of a cluster started at once does with the same streams; each such
-// request would wait out its whole deadline. The try after it finds the
-// stream made and is answered at once.
+// request would wait out its whole deadline. Nodes that started together
+// stay in step, so the next try waits a random part of try first: one of
+// them then creates the stream alone, and the others find it made.
 func EnsureStream(ctx context.Context, js njs.JetStream, cfg njs.StreamConfig, try time.Duration) (njs.Stream, error) {
 	for {
 		tctx, cancel := context.WithTimeout(ctx, try)
@@ -248,6 +250,10 @@ func EnsureStream(ctx context.Context, js njs.JetStream, cfg njs.StreamConfig, t
 		cancel()
 		if err == nil || ctx.Err() != nil || !errors.Is(err, context.DeadlineExceeded) {
 			return st, err
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(rand.N(try)):
 		}
 	}
 }
