@@ -1,0 +1,60 @@
+package main
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"strings"
+	"testing"
+
+	"github.com/spf13/pflag"
+)
+
+// Cluster flags without a cluster name are a mistake, not a node alone;
+// no cluster flags at all is a node alone (nil, as before).
+func TestClusterFlagsNeedAName(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string // "" for a node alone
+	}{
+		{nil, ""},
+		{[]string{"--peers", "127.0.0.1:6222"}, "--cluster NAME"},
+		{[]string{"--node", "n1"}, "--cluster NAME"},
+		{[]string{"--replicas", "3"}, "--cluster NAME"},
+	} {
+		var f clusterFlags
+		fs := pflag.NewFlagSet("serve", pflag.ContinueOnError)
+		f.register(fs)
+		if err := fs.Parse(tc.args); err != nil {
+			t.Fatal(err)
+		}
+		c, cc, err := f.join(context.Background(), t.TempDir(), slog.New(slog.DiscardHandler), io.Discard)
+		if tc.want == "" {
+			if c != nil || cc != nil || err != nil {
+				t.Errorf("%v: %v %v %v, want a node alone", tc.args, c, cc, err)
+			}
+			continue
+		}
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%v: %v, want an error naming %s", tc.args, err, tc.want)
+		}
+	}
+}
+
+// Every cluster flag can come from the environment (PARLEY_*).
+func TestClusterFlagsFromEnv(t *testing.T) {
+	var f clusterFlags
+	fs := pflag.NewFlagSet("serve", pflag.ContinueOnError)
+	f.register(fs)
+	env := map[string]string{
+		"PARLEY_CLUSTER": "demo", "PARLEY_NODE": "n2", "PARLEY_CLUSTER_LISTEN": "127.0.0.1:6222",
+		"PARLEY_PEERS": "127.0.0.1:6221,127.0.0.1:6222", "PARLEY_NATS_LISTEN": "127.0.0.1:4223",
+		"PARLEY_REPLICAS": "1", "PARLEY_PARTITIONS": "8",
+	}
+	if err := flagsFromEnv(fs, func(k string) (string, bool) { v, ok := env[k]; return v, ok }); err != nil {
+		t.Fatal(err)
+	}
+	if f.name != "demo" || f.node != "n2" || f.listen != "127.0.0.1:6222" || len(f.peers) != 2 || f.natsListen != "127.0.0.1:4223" || f.replicas != 1 || f.partitions != 8 {
+		t.Fatalf("flags from the environment: %+v", f)
+	}
+}
