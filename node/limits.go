@@ -81,6 +81,12 @@ type Limits struct {
 	ReplayMemory int
 	// MaxReadIDs bounds the message ids of one Read frame. Default 256.
 	MaxReadIDs int
+	// QueueStates bounds the queues whose head and tail the store keeps in
+	// memory (about 100 bytes each), and AccountCache the phones it
+	// remembers as registered (about 80 bytes each); past them it forgets
+	// settled entries and reads them from disk again when needed.
+	// Defaults 1,048,576 each.
+	QueueStates, AccountCache int
 
 	// HTTPReadHeaderTimeout, HTTPReadTimeout, HTTPWriteTimeout and
 	// HTTPIdleTimeout are the HTTP and admin listeners' timeouts (see
@@ -117,6 +123,8 @@ func DefaultLimits() Limits {
 		ReplayWindow:          10 * time.Minute,
 		ReplayMemory:          100_000,
 		MaxReadIDs:            256,
+		QueueStates:           1 << 20,
+		AccountCache:          1 << 20,
 		HTTPReadHeaderTimeout: 5 * time.Second,
 		HTTPReadTimeout:       5 * time.Minute,
 		HTTPWriteTimeout:      5 * time.Minute,
@@ -156,6 +164,8 @@ func (l Limits) withDefaults() Limits {
 	zd(&l.ReplayWindow, d.ReplayWindow)
 	zi(&l.ReplayMemory, d.ReplayMemory)
 	zi(&l.MaxReadIDs, d.MaxReadIDs)
+	zi(&l.QueueStates, d.QueueStates)
+	zi(&l.AccountCache, d.AccountCache)
 	zd(&l.HTTPReadHeaderTimeout, d.HTTPReadHeaderTimeout)
 	zd(&l.HTTPReadTimeout, d.HTTPReadTimeout)
 	zd(&l.HTTPWriteTimeout, d.HTTPWriteTimeout)
@@ -187,6 +197,8 @@ func (l Limits) MarshalJSON() ([]byte, error) {
 		"replay_window":            d(l.ReplayWindow),
 		"replay_memory":            l.ReplayMemory,
 		"max_read_ids":             l.MaxReadIDs,
+		"queue_states":             l.QueueStates,
+		"account_cache":            l.AccountCache,
 		"http_read_header_timeout": d(l.HTTPReadHeaderTimeout),
 		"http_read_timeout":        d(l.HTTPReadTimeout),
 		"http_write_timeout":       d(l.HTTPWriteTimeout),

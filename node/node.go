@@ -101,6 +101,9 @@ type Config struct {
 	// Tests set it to one that drops unsynced writes at a simulated power
 	// loss (vfs.NewStrictMem).
 	StoreFS vfs.FS
+	// StoreMemTableSize is the store's memtable size in bytes, which sets
+	// its disk footprint (see store.Options.MemTableSize). Default 16 MiB.
+	StoreMemTableSize int
 }
 
 func (c *Config) setDefaults() {
@@ -245,8 +248,11 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 		n.log.Info("generated server key", "path", filepath.Join(cfg.DataDir, "server.key"))
 	}
 	pebble, err := store.OpenPebble(filepath.Join(cfg.DataDir, "store"), store.Options{
-		MaxQueueLen: cfg.Limits.MaxQueueLen,
-		MaxAge:      cfg.Limits.MaxQueueAge,
+		MaxQueueLen:    cfg.Limits.MaxQueueLen,
+		MaxAge:         cfg.Limits.MaxQueueAge,
+		MaxQueueStates: cfg.Limits.QueueStates,
+		AccountCache:   cfg.Limits.AccountCache,
+		MemTableSize:   cfg.StoreMemTableSize,
 		OnExpire: func(user string, it store.Item) {
 			n.mx.Expired.Inc()
 			n.log.Warn("queue item expired undelivered", "user", user, "seq", it.Seq, "queued", time.Unix(0, it.TS))

@@ -170,12 +170,14 @@ type committer struct {
 	targets  []int          // index in touched of each append's queue
 	key      []byte         // scratch key
 	appended []*queueState  // queues this group appends to: durable to their tails once synced
+	pruneAt  int            // size of p.queues at which pruneStates next scans
 }
 
 func newCommitter(p *Pebble) *committer {
 	return &committer{
 		p:       p,
 		overlay: make(map[string]dedupSlot),
+		pruneAt: p.opts.MaxQueueStates,
 	}
 }
 
@@ -193,6 +195,7 @@ func (c *committer) run() {
 		}
 		c.commitGroup(group)
 		clear(group) // drop references to batches and callbacks
+		c.pruneStates()
 	}
 }
 
