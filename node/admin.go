@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/parleyhq/parley/account"
+	"github.com/parleyhq/parley/apierror"
 	"github.com/parleyhq/parley/noise"
 )
 
@@ -52,14 +53,10 @@ func (n *Node) adminHandler() http.Handler {
 	return mux
 }
 
-func writeJSON(w http.ResponseWriter, status int, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(status)
-	json.NewEncoder(w).Encode(v)
-}
+func writeJSON(w http.ResponseWriter, status int, v any) { apierror.WriteJSON(w, status, v) }
 
 func writeError(w http.ResponseWriter, status int, code, msg string) {
-	writeJSON(w, status, map[string]any{"error": map[string]string{"code": code, "message": msg}})
+	apierror.Write(w, status, code, msg, 0)
 }
 
 // ProcessStats is what GET /admin/process answers: the server's own CPU time
