@@ -64,8 +64,8 @@ func TestBulkNeverReplacesAnAccount(t *testing.T) {
 	}{
 		{"text/plain body", "text/plain", nil, http.StatusUnsupportedMediaType, "unsupported_media_type"},
 		{"form body", "application/x-www-form-urlencoded", nil, http.StatusUnsupportedMediaType, "unsupported_media_type"},
-		{"cross-site browser request", "application/json", []string{"Sec-Fetch-Site", "cross-site"}, http.StatusForbidden, "?"},
-		{"foreign origin", "application/json", []string{"Origin", "http://evil.example"}, http.StatusForbidden, "?"},
+		{"cross-site browser request", "application/json", []string{"Sec-Fetch-Site", "cross-site"}, http.StatusForbidden, "cross_site"},
+		{"foreign origin", "application/json", []string{"Origin", "http://evil.example"}, http.StatusForbidden, "cross_site"},
 		{"from a script, over an existing account", "application/json", nil, http.StatusConflict, "account_exists"},
 	} {
 		status, code := adminPost(t, url, tc.contentType, body, tc.header...)

@@ -21,7 +21,12 @@ import (
 type evKind uint8
 
 const (
+	// evStart makes the session live: it handles its client's frames and
+	// is the one the router finds. evDeliver then starts its deliveries;
+	// a login that replaced a live one gets it only once its predecessor
+	// has stopped (see handOver).
 	evStart evKind = iota + 1
+	evDeliver
 	evFrame
 	evCommitted
 	evPush
@@ -38,6 +43,9 @@ type event struct {
 	data  []byte
 	res   store.Result
 	text  string
+	// next, on an evKick from a newer login, is that login's connection:
+	// the kicked session hands over to it (see handOver).
+	next *conn
 }
 
 // conn is one client connection and the actor that runs its session.
@@ -143,11 +151,13 @@ func (c *conn) stopped() bool {
 
 // post appends ev to the mailbox and schedules the actor if it is idle. It
 // never blocks: it is called from the event loop and from commit callbacks.
-func (c *conn) post(p *pool, ev event) {
+// post adds ev to c's mailbox and schedules c; it reports false, dropping
+// ev, when c is closed.
+func (c *conn) post(p *pool, ev event) bool {
 	c.mu.Lock()
 	if c.dead {
 		c.mu.Unlock()
-		return
+		return false
 	}
 	if ev.kind == evClosed {
 		c.dead = true
@@ -157,7 +167,9 @@ func (c *conn) post(p *pool, ev event) {
 		c.mbox.evs = c.mbox.first[:0]
 	}
 	overflow := false
-	if n := len(c.mbox.evs); n >= p.n.cfg.Limits.MaxMailbox && ev.kind != evClosed {
+	// A kick that hands over to a newer login always gets in: its
+	// successor waits for it. There is at most one per login.
+	if n := len(c.mbox.evs); n >= p.n.cfg.Limits.MaxMailbox && ev.kind != evClosed && ev.next == nil {
 		// The client makes work faster than its session is served (a
 		// flood of pings it never reads the answers to, say): cut it off
 		// rather than hold its events without bound. The first event
@@ -166,7 +178,7 @@ func (c *conn) post(p *pool, ev event) {
 		// answer never reaches a client being closed anyway).
 		if last := c.mbox.evs[n-1]; last.kind == evKick && last.text == mailboxFullText {
 			c.mu.Unlock()
-			return
+			return true
 		}
 		ev = event{kind: evKick, code: wire.Error_BAD_REQUEST, text: mailboxFullText}
 		overflow = true
@@ -182,6 +194,7 @@ func (c *conn) post(p *pool, ev event) {
 	if sched {
 		p.push(c, time.Now().UnixNano())
 	}
+	return true
 }
 
 // mailboxFullText is the reason given to a client cut off for MaxMailbox.
@@ -227,7 +240,19 @@ func (c *conn) run(w *worker, schedAt int64) {
 func (c *conn) handle(w *worker, ev *event) bool {
 	switch ev.kind {
 	case evStart:
-		return c.start(w)
+		c.live = true
+		w.n.log.Debug("session started", "user", c.core.User(), "conn", c.id())
+		return false
+	case evKick:
+		closeNow := false
+		if c.live {
+			c.core.StepKicked(ev.code, ev.text)
+			closeNow = c.ready(w)
+		}
+		if ev.next != nil {
+			w.n.handOver(ev.next)
+		}
+		return closeNow
 	case evClosed:
 		if c.live {
 			w.n.router.unregister(c.core.User(), c)
@@ -255,19 +280,11 @@ func (c *conn) handle(w *worker, ev *event) bool {
 	case evPush:
 		c.core.StepPushed(ev.seq, ev.data)
 		return c.ready(w)
-	case evKick:
-		c.core.StepKicked(ev.code, ev.text)
+	case evDeliver:
+		c.core.StepStart()
 		return c.ready(w)
 	}
 	return false
-}
-
-// start begins the session that prove set up and registered.
-func (c *conn) start(w *worker) bool {
-	c.live = true
-	w.n.log.Debug("session started", "user", c.core.User(), "conn", c.id())
-	c.core.StepStart()
-	return c.ready(w)
 }
 
 // ready carries out the Ready of the event just stepped into the core,
@@ -628,8 +645,12 @@ func (c *conn) prove(n *Node) {
 	// has yet to start (which would ignore it).
 	c.core.Init(pl.user, &n.sessionCfg)
 	c.post(n.pool, event{kind: evStart})
-	if prev := n.router.register(pl.user, c); prev != nil && prev != c {
-		prev.post(n.pool, event{kind: evKick, code: wire.Error_REPLACED, text: "this account logged in on a newer connection"})
+	// While two connections of one user overlap, the newer one delivers
+	// nothing until the older has stopped and its acks are applied, so
+	// that nothing the older acked is delivered again.
+	prev := n.router.register(pl.user, c)
+	if prev == nil || prev == c || !prev.post(n.pool, event{kind: evKick, code: wire.Error_REPLACED, text: "this account logged in on a newer connection", next: c}) {
+		c.post(n.pool, event{kind: evDeliver})
 	}
 	c.mu.Lock()
 	dead := c.dead

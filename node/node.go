@@ -578,6 +578,18 @@ func (n *Node) SessionCount() int { return n.router.len() }
 // recipient's live session (if any) and returns the result to the sender's
 // mailbox. Routing here rather than in the sender's actor keeps delivery
 // going even if the sender disconnects before its commit lands.
+// handOver starts next's deliveries once everything its predecessor, the
+// session whose actor calls it, committed before stopping is applied: an
+// empty batch, committed by the same caller after the predecessor's acks,
+// is done only after they are (store.Store.Commit keeps one caller's
+// batches in order), so next's first read of the queue no longer holds
+// what the predecessor acked.
+func (n *Node) handOver(next *conn) {
+	n.store.Commit(&store.Batch{}, func(store.Result) {
+		next.post(n.pool, event{kind: evDeliver})
+	})
+}
+
 func (n *Node) commit(c *conn, b *store.Batch) {
 	start := time.Now()
 	n.store.Commit(b, func(r store.Result) {
