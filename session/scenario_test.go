@@ -31,17 +31,17 @@ import (
 //
 //	register u...                  accounts for the users
 //	store max-queue-len=N max-age=D   reopen the store (same directory) with these options
-//	login u [window=N max-pending=N max-read-ids=N read-rate=N read-burst=N]
+//	login u [hold=true window=N max-pending=N max-read-ids=N read-rate=N read-burst=N]
 //	                               a new connection's session; a live one is replaced as the node does
 //	logout u                       the connection drops
-//	send u to id=N [resend=true] [size=N] body...
+//	send u to id=N [resend=true] [body-size=N] body...
 //	send-many u to n=N id=N        N sends with ids id, id+1, ...
-//	send-media u to id=N url= mime= size= [thumbnail=N caption-size=N] caption...
+//	send-media u to id=N url= mime= size= [body-size=N thumbnail=N caption-size=N media-id-size=N url-pad=N] caption...
 //	upload u id=N | ping u id=N | bogus u | kick u
 //	ack u seq | read u to id=N ids...
 //	hold u / release u             u's writes and queue reads wait (the read's snapshot is taken at once)
 //	fail-commits n=N err=internal|closed   the next N commits fail so, writing nothing
-//	fail-reads u n=N               u's next N queue reads fail
+//	fail-reads u n=N               u's next N queue reads fail (u need not be logged in)
 //	advance d=D                    the sessions' clock moves on
 //	sweep after=D                  a sweeper pass as of D from now; prints what expired
 //	queue u                        what u's queue holds
@@ -56,13 +56,16 @@ func TestScenarios(t *testing.T) {
 // event loop and the router, delivering every effect synchronously so a
 // script's output is deterministic.
 type world struct {
-	t     *testing.T
-	dir   string
-	st    *store.Pebble
-	live  map[string]*conn // the router: each user's newest session
-	ids   uint64
-	clock int64
-	out   strings.Builder
+	t    *testing.T
+	dir  string
+	st   *store.Pebble
+	live map[string]*conn // the router: each user's newest session
+	// latest is each user's newest connection, closed or not (hold and
+	// release may act on a session that has just been closed).
+	latest map[string]*conn
+	ids    uint64
+	clock  int64
+	out    strings.Builder
 	// expired collects the store's OnExpire reports until sweep prints them.
 	expired []string
 	// failCommits and failErr inject store failures: the next failCommits
@@ -70,6 +73,7 @@ type world struct {
 	failCommits int
 	failErr     error
 	refusals    map[string]int // Config.OnRefused's counts
+	failReads   map[string]int // a user's next queue reads fail
 }
 
 // conn is one connection's session as the harness runs it.
@@ -78,14 +82,14 @@ type conn struct {
 	core        *session.Core
 	closed      bool
 	// hold keeps writes and reads waiting (held, heldLoad) until release.
-	hold      bool
-	held      []*store.Batch
-	heldLoad  *session.Loaded
-	failReads int
+	hold     bool
+	held     []*store.Batch
+	heldLoad *session.Loaded
 }
 
 func newWorld(t *testing.T) *world {
-	w := &world{t: t, dir: t.TempDir(), live: map[string]*conn{}, refusals: map[string]int{}}
+	w := &world{t: t, dir: t.TempDir(), live: map[string]*conn{}, latest: map[string]*conn{}, refusals: map[string]int{}, failReads: map[string]int{},
+		clock: 1_700_000_000_000_000_000} // a realistic time: stamps take their real size
 	w.open(store.Options{MaxQueueLen: 3})
 	t.Cleanup(func() { w.st.Close() })
 	return w
@@ -144,7 +148,7 @@ func (w *world) run(t *testing.T, d *datadriven.TestData) string {
 		return v
 	}
 	body := func() []byte {
-		if n := num("size", 0); n > 0 {
+		if n := num("body-size", 0); n > 0 {
 			return bytes.Repeat([]byte("x"), n)
 		}
 		return []byte(strings.Join(pos[2:], " "))
@@ -169,7 +173,7 @@ func (w *world) run(t *testing.T, d *datadriven.TestData) string {
 		return "ok"
 	case "login":
 		need(1)
-		w.login(pos[0], &session.Config{
+		w.login(pos[0], args["hold"] == "true", &session.Config{
 			Window:     num("window", 256),
 			MaxPending: num("max-pending", 0),
 			MaxReadIDs: num("max-read-ids", 0),
@@ -204,7 +208,7 @@ func (w *world) run(t *testing.T, d *datadriven.TestData) string {
 	case "send-media":
 		need(2)
 		w.frame(pos[0], &wire.Frame{Kind: &wire.Frame_Send{Send: &wire.Send{Id: u64(args["id"]), To: pos[1], Body: body(), Media: &wire.Media{
-			Url: args["url"], Mime: args["mime"], Size: u64(args["size"]),
+			Url: args["url"] + strings.Repeat("u", num("url-pad", 0)), Mime: args["mime"], Size: u64(args["size"]), Id: strings.Repeat("i", num("media-id-size", 0)),
 			Thumbnail: bytes.Repeat([]byte("j"), num("thumbnail", 4)),
 			Caption:   strings.Join(pos[2:], " ") + strings.Repeat("c", num("caption-size", 0)),
 		}}}})
@@ -233,7 +237,11 @@ func (w *world) run(t *testing.T, d *datadriven.TestData) string {
 		return "ok"
 	case "release":
 		need(1)
-		w.release(w.conn(pos[0]))
+		c := w.latest[pos[0]]
+		if c == nil {
+			d.Fatalf(t, "%s never logged in", pos[0])
+		}
+		w.release(c)
 	case "fail-commits":
 		w.failCommits = num("n", 1)
 		switch args["err"] {
@@ -247,7 +255,7 @@ func (w *world) run(t *testing.T, d *datadriven.TestData) string {
 		return "ok"
 	case "fail-reads":
 		need(1)
-		w.conn(pos[0]).failReads = num("n", 1)
+		w.failReads[pos[0]] = num("n", 1)
 		return "ok"
 	case "advance":
 		w.clock += int64(dur("d"))
@@ -305,11 +313,12 @@ func (w *world) run(t *testing.T, d *datadriven.TestData) string {
 // login starts a session for user the way the node's prove does: the new
 // session starts, then becomes the one the router finds, and the one it
 // replaces (if any) is kicked with REPLACED.
-func (w *world) login(user string, cfg *session.Config) {
-	c := &conn{user: user, label: user, core: new(session.Core)}
+func (w *world) login(user string, hold bool, cfg *session.Config) {
+	c := &conn{user: user, label: user, core: new(session.Core), hold: hold}
 	c.core.Init(user, cfg)
 	w.step(c, session.Start{})
 	prev := w.live[user]
+	w.latest[user] = c
 	if !c.closed {
 		w.live[user] = c
 	}
@@ -398,8 +407,8 @@ func (w *world) release(c *conn) {
 }
 
 func (w *world) read(c *conn, load *session.Load) *session.Loaded {
-	if c.failReads > 0 {
-		c.failReads--
+	if w.failReads[c.user] > 0 {
+		w.failReads[c.user]--
 		return &session.Loaded{Err: errors.New("read queue: disk on fire")}
 	}
 	items, err := w.st.ReadQueue(c.user, load.From, load.Max)
@@ -475,7 +484,14 @@ func fmtFrame(f *wire.Frame) string {
 
 func fmtItem(it *wire.Item) string {
 	if m := it.GetMessage(); m != nil && m.Media != nil {
-		return fmt.Sprintf("media from=%s id=%d server_id=%d url=%s mime=%s size=%d thumbnail=%dB caption=%q", m.From, m.Id, m.ServerId, m.Media.Url, m.Media.Mime, m.Media.Size, len(m.Media.Thumbnail), m.Media.Caption)
+		url, caption := m.Media.Url, fmt.Sprintf("%q", m.Media.Caption)
+		if len(url) > 64 {
+			url = fmt.Sprintf("%s...(%d bytes)", url[:40], len(url))
+		}
+		if len(m.Media.Caption) > 64 {
+			caption = fmt.Sprintf("(%d bytes)", len(m.Media.Caption))
+		}
+		return fmt.Sprintf("media from=%s id=%d server_id=%d url=%s mime=%s size=%d thumbnail=%dB caption=%s", m.From, m.Id, m.ServerId, url, m.Media.Mime, m.Media.Size, len(m.Media.Thumbnail), caption)
 	}
 	if m := it.GetMessage(); m != nil {
 		return fmt.Sprintf("message from=%s id=%d server_id=%d %q", m.From, m.Id, m.ServerId, m.Body)
