@@ -276,6 +276,8 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 		NewID:       n.ids.next,
 		IssueUpload: n.issueUpload,
 		MaxReadIDs:  cfg.Limits.MaxReadIDs,
+		// Reads over a bound (per frame, per time) count as limit hits.
+		OnRefused: func(limit string) { n.mx.LimitHits.WithLabelValues(limit).Inc() },
 	}
 	n.pool = newPool(n, cfg.Workers)
 	n.monitor, err = monitor.New(monitor.Config{

@@ -43,6 +43,16 @@ type Config struct {
 	CheckMedia func(m *wire.Media) error
 	// MaxReadIDs bounds the message ids of one Read. Default 256.
 	MaxReadIDs int
+	// ReadRate and ReadBurst bound the message ids a session's Reads may
+	// name over time: a token bucket of ReadBurst ids (at least
+	// MaxReadIDs), refilled at ReadRate ids a second (at most 1000: the
+	// bucket keeps time in milliseconds). A Read that would overdraw it is
+	// refused, and stores nothing. Defaults 16 and 1024.
+	ReadRate, ReadBurst int
+	// OnRefused, if set, is called with a limit's name (as in
+	// node.Limits' JSON: "max_read_ids", "read_rate") each time a request
+	// is refused for it, so refusals are counted. It must not block.
+	OnRefused func(limit string)
 }
 
 // Load asks the caller to read the user's queue from seq From, at most Max
@@ -181,9 +191,11 @@ type Core struct {
 	cfg  *Config
 	user string
 	next uint64 // next queue seq to deliver
-	// loadMax is the Max of the outstanding Load; zero when no read is
-	// outstanding.
-	loadMax  uint32
+	// readTAT is the read bucket's state (see onRead): the millisecond,
+	// as the low 32 bits of unix time, at which it is full again; 0 when
+	// this session has not read. 32 bits keep an idle Core within its
+	// budget (node's conn is sized to a malloc class).
+	readTAT  uint32
 	started  bool
 	closed   bool
 	caughtUp bool // the last read reached the queue's tail
@@ -201,6 +213,9 @@ type work struct {
 	inflight []inflight // delivered, unacked, in seq order
 	pending  []pending  // writes awaiting Committed, in commit order
 	rd       Ready
+	// loadMax is the Max of the outstanding Load; zero when no read is
+	// outstanding.
+	loadMax int
 
 	// Room for the usual Ready (a frame or two, one write, one ack's
 	// delay), so that a session going from idle to busy allocates its work
@@ -257,7 +272,7 @@ func (c *Core) Advance() {
 	if w == nil {
 		return
 	}
-	if len(w.inflight) == 0 && len(w.pending) == 0 {
+	if len(w.inflight) == 0 && len(w.pending) == 0 && w.loadMax == 0 {
 		c.work = nil
 		return
 	}
@@ -278,7 +293,7 @@ func (c *Core) w() *work {
 
 func (c *Core) window() int {
 	if c.cfg.Window > 0 {
-		return min(c.cfg.Window, math.MaxInt32) // loadMax has 32 bits
+		return min(c.cfg.Window, math.MaxInt32)
 	}
 	return 256
 }
@@ -431,13 +446,35 @@ func (c *Core) onSend(s *wire.Send) {
 	w.pending = append(w.pending, pending{kind: pendSend, id: s.Id, serverID: serverID, ts: ts})
 }
 
+// Read receipts and what the server can vouch for. A Read names the
+// sender's message ids; the server stamps By, so a receipt always says
+// truly who sent it, but whether the reader ever received those messages
+// is another matter: a delivered item is erased at its ack, and a client
+// reads hours later, on another connection (client.MarkRead also resends
+// an unanswered Read after a reconnect). With no record of who received
+// what from whom, a session cannot tell a forged Read from a legitimate
+// one made after a reconnect, so it refuses neither; keeping that record
+// needs durable state in the store (per reader and sender, written with
+// the ack's delivered receipts), which the Store interface does not have.
+// What a session does bound is how much a Read may push into another
+// user's queue: MaxReadIDs ids a frame, and a token bucket of ReadBurst
+// ids refilled at ReadRate a second (see readBucket), so a Read costs the
+// recipient no more than a Send does. Clients should show a read receipt
+// only on messages they sent to its By.
 func (c *Core) onRead(r *wire.Read) {
 	if max := cmp.Or(c.cfg.MaxReadIDs, defaultMaxReadIDs); len(r.Ids) > max {
+		c.refused("max_read_ids")
 		c.send(errFrame(r.Id, wire.Error_TOO_LARGE, fmt.Sprintf("a read receipt names %d messages, over the %d one may: split it", len(r.Ids), max)))
 		return
 	}
 	if r.To == c.user {
 		c.send(errFrame(r.Id, wire.Error_BAD_REQUEST, "a read receipt goes to the messages' sender, not to yourself"))
+		return
+	}
+	if wait := c.readBucket(len(r.Ids)); wait > 0 {
+		c.refused("read_rate")
+		rate, burst := c.readLimits()
+		c.send(errFrame(r.Id, wire.Error_BAD_REQUEST, fmt.Sprintf("read receipts may name %d messages a second (%d at once): send this one again in %dms", rate, burst, wait)))
 		return
 	}
 	data, err := wire.EncodeItem(&wire.Item{Kind: &wire.Item_Receipt{Receipt: &wire.Receipt{
@@ -450,6 +487,55 @@ func (c *Core) onRead(r *wire.Read) {
 	w := c.w()
 	w.rd.Writes = append(w.rd.Writes, &store.Batch{Appends: []store.Append{{To: r.To, Data: data}}})
 	w.pending = append(w.pending, pending{kind: pendRead, id: r.Id})
+}
+
+func (c *Core) refused(limit string) {
+	if c.cfg.OnRefused != nil {
+		c.cfg.OnRefused(limit)
+	}
+}
+
+// Config.ReadRate's and Config.ReadBurst's defaults.
+const (
+	defaultReadRate  = 16
+	defaultReadBurst = 1024
+)
+
+// readLimits returns the read bucket's rate (ids a second, 1..1000) and
+// size (ids, at least MaxReadIDs, so that any Read the frame bound lets
+// through can pass a full bucket).
+func (c *Core) readLimits() (rate, burst int) {
+	rate = min(cmp.Or(c.cfg.ReadRate, defaultReadRate), 1000)
+	burst = max(cmp.Or(c.cfg.ReadBurst, defaultReadBurst), cmp.Or(c.cfg.MaxReadIDs, defaultMaxReadIDs))
+	return rate, burst
+}
+
+// readBucket takes n ids from the session's read bucket and returns 0, or
+// leaves it as it is and returns the milliseconds until it could give n.
+//
+// The bucket is kept as one number, GCRA's theoretical arrival time: the
+// millisecond at which it is full again (readTAT). It is ahead of now by
+// what has been taken and not yet refilled, at most the bucket's span
+// (burst ids' worth of refill); taking n ids moves it on by n ids' worth.
+// Only the low 32 bits of the millisecond are kept, which wrap every 49.7
+// days: a difference past the span can only be a session that has not read
+// for that long, whose bucket is full. (One that has been idle a multiple
+// of 49.7 days, give or take the span, may be asked to wait up to the span
+// once.)
+func (c *Core) readBucket(n int) (waitMs int64) {
+	rate, burst := c.readLimits()
+	span := int64(burst) * 1000 / int64(rate)
+	cost := (int64(n)*1000 + int64(rate) - 1) / int64(rate)
+	now := uint32(uint64(c.cfg.Now()) / 1e6)
+	ahead := int64(int32(c.readTAT - now))
+	if c.readTAT == 0 || ahead < 0 || ahead > span {
+		ahead = 0 // full
+	}
+	if ahead+cost > span {
+		return ahead + cost - span
+	}
+	c.readTAT = max(now+uint32(ahead+cost), 1) // 0 means "has not read"
+	return 0
 }
 
 // sendWrite is a Send's batch with its parts, in one allocation.
@@ -594,22 +680,29 @@ func storeErrText(err error) string {
 	return "internal error: send again with the same id"
 }
 
+// loading reports whether a Load is outstanding.
+func (c *Core) loading() bool { return c.work != nil && c.work.loadMax > 0 }
+
 // fill delivers or reads more while the window has room.
 func (c *Core) fill() {
-	if !c.started || c.loadMax > 0 || c.caughtUp {
+	if !c.started || c.loading() || c.caughtUp {
 		return
 	}
 	room := c.window() - c.Inflight()
 	if room <= 0 {
 		return
 	}
-	c.loadMax = uint32(room)
-	c.w().rd.Load = &Load{From: c.next, Max: room}
+	w := c.w()
+	w.loadMax = room
+	w.rd.Load = &Load{From: c.next, Max: room}
 }
 
 func (c *Core) loaded(items []store.Item, err error) {
-	loadMax := int(c.loadMax)
-	c.loadMax = 0
+	loadMax := 0
+	if c.work != nil {
+		loadMax = c.work.loadMax
+		c.work.loadMax = 0
+	}
 	if err != nil {
 		c.close(wire.Error_INTERNAL, "reading your queue failed: reconnect")
 		return
@@ -631,13 +724,13 @@ func (c *Core) pushed(seq uint64, data []byte) {
 	switch {
 	case seq < c.next:
 		// already read from the store
-	case c.started && c.caughtUp && c.loadMax == 0 && seq == c.next && c.Inflight() < c.window():
+	case c.started && c.caughtUp && !c.loading() && seq == c.next && c.Inflight() < c.window():
 		c.deliver(seq, data)
 	default:
 		// Behind, or the window is full: the item waits in the store and
 		// the next read picks it up.
 		c.caughtUp = false
-		if c.loadMax > 0 {
+		if c.loading() {
 			c.pushedWhileLoading = true
 		}
 		c.fill()
