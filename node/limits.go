@@ -81,6 +81,10 @@ type Limits struct {
 	ReplayMemory int
 	// MaxReadIDs bounds the message ids of one Read frame. Default 256.
 	MaxReadIDs int
+	// ReadRate and ReadBurst bound the ids one session's Reads name over
+	// time: a bucket of ReadBurst ids refilled at ReadRate a second (see
+	// session.Config). Defaults 16 and 1,024.
+	ReadRate, ReadBurst int
 	// QueueStates bounds the queues whose head and tail the store keeps in
 	// memory (about 100 bytes each), and AccountCache the phones it
 	// remembers as registered (about 80 bytes each); past them it forgets
@@ -123,6 +127,8 @@ func DefaultLimits() Limits {
 		ReplayWindow:          10 * time.Minute,
 		ReplayMemory:          100_000,
 		MaxReadIDs:            256,
+		ReadRate:              16,
+		ReadBurst:             1024,
 		QueueStates:           1 << 20,
 		AccountCache:          1 << 20,
 		HTTPReadHeaderTimeout: 5 * time.Second,
@@ -164,6 +170,8 @@ func (l Limits) withDefaults() Limits {
 	zd(&l.ReplayWindow, d.ReplayWindow)
 	zi(&l.ReplayMemory, d.ReplayMemory)
 	zi(&l.MaxReadIDs, d.MaxReadIDs)
+	zi(&l.ReadRate, d.ReadRate)
+	zi(&l.ReadBurst, d.ReadBurst)
 	zi(&l.QueueStates, d.QueueStates)
 	zi(&l.AccountCache, d.AccountCache)
 	zd(&l.HTTPReadHeaderTimeout, d.HTTPReadHeaderTimeout)
@@ -197,6 +205,8 @@ func (l Limits) MarshalJSON() ([]byte, error) {
 		"replay_window":            d(l.ReplayWindow),
 		"replay_memory":            l.ReplayMemory,
 		"max_read_ids":             l.MaxReadIDs,
+		"read_rate":                l.ReadRate,
+		"read_burst":               l.ReadBurst,
 		"queue_states":             l.QueueStates,
 		"account_cache":            l.AccountCache,
 		"http_read_header_timeout": d(l.HTTPReadHeaderTimeout),

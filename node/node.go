@@ -276,6 +276,8 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 		NewID:       n.ids.next,
 		IssueUpload: n.issueUpload,
 		MaxReadIDs:  cfg.Limits.MaxReadIDs,
+		ReadRate:    cfg.Limits.ReadRate,
+		ReadBurst:   cfg.Limits.ReadBurst,
 		// Reads over a bound (per frame, per time) count as limit hits.
 		OnRefused: func(limit string) { n.mx.LimitHits.WithLabelValues(limit).Inc() },
 	}
