@@ -193,6 +193,8 @@ type Node struct {
 	httpSrv, adminSrv *http.Server
 	accounts          *account.Service
 
+	started time.Time // for /admin/version
+
 	stopBG context.CancelFunc // stops the background loops
 	bg     sync.WaitGroup
 
@@ -208,7 +210,10 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 		return nil, fmt.Errorf("admin listener %s is not on loopback: set an admin token (--admin-token) so that only operators reach it", cfg.Admin)
 	}
 	reg := prometheus.NewRegistry()
-	n := &Node{cfg: cfg, log: cfg.Log, router: newRouter(), mx: monitor.NewMetrics(reg)}
+	n := &Node{cfg: cfg, log: cfg.Log, router: newRouter(), mx: monitor.NewMetrics(reg), started: time.Now()}
+	if err := registerBuildInfo(reg); err != nil {
+		return nil, err
+	}
 	n.frames.New = func() any { return new(wire.Frame) }
 	n.replays = newReplayFilter(cfg.Limits.ReplayMemory, cfg.Limits.ReplayWindow)
 	n.admission = newAdmission(&n.cfg.Limits)
