@@ -101,6 +101,12 @@ type Config struct {
 	// Tests set it to one that drops unsynced writes at a simulated power
 	// loss (vfs.NewStrictMem).
 	StoreFS vfs.FS
+	// Inherit is what the old process of a live upgrade handed over
+	// (see handover.go); nil for a fresh start.
+	Inherit *Inherited
+	// Upgrade, if set, serves POST /admin/upgrade: a live upgrade to a new
+	// binary (cmd/parley serve sets it).
+	Upgrade UpgradeFunc
 }
 
 func (c *Config) setDefaults() {
@@ -132,6 +138,9 @@ func (c *Config) setDefaults() {
 // other figure is a Prometheus metric in mx.
 type counts struct {
 	open, logins, commits atomic.Int64
+	// commitsStarted and commitsDone bracket every commit, its callback's
+	// posts included, so that a handover can wait for none in flight.
+	commitsStarted, commitsDone atomic.Int64
 	// maxLag is the longest a session waited for a worker since the
 	// monitor last asked (nanoseconds): the actor system's loop lag.
 	maxLag atomic.Int64
@@ -194,6 +203,9 @@ type Node struct {
 	accounts          *account.Service
 
 	started time.Time // for /admin/version
+
+	handover   handover                 // see handover.go
+	acceptGate atomic.Pointer[handover] // set while a handover pauses accepting
 
 	stopBG context.CancelFunc // stops the background loops
 	bg     sync.WaitGroup
@@ -325,6 +337,10 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 func (n *Node) listenNative() error {
 	// Keep-alive finds peers gone without a FIN (see Limits.KeepAlive)
 	// at no memory cost per connection.
+	if ln := n.inheritedListener("native"); ln != nil {
+		n.nativeLn = ln
+		return nil
+	}
 	lc := net.ListenConfig{KeepAliveConfig: net.KeepAliveConfig{Enable: n.cfg.Limits.KeepAlive > 0, Idle: n.cfg.Limits.KeepAlive, Interval: 15 * time.Second, Count: 4}}
 	if n.cfg.Limits.KeepAlive < 0 {
 		lc.KeepAlive = -1
@@ -439,7 +455,7 @@ func (n *Node) startHTTP() error {
 		return err
 	}
 	n.accounts = svc
-	if n.httpLn, err = net.Listen("tcp", n.cfg.HTTP); err != nil {
+	if n.httpLn, err = n.listen("http", n.cfg.HTTP); err != nil {
 		return fmt.Errorf("HTTP listener on %s: %w (choose another address with --http)", n.cfg.HTTP, err)
 	}
 	if n.cfg.PublicURL == "" {
@@ -467,7 +483,7 @@ func (n *Node) startHTTP() error {
 	mux.Handle("/v1/media", n.media.Handler())
 	mux.Handle("/v1/media/", n.media.Handler())
 	mux.Handle("/", requestDeadline(n.cfg.Limits.HTTPRequestTimeout, svc.Handler()))
-	if n.adminLn, err = net.Listen("tcp", n.cfg.Admin); err != nil {
+	if n.adminLn, err = n.listen("admin", n.cfg.Admin); err != nil {
 		return fmt.Errorf("admin listener on %s: %w (choose another address with --admin)", n.cfg.Admin, err)
 	}
 	// The listener's read and write timeouts are sized for media (uploads
@@ -579,7 +595,9 @@ func (n *Node) SessionCount() int { return n.router.len() }
 // going even if the sender disconnects before its commit lands.
 func (n *Node) commit(c *conn, b *store.Batch) {
 	start := time.Now()
+	n.counts.commitsStarted.Add(1)
 	n.store.Commit(b, func(r store.Result) {
+		defer n.counts.commitsDone.Add(1)
 		n.counts.commits.Add(1)
 		n.mx.CommitLatency.Observe(time.Since(start).Seconds())
 		if r.Err == nil && r.Dup == nil {
@@ -596,6 +614,14 @@ func (n *Node) commit(c *conn, b *store.Batch) {
 		}
 		c.post(n.pool, event{kind: evCommitted, res: r})
 	})
+}
+
+// stopBackground stops the background loops and waits for them.
+func (n *Node) stopBackground() {
+	if n.stopBG != nil {
+		n.stopBG()
+		n.bg.Wait()
+	}
 }
 
 // background runs f on a goroutine that Close waits for.
@@ -630,10 +656,7 @@ func (n *Node) every(ctx context.Context, d time.Duration, f func(time.Time)) {
 func (n *Node) Close() error {
 	n.closeOnce.Do(func() {
 		var errs []error
-		if n.stopBG != nil {
-			n.stopBG()
-			n.bg.Wait()
-		}
+		n.stopBackground()
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		for _, s := range []*http.Server{n.httpSrv, n.adminSrv} {

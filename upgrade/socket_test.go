@@ -279,7 +279,7 @@ func TestSpawnReportsLastLines(t *testing.T) {
 	dir := t.TempDir()
 	var out, errw bytes.Buffer
 	outF, errF := pipeTo(t, &out), pipeTo(t, &errw)
-	p, err := Spawn("/bin/sh", []string{"-c", `for i in $(seq 1 30); do echo "line $i"; done; echo "fatal: broken build" >&2; exit 3`}, os.Environ(), dir+"/x.sock", outF, errF)
+	p, err := Spawn("/bin/sh", []string{"-c", `exec 1>&2; for i in $(seq 1 30); do echo "line $i"; done; echo "fatal: broken build" >&2; exit 3`}, os.Environ(), dir+"/x.sock", outF, errF)
 	if err != nil {
 		t.Fatal(err)
 	}
