@@ -8,12 +8,15 @@ import (
 	"mime"
 	"net"
 	"net/http"
+	"net/netip"
 	"sync"
 	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/parleyhq/parley/noise"
+	"github.com/parleyhq/parley/session"
 	"github.com/parleyhq/parley/upgrade"
 	"github.com/parleyhq/parley/upgrade/upgradepb"
 	"github.com/parleyhq/parley/wire"
@@ -38,6 +41,88 @@ import (
 type Inherited struct {
 	// Native, HTTP and Admin replace the listeners the node would open.
 	Native, HTTP, Admin net.Listener
+	// Conns are the established native connections.
+	Conns []InheritedConn
+}
+
+// InheritedConn is one established connection handed over: its
+// descriptor (the node's from then on) and its state.
+type InheritedConn struct {
+	FD    int
+	State *upgradepb.Conn
+}
+
+// adoptInherited takes over the connections handed over, once the event
+// loop runs. A connection that cannot be adopted is closed (its client
+// reconnects); the rest go on as they were.
+func (n *Node) adoptInherited() (adopted int) {
+	if n.cfg.Inherit == nil {
+		return 0
+	}
+	for _, ic := range n.cfg.Inherit.Conns {
+		if err := n.adoptConn(ic); err != nil {
+			n.log.Warn("live upgrade: connection not taken over", "conn", ic.State.GetRemote(), "user", ic.State.GetUser(), "err", err)
+			continue
+		}
+		adopted++
+	}
+	n.cfg.Inherit.Conns = nil
+	n.handover.adopted = adopted
+	return adopted
+}
+
+// Adopted is the number of connections this node took over when it
+// started from a live upgrade.
+func (n *Node) Adopted() int { return n.handover.adopted }
+
+func (n *Node) adoptConn(ic InheritedConn) error {
+	st := ic.State
+	if len(st.GetTx().GetKey()) != noise.KeyLen || len(st.GetRx().GetKey()) != noise.KeyLen || st.GetUser() == "" {
+		unix.Close(ic.FD)
+		return errors.New("incomplete state")
+	}
+	nc, err := connFromFD(ic.FD)
+	if err != nil {
+		return err
+	}
+	c := &conn{nc: nc}
+	if ap, err := netip.ParseAddrPort(st.Remote); err == nil {
+		c.peer = makePeerAddr(net.TCPAddrFromAddrPort(ap))
+	}
+	c.tx = *noise.NewCipher(noise.CipherState{Key: [32]byte(st.Tx.Key), Nonce: st.Tx.Nonce})
+	c.rx = *noise.NewCipher(noise.CipherState{Key: [32]byte(st.Rx.Key), Nonce: st.Rx.Nonce})
+	if len(st.Partial) > 0 {
+		p := append(make([]byte, 0, len(st.Partial)+512), st.Partial...)
+		c.partial = &p
+	}
+	ss := session.State{Next: st.GetSession().GetNext()}
+	for _, d := range st.GetSession().GetInflight() {
+		ss.Inflight = append(ss.Inflight, session.Delivery{Seq: d.Seq, At: d.At, ID: d.Id, ServerID: d.ServerId, From: d.From})
+	}
+	// No actor or poller has c yet: set up its session as running, so that
+	// frames read as soon as the loop has it are served.
+	c.core.Restore(st.User, &n.sessionCfg, ss)
+	c.live = true
+	c.stage.Store(stageLoggedIn)
+	nc.SetSession(c)
+	n.addrs.trim(nc, n.nativeLn.Addr(), &c.peer)
+	if prev := n.router.register(st.User, c); prev != nil {
+		prev.post(n.pool, event{kind: evKick, code: wire.Error_REPLACED, text: "this account logged in on a newer connection"})
+	}
+	if _, err := n.engine.AddConn(nc); err != nil {
+		n.router.unregister(st.User, c)
+		return err
+	}
+	// What the old process had sealed and not written goes first; the
+	// actor writes nothing before its first event, posted below.
+	if len(st.Unwritten) > 0 {
+		if _, err := nc.Write(st.Unwritten); err != nil {
+			nc.Close()
+			return fmt.Errorf("write what the old process left: %w", err)
+		}
+	}
+	c.post(n.pool, event{kind: evStart})
+	return nil
 }
 
 // inheritedListener returns the listener of that name handed over, if any.
@@ -71,6 +156,11 @@ type handover struct {
 	mu      sync.Mutex    // one handover at a time
 	resumed chan struct{} // closed by Resume; the paused accept loop goes on
 	held    []int         // listener copies sent (closed by Retire or Resume)
+	gates   []*pollerGate // parking the event loop
+	// exported are the connections marked dead by Export, revived by
+	// Resume.
+	exported []*conn
+	adopted  int // connections taken over at start
 }
 
 // AsUpgradeServer is the node as the old process of a live upgrade sees it.
@@ -130,23 +220,138 @@ func closeAll(fds []int) {
 
 func (s *upgradeServer) Quiesce(ctx context.Context) error {
 	n := (*Node)(s)
+	h := &n.handover
+	if !n.writeQueue.ok {
+		return errors.New("this build's nbio hides its write queue (see nbioWriteQueue): connections cannot move")
+	}
 	n.pauseAccepts()
-	// Every session ends with a Close frame saying to reconnect; clients
-	// reconnect to the same listener, which the new process serves.
-	n.router.each(func(c *conn) {
-		c.post(n.pool, event{kind: evKick, code: wire.Error_SHUTTING_DOWN, text: "the server is upgrading: reconnect"})
-	})
-	for n.router.len() > 0 || n.commitsInFlight() > 0 {
+	// Park every poller: nothing more is read, so every connection stops
+	// at a frame boundary (a message half read stays in its partial
+	// buffer, the rest in the kernel).
+	all, byPoller, err := n.newGates(n.cfg.Pollers)
+	h.gates = all
+	if err != nil {
+		return fmt.Errorf("park the event loop: %w", err)
+	}
+	for _, g := range byPoller {
+		if _, err := unix.Write(g.peer, []byte{1}); err != nil {
+			return fmt.Errorf("park the event loop: %w", err)
+		}
+	}
+	for _, g := range byPoller {
+		select {
+		case <-g.parked:
+		case <-ctx.Done():
+			return fmt.Errorf("park the event loop: %w", context.Cause(ctx))
+		}
+	}
+	// Let the actors finish what was read: in-flight commits, their acks
+	// and the deliveries they cause. Nothing new comes in, so this ends.
+	for !n.quiescent() {
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("%d sessions still open: %w", n.router.len(), context.Cause(ctx))
-		case <-time.After(5 * time.Millisecond):
+			return fmt.Errorf("%d commits in flight: %w", n.commitsInFlight(), context.Cause(ctx))
+		case <-time.After(time.Millisecond):
 		}
 	}
 	return nil
 }
 
-func (s *upgradeServer) Export(func(*upgradepb.Conns, []int) error) error { return nil }
+// quiescent reports whether no commit is in flight and no session has
+// work, with the pollers parked. A session is scheduled only by a post,
+// and with the pollers parked posts come only from commit callbacks: so
+// no commit in flight before and after a scan that finds every session
+// idle means none was busy during it.
+func (n *Node) quiescent() bool {
+	started := n.counts.commitsStarted.Load()
+	if started != n.counts.commitsDone.Load() {
+		return false
+	}
+	idle := true
+	n.router.each(func(c *conn) {
+		c.mu.Lock()
+		if c.scheduled || c.mbox != nil {
+			idle = false
+		}
+		c.mu.Unlock()
+	})
+	return idle && n.counts.commitsStarted.Load() == started
+}
+
+// Export sends every logged-in connection, with its state, in batches.
+// Each is marked dead first (nothing is posted to it again), so the old
+// process never seals or writes on it after its state left.
+func (s *upgradeServer) Export(send func(*upgradepb.Conns, []int) error) error {
+	n := (*Node)(s)
+	var conns []*conn
+	n.router.each(func(c *conn) { conns = append(conns, c) })
+	batch := &upgradepb.Conns{}
+	var fds []int
+	flush := func() error {
+		if len(fds) == 0 {
+			return nil
+		}
+		err := send(batch, fds)
+		batch, fds = &upgradepb.Conns{}, nil
+		return err
+	}
+	for _, c := range conns {
+		st, err := n.exportConn(c)
+		if err != nil {
+			return fmt.Errorf("connection %s: %w", c.id(), err)
+		}
+		if st == nil {
+			continue // closing: it stays here, and closes when this process exits
+		}
+		batch.Conns = append(batch.Conns, st)
+		fds = append(fds, c.nc.Hash())
+		if len(fds) == upgrade.MaxFDs {
+			if err := flush(); err != nil {
+				return err
+			}
+		}
+	}
+	return flush()
+}
+
+// exportConn writes c's state out and marks it dead; nil for a
+// connection that is closing.
+func (n *Node) exportConn(c *conn) (*upgradepb.Conn, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.dead || !c.live || c.stage.Load() != stageLoggedIn {
+		return nil, nil
+	}
+	if closed, _ := c.nc.IsClosed(); closed {
+		return nil, nil
+	}
+	ss, ok := c.core.State()
+	if !ok {
+		return nil, errors.New("its session is not between events")
+	}
+	unwritten, err := n.writeQueue.pending(c.nc)
+	if err != nil {
+		return nil, err
+	}
+	tx, rx := c.tx.State(), c.rx.State()
+	st := &upgradepb.Conn{
+		Remote:    c.peer.String(),
+		User:      c.core.User(),
+		Tx:        &upgradepb.Cipher{Key: tx.Key[:], Nonce: tx.Nonce},
+		Rx:        &upgradepb.Cipher{Key: rx.Key[:], Nonce: rx.Nonce},
+		Unwritten: unwritten,
+		Session:   &upgradepb.Session{Next: ss.Next},
+	}
+	if c.partial != nil {
+		st.Partial = *c.partial
+	}
+	for _, d := range ss.Inflight {
+		st.Session.Inflight = append(st.Session.Inflight, &upgradepb.Delivery{Seq: d.Seq, At: d.At, Id: d.ID, ServerId: d.ServerID, From: d.From})
+	}
+	c.dead = true
+	n.handover.exported = append(n.handover.exported, c)
+	return st, nil
+}
 
 func (s *upgradeServer) Release() error {
 	n := (*Node)(s)
@@ -156,8 +361,23 @@ func (s *upgradeServer) Release() error {
 
 func (s *upgradeServer) Resume() {
 	n := (*Node)(s)
-	closeAll(n.handover.held)
-	n.handover.held = nil
+	h := &n.handover
+	for _, c := range h.exported {
+		c.mu.Lock()
+		c.dead = false
+		c.mu.Unlock()
+	}
+	h.exported = nil
+	if len(h.gates) > 0 {
+		close(h.gates[0].release) // one channel for all
+		for _, g := range h.gates {
+			g.nc.Close()
+			unix.Close(g.peer)
+		}
+		h.gates = nil
+	}
+	closeAll(h.held)
+	h.held = nil
 	n.resumeAccepts()
 }
 

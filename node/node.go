@@ -197,6 +197,7 @@ type Node struct {
 
 	nativeLn          net.Listener
 	addrs             nbioAddrs // see adopt
+	writeQueue        nbioWriteQueue
 	loopStarted       time.Time
 	httpLn, adminLn   net.Listener
 	httpSrv, adminSrv *http.Server
@@ -367,6 +368,9 @@ func (n *Node) startLoop() error {
 		Listen:             func(string, string) (net.Listener, error) { return adoptingListener{n.nativeLn, n}, nil },
 	})
 	e.OnOpen(func(nc *nbio.Conn) {
+		if _, gate := nc.Session().(*pollerGate); gate {
+			return // the node's own (see handover.go)
+		}
 		n.mx.Accepted.Inc()
 		n.mx.ConnectionsOpen.Inc()
 		n.counts.open.Add(1)
@@ -383,14 +387,27 @@ func (n *Node) startLoop() error {
 			nc.Close()
 			return
 		}
+		if c.stage.Load() == stageLoggedIn { // taken over in a live upgrade
+			n.admission.loggedIn()
+			if c.partial != nil {
+				nc.SetReadDeadline(time.Now().Add(n.cfg.Limits.FrameTimeout))
+			}
+			return
+		}
 		nc.SetReadDeadline(time.Now().Add(n.cfg.Limits.HandshakeTimeout))
 	})
 	e.OnData(func(nc *nbio.Conn, data []byte) {
-		if c, ok := nc.Session().(*conn); ok {
+		switch c := nc.Session().(type) {
+		case *conn:
 			c.onData(n, data)
+		case *pollerGate:
+			c.onData()
 		}
 	})
 	e.OnClose(func(nc *nbio.Conn, err error) {
+		if _, gate := nc.Session().(*pollerGate); gate {
+			return
+		}
 		n.mx.Closed.Inc()
 		n.mx.ConnectionsOpen.Dec()
 		n.counts.open.Add(-1)
@@ -424,6 +441,10 @@ func (n *Node) startLoop() error {
 		return fmt.Errorf("start event loop: %w", err)
 	}
 	n.engine, n.loopStarted = e, time.Now()
+	n.writeQueue = findNbioWriteQueue()
+	if adopted := n.adoptInherited(); adopted > 0 {
+		n.log.Info("live upgrade: connections taken over", "count", adopted)
+	}
 	return nil
 }
 

@@ -82,29 +82,11 @@ func (l *Listener) Accept(ctx context.Context, pid int) (*Conn, error) {
 			return nil, fmt.Errorf("handover socket: %w", err)
 		}
 		got, err := peerPID(uc)
-		if err == nil && got == pid {
+		if errors.Is(err, errors.ErrUnsupported) || err == nil && got == pid {
 			return NewConn(uc), nil
 		}
 		uc.Close()
 	}
-}
-
-func peerPID(uc *net.UnixConn) (int, error) {
-	rc, err := uc.SyscallConn()
-	if err != nil {
-		return 0, err
-	}
-	var cred *unix.Ucred
-	var cerr error
-	if err := rc.Control(func(fd uintptr) {
-		cred, cerr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
-	}); err != nil {
-		return 0, err
-	}
-	if cerr != nil {
-		return 0, cerr
-	}
-	return int(cred.Pid), nil
 }
 
 // Dial connects the new process to the old one's handover socket.
@@ -240,7 +222,7 @@ func TakeStdio() error {
 		return fmt.Errorf("%s=%q: want two descriptors, e.g. 3,4", EnvStdio, v)
 	}
 	for _, d := range [][2]int{{out, 1}, {errFD, 2}} {
-		if err := unix.Dup3(d[0], d[1], 0); err != nil {
+		if err := dupTo(d[0], d[1]); err != nil {
 			return fmt.Errorf("take over stdio: %w", err)
 		}
 		unix.Close(d[0])

@@ -169,7 +169,7 @@ func closeFDs(fds []int) {
 // Pair returns two connected Conns (for tests, and for an in-process
 // handover).
 func Pair() (*Conn, *Conn, error) {
-	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+	fds, err := socketpair(unix.SOCK_SEQPACKET)
 	if err != nil {
 		return nil, nil, fmt.Errorf("socketpair: %w", err)
 	}
@@ -194,4 +194,16 @@ func fileConn(fd int, name string) (*Conn, error) {
 		return nil, err
 	}
 	return NewConn(c.(*net.UnixConn)), nil
+}
+
+// socketpair makes a close-on-exec Unix socket pair of type typ.
+func socketpair(typ int) ([2]int, error) {
+	syscall.ForkLock.RLock()
+	defer syscall.ForkLock.RUnlock()
+	fds, err := unix.Socketpair(unix.AF_UNIX, typ, 0)
+	if err == nil {
+		unix.CloseOnExec(fds[0])
+		unix.CloseOnExec(fds[1])
+	}
+	return fds, err
 }

@@ -35,7 +35,7 @@ func socketpairs(t *testing.T, n int) [][2]int {
 	t.Helper()
 	ps := make([][2]int, n)
 	for i := range ps {
-		fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+		fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM, 0)
 		if err != nil {
 			t.Fatalf("socketpair %d: %v (open-file limit?)", i, err)
 		}

@@ -185,8 +185,15 @@ func joinUpgrade(ctx context.Context, socket string, cfg node.Config) (*node.Nod
 		return nil, fmt.Errorf("live upgrade: %w", err)
 	}
 	defer j.Close()
-	cfg.Inherit = &node.Inherited{Native: j.Listeners["native"], HTTP: j.Listeners["http"], Admin: j.Listeners["admin"]}
-	if _, err := j.Ready(ctx, func(_ *upgradepb.Conn, fd int) { syscall.Close(fd) }); err != nil {
+	in := &node.Inherited{Native: j.Listeners["native"], HTTP: j.Listeners["http"], Admin: j.Listeners["admin"]}
+	cfg.Inherit = in
+	_, err = j.Ready(ctx, func(st *upgradepb.Conn, fd int) {
+		in.Conns = append(in.Conns, node.InheritedConn{FD: fd, State: st})
+	})
+	if err != nil {
+		for _, c := range in.Conns {
+			syscall.Close(c.FD)
+		}
 		return nil, fmt.Errorf("live upgrade: %w", err)
 	}
 	n, err := node.Start(ctx, cfg)
@@ -198,7 +205,7 @@ func joinUpgrade(ctx context.Context, socket string, cfg node.Config) (*node.Nod
 	if err := upgrade.TakeStdio(); err != nil {
 		cfg.Log.Warn("live upgrade: keeping the old process's pipes for output", "err", err)
 	}
-	if err := j.Serving(0, opened); err != nil {
+	if err := j.Serving(n.Adopted(), opened); err != nil {
 		// The old process is gone or gave up: it exits either way, and
 		// this one has everything.
 		cfg.Log.Warn("live upgrade: could not tell the old process", "err", err)

@@ -1,7 +1,12 @@
+//go:build linux
+
 package main
 
 import (
 	"bufio"
+	"bytes"
+	"context"
+	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -11,6 +16,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -20,7 +26,10 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/parleyhq/parley/client"
+	"github.com/parleyhq/parley/monitor"
 	"github.com/parleyhq/parley/node"
+	"github.com/parleyhq/parley/noise"
 	"github.com/parleyhq/parley/upgrade"
 )
 
@@ -264,4 +273,215 @@ func TestUpgradeToBrokenBinary(t *testing.T) {
 	// The old one can still be upgraded.
 	_, r = s.upgrade(t, v1)
 	r.must(t)
+}
+
+// pairs is n senders each sending numbered messages to its own receiver
+// through the SDK, without reconnecting: any lost connection ends a client.
+type pairs struct {
+	senders, receivers []*client.Client
+	phones             []string // senders' then receivers'
+	acked              []atomic.Int64
+	got                [][]int // per receiver, the numbers received in order (its goroutine's)
+	gotN               []atomic.Int64
+	stop               chan struct{}
+	sending, receiving sync.WaitGroup
+	errs               chan error
+}
+
+func connectPairs(t *testing.T, s *server, n int) *pairs {
+	t.Helper()
+	p := &pairs{acked: make([]atomic.Int64, n), got: make([][]int, n), gotN: make([]atomic.Int64, n), stop: make(chan struct{}), errs: make(chan error, 4*n)}
+	keys := make([]noise.Keypair, 2*n)
+	var accts []node.BulkAccount
+	for i := range keys {
+		kp, err := noise.GenerateKeypair(nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		keys[i] = kp
+		p.phones = append(p.phones, fmt.Sprintf("+1555%07d", i))
+		accts = append(accts, node.BulkAccount{Phone: p.phones[i], Key: base64.StdEncoding.EncodeToString(kp.Public)})
+	}
+	body, _ := json.Marshal(map[string]any{"accounts": accts})
+	resp, err := (&http.Client{Timeout: guard}).Post("http://"+s.admin+"/admin/accounts/bulk", "application/json", bytes.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("provision accounts: %s", resp.Status)
+	}
+	for i := range keys {
+		c, err := client.Dial(t.Context(), client.Config{Addr: s.native, ServerKey: s.serverKey, Phone: p.phones[i], Key: keys[i]})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		if i < n {
+			p.senders = append(p.senders, c)
+		} else {
+			p.receivers = append(p.receivers, c)
+		}
+	}
+	return p
+}
+
+// run starts the senders and receivers.
+func (p *pairs) run(ctx context.Context) {
+	for i := range p.senders {
+		p.sending.Add(1)
+		p.receiving.Add(1)
+		go func() {
+			defer p.sending.Done()
+			to := p.phones[len(p.senders)+i]
+			for k := 0; k < 1_000_000; k++ {
+				select {
+				case <-p.stop:
+					return
+				default:
+				}
+				if _, err := p.senders[i].Send(ctx, to, []byte(strconv.Itoa(k))); err != nil {
+					p.errs <- fmt.Errorf("sender %d, message %d: %w", i, k, err)
+					return
+				}
+				p.acked[i].Store(int64(k + 1))
+			}
+		}()
+		go func() {
+			defer p.receiving.Done()
+			r := p.receivers[i]
+			for {
+				in, err := r.Recv(ctx)
+				if err != nil {
+					if ctx.Err() == nil {
+						p.errs <- fmt.Errorf("receiver %d: %w", i, err)
+					}
+					return
+				}
+				if in.Message != nil {
+					k, _ := strconv.Atoi(string(in.Message.Body))
+					p.got[i] = append(p.got[i], k)
+					p.gotN[i].Add(1)
+				}
+				if err := r.Ack(in.Seq); err != nil {
+					p.errs <- fmt.Errorf("receiver %d ack: %w", i, err)
+					return
+				}
+			}
+		}()
+	}
+}
+
+// sessions is the server's view of who is connected from where.
+func (s *server) sessions(t *testing.T, want int) map[string]string {
+	t.Helper()
+	deadline := time.Now().Add(guard)
+	for {
+		var r monitor.SessionsResponse
+		resp, err := (&http.Client{Timeout: guard}).Get("http://" + s.admin + "/admin/sessions?limit=1000")
+		if err == nil {
+			err = json.NewDecoder(resp.Body).Decode(&r)
+			resp.Body.Close()
+		}
+		if err == nil && r.Total == want && len(r.Sessions) == want {
+			m := make(map[string]string, want)
+			for _, se := range r.Sessions {
+				m[se.User] = se.Conn
+			}
+			return m
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the server does not show %d sessions: %+v, %v", want, r, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// Established connections survive two live upgrades while messages flow:
+// every client keeps its TCP connection (the server sees the same client
+// ports, and no client, which would end on a lost connection, ends), the
+// version changes, and every acked message arrives exactly once, in order.
+func TestUpgradeKeepsConnections(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs parley binaries")
+	}
+	const n = 10
+	v1, v2 := buildParley(t, "v1-test"), buildParley(t, "v2-test")
+	s := startServer(t, v1)
+	p := connectPairs(t, s, n)
+	before := s.sessions(t, 2*n)
+	ctx, cancel := context.WithTimeout(t.Context(), 2*guard)
+	defer cancel()
+	p.run(ctx)
+	waitAcked := func(min int64) {
+		deadline := time.Now().Add(guard)
+		for i := range p.acked {
+			for p.acked[i].Load() < min && time.Now().Before(deadline) {
+				time.Sleep(5 * time.Millisecond)
+			}
+		}
+	}
+	waitAcked(20)
+	for _, bin := range []string{v2, v1} {
+		rep, r := s.upgrade(t, bin)
+		r.must(t)
+		if rep.Connections != 2*n {
+			t.Errorf("upgrade handed over %d connections, want %d", rep.Connections, 2*n)
+		}
+		t.Logf("upgrade to %s: %+v", rep.NewVersion, rep)
+		mark := int64(0)
+		for i := range p.acked {
+			mark = max(mark, p.acked[i].Load())
+		}
+		waitAcked(mark + 20) // every pair sends on the new process
+	}
+	if v := s.mustVersion(t); v.Version != "v1-test" {
+		t.Errorf("version after two upgrades: %q", v.Version)
+	}
+	close(p.stop)
+	p.sending.Wait() // each sender's last message is acked (or it failed)
+	// Wait for every acked message to arrive, then stop the receivers.
+	deadline := time.Now().Add(guard)
+	for i := range p.receivers {
+		for time.Now().Before(deadline) {
+			if p.gotN[i].Load() >= p.acked[i].Load() {
+				break
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	after := s.sessions(t, 2*n)
+	cancel()
+	p.receiving.Wait()
+	for len(p.errs) > 0 {
+		t.Errorf("a client failed: %v", <-p.errs)
+	}
+	for i := range p.receivers {
+		t.Logf("pair %d: %d acked, %d received", i, p.acked[i].Load(), len(p.got[i]))
+	}
+	for _, c := range append(p.senders, p.receivers...) {
+		select {
+		case <-c.Done():
+			t.Errorf("a client lost its connection: %v", c.Err())
+		default:
+		}
+	}
+	for user, addr := range before {
+		if after[user] != addr {
+			t.Errorf("%s was connected from %s, now from %q: the connection did not survive", user, addr, after[user])
+		}
+	}
+	for i := range p.receivers {
+		acked := int(p.acked[i].Load())
+		got := p.got[i]
+		if len(got) < acked {
+			t.Errorf("receiver %d got %d messages, %d were acked", i, len(got), acked)
+		}
+		for k, v := range got {
+			if v != k {
+				t.Errorf("receiver %d: message %d is %d: lost, repeated or out of order", i, k, v)
+				break
+			}
+		}
+	}
 }
