@@ -28,8 +28,10 @@ import (
 //
 //	Listeners  copies of the native, HTTP and admin listening sockets
 //	Quiesce    stop accepting native connections (the kernel queues new
-//	           ones for the new process), let in-flight commits finish and
-//	           their acks reach their clients, end every session
+//	           ones for the new process), park the event loop's pollers so
+//	           every connection stops at a frame boundary, let in-flight
+//	           commits finish and their acks reach their clients
+//	Export     every logged-in connection's descriptor and state
 //	Release    close the store
 //	Retire     stop accepting HTTP and admin requests; those in flight
 //	           finish here (FinishHTTP) before the process exits
