@@ -40,6 +40,8 @@ func (n *Node) adminHandler() http.Handler {
 	guard := func(h http.HandlerFunc) http.Handler { return n.monitor.Guard(h) }
 	mux.Handle("GET /admin/process", guard(n.handleProcess))
 	mux.Handle("GET /admin/limits", guard(n.handleLimits))
+	mux.Handle("GET /admin/version", guard(n.handleVersion))
+	mux.Handle("POST /admin/upgrade", guard(n.handleUpgrade))
 	mux.Handle("POST /admin/accounts/bulk", guard(n.handleBulkAccounts))
 	// Profiles of the running server (go tool pprof URL/debug/pprof/profile).
 	mux.Handle("/debug/pprof/", guard(pprof.Index))

@@ -83,15 +83,7 @@ SMS gateways (--sms):
 			if cfg.SMS, err = account.ParseGateway(sms, smsHTTP, log); err != nil {
 				return fmt.Errorf("--sms: %w", err)
 			}
-			n, err := node.Start(cmd.Context(), cfg)
-			if err != nil {
-				return err
-			}
-			fmt.Fprintf(cmd.OutOrStdout(), "parley serving: native %s, http %s, admin %s\nserver key: %x\n",
-				n.NativeAddr(), n.HTTPURL(), n.AdminURL(), n.PublicKey())
-			<-cmd.Context().Done()
-			log.Info("shutting down: finishing in-flight commits")
-			return n.Close()
+			return runServer(cmd, cfg)
 		},
 	}
 	f := cmd.Flags()
