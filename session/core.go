@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"slices"
 
 	"github.com/parleyhq/parley/store"
 	"github.com/parleyhq/parley/wire"
@@ -50,8 +51,10 @@ type Config struct {
 	// refused, and stores nothing. Defaults 16 and 1024.
 	ReadRate, ReadBurst int
 	// OnRefused, if set, is called with a limit's name (as in
-	// node.Limits' JSON: "max_read_ids", "read_rate") each time a request
-	// is refused for it, so refusals are counted. It must not block.
+	// node.Limits' JSON: "max_read_ids", "read_rate"; and "forged_read"
+	// for a read receipt to someone the reader never received from) each
+	// time a request is refused for it, so refusals are counted. It must
+	// not block.
 	OnRefused func(limit string)
 }
 
@@ -62,13 +65,22 @@ type Load struct {
 	Max  int
 }
 
+// Check asks the caller whether the session's user has received from
+// Sender (store.Store.ReceivedFrom), and to Step the answer back as
+// Checked. Checks are answered in the order they are asked.
+type Check struct {
+	Sender string
+}
+
 // Ready is the work Steps produced. The caller commits Writes (each one's
 // result is Stepped back as Committed, in commit order), sends Frames, closes
 // the connection after them if Close is set, calls Advance, and then
-// performs Load, if any, Stepping its result back as Loaded.
+// performs Check, if any, Stepping its answer back as Checked, and Load,
+// if any, Stepping its result back as Loaded.
 type Ready struct {
 	Frames []Out
 	Writes []*store.Batch
+	Check  *Check
 	Load   *Load
 	Close  *wire.Close
 	// AckDelays holds, for each item acked, the nanoseconds from its
@@ -134,6 +146,11 @@ type (
 		Items []store.Item
 		Err   error
 	}
+	// Checked answers the oldest Check not yet answered.
+	Checked struct {
+		OK  bool
+		Err error
+	}
 	// Pushed says item Seq was just appended to the user's queue.
 	Pushed struct {
 		Seq  uint64
@@ -162,6 +179,16 @@ type pending struct {
 	serverID uint64
 	ts       int64
 	ackUpTo  uint64
+	// recv is an ack's Received: senders the user is known to have
+	// received from while the ack's record is being written.
+	recv []string
+}
+
+// readCheck is a Read waiting for its Check: its receipt, encoded.
+type readCheck struct {
+	id   uint64
+	to   string
+	data []byte
 }
 
 // inflight is a delivered, unacknowledged item: enough to write the
@@ -210,8 +237,9 @@ type Core struct {
 // work is the part of a session's state that only exists while something
 // is in progress.
 type work struct {
-	inflight []inflight // delivered, unacked, in seq order
-	pending  []pending  // writes awaiting Committed, in commit order
+	inflight []inflight  // delivered, unacked, in seq order
+	pending  []pending   // writes awaiting Committed, in commit order
+	checks   []readCheck // Reads awaiting Checked, in order
 	rd       Ready
 	// loadMax is the Max of the outstanding Load; zero when no read is
 	// outstanding.
@@ -272,7 +300,7 @@ func (c *Core) Advance() {
 	if w == nil {
 		return
 	}
-	if len(w.inflight) == 0 && len(w.pending) == 0 && w.loadMax == 0 {
+	if len(w.inflight) == 0 && len(w.pending) == 0 && len(w.checks) == 0 && w.loadMax == 0 {
 		c.work = nil
 		return
 	}
@@ -309,7 +337,7 @@ func (c *Core) numPending() int {
 	if c.work == nil {
 		return 0
 	}
-	return len(c.work.pending)
+	return len(c.work.pending) + len(c.work.checks)
 }
 
 // Step applies one event. The Step* methods apply one event of a known
@@ -325,6 +353,8 @@ func (c *Core) Step(ev any) {
 		c.StepCommitted(e.Result)
 	case Loaded:
 		c.StepLoaded(e.Items, e.Err)
+	case Checked:
+		c.StepChecked(e.OK, e.Err)
 	case Pushed:
 		c.StepPushed(e.Seq, e.Data)
 	case Kicked:
@@ -361,6 +391,13 @@ func (c *Core) StepCommitted(r store.Result) {
 func (c *Core) StepLoaded(items []store.Item, err error) {
 	if !c.closed {
 		c.loaded(items, err)
+	}
+}
+
+// StepChecked is Step(Checked{OK: ok, Err: err}).
+func (c *Core) StepChecked(ok bool, err error) {
+	if !c.closed {
+		c.checked(ok, err)
 	}
 }
 
@@ -448,19 +485,22 @@ func (c *Core) onSend(s *wire.Send) {
 
 // Read receipts and what the server can vouch for. A Read names the
 // sender's message ids; the server stamps By, so a receipt always says
-// truly who sent it, but whether the reader ever received those messages
-// is another matter: a delivered item is erased at its ack, and a client
-// reads hours later, on another connection (client.MarkRead also resends
-// an unanswered Read after a reconnect). With no record of who received
-// what from whom, a session cannot tell a forged Read from a legitimate
-// one made after a reconnect, so it refuses neither; keeping that record
-// needs durable state in the store (per reader and sender, written with
-// the ack's delivered receipts), which the Store interface does not have.
-// What a session does bound is how much a Read may push into another
-// user's queue: MaxReadIDs ids a frame, and a token bucket of ReadBurst
-// ids refilled at ReadRate a second (see readBucket), so a Read costs the
-// recipient no more than a Send does. Clients should show a read receipt
-// only on messages they sent to its By.
+// truly who sent it. That the reader ever received from the sender is
+// checked against what the store keeps after the messages are erased:
+// every ack records the senders it covers (store.Batch.Received), and a
+// Read to a sender the user has no record for within the store's MaxAge
+// is refused as forged (BAD_REQUEST, counted as "forged_read"). A
+// legitimate Read may come long after the ack, on a new connection
+// (client.MarkRead also resends an unanswered Read after a reconnect);
+// the record serves it. The session answers from memory when it can
+// (the senders of its unacked deliveries and of its acks still being
+// written, whose records may not be in the store yet) and asks the caller
+// for a Check otherwise. Which ids a Read names is not checked: the
+// server keeps no record per message. What bounds that is how much a Read
+// may push into the sender's queue: MaxReadIDs ids a frame, and a token
+// bucket of ReadBurst ids refilled at ReadRate a second (see readBucket),
+// taken before the check so that it also bounds the store lookups. Clients
+// should show a read receipt only on messages they sent to its By.
 func (c *Core) onRead(r *wire.Read) {
 	if max := cmp.Or(c.cfg.MaxReadIDs, defaultMaxReadIDs); len(r.Ids) > max {
 		c.refused("max_read_ids")
@@ -484,9 +524,64 @@ func (c *Core) onRead(r *wire.Read) {
 		c.send(errFrame(r.Id, wire.Error_INTERNAL, "encode receipt: "+err.Error()))
 		return
 	}
+	if !c.receivingFrom(r.To) {
+		w := c.w()
+		w.checks = append(w.checks, readCheck{id: r.Id, to: r.To, data: data})
+		w.rd.Check = &Check{Sender: r.To}
+		return
+	}
+	c.writeRead(r.Id, r.To, data)
+}
+
+// writeRead stores a Read's receipt in the sender's queue.
+func (c *Core) writeRead(id uint64, to string, data []byte) {
 	w := c.w()
-	w.rd.Writes = append(w.rd.Writes, &store.Batch{Appends: []store.Append{{To: r.To, Data: data}}})
-	w.pending = append(w.pending, pending{kind: pendRead, id: r.Id})
+	w.rd.Writes = append(w.rd.Writes, &store.Batch{Appends: []store.Append{{To: to, Data: data}}})
+	w.pending = append(w.pending, pending{kind: pendRead, id: id})
+}
+
+// receivingFrom reports whether the session knows, without the store,
+// that its user received from sender: a delivery from sender is unacked,
+// or an ack covering one is still being written.
+func (c *Core) receivingFrom(sender string) bool {
+	w := c.work
+	if w == nil {
+		return false
+	}
+	for i := range w.inflight {
+		if string(w.inflight[i].sender()) == sender {
+			return true
+		}
+	}
+	for i := range w.pending {
+		if slices.Contains(w.pending[i].recv, sender) {
+			return true
+		}
+	}
+	return false
+}
+
+func (c *Core) checked(ok bool, err error) {
+	if c.work == nil || len(c.work.checks) == 0 {
+		panic("session: Checked with no check outstanding")
+	}
+	w := c.work
+	rc := w.checks[0]
+	w.checks = w.checks[1:]
+	if len(w.checks) == 0 {
+		w.checks = nil
+	}
+	switch {
+	case errors.Is(err, store.ErrClosed):
+		c.send(errFrame(rc.id, wire.Error_SHUTTING_DOWN, "the server is shutting down: reconnect and send the read receipt again"))
+	case err != nil:
+		c.send(errFrame(rc.id, wire.Error_INTERNAL, "checking the read receipt failed: send it again"))
+	case !ok:
+		c.refused("forged_read")
+		c.send(errFrame(rc.id, wire.Error_BAD_REQUEST, fmt.Sprintf("you have received no message from %s (none acked in the server's retention time): a read receipt goes only to the sender of messages you received", rc.to)))
+	default:
+		c.writeRead(rc.id, rc.to, rc.data)
+	}
 }
 
 func (c *Core) refused(limit string) {
@@ -545,15 +640,17 @@ type sendWrite struct {
 	appends [1]store.Append
 }
 
-// ackWrite is an ack's batch with room for two senders' receipts, in one
-// allocation.
+// ackWrite is an ack's batch with room for two senders' receipts and
+// received records, in one allocation.
 type ackWrite struct {
-	b       store.Batch
-	acks    [1]store.Ack
-	appends [2]store.Append
+	b        store.Batch
+	acks     [1]store.Ack
+	appends  [2]store.Append
+	received [2]string
 }
 
-// onAck erases the acked items and queues one delivered receipt per sender.
+// onAck erases the acked items, queues one delivered receipt per sender
+// and records the senders as received from (see onRead).
 // The session does not wait for the erase to be durable: if it is lost in a
 // crash the items are delivered again and the client drops them by id.
 func (c *Core) onAck(seq uint64) {
@@ -571,7 +668,7 @@ func (c *Core) onAck(seq uint64) {
 	}
 	aw := &ackWrite{}
 	aw.acks[0] = store.Ack{User: c.user, UpTo: seq}
-	aw.b = store.Batch{Acks: aw.acks[:], Appends: aw.appends[:0]}
+	aw.b = store.Batch{Acks: aw.acks[:], Appends: aw.appends[:0], Received: aw.received[:0]}
 	b := &aw.b
 	now := c.cfg.Now()
 	acked := w.inflight[:n]
@@ -599,6 +696,7 @@ func (c *Core) onAck(seq uint64) {
 		for _, j := range mine {
 			acked[j].fromLen = 0
 		}
+		b.Received = append(b.Received, to)
 		for len(mine) > 0 { // at most MaxReceiptIDs ids a receipt
 			part := mine[:min(len(mine), wire.MaxReceiptIDs)]
 			mine = mine[len(part):]
@@ -610,7 +708,7 @@ func (c *Core) onAck(seq uint64) {
 		}
 	}
 	w.rd.Writes = append(w.rd.Writes, b)
-	w.pending = append(w.pending, pending{kind: pendAck, ackUpTo: seq})
+	w.pending = append(w.pending, pending{kind: pendAck, ackUpTo: seq, recv: b.Received})
 	w.inflight = w.inflight[n:]
 	if len(w.inflight) == 0 {
 		w.inflight = nil // an idle session holds no delivery buffer
@@ -649,9 +747,9 @@ func (c *Core) committed(r store.Result) {
 			// The receipts were refused (a sender's queue is full or gone):
 			// erase the acked items anyway, so the recipient is not flooded
 			// with redeliveries. The refusal is the sender's loss of a tick,
-			// not of a message.
-			w.rd.Writes = append(w.rd.Writes, &store.Batch{Acks: []store.Ack{{User: c.user, UpTo: p.ackUpTo}}})
-			w.pending = append(w.pending, pending{kind: pendAck, ackUpTo: p.ackUpTo})
+			// not of a message; the received records are still written.
+			w.rd.Writes = append(w.rd.Writes, &store.Batch{Acks: []store.Ack{{User: c.user, UpTo: p.ackUpTo}}, Received: p.recv})
+			w.pending = append(w.pending, pending{kind: pendAck, ackUpTo: p.ackUpTo, recv: p.recv})
 		}
 	}
 }

@@ -42,6 +42,7 @@ import (
 //	hold u / release u             u's writes and queue reads wait (the read's snapshot is taken at once)
 //	fail-commits n=N err=internal|closed   the next N commits fail so, writing nothing
 //	fail-reads u n=N               u's next N queue reads fail (u need not be logged in)
+//	fail-checks n=N                the next N received-from checks fail
 //	advance d=D                    the sessions' clock moves on
 //	sweep after=D                  a sweeper pass as of D from now; prints what expired
 //	queue u                        what u's queue holds
@@ -74,6 +75,7 @@ type world struct {
 	failErr     error
 	refusals    map[string]int // Config.OnRefused's counts
 	failReads   map[string]int // a user's next queue reads fail
+	failChecks  int            // the next checks fail
 }
 
 // conn is one connection's session as the harness runs it.
@@ -253,6 +255,9 @@ func (w *world) run(t *testing.T, d *datadriven.TestData) string {
 			d.Fatalf(t, "err must be closed or internal")
 		}
 		return "ok"
+	case "fail-checks":
+		w.failChecks = num("n", 1)
+		return "ok"
 	case "fail-reads":
 		need(1)
 		w.failReads[pos[0]] = num("n", 1)
@@ -372,24 +377,42 @@ func (w *world) carryOut(c *conn) {
 			}
 			fmt.Fprintf(&w.out, "%s: connection closed\n", c.label)
 		}
-		load := rd.Load
+		load, check := rd.Load, rd.Check
 		c.core.Advance()
 		if c.hold {
 			c.held = append(c.held, writes...)
 			if load != nil {
 				c.heldLoad = w.read(c, load)
+				load = nil
 			}
+		} else {
+			for _, b := range writes {
+				w.commit(c, b)
+			}
+		}
+		stepped := false
+		// A check is answered at once, held or not, like the node's.
+		if check != nil && !c.closed {
+			c.core.Step(w.check(c, check))
+			stepped = true
+		}
+		if load != nil && !c.closed {
+			c.core.Step(*w.read(c, load))
+			stepped = true
+		}
+		if !stepped {
 			return
 		}
-		for _, b := range writes {
-			w.commit(c, b)
-		}
-		if load == nil || c.closed {
-			return
-		}
-		ld := w.read(c, load)
-		c.core.Step(*ld)
 	}
+}
+
+func (w *world) check(c *conn, ck *session.Check) session.Checked {
+	if w.failChecks > 0 {
+		w.failChecks--
+		return session.Checked{Err: errors.New("received from: disk on fire")}
+	}
+	ok, err := w.st.ReceivedFrom(c.user, ck.Sender)
+	return session.Checked{OK: ok, Err: err}
 }
 
 // release carries out what c held, in order: the writes, then the read

@@ -33,3 +33,10 @@ func CachedAccounts(p *Pebble) int {
 	defer p.acctMu.Unlock()
 	return p.accounts.len()
 }
+
+// RecvKey is the key of reader's record of having received from sender.
+func RecvKey(reader, sender string) []byte {
+	k := make([]byte, recvKeyLen(reader, sender))
+	putRecvKey(k, reader, sender)
+	return k
+}

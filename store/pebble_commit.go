@@ -171,6 +171,9 @@ type committer struct {
 	key      []byte         // scratch key
 	appended []*queueState  // queues this group appends to: durable to their tails once synced
 	pruneAt  int            // size of p.queues at which pruneStates next scans
+	// recvWritten: this group writes received records (see
+	// applyRecvSweep).
+	recvWritten bool
 }
 
 func newCommitter(p *Pebble) *committer {
@@ -206,6 +209,7 @@ func (c *committer) commitGroup(group []request) {
 	now := time.Now().UnixNano()
 	clear(c.overlay)
 	c.appended = c.appended[:0]
+	c.recvWritten = false
 	for i := range group {
 		r := &group[i]
 		if r.sweep != nil {
@@ -385,6 +389,7 @@ func (c *committer) apply(wb *pebble.Batch, b *Batch, now int64) Result {
 		_ = op.Finish()
 		c.overlay[string(ddKey)] = dedupSlot{rec: rec}
 	}
+	c.putReceived(wb, b, now)
 
 	c.p.qmu.Lock()
 	for _, t := range c.touched {
@@ -466,6 +471,9 @@ func (c *committer) applySweep(wb *pebble.Batch, op *sweepOp) Result {
 	for _, k := range op.dedup {
 		_ = wb.Delete(k, nil)
 		c.overlay[string(k)] = dedupSlot{deleted: true}
+	}
+	if err := c.applyRecvSweep(wb, op); err != nil {
+		return Result{Err: err}
 	}
 	return Result{}
 }

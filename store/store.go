@@ -81,6 +81,11 @@ type Batch struct {
 	Dedup   *Dedup
 	Appends []Append
 	Acks    []Ack
+	// Received names the senders of the messages the batch's Acks cover:
+	// for the User of each Ack and each sender, the store records that the
+	// user has received from the sender (see Store.ReceivedFrom), with the
+	// batch. A batch without an Ack records nothing.
+	Received []string
 }
 
 // Result is what a committed (or refused) batch reports.
@@ -166,6 +171,14 @@ type Store interface {
 
 	// PutAccount creates or replaces an account, durably.
 	PutAccount(a Account) error
+
+	// ReceivedFrom reports whether reader has acked a message from sender
+	// (a Batch's Received) within the last Options.MaxAge: the server's
+	// evidence that a read receipt from reader to sender is not forged,
+	// kept after the messages themselves are erased. A record is
+	// refreshed by every ack that names the pair and expires MaxAge after
+	// the last one.
+	ReceivedFrom(reader, sender string) (bool, error)
 
 	// ReserveIDs durably reserves n ids and returns the first; ids are never
 	// handed out twice, across restarts included.
