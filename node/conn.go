@@ -308,11 +308,24 @@ func (c *conn) ready(w *worker) (closeNow bool) {
 		for _, d := range rd.AckDelays {
 			w.n.mx.DeliverToAck.Observe(float64(d) / 1e9)
 		}
-		load := rd.Load
+		load, check := rd.Load, rd.Check
 		c.core.Advance()
 		c.inflight.Store(int32(c.core.Inflight()))
-		if load == nil || closeNow {
+		if closeNow || load == nil && check == nil {
 			return closeNow
+		}
+		if check != nil {
+			// A Read to a sender the session cannot vouch for from memory
+			// (see session.Core.onRead): one store lookup, bounded by the
+			// session's read bucket.
+			ok, err := w.n.store.ReceivedFrom(c.core.User(), check.Sender)
+			if err != nil {
+				w.n.log.Error("check read receipt", "user", c.core.User(), "err", err)
+			}
+			c.core.StepChecked(ok, err)
+			if load == nil {
+				continue
+			}
 		}
 		items, err := w.n.store.ReadQueue(c.core.User(), load.From, load.Max)
 		if err != nil {
