@@ -23,15 +23,15 @@ type Delivery struct {
 
 // State returns the session's state. ok is false unless the session is
 // between events with nothing outstanding: a write awaiting its commit, a
-// read awaiting its items, or a Ready not yet advanced cannot move to
-// another process.
+// read awaiting its items, a read receipt awaiting its check, or a Ready
+// not yet advanced cannot move to another process.
 func (c *Core) State() (st State, ok bool) {
 	if !c.started || c.closed || c.loading() {
 		return State{}, false
 	}
 	st.Next = c.next
 	if w := c.work; w != nil {
-		if len(w.pending) > 0 || len(w.rd.Frames) > 0 || len(w.rd.Writes) > 0 || w.rd.Load != nil || w.rd.Close != nil {
+		if len(w.pending) > 0 || len(w.checks) > 0 || len(w.rd.Frames) > 0 || len(w.rd.Writes) > 0 || w.rd.Load != nil || w.rd.Check != nil || w.rd.Close != nil {
 			return State{}, false
 		}
 		st.Inflight = make([]Delivery, len(w.inflight))
