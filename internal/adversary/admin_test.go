@@ -139,10 +139,10 @@ func TestAdminTakeover(t *testing.T) {
 		t.Errorf("the victim's own key: %d %s, want 200 existing 1", a.status, a.raw)
 	}
 	// The real device was never thrown out, and still sends and receives.
-	if err := roundTrip(ctx, victim.Client, other.Client, other.phone); err != nil {
+	if err := roundTrip(t.Context(), victim.Client, other.Client, other.phone); err != nil {
 		t.Errorf("the victim's device after the attack: %v", err)
 	}
-	if err := roundTrip(ctx, other.Client, victim.Client, victim.phone); err != nil {
+	if err := roundTrip(t.Context(), other.Client, victim.Client, victim.phone); err != nil {
 		t.Errorf("the victim's device after the attack: %v", err)
 	}
 	e.checkServes(t)
