@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -207,4 +208,15 @@ func closedSoon(nc net.Conn) bool {
 	_, err := io.Copy(io.Discard, nc)
 	var ne net.Error
 	return err == nil || !(errors.As(err, &ne) && ne.Timeout())
+}
+
+// allClosedSoon is closedSoon of each of conns, waited for together.
+func allClosedSoon(conns []net.Conn) []bool {
+	ok := make([]bool, len(conns))
+	var wg sync.WaitGroup
+	for i, c := range conns {
+		wg.Go(func() { ok[i] = closedSoon(c) })
+	}
+	wg.Wait()
+	return ok
 }
