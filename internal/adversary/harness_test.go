@@ -52,7 +52,7 @@ func (e *env) newPhone() string {
 
 // register registers a new number with a new device key through the
 // public HTTP API, as a phone would, from 127.0.0.1.
-func (e *env) register(ctx context.Context, t *testing.T) (string, noise.Keypair, error) {
+func (e *env) register(ctx context.Context, t testing.TB) (string, noise.Keypair, error) {
 	phone := e.newPhone()
 	kp, err := noise.GenerateKeypair(nil)
 	if err != nil {
