@@ -400,6 +400,16 @@ func (c *conn) flush(w *worker, closeNow bool) {
 // id names the connection in logs: the client's address.
 func (c *conn) id() string { return c.peer.String() }
 
+// maxFirstMessage bounds a handshake's first message, length prefix
+// excluded: the largest real one (a resumption's 255-byte ticket, keys,
+// tags and a Login with a long agent name) is far below it. Until a
+// connection has logged in it may not declare more, so that a host's
+// unfinished first messages, held until the handshake timeout, cost at
+// most this each (MaxHandshakes of them), not wire.MaxMessage.
+const maxFirstMessage = 4 << 10
+
+var errFirstTooLarge = fmt.Errorf("first handshake message longer than %d bytes", maxFirstMessage)
+
 // onData runs on the event loop for every read. It splits messages off the
 // stream; only an incomplete tail is kept between reads, so an idle
 // connection holds no buffer.
@@ -416,6 +426,9 @@ func (c *conn) onData(n *Node, data []byte) {
 	}
 	for {
 		msg, rest, ok, err := wire.Next(buf)
+		if err == nil && !c.secured() && len(buf) >= wire.HeaderLen && int(buf[0])<<16|int(buf[1])<<8|int(buf[2]) > maxFirstMessage {
+			err = errFirstTooLarge
+		}
 		if err != nil {
 			if c.stage.Load() != stageLoggedIn {
 				n.mx.HandshakeFailures.BadFrame.Inc()

@@ -61,7 +61,7 @@ func TestOversizedFrames(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer stalled.Close()
-	stalled.Write(append(wire.AppendHeader(nil, 60000), make([]byte, 100)...))
+	stalled.Write(append(wire.AppendHeader(nil, 1000), make([]byte, 100)...))
 
 	// After login: an oversized length; a maximal message that is
 	// garbage; a message left unfinished.
@@ -158,4 +158,33 @@ func TestPingerThatNeverReads(t *testing.T) {
 	t.Logf("cut off after %d bytes of pings: %v", written, err)
 	c.nc.SetReadDeadline(time.Now().Add(ioGuard))
 	io.Copy(io.Discard, c.nc)
+}
+
+// Connections that declare a large first message and send only part of
+// it: before login the server holds each partial message until the
+// handshake timeout, so the first message's size bounds what a host may
+// make it hold (MaxHandshakes of them). A declared length over any real
+// first message is refused at once, as a bad frame, not held.
+func TestLargeFirstMessage(t *testing.T) {
+	e := start(t, node.Limits{})
+	before := e.metric(t, handshakeFailures("bad_frame"))
+	var conns []net.Conn
+	for range 8 {
+		c, err := from("127.0.0.2").Dial("tcp", e.NativeAddr())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.Write(append(wire.AppendHeader(nil, 60000), make([]byte, 1000)...))
+		conns = append(conns, c)
+	}
+	e.checkServes(t) // meanwhile
+	for i, ok := range allClosedSoon(conns) {
+		if !ok {
+			t.Errorf("connection %d holding part of a 60000-byte first message was not closed", i+1)
+		}
+	}
+	if got := e.metric(t, handshakeFailures("bad_frame")) - before; got != float64(len(conns)) {
+		t.Errorf("bad_frame handshake failures: %v, want %d (held until the handshake timeout instead?)", got, len(conns))
+	}
 }
