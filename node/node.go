@@ -443,6 +443,13 @@ func (n *Node) startLoop() error {
 				// client gone right after the reply.
 				n.proving.Delete(c)
 				n.mx.HandshakeFailures.Unproven.Inc()
+			case stageLoggedIn:
+				if errors.Is(err, nbio.ErrReadTimeout) {
+					// The only read deadline of a logged-in connection is
+					// FrameTimeout's: it stopped in the middle of a message.
+					n.mx.LimitHits.WithLabelValues("frame_timeout").Inc()
+					n.log.Info("client cut off: it stopped in the middle of a message", "conn", c.id(), "limit", n.cfg.Limits.FrameTimeout)
+				}
 			}
 			c.post(n.pool, event{kind: evClosed})
 		}

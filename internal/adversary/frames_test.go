@@ -47,6 +47,7 @@ func TestOversizedFrames(t *testing.T) {
 	e := start(t, node.Limits{HandshakeTimeout: 2 * time.Second, FrameTimeout: time.Second})
 	badFrameBefore := e.metric(t, handshakeFailures("bad_frame"))
 	badInputBefore := e.metric(t, "parley_bad_input_total")
+	frameTimeoutsBefore := e.metric(t, limitHits("frame_timeout"))
 	overMax := []byte{0xff, 0xff, 0xff} // a length prefix of 16 MiB - 1
 
 	// Before login: an oversized length, and a message left unfinished.
@@ -96,6 +97,9 @@ func TestOversizedFrames(t *testing.T) {
 	}
 	if got := e.metric(t, "parley_bad_input_total") - badInputBefore; got < 3 {
 		t.Errorf("parley_bad_input_total rose by %v, want at least 3", got)
+	}
+	if got := e.metric(t, limitHits("frame_timeout")) - frameTimeoutsBefore; got != 1 {
+		t.Errorf("frame_timeout hits: %v, want 1 (the unfinished message after login)", got)
 	}
 }
 
