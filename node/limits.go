@@ -20,7 +20,8 @@ type Limits struct {
 	// are closed at once. Default 1,000,000 (the process's open-file limit
 	// is the other bound: raise it with ulimit -n).
 	MaxConnections int
-	// MaxConnsPerAddr bounds native connections from one IP address.
+	// MaxConnsPerAddr bounds native connections from one IP address
+	// (IPv6: one /64, which one subscriber holds).
 	// Default 10,000: a carrier-grade NAT puts many users behind one
 	// address, so this stops one host from taking the whole server, not
 	// one user from having two devices.
@@ -103,7 +104,7 @@ type Limits struct {
 	// to arrive and be answered. Default 10s.
 	HTTPRequestTimeout time.Duration
 	// HTTPConnsPerAddr bounds the HTTP connections one client address
-	// holds open on the public HTTP listener. Default 64.
+	// (IPv6: one /64) holds open on the public HTTP listener. Default 64.
 	HTTPConnsPerAddr int
 }
 
