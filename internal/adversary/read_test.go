@@ -12,17 +12,16 @@ import (
 
 // Forged read receipts: a user reports as read messages it was never
 // delivered, to push receipts into someone's queue. The server refuses
-// with an error code and nothing reaches the named sender; a read of a
-// message that was delivered still sends its receipt.
+// with an error code, counts it
+// (parley_limit_hits_total{limit="forged_read"}), and nothing reaches the
+// named sender; a read of a message that was delivered still sends its
+// receipt.
 func TestForgedReadReceipts(t *testing.T) {
-	// Fails on main at 9c5eb6a: both forged reads answer Ok and bob's
-	// first item is a READ receipt for ids 1, 2, 3. Remove the skip with
-	// the merge of the session branch's fix.
-	t.Skip("needs the session branch's forged-read fix")
 	e := start(t, node.Limits{})
 	mallory, bob := e.newUser(t), e.newUser(t)
 	ctx, cancel := context.WithTimeout(t.Context(), liveness)
 	defer cancel()
+	before := e.metric(t, limitHits("forged_read"))
 
 	for _, ids := range [][]uint64{{1, 2, 3}, {1 << 40}} {
 		err := mallory.MarkRead(ctx, bob.phone, ids)
@@ -30,6 +29,9 @@ func TestForgedReadReceipts(t *testing.T) {
 		if !errors.As(err, &se) {
 			t.Errorf("a read of %v, never delivered: %v, want the server's error", ids, err)
 		}
+	}
+	if got := e.metric(t, limitHits("forged_read")) - before; got != 2 {
+		t.Errorf("forged_read hits: %v, want 2", got)
 	}
 	// Bob's queue holds, in order, whatever the forged reads stored, then
 	// this message: the first thing he receives must be the message.
