@@ -36,8 +36,12 @@ const (
 
 // event is one entry of a session's mailbox.
 type event struct {
-	kind  evKind
-	code  wire.Error_Code
+	kind evKind
+	code wire.Error_Code
+	// size, on an evFrame, is the bytes of the message it came in: the
+	// frame holds about as much until the session has run (see
+	// Limits.MaxMailboxBytes).
+	size  int32
 	seq   uint64
 	frame *wire.Frame
 	data  []byte
@@ -98,6 +102,7 @@ type conn struct {
 // allocations than a slice growing from nil.
 type mailbox struct {
 	evs   []event
+	bytes int // the frames' sizes (event.size), bounded by MaxMailboxBytes
 	first [1]event
 }
 
@@ -169,7 +174,8 @@ func (c *conn) post(p *pool, ev event) bool {
 	overflow := false
 	// A kick that hands over to a newer login always gets in: its
 	// successor waits for it. There is at most one per login.
-	if n := len(c.mbox.evs); n >= p.n.cfg.Limits.MaxMailbox && ev.kind != evClosed && ev.next == nil {
+	lim := &p.n.cfg.Limits
+	if n := len(c.mbox.evs); (n >= lim.MaxMailbox || c.mbox.bytes+int(ev.size) > lim.MaxMailboxBytes) && ev.kind != evClosed && ev.next == nil {
 		// The client makes work faster than its session is served (a
 		// flood of pings it never reads the answers to, say): cut it off
 		// rather than hold its events without bound. The first event
@@ -183,13 +189,14 @@ func (c *conn) post(p *pool, ev event) bool {
 		ev = event{kind: evKick, code: wire.Error_BAD_REQUEST, text: mailboxFullText}
 		overflow = true
 	}
+	c.mbox.bytes += int(ev.size)
 	c.mbox.evs = append(c.mbox.evs, ev)
 	sched := !c.scheduled
 	c.scheduled = true
 	c.mu.Unlock()
 	if overflow {
 		p.n.mx.LimitHits.WithLabelValues("max_mailbox").Inc()
-		p.n.log.Warn("client cut off: its mailbox is full", "conn", c.id(), "limit", p.n.cfg.Limits.MaxMailbox)
+		p.n.log.Warn("client cut off: its mailbox is full", "conn", c.id(), "max_events", lim.MaxMailbox, "max_bytes", lim.MaxMailboxBytes)
 	}
 	if sched {
 		p.push(c, time.Now().UnixNano())
@@ -494,7 +501,7 @@ func (c *conn) onMessage(n *Node, msg []byte) bool {
 		return false
 	}
 	n.mx.FramesIn.Inc()
-	c.post(n.pool, event{kind: evFrame, frame: f})
+	c.post(n.pool, event{kind: evFrame, frame: f, size: int32(len(pt))})
 	return true
 }
 

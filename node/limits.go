@@ -51,6 +51,11 @@ type Limits struct {
 	// is served is cut off with a SLOW_CLIENT-style Close (code
 	// BAD_REQUEST) past it. Default 4,096.
 	MaxMailbox int
+	// MaxMailboxBytes bounds the same events in memory: the frames waiting
+	// in them, by the size they arrived in (a frame may be up to 64 KiB,
+	// so MaxMailbox alone would let one client hold 256 MiB). Past it the
+	// client is cut off as for MaxMailbox. Default 4 MiB.
+	MaxMailboxBytes int
 	// Window is the most deliveries a session keeps unacknowledged.
 	// Default 256.
 	Window int
@@ -119,6 +124,7 @@ func DefaultLimits() Limits {
 		KeepAlive:             2 * time.Minute,
 		MaxWriteBuffer:        4 << 20,
 		MaxMailbox:            4096,
+		MaxMailboxBytes:       4 << 20,
 		Window:                256,
 		MaxQueueLen:           100_000,
 		MaxQueueAge:           30 * 24 * time.Hour,
@@ -162,6 +168,7 @@ func (l Limits) withDefaults() Limits {
 	zd(&l.KeepAlive, d.KeepAlive)
 	zi(&l.MaxWriteBuffer, d.MaxWriteBuffer)
 	zi(&l.MaxMailbox, d.MaxMailbox)
+	zi(&l.MaxMailboxBytes, d.MaxMailboxBytes)
 	zi(&l.Window, d.Window)
 	zi(&l.MaxQueueLen, d.MaxQueueLen)
 	zd(&l.MaxQueueAge, d.MaxQueueAge)
@@ -197,6 +204,7 @@ func (l Limits) MarshalJSON() ([]byte, error) {
 		"keep_alive":               d(l.KeepAlive),
 		"max_write_buffer":         l.MaxWriteBuffer,
 		"max_mailbox":              l.MaxMailbox,
+		"max_mailbox_bytes":        l.MaxMailboxBytes,
 		"window":                   l.Window,
 		"max_queue_len":            l.MaxQueueLen,
 		"max_queue_age":            d(l.MaxQueueAge),

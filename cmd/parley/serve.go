@@ -122,6 +122,7 @@ SMS gateways (--sms):
 	f.DurationVar(&cfg.Limits.KeepAlive, "keep-alive", lim.KeepAlive, "TCP keep-alive idle time that finds peers gone without a FIN (negative: off)")
 	f.IntVar(&cfg.Limits.MaxWriteBuffer, "max-write-buffer", lim.MaxWriteBuffer, "bytes held for a client that does not read before it is cut off")
 	f.IntVar(&cfg.Limits.MaxMailbox, "max-mailbox", lim.MaxMailbox, "events waiting for one session before its client is cut off")
+	f.IntVar(&cfg.Limits.MaxMailboxBytes, "max-mailbox-bytes", lim.MaxMailboxBytes, "bytes of frames waiting for one session before its client is cut off")
 	f.IntVar(&cfg.Limits.FailedLoginsPerAddr, "failed-logins-per-addr", lim.FailedLoginsPerAddr, "refused logins per client address per minute before it is throttled")
 	f.IntVar(&cfg.Limits.MaxReadIDs, "max-read-ids", lim.MaxReadIDs, "most message ids in one read receipt")
 	f.IntVar(&cfg.Limits.HTTPConnsPerAddr, "http-conns-per-addr", lim.HTTPConnsPerAddr, "most HTTP connections from one client address")
