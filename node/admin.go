@@ -160,7 +160,13 @@ func (n *Node) handleBulkAccounts(w http.ResponseWriter, r *http.Request) {
 	}
 	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 64<<20))
 	dec.DisallowUnknownFields()
-	if err := dec.Decode(&req); err != nil {
+	err := dec.Decode(&req)
+	if err == nil && dec.More() {
+		// Whatever follows the object would be silently ignored: a
+		// truncated or concatenated upload must not half succeed.
+		err = errors.New("data after the JSON object")
+	}
+	if err != nil {
 		writeError(w, http.StatusBadRequest, "bad_request", "body must be {\"accounts\":[{\"phone\":\"+E164\",\"key\":\"<base64>\"}]}: "+err.Error())
 		return
 	}

@@ -121,4 +121,13 @@ func TestBulkIsRepeatable(t *testing.T) {
 	if err := postJSON(n.AdminURL()+"/admin/accounts/bulk", bad, nil); !errors.As(err, &ae) || ae.Code != "invalid_phone" {
 		t.Errorf("bulk with a malformed number: %v, want invalid_phone", err)
 	}
+	// A body with more after its object (two uploads run together) is
+	// refused whole, not half taken.
+	carol := `{"accounts":[{"phone":"` + carolPhone + `","key":"` + base64.StdEncoding.EncodeToString(newKeypair(t).Public) + `"}]}`
+	if status, code := adminPost(t, n.AdminURL()+"/admin/accounts/bulk", "application/json", []byte(carol+carol)); status != http.StatusBadRequest || code != "bad_request" {
+		t.Errorf("bulk with data after its object: %d %q, want 400 bad_request", status, code)
+	}
+	if _, err := dialLogin(n.NativeAddr(), n.PublicKey(), carolPhone, newKeypair(t)); err == nil || !strings.Contains(err.Error(), "no account has this number") {
+		t.Errorf("the number in a refused bulk body: login %v, want no account", err)
+	}
 }
