@@ -349,3 +349,20 @@ func (s *Service) Sweep(ctx context.Context, now time.Time) (removed int, err er
 	}
 	return removed, errors.Join(errs...)
 }
+
+// Limits are the bounds in force (the defaults filled in), as the admin
+// listener's GET /admin/limits shows them.
+func (s *Service) Limits() map[string]any {
+	c := &s.cfg
+	return map[string]any{
+		"max_size":           c.MaxSize,
+		"ttl":                c.TTL.String(),
+		"max_pixels":         c.MaxPixels,
+		"max_decode_bytes":   c.MaxDecodeBytes,
+		"max_decodes":        c.MaxDecodes,
+		"decode_memory":      c.DecodeMemory,
+		"decode_wait":        c.DecodeWait.String(),
+		"uploads_per_minute": c.UploadsPerMinute,
+		"quota_bytes":        c.QuotaBytes,
+	}
+}

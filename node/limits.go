@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"net/http"
 	"time"
+
+	"github.com/parleyhq/parley/wire"
 )
 
 // Limits bounds everything the network can make a node hold or do. Each
@@ -232,7 +234,10 @@ func (l Limits) MarshalJSON() ([]byte, error) {
 func (n *Node) handleLimits(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]any{
 		"node":  n.cfg.Limits,
-		"media": map[string]any{"max_size": n.cfg.MediaMaxSize, "ttl": n.cfg.MediaTTL.String()},
+		"media": n.media.Limits(),
+		// Fixed by the protocol, not configurable; shown so that every
+		// bound on what the network sends is in one place.
+		"protocol": map[string]any{"max_first_message": maxFirstMessage, "max_frame": wire.MaxMessage},
 		"registration": map[string]any{
 			"per_number": fmt.Sprintf("%d per %s, %s apart", n.cfg.PerNumber.Max, n.cfg.PerNumber.Window, n.cfg.PerNumber.MinGap),
 			"per_addr":   fmt.Sprintf("%d per %s", n.cfg.PerAddr.Max, n.cfg.PerAddr.Window),
