@@ -1,4 +1,4 @@
-package account_test
+package node_test
 
 import (
 	"bytes"
@@ -14,12 +14,14 @@ import (
 	"github.com/parleyhq/parley/noise"
 )
 
-// TestAPIOnNodeWithPebble: the registration API as a node serves it, with
-// the accounts in its Pebble directory, across a restart. The other API
-// tests run on an in-memory store with a fake clock, which lets them cover
-// every rule quickly; this one shows the same answers come from the real
-// assembly, and that what it stores survives.
-func TestAPIOnNodeWithPebble(t *testing.T) {
+// TestAccountAPIOnPebble: the registration API as a node serves it, with
+// the accounts in its Pebble directory, across a restart. The account
+// package's API tests run on an in-memory store with a fake clock, which
+// lets them cover every rule quickly; this one shows the same answers come
+// from the real assembly, and that what it stores survives. (It lives
+// here, not in account, so that the account package's tests and fuzz
+// builds do not compile the whole node.)
+func TestAccountAPIOnPebble(t *testing.T) {
 	const phone = "+14155550100"
 	dir := t.TempDir()
 	start := func() *nodetest.Node {
