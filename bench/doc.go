@@ -44,9 +44,12 @@
 // (several X25519 operations each side). So that login rates measure the
 // server rather than the load generator, idle and storm prepare every
 // client's first handshake message (fresh ephemeral key, used once) before
-// the clock starts, and stop the clock when the server's reply has arrived:
-// the client verifies each reply (its two remaining X25519 operations and
-// the login result) right after, and a login it refuses counts as failed.
+// the clock starts. Each login then ends as a device's does: the client
+// verifies the reply (its two remaining X25519 operations and the login
+// result) and sends its proof, the first message sealed with the new keys,
+// without which the server starts no session and counts the connection as
+// a handshake in flight (node.Limits.MaxHandshakes). The server's CPU per
+// login so includes the proof and the session's start.
 //
 // A user that logged in before in the same bench process logs in again as
 // a returning device does: with the resumption ticket of its last login

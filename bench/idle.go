@@ -143,14 +143,13 @@ func Idle(ctx context.Context, cfg Config, progress io.Writer) (*IdleResult, err
 	}
 	bcpu0 := cpuSelf()
 	t0 := time.Now()
-	conns := e.loginAll(ctx, e.users, hellos, 512, &ls, true)
+	conns := e.loginAll(ctx, e.users, hellos, 512, &ls)
 	res.LoginBenchCPUS = (cpuSelf() - bcpu0).Seconds()
 	phaseMu.Lock()
 	loginTime = time.Since(t0)
 	phaseMu.Unlock()
 	cpu1, err := e.admin.process(ctx, false)
 	defer closeAll(conns)
-	completeAll(conns, &ls)
 	if err != nil {
 		return nil, err
 	}
@@ -284,7 +283,7 @@ func (e *env) warm(ctx context.Context, progress io.Writer) error {
 	pr := startProgress(progress, func() string {
 		return fmt.Sprintf("idle: warming  logged in %s/%s", fmtInt(ls.done.Load()), fmtInt(int64(len(e.users))))
 	})
-	conns := e.loginAll(ctx, e.users, nil, 512, &ls, false)
+	conns := e.loginAll(ctx, e.users, nil, 512, &ls)
 	closeAll(conns)
 	pr.end()
 	if err := fatalIfAll(&ls.errs, len(e.users), "idle: warm-up login"); err != nil {
