@@ -392,6 +392,12 @@ func (s *upgradeServer) Retire() {
 	n.nativeLn.Close()
 	n.httpLn.Close()
 	n.adminLn.Close()
+	// Idle keep-alive connections would let a client's next request reach
+	// this process, which no longer serves: close them (a client retries
+	// an idle connection's failure on a new one, which reaches the new
+	// process), and close the busy ones after their request.
+	n.httpSrv.SetKeepAlivesEnabled(false)
+	n.adminSrv.SetKeepAlivesEnabled(false)
 }
 
 // FinishHTTP waits, until ctx ends, for the HTTP and admin requests in
