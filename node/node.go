@@ -646,6 +646,10 @@ func (n *Node) handOver(next *conn) {
 // mailbox. Routing here rather than in the sender's actor keeps delivery
 // going even if the sender disconnects before its commit lands.
 func (n *Node) commit(c *conn, b *store.Batch) {
+	// An ack's batch (its erase and the delivered receipts it makes) is
+	// lazy: the acking client waits for nothing, so it rides on the next
+	// Send's fsync instead of paying for its own (see store.Batch.Lazy).
+	b.Lazy = b.Dedup == nil && len(b.Acks) > 0
 	start := time.Now()
 	n.counts.commitsStarted.Add(1)
 	n.store.Commit(b, func(r store.Result) {
