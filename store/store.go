@@ -132,6 +132,11 @@ type Options struct {
 	// that is not lazy to share its fsync. Default 2 ms; negative: lazy
 	// batches are committed as soon as any other batch.
 	LazyDelay time.Duration
+	// MinSyncGap is the least time between the starts of two durable
+	// writes (group commits): at light load it bounds the fsyncs a second,
+	// each carrying what arrived meanwhile, for at most this much more
+	// before a batch is durable. Default 2 ms; negative: none.
+	MinSyncGap time.Duration
 	// OnExpire, if set, is called for every item the sweeper expires (after
 	// it is erased), so the loss is logged and counted, never silent.
 	OnExpire func(user string, it Item)
