@@ -165,6 +165,18 @@ func (c *conn) post(p *pool, ev event) bool {
 	return ok
 }
 
+// postFrom is post from a goroutine that may run the actor itself: with
+// here, an actor that ev schedules runs now on the caller (runHere).
+func (c *conn) postFrom(p *pool, ev event, here bool) {
+	_, sched := c.enqueue(p, ev)
+	switch {
+	case sched && here:
+		c.runHere(p)
+	case sched:
+		p.push(c, time.Now().UnixNano())
+	}
+}
+
 // enqueue adds ev to c's mailbox, as post does, without scheduling c: sched
 // means the actor was idle and is now marked scheduled, so the caller must
 // run it (runHere) or queue it for a worker.
@@ -219,8 +231,9 @@ const mailboxFullText = "too much work waiting for this connection: read what th
 const maxRounds = 4
 
 // runHere runs the actor that enqueue just scheduled on the calling
-// goroutine (the poller that decoded its frames): at light load, waking a
-// worker for it would cost more than its work. One round only; whatever
+// goroutine (the poller that decoded its frames, the committer that
+// reported its batch): at light load, waking a worker for it would cost
+// more than its work. One round only; whatever
 // arrives meanwhile goes to the pool, so a busy session cannot hold the
 // event loop.
 func (c *conn) runHere(p *pool) {
