@@ -17,7 +17,9 @@
 // Parley makes lazy only the batches nobody waits for: an ack's erase with
 // the delivered receipts it makes. Losing one loses no receipt: the acked
 // items come back with it, are delivered again (the client drops them by
-// server id and acks them) and that ack makes the receipts again.
+// server id and acks them) and that ack makes the receipts again. A group
+// commit also starts no sooner than Options.MinSyncGap after the one
+// before, which at light load delays a batch by at most that much.
 package store
 
 import (
