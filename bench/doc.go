@@ -86,7 +86,14 @@
 // configuration (two of 64 MiB), not by the number of connections, so at a
 // million connections they are a rounding error; at 19,000 they are a
 // visible part of the RSS delta, which is why both figures are reported.
-// The Go heap in use is reported too (heap_bytes_per_conn). On a freshly
+// The Go heap in use is reported too (heap_bytes_per_conn).
+//
+// The forced collection shows the memory the connections need; an operator
+// sees the resident set as it is, garbage not yet collected or returned
+// included, which the collector's heap target (GOGC) decides. So idle also
+// reads the RSS without a collection, just before each forced-GC reading,
+// and reports that growth per connection (steady_rss_bytes_per_conn); take
+// it after a hold long enough for the runtime to settle (--hold 30s). On a freshly
 // started server the logins also fill the store's caches (accounts are read
 // at login); --warm logs every user in and out once before the first
 // reading so that this is not counted per connection. --heap-profile

@@ -156,13 +156,35 @@ func (c *conn) stopped() bool {
 
 // post appends ev to the mailbox and schedules the actor if it is idle. It
 // never blocks: it is called from the event loop and from commit callbacks.
-// post adds ev to c's mailbox and schedules c; it reports false, dropping
-// ev, when c is closed.
+// It reports false, dropping ev, when c is closed.
 func (c *conn) post(p *pool, ev event) bool {
+	ok, sched := c.enqueue(p, ev)
+	if sched {
+		p.push(c, time.Now().UnixNano())
+	}
+	return ok
+}
+
+// postFrom is post from a goroutine that may run the actor itself: with
+// here, an actor that ev schedules runs now on the caller (runHere).
+func (c *conn) postFrom(p *pool, ev event, here bool) {
+	_, sched := c.enqueue(p, ev)
+	switch {
+	case sched && here:
+		c.runHere(p)
+	case sched:
+		p.push(c, time.Now().UnixNano())
+	}
+}
+
+// enqueue adds ev to c's mailbox, as post does, without scheduling c: sched
+// means the actor was idle and is now marked scheduled, so the caller must
+// run it (runHere) or queue it for a worker.
+func (c *conn) enqueue(p *pool, ev event) (ok, sched bool) {
 	c.mu.Lock()
 	if c.dead {
 		c.mu.Unlock()
-		return false
+		return false, false
 	}
 	if ev.kind == evClosed {
 		c.dead = true
@@ -184,24 +206,21 @@ func (c *conn) post(p *pool, ev event) bool {
 		// answer never reaches a client being closed anyway).
 		if last := c.mbox.evs[n-1]; last.kind == evKick && last.text == mailboxFullText {
 			c.mu.Unlock()
-			return true
+			return true, false
 		}
 		ev = event{kind: evKick, code: wire.Error_BAD_REQUEST, text: mailboxFullText}
 		overflow = true
 	}
 	c.mbox.bytes += int(ev.size)
 	c.mbox.evs = append(c.mbox.evs, ev)
-	sched := !c.scheduled
+	sched = !c.scheduled
 	c.scheduled = true
 	c.mu.Unlock()
 	if overflow {
 		p.n.mx.LimitHits.WithLabelValues("max_mailbox").Inc()
 		p.n.log.Warn("client cut off: its mailbox is full", "conn", c.id(), "max_events", lim.MaxMailbox, "max_bytes", lim.MaxMailboxBytes)
 	}
-	if sched {
-		p.push(c, time.Now().UnixNano())
-	}
-	return true
+	return true, sched
 }
 
 // mailboxFullText is the reason given to a client cut off for MaxMailbox.
@@ -211,9 +230,22 @@ const mailboxFullText = "too much work waiting for this connection: read what th
 // to others, so one flooded session cannot starve the rest.
 const maxRounds = 4
 
-// run processes the mailbox on a borrowed worker goroutine; the actor was
-// queued for one at schedAt (unix nanoseconds).
-func (c *conn) run(w *worker, schedAt int64) {
+// runHere runs the actor that enqueue just scheduled on the calling
+// goroutine (the poller that decoded its frames, the committer that
+// reported its batch): at light load, waking a worker for it would cost
+// more than its work. One round only; whatever
+// arrives meanwhile goes to the pool, so a busy session cannot hold the
+// event loop.
+func (c *conn) runHere(p *pool) {
+	w := p.scratch.Get().(*worker)
+	c.run(w, time.Now().UnixNano(), 1)
+	p.scratch.Put(w)
+}
+
+// run processes the mailbox for up to rounds rounds, then yields to the
+// pool if more work arrived; the actor was scheduled at schedAt (unix
+// nanoseconds).
+func (c *conn) run(w *worker, schedAt int64, rounds int) {
 	for round := 0; ; round++ {
 		c.mu.Lock()
 		mb := c.mbox
@@ -222,7 +254,7 @@ func (c *conn) run(w *worker, schedAt int64) {
 			c.mu.Unlock()
 			return
 		}
-		if round == maxRounds {
+		if round == rounds {
 			c.mu.Unlock()
 			w.n.pool.push(c, time.Now().UnixNano())
 			return
@@ -426,6 +458,14 @@ func (c *conn) onData(n *Node, data []byte) {
 	}
 	wasPartial := c.partial != nil
 	completed := 0
+	// The frames of this read go to the mailbox first, then the actor
+	// runs once here for all of them (one write for all their answers).
+	run := false
+	defer func() {
+		if run {
+			c.runHere(n.pool)
+		}
+	}()
 	buf := data
 	if c.partial != nil {
 		*c.partial = append(*c.partial, data...)
@@ -448,7 +488,7 @@ func (c *conn) onData(n *Node, data []byte) {
 		}
 		buf = rest
 		completed++
-		if !c.onMessage(n, msg) {
+		if !c.onMessage(n, msg, &run) {
 			return
 		}
 	}
@@ -476,8 +516,9 @@ func (c *conn) onData(n *Node, data []byte) {
 	}
 }
 
-// onMessage handles one complete message; false stops reading.
-func (c *conn) onMessage(n *Node, msg []byte) bool {
+// onMessage handles one complete message; false stops reading. A frame
+// that schedules the actor sets *run: the caller runs it (runHere).
+func (c *conn) onMessage(n *Node, msg []byte, run *bool) bool {
 	if !c.secured() {
 		return c.handshake(n, msg)
 	}
@@ -501,7 +542,9 @@ func (c *conn) onMessage(n *Node, msg []byte) bool {
 		return false
 	}
 	n.mx.FramesIn.Inc()
-	c.post(n.pool, event{kind: evFrame, frame: f, size: int32(len(pt))})
+	if _, sched := c.enqueue(n.pool, event{kind: evFrame, frame: f, size: int32(len(pt))}); sched {
+		*run = true
+	}
 	return true
 }
 

@@ -177,6 +177,11 @@ type Node struct {
 	monitor *monitor.Monitor
 	media   *media.Service
 
+	// smallGroup says whether the group commit being reported is small
+	// enough for its callbacks to run the sessions they wake themselves
+	// (see commit); set by the committer before it reports a group.
+	smallGroup atomic.Bool
+
 	// sessionCfg is every session core's configuration, shared rather
 	// than copied into each.
 	sessionCfg session.Config
@@ -275,8 +280,11 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 			n.mx.Expired.Inc()
 			n.log.Warn("queue item expired undelivered", "user", user, "seq", it.Seq, "queued", time.Unix(0, it.TS))
 		},
-		OnGroup: func(batches int) { n.mx.CommitBatchSize.Observe(float64(batches)) },
-		FS:      cfg.StoreFS,
+		OnGroup: func(batches int) {
+			n.mx.CommitBatchSize.Observe(float64(batches))
+			n.smallGroup.Store(batches <= maxInlineGroup)
+		},
+		FS: cfg.StoreFS,
 	}, n.log)
 	if errors.Is(err, syscall.EAGAIN) || errors.Is(err, syscall.EWOULDBLOCK) || (err != nil && strings.Contains(err.Error(), "lock held by current process")) {
 		// Pebble's lock on its directory is taken: by another process
@@ -646,12 +654,21 @@ func (n *Node) handOver(next *conn) {
 // mailbox. Routing here rather than in the sender's actor keeps delivery
 // going even if the sender disconnects before its commit lands.
 func (n *Node) commit(c *conn, b *store.Batch) {
+	// An ack's batch (its erase and the delivered receipts it makes) is
+	// lazy: the acking client waits for nothing, so it rides on the next
+	// Send's fsync instead of paying for its own (see store.Batch.Lazy).
+	b.Lazy = b.Dedup == nil && len(b.Acks) > 0
 	start := time.Now()
 	n.counts.commitsStarted.Add(1)
 	n.store.Commit(b, func(r store.Result) {
 		defer n.counts.commitsDone.Add(1)
 		n.counts.commits.Add(1)
 		n.mx.CommitLatency.Observe(time.Since(start).Seconds())
+		// After a small group the committer runs the idle sessions it
+		// wakes itself: at light load a worker's wake-up costs more than
+		// their work. After a large one it leaves them to the pool, so as
+		// not to hold up the next group.
+		here := n.smallGroup.Load()
 		if r.Err == nil && r.Dup == nil {
 			if b.Dedup != nil {
 				n.mx.MessagesIn.Add(float64(len(b.Appends)))
@@ -660,11 +677,11 @@ func (n *Node) commit(c *conn, b *store.Batch) {
 			}
 			for i, a := range b.Appends {
 				if to := n.router.lookup(a.To); to != nil {
-					to.post(n.pool, event{kind: evPush, seq: r.Seqs[i], data: a.Data})
+					to.postFrom(n.pool, event{kind: evPush, seq: r.Seqs[i], data: a.Data}, here)
 				}
 			}
 		}
-		c.post(n.pool, event{kind: evCommitted, res: r})
+		c.postFrom(n.pool, event{kind: evCommitted, res: r}, here)
 	})
 }
 
@@ -675,6 +692,10 @@ func (n *Node) stopBackground() {
 		n.bg.Wait()
 	}
 }
+
+// maxInlineGroup is the largest group commit whose callbacks run the
+// sessions they wake (see commit).
+const maxInlineGroup = 4
 
 // background runs f on a goroutine that Close waits for.
 func (n *Node) background(f func()) {

@@ -159,7 +159,7 @@ func OpenPebble(dir string, opts Options, log *slog.Logger) (*Pebble, error) {
 		accounts:  newAccountSet(opts.AccountCache),
 		nextID:    next,
 	}
-	p.q.init()
+	p.q.init(opts.LazyDelay, opts.MinSyncGap)
 	c := newCommitter(p)
 	go c.run()
 	go p.sweepLoop()
@@ -187,6 +187,12 @@ func (o Options) withDefaults() Options {
 	}
 	if o.AccountCache <= 0 {
 		o.AccountCache = defaultAccountCache
+	}
+	if o.LazyDelay == 0 {
+		o.LazyDelay = defaultLazyDelay
+	}
+	if o.MinSyncGap == 0 {
+		o.MinSyncGap = defaultMinSyncGap
 	}
 	return o
 }

@@ -9,6 +9,17 @@
 // pool goroutine on fsync. Implementations group concurrent batches into one
 // durable write (group commit) and call each batch's done callback once the
 // batch is on disk.
+//
+// The durability promise: no done callback runs before its batch is on
+// disk, lazy batches included. A lazy batch (Batch.Lazy) only waits longer,
+// up to Options.LazyDelay, for a batch that is not lazy to share its fsync;
+// a crash in that wait loses it whole, as a crash before Commit would.
+// Parley makes lazy only the batches nobody waits for: an ack's erase with
+// the delivered receipts it makes. Losing one loses no receipt: the acked
+// items come back with it, are delivered again (the client drops them by
+// server id and acks them) and that ack makes the receipts again. A group
+// commit also starts no sooner than Options.MinSyncGap after the one
+// before, which at light load delays a batch by at most that much.
 package store
 
 import (
@@ -86,6 +97,12 @@ type Batch struct {
 	// user has received from the sender (see Store.ReceivedFrom), with the
 	// batch. A batch without an Ack records nothing.
 	Received []string
+	// Lazy says that nobody is waiting for this batch soon: the store may
+	// hold it back, up to Options.LazyDelay, so that it shares the fsync of
+	// a later batch that is not lazy instead of paying for its own. It is
+	// still written atomically and durably before done is called, and in
+	// order with the caller's other batches; only its done comes later.
+	Lazy bool
 }
 
 // Result is what a committed (or refused) batch reports.
@@ -113,6 +130,15 @@ type Options struct {
 	SweepEvery time.Duration
 	// DedupTTL is how long a Dedup record is kept. Default 7 days.
 	DedupTTL time.Duration
+	// LazyDelay is the longest a lazy batch (Batch.Lazy) waits for a batch
+	// that is not lazy to share its fsync. Default 2 ms; negative: lazy
+	// batches are committed as soon as any other batch.
+	LazyDelay time.Duration
+	// MinSyncGap is the least time between the starts of two durable
+	// writes (group commits): at light load it bounds the fsyncs a second,
+	// each carrying what arrived meanwhile, for at most this much more
+	// before a batch is durable. Default 2 ms; negative: none.
+	MinSyncGap time.Duration
 	// OnExpire, if set, is called for every item the sweeper expires (after
 	// it is erased), so the loss is logged and counted, never silent.
 	OnExpire func(user string, it Item)

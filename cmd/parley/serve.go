@@ -89,12 +89,13 @@ SMS gateways (--sms):
 	f := cmd.Flags()
 	f.StringVar(&cfg.DataDir, "data", "./parley-data", "data directory (store and server key)")
 	// The heap of a busy node is mostly short-lived per-message garbage
-	// over a small live set (sessions, queue states), so Go's default of
-	// collecting at 100% growth runs the collector very often: under
-	// saturation load it was about a quarter of server CPU. 400 trades
-	// memory (the heap may grow to 5x the live set between collections)
-	// for that CPU. GOGC in the environment wins over the flag.
-	f.IntVar(&gcPercent, "gc-percent", 400, "Go GC target percentage (GOGC); lower saves memory, higher saves CPU; -1 turns the collector off")
+	// over a small live set (sessions, queue states). Go's default of 100
+	// cost ~15% more CPU per message at saturation (9.6 - 9.9 us against
+	// 8.2 - 9.2). 400 let an idle server's resident set stay at 5x its live
+	// heap (2.0 - 2.5 KB per idle connection without a forced collection);
+	// 200 holds it at ~1.4 KB with no measurable cost at saturation (issue
+	// 11, BENCHMARKS.md). GOGC in the environment wins over the flag.
+	f.IntVar(&gcPercent, "gc-percent", 200, "Go GC target percentage (GOGC); lower saves memory, higher saves CPU; -1 turns the collector off")
 	f.StringVar(&cfg.Listen, "listen", "127.0.0.1:5222", "native protocol listen address")
 	f.StringVar(&cfg.HTTP, "http", "127.0.0.1:8080", "public HTTP API listen address")
 	f.StringVar(&cfg.Admin, "admin", "127.0.0.1:9090", "admin listen address, HOST:PORT or http://HOST:PORT: metrics, dashboard, pprof, limits, account provisioning (keep on loopback)")
