@@ -671,14 +671,16 @@ func (c *conn) handshake(n *Node, msg []byte) bool {
 		n.proving.Store(c, provingLogin{user: login.Phone, gen: acct.Generation, resumed: h.Ticket != nil})
 		c.stage.Store(stageProving)
 	}
+	if res.Error.GetCode() == wire.Error_LOGIN_FAILED {
+		// Counted before the refusal is sent: a client that tries again
+		// the moment it reads it must find this failure counted.
+		n.failures.fail(c.peer.AddrPort().Addr(), time.Now())
+	}
 	if err := c.writeHandshake(reply); err != nil || res.Error != nil {
 		n.proving.Delete(c)
 		c.stage.Store(stageRefused)
 		n.mx.LoginFailures.Inc()
 		n.mx.HandshakeFailures.LoginRefused.Inc()
-		if res.Error.GetCode() == wire.Error_LOGIN_FAILED {
-			n.failures.fail(c.peer.AddrPort().Addr(), time.Now())
-		}
 		if n.loginLogs.allow(time.Now()) {
 			n.log.Info("login refused", "user", login.Phone, "conn", c.id(), "reason", res.Error.GetText())
 		}
