@@ -144,6 +144,7 @@ func (s *Service) upload(w http.ResponseWriter, r *http.Request) {
 	}
 	now := s.cfg.Now()
 	if ok, wait := s.takeUpload(account, now); !ok {
+		s.limitHit("media_uploads_per_minute")
 		writeError(w, http.StatusTooManyRequests, CodeRateLimited, fmt.Sprintf(
 			"more than %d uploads in a minute: wait and try again", s.cfg.UploadsPerMinute), wait)
 		return
@@ -236,6 +237,9 @@ func (s *Service) upload(w http.ResponseWriter, r *http.Request) {
 			// The upload stands without a thumbnail: a message can carry
 			// any file, and the recipient still gets the image itself.
 			s.log.Info("media: no thumbnail", "user", account, "blob", key[:16], "err", err)
+			if errors.Is(err, errDecodesBusy) {
+				s.limitHit("media_decode_memory")
+			}
 		} else {
 			resp.Thumbnail = base64.StdEncoding.EncodeToString(t)
 		}
@@ -420,6 +424,7 @@ func (s *Service) tooLarge(w http.ResponseWriter, size int64) {
 	if size >= 0 {
 		msg = fmt.Sprintf("file is %s, over the %s limit: send a smaller file", humanSize(size), humanSize(s.cfg.MaxSize))
 	}
+	s.limitHit("media_max_size")
 	writeError(w, http.StatusRequestEntityTooLarge, CodeTooLarge, msg, 0)
 }
 
@@ -432,6 +437,7 @@ func (s *Service) overQuota(w http.ResponseWriter, used, size int64) {
 	if size >= 0 {
 		need = fmt.Sprintf(", this file needs %s", humanSize(size))
 	}
+	s.limitHit("media_quota")
 	writeError(w, http.StatusRequestEntityTooLarge, CodeQuotaExceeded, fmt.Sprintf(
 		"storage quota full: %s of %s used%s; delete media or wait for old media to expire",
 		humanSize(used), humanSize(s.cfg.QuotaBytes), need), 0)

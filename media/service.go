@@ -103,6 +103,17 @@ type Config struct {
 	Now func() time.Time
 	// Log receives operational events; nil: discarded.
 	Log *slog.Logger
+	// OnLimit, if set, is told each time a bound refuses something:
+	// "media_uploads_per_minute", "media_max_size", "media_quota", or
+	// "media_decode_memory" (a thumbnail skipped because decodes were at
+	// their bound). The node counts them with its other limit hits.
+	OnLimit func(limit string)
+}
+
+func (s *Service) limitHit(limit string) {
+	if s.cfg.OnLimit != nil {
+		s.cfg.OnLimit(limit)
+	}
 }
 
 // Service uploads, serves and expires media. It is safe for concurrent use.

@@ -518,6 +518,7 @@ func (n *Node) startHTTP() error {
 		TTL:     n.cfg.MediaTTL,
 		BaseURL: n.cfg.PublicURL,
 		Log:     n.log,
+		OnLimit: func(limit string) { n.mx.LimitHits.WithLabelValues(limit).Inc() },
 	})
 	if err != nil {
 		return fmt.Errorf("media: %w", err)
