@@ -9,9 +9,9 @@ import (
 	"mime"
 	"net"
 	"net/http"
-	"strconv"
 	"strings"
-	"time"
+
+	"github.com/parleyhq/parley/apierror"
 )
 
 // maxBody bounds request bodies: the largest valid one is well under 1 KiB.
@@ -40,14 +40,6 @@ type (
 	serverResponse struct {
 		ServerKey  string `json:"server_key"`
 		NativeAddr string `json:"native_addr"`
-	}
-	errorBody struct {
-		Error errorDetail `json:"error"`
-	}
-	errorDetail struct {
-		Code       string `json:"code"`
-		Message    string `json:"message"`
-		RetryAfter int64  `json:"retry_after,omitempty"` // seconds, as the header
 	}
 )
 
@@ -210,20 +202,7 @@ func (s *Service) clientAddr(r *http.Request) string {
 }
 
 func writeError(w http.ResponseWriter, e *Error) {
-	body := errorBody{Error: errorDetail{Code: e.Code, Message: e.Message}}
-	if e.RetryAfter > 0 {
-		secs := int64((e.RetryAfter + time.Second - 1) / time.Second) // round up
-		w.Header().Set("Retry-After", strconv.FormatInt(secs, 10))
-		body.Error.RetryAfter = secs
-	}
-	writeJSON(w, e.Status, body)
+	apierror.Write(w, e.Status, e.Code, e.Message, e.RetryAfter)
 }
 
-func writeJSON(w http.ResponseWriter, status int, v any) {
-	h := w.Header()
-	h.Set("Content-Type", "application/json")
-	h.Set("Cache-Control", "no-store")
-	h.Set("X-Content-Type-Options", "nosniff")
-	w.WriteHeader(status)
-	_ = json.NewEncoder(w).Encode(v) // the client may be gone; nothing to do
-}
+func writeJSON(w http.ResponseWriter, status int, v any) { apierror.WriteJSON(w, status, v) }

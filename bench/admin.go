@@ -14,6 +14,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/parleyhq/parley/apierror"
 	"github.com/parleyhq/parley/node"
 )
 
@@ -163,13 +164,8 @@ func decodeResponse(resp *http.Response, v any) error {
 		return err
 	}
 	if resp.StatusCode != http.StatusOK {
-		var e struct {
-			Error struct {
-				Code, Message string
-			} `json:"error"`
-		}
-		if json.Unmarshal(b, &e) == nil && e.Error.Message != "" {
-			return fmt.Errorf("%s: %s (%s)", resp.Status, e.Error.Message, e.Error.Code)
+		if d, ok := apierror.Parse(b); ok {
+			return fmt.Errorf("%s: %s (%s)", resp.Status, d.Message, d.Code)
 		}
 		if resp.StatusCode == http.StatusNotFound {
 			return fmt.Errorf("%s: this server has no such endpoint (an older parley, or not the admin listener?)", resp.Status)

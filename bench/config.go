@@ -17,7 +17,8 @@ import (
 // Config configures every mode; each mode reads the fields it documents and
 // applies its own defaults to zero values.
 type Config struct {
-	// Addr is the node's native listener. Default "127.0.0.1:5222".
+	// Addr is the node's native listener. Default: the one the node
+	// advertised at setup (kept in the state), else "127.0.0.1:5222".
 	Addr string
 	// Admin is the node's admin listener URL. Default
 	// "http://127.0.0.1:9090".
@@ -96,9 +97,6 @@ type Config struct {
 }
 
 func (c *Config) setDefaults() {
-	if c.Addr == "" {
-		c.Addr = "127.0.0.1:5222"
-	}
 	if c.Admin == "" {
 		c.Admin = "http://127.0.0.1:9090"
 	}
@@ -149,6 +147,12 @@ func open(ctx context.Context, cfg Config, what string, n int) (*env, error) {
 	}
 	if err := st.needUsers(cfg.Offset, n, what); err != nil {
 		return nil, err
+	}
+	if cfg.Addr == "" {
+		cfg.Addr = st.NativeAddr
+	}
+	if cfg.Addr == "" {
+		cfg.Addr = "127.0.0.1:5222"
 	}
 	e := &env{cfg: cfg, st: st, admin: newAdmin(cfg.Admin)}
 	// Fail early, with the admin hint, if the node is not there.

@@ -92,9 +92,8 @@ func (d *dialer) dial(ctx context.Context, u *user, h hello, rbuf int) (*conn, e
 }
 
 // dialLazy is dial up to the arrival of the server's handshake reply: the
-// reply is kept, and complete verifies it and reads the login result. A
-// measured interval can so end when the server has answered, without the
-// client's own two X25519 operations in it.
+// reply is kept, and complete verifies it, reads the login result and
+// sends the proof.
 func (d *dialer) dialLazy(ctx context.Context, u *user, h hello, rbuf int) (*conn, error) {
 	if h.hs == nil {
 		var err error

@@ -44,9 +44,12 @@
 // (several X25519 operations each side). So that login rates measure the
 // server rather than the load generator, idle and storm prepare every
 // client's first handshake message (fresh ephemeral key, used once) before
-// the clock starts, and stop the clock when the server's reply has arrived:
-// the client verifies each reply (its two remaining X25519 operations and
-// the login result) right after, and a login it refuses counts as failed.
+// the clock starts. Each login then ends as a device's does: the client
+// verifies the reply (its two remaining X25519 operations and the login
+// result) and sends its proof, the first message sealed with the new keys,
+// without which the server starts no session and counts the connection as
+// a handshake in flight (node.Limits.MaxHandshakes). The server's CPU per
+// login so includes the proof and the session's start.
 //
 // A user that logged in before in the same bench process logs in again as
 // a returning device does: with the resumption ticket of its last login
@@ -83,7 +86,14 @@
 // configuration (two of 64 MiB), not by the number of connections, so at a
 // million connections they are a rounding error; at 19,000 they are a
 // visible part of the RSS delta, which is why both figures are reported.
-// The Go heap in use is reported too (heap_bytes_per_conn). On a freshly
+// The Go heap in use is reported too (heap_bytes_per_conn).
+//
+// The forced collection shows the memory the connections need; an operator
+// sees the resident set as it is, garbage not yet collected or returned
+// included, which the collector's heap target (GOGC) decides. So idle also
+// reads the RSS without a collection, just before each forced-GC reading,
+// and reports that growth per connection (steady_rss_bytes_per_conn); take
+// it after a hold long enough for the runtime to settle (--hold 30s). On a freshly
 // started server the logins also fill the store's caches (accounts are read
 // at login); --warm logs every user in and out once before the first
 // reading so that this is not counted per connection. --heap-profile

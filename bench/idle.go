@@ -14,6 +14,7 @@ import (
 const (
 	userMethod   = "server RSS delta / N, from GET /admin/process?gc=1 before the logins and after the hold; N = the change in the server's session count"
 	goMethod     = "delta of the memory the server's Go runtime holds (mapped less returned to the OS: heap, stacks, runtime metadata) / N, same readings; RSS less this is C memory, which in Parley is Pebble's memtables and block cache"
+	steadyMethod = "server RSS delta / N, from GET /admin/process without a collection, before the logins (before the forced-GC reading) and at the end of the hold (before the forced-GC reading): the growth an operator sees, garbage the collector has not yet returned included; hold long enough for the runtime to settle (--hold 30s)"
 	kernelMethod = "(delta of /proc/meminfo Slab - /proc inodes + /proc/net/sockstat TCP mem pages * page size) / 2 / N: loopback holds both ends, the server's share is half; /proc inodes (inode, dentry, security blob, from /proc/slabinfo) are left out: whoever lists /proc/PID/fd makes one per open file"
 )
 
@@ -34,7 +35,10 @@ type IdleResult struct {
 	ExchangeSeconds     float64 `json:"exchange_seconds"`
 	HoldSeconds         float64 `json:"hold_seconds"`
 
-	UserBytesPerConn    float64 `json:"user_bytes_per_conn"`
+	UserBytesPerConn float64 `json:"user_bytes_per_conn"`
+	// SteadyBytesPerConn is the RSS growth per connection without a forced
+	// collection (steadyMethod): what the process's resident set shows.
+	SteadyBytesPerConn  float64 `json:"steady_rss_bytes_per_conn"`
 	GoBytesPerConn      float64 `json:"go_bytes_per_conn"`
 	HeapBytesPerConn    float64 `json:"heap_bytes_per_conn"`
 	OutsideGoPerConn    float64 `json:"outside_go_bytes_per_conn"` // user less Go: Pebble's C memory
@@ -50,6 +54,7 @@ type IdleResult struct {
 	ServerSessions      int    `json:"server_sessions"`
 	MeasuredConns       int    `json:"measured_conns"` // N in the per-connection figures
 	UserMethod          string `json:"user_method"`
+	SteadyMethod        string `json:"steady_method"`
 	GoMethod            string `json:"go_method"`
 	KernelMethod        string `json:"kernel_method"`
 
@@ -67,6 +72,7 @@ func (r *IdleResult) Rows() []Row {
 		{Name: "measured_conns", Value: fmtInt(int64(r.MeasuredConns)), Note: "N below: sessions the server gained between the two readings"},
 		{Name: "warm", Value: fmt.Sprint(r.Warm), Note: "true: every user logged in and out once first, so store caches do not count as connection memory"},
 		{Name: "user_bytes_per_conn", Value: fmtF(r.UserBytesPerConn, 0), Note: userMethod},
+		{Name: "steady_rss_bytes_per_conn", Value: fmtF(r.SteadyBytesPerConn, 0), Note: fmt.Sprintf("no forced collection, after a %.0f s hold: %s", r.HoldSeconds, steadyMethod)},
 		{Name: "go_bytes_per_conn", Value: fmtF(r.GoBytesPerConn, 0), Note: goMethod},
 		{Name: "heap_bytes_per_conn", Value: fmtF(r.HeapBytesPerConn, 0), Note: "Go heap in use, same readings"},
 		{Name: "outside_go_bytes_per_conn", Value: fmtF(r.OutsideGoPerConn, 0), Note: fmt.Sprintf("user less Go: C memory; Pebble's memtables grew %.1f MiB with the exchanged messages", float64(r.StoreMemtableGrowth)/(1<<20))},
@@ -95,7 +101,7 @@ func Idle(ctx context.Context, cfg Config, progress io.Writer) (*IdleResult, err
 	if err != nil {
 		return nil, err
 	}
-	res := &IdleResult{Mode: "idle", Conns: n, UserMethod: userMethod, GoMethod: goMethod, KernelMethod: kernelMethod, Warm: cfg.Warm}
+	res := &IdleResult{Mode: "idle", Conns: n, UserMethod: userMethod, SteadyMethod: steadyMethod, GoMethod: goMethod, KernelMethod: kernelMethod, Warm: cfg.Warm}
 	if cfg.Warm {
 		if err := e.warm(ctx, progress); err != nil {
 			return nil, err
@@ -110,6 +116,12 @@ func Idle(ctx context.Context, cfg Config, progress io.Writer) (*IdleResult, err
 		if err := e.admin.heapProfile(ctx, cfg.HeapProfile+".before.pprof"); err != nil {
 			return nil, err
 		}
+	}
+	// The reading without a collection comes first each time: a forced
+	// one returns memory to the OS and would hide what it shows.
+	steadyBefore, err := e.admin.process(ctx, false)
+	if err != nil {
+		return nil, err
 	}
 	before, err := e.admin.process(ctx, true)
 	if err != nil {
@@ -143,14 +155,13 @@ func Idle(ctx context.Context, cfg Config, progress io.Writer) (*IdleResult, err
 	}
 	bcpu0 := cpuSelf()
 	t0 := time.Now()
-	conns := e.loginAll(ctx, e.users, hellos, 512, &ls, true)
+	conns := e.loginAll(ctx, e.users, hellos, 512, &ls)
 	res.LoginBenchCPUS = (cpuSelf() - bcpu0).Seconds()
 	phaseMu.Lock()
 	loginTime = time.Since(t0)
 	phaseMu.Unlock()
 	cpu1, err := e.admin.process(ctx, false)
 	defer closeAll(conns)
-	completeAll(conns, &ls)
 	if err != nil {
 		return nil, err
 	}
@@ -223,6 +234,10 @@ func Idle(ctx context.Context, cfg Config, progress io.Writer) (*IdleResult, err
 		return nil, err
 	}
 	res.HoldSeconds = time.Since(t2).Seconds()
+	steadyAfter, err := e.admin.process(ctx, false)
+	if err != nil {
+		return nil, err
+	}
 	after, err := e.admin.process(ctx, true)
 	if err != nil {
 		return nil, err
@@ -254,6 +269,7 @@ func Idle(ctx context.Context, cfg Config, progress io.Writer) (*IdleResult, err
 	if perConn > 0 {
 		c := float64(perConn)
 		res.UserBytesPerConn = float64(after.RSSBytes-before.RSSBytes) / c
+		res.SteadyBytesPerConn = float64(steadyAfter.RSSBytes-steadyBefore.RSSBytes) / c
 		res.GoBytesPerConn = float64(int64(after.GoBytes)-int64(before.GoBytes)) / c
 		res.HeapBytesPerConn = float64(int64(after.HeapInuse)-int64(before.HeapInuse)) / c
 		res.OutsideGoPerConn = res.UserBytesPerConn - res.GoBytesPerConn
@@ -284,7 +300,7 @@ func (e *env) warm(ctx context.Context, progress io.Writer) error {
 	pr := startProgress(progress, func() string {
 		return fmt.Sprintf("idle: warming  logged in %s/%s", fmtInt(ls.done.Load()), fmtInt(int64(len(e.users))))
 	})
-	conns := e.loginAll(ctx, e.users, nil, 512, &ls, false)
+	conns := e.loginAll(ctx, e.users, nil, 512, &ls)
 	closeAll(conns)
 	pr.end()
 	if err := fatalIfAll(&ls.errs, len(e.users), "idle: warm-up login"); err != nil {

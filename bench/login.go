@@ -27,9 +27,8 @@ type loginStats struct {
 // loginAll logs every user in, at most cfg.Concurrency at a time, using
 // the prepared hellos (consumed). A connection that fails for a reason other
 // than a refused login is tried again, up to 3 times, with a fresh
-// handshake. Failed users have a nil conn. With lazy, each connection ends
-// at the server's reply: completeAll verifies them afterwards.
-func (e *env) loginAll(ctx context.Context, us []*user, hellos []hello, rbuf int, st *loginStats, lazy bool) []*conn {
+// handshake. Failed users have a nil conn.
+func (e *env) loginAll(ctx context.Context, us []*user, hellos []hello, rbuf int, st *loginStats) []*conn {
 	conns := make([]*conn, len(us))
 	var next atomic.Int64
 	var wg sync.WaitGroup
@@ -47,15 +46,11 @@ func (e *env) loginAll(ctx context.Context, us []*user, hellos []hello, rbuf int
 					h, hellos[i] = hellos[i], hello{}
 				}
 				for attempt := 0; ; attempt++ {
-					dial := e.d.dial
-					if lazy {
-						dial = e.d.dialLazy
-					}
-					c, err := dial(ctx, us[i], h, rbuf)
+					c, err := e.d.dial(ctx, us[i], h, rbuf)
 					if err == nil {
 						conns[i] = c
 						st.done.Add(1)
-						if !lazy && c.resumed {
+						if c.resumed {
 							st.resumed.Add(1)
 						}
 						break
@@ -74,23 +69,6 @@ func (e *env) loginAll(ctx context.Context, us []*user, hellos []hello, rbuf int
 	}
 	wg.Wait()
 	return conns
-}
-
-// completeAll verifies the replies of lazily dialled connections; those
-// whose login failed are closed, set to nil and counted in st.
-func completeAll(conns []*conn, st *loginStats) {
-	parallel(len(conns), func(i int) {
-		if c := conns[i]; c != nil {
-			if err := c.complete(); err != nil {
-				st.errs.add(err)
-				st.done.Add(-1)
-				c.close()
-				conns[i] = nil
-			} else if c.resumed {
-				st.resumed.Add(1)
-			}
-		}
-	})
 }
 
 // interruptOnDone unblocks every read and write on conns when ctx ends

@@ -468,7 +468,7 @@ func Pairs(ctx context.Context, cfg Config, progress io.Writer) (*PairsResult, e
 		return nil, err
 	}
 	var ls loginStats
-	conns := e.loginAll(ctx, e.users, nil, 64<<10, &ls, false)
+	conns := e.loginAll(ctx, e.users, nil, 64<<10, &ls)
 	defer closeAll(conns)
 	if ls.errs.count() > 0 {
 		return nil, fmt.Errorf("pairs: %d of %d logins failed, e.g. %s", ls.errs.count(), len(conns), ls.errs.list()[0])

@@ -68,7 +68,7 @@ func Storm(ctx context.Context, cfg Config, progress io.Writer) (*StormResult, e
 	})
 	defer pr.end()
 
-	conns := e.loginAll(ctx, e.users, nil, 512, &ls, false)
+	conns := e.loginAll(ctx, e.users, nil, 512, &ls)
 	res.Connected = int(ls.done.Load())
 	if err := fatalIfAll(&ls.errs, n, "storm: log in"); err != nil {
 		closeAll(conns)
@@ -90,12 +90,11 @@ func Storm(ctx context.Context, cfg Config, progress io.Writer) (*StormResult, e
 	t0 := time.Now()
 	closeAll(conns)
 	res.DropSeconds = time.Since(t0).Seconds()
-	conns = e.loginAll(ctx, e.users, hellos, 512, &ls2, true)
+	conns = e.loginAll(ctx, e.users, hellos, 512, &ls2)
 	elapsed := time.Since(t0)
 	res.BenchCPUS = (cpuSelf() - cpu0).Seconds()
 	defer closeAll(conns)
 	p1, err := e.admin.process(ctx, false)
-	completeAll(conns, &ls2)
 	if err != nil {
 		return nil, err
 	}

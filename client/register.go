@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/parleyhq/parley/apierror"
 	"github.com/parleyhq/parley/noise"
 )
 
@@ -166,14 +167,8 @@ func callAPI(ctx context.Context, hc *http.Client, method, baseURL, path string,
 // shape (a proxy's HTML page) still gives the status and the start of it.
 func parseAPIError(resp *http.Response, raw []byte) *APIError {
 	e := &APIError{Status: resp.StatusCode, RetryAfter: parseRetryAfter(resp.Header.Get("Retry-After"))}
-	var body struct {
-		Error struct {
-			Code    string `json:"code"`
-			Message string `json:"message"`
-		} `json:"error"`
-	}
-	if json.Unmarshal(raw, &body) == nil && (body.Error.Code != "" || body.Error.Message != "") {
-		e.Code, e.Message = body.Error.Code, body.Error.Message
+	if d, ok := apierror.Parse(raw); ok {
+		e.Code, e.Message = d.Code, d.Message
 		return e
 	}
 	snippet := strings.TrimSpace(string(raw))

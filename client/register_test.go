@@ -15,8 +15,11 @@ import (
 	"github.com/parleyhq/parley/client"
 )
 
-// fakeAPI answers the registration endpoints the way the server documents
-// them, so the SDK's side of the HTTP API is tested without a server.
+// fakeAPI answers the registration endpoints with the statuses, codes and
+// messages the server sends (account/service.go), so the SDK's side of the
+// HTTP API, answers no server can be made to give on demand included (a
+// 500, a proxy's page), is tested without a server.
+// TestRegistrationAgainstServer checks the same calls against a real node.
 func fakeAPI(t *testing.T, serverKey []byte) *httptest.Server {
 	t.Helper()
 	mux := http.NewServeMux()
@@ -40,7 +43,7 @@ func fakeAPI(t *testing.T, serverKey []byte) *httptest.Server {
 			w.Write([]byte(`{"error":{"code":"internal","message":"internal error; try again later"}}`))
 		case "bogus":
 			w.WriteHeader(http.StatusBadRequest)
-			w.Write([]byte(`{"error":{"code":"bad_phone","message":"not a phone number"}}`))
+			w.Write([]byte(`{"error":{"code":"invalid_phone","message":"phone number contains 'b': write only digits, with + and the country code in front (spaces, dashes, dots and parentheses may separate them), e.g. +14155550100"}}`))
 		default:
 			json.NewEncoder(w).Encode(map[string]any{"phone": in.Phone, "expires_in": 600})
 		}
@@ -52,8 +55,8 @@ func fakeAPI(t *testing.T, serverKey []byte) *httptest.Server {
 			return
 		}
 		if in.Code != "123456" {
-			w.WriteHeader(http.StatusUnauthorized)
-			w.Write([]byte(`{"error":{"code":"wrong_code","message":"the code is wrong: check it, or request a new one"}}`))
+			w.WriteHeader(http.StatusForbidden)
+			w.Write([]byte(`{"error":{"code":"invalid_code","message":"wrong code; no tries left: request a new code"}}`))
 			return
 		}
 		if k, err := base64.StdEncoding.DecodeString(in.Key); err != nil || len(k) != 32 {
@@ -138,8 +141,8 @@ func TestAPIErrors(t *testing.T) {
 		{
 			name: "bad request",
 			call: func() error { _, err := client.RequestCode(ctx, nil, srv.URL, "bogus"); return err },
-			want: client.APIError{Status: 400, Code: "bad_phone", Message: "not a phone number"},
-			text: "not a phone number",
+			want: client.APIError{Status: 400, Code: "invalid_phone", Message: "phone number contains 'b': write only digits, with + and the country code in front (spaces, dashes, dots and parentheses may separate them), e.g. +14155550100"},
+			text: "country code in front",
 		},
 		{
 			name: "wrong code",
@@ -147,8 +150,8 @@ func TestAPIErrors(t *testing.T) {
 				_, err := client.Verify(ctx, nil, srv.URL, "+14155550101", "000000", bytes.Repeat([]byte{1}, 32))
 				return err
 			},
-			want: client.APIError{Status: 401, Code: "wrong_code", Message: "the code is wrong: check it, or request a new one"},
-			text: "request a new one",
+			want: client.APIError{Status: 403, Code: "invalid_code", Message: "wrong code; no tries left: request a new code"},
+			text: "request a new code",
 		},
 		{
 			name: "not a Parley server",

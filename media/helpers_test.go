@@ -22,6 +22,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/parleyhq/parley/apierror"
 )
 
 var testSecret = []byte("0123456789abcdef0123456789abcdef")
@@ -160,9 +162,9 @@ func files(t testing.TB, dir string) []string {
 }
 
 // errorOf decodes a JSON error answer.
-func errorOf(t testing.TB, r reply) errorDetail {
+func errorOf(t testing.TB, r reply) apierror.Detail {
 	t.Helper()
-	var b errorBody
+	var b apierror.Body
 	if err := json.Unmarshal(r.body, &b); err != nil || b.Error.Code == "" {
 		t.Fatalf("not a JSON error (%d): %q", r.status, r.body)
 	}

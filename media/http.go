@@ -15,6 +15,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/parleyhq/parley/apierror"
 )
 
 // Error codes of the HTTP API, in {"error":{"code","message"}}.
@@ -43,7 +45,7 @@ const (
 // notFoundBody is the one answer to every id that does not lead to media
 // the request may see: unknown, malformed, expired or someone else's. One
 // body, built once, so that no case can be told from another by it.
-var notFoundBody = mustJSON(errorBody{Error: errorDetail{
+var notFoundBody = mustJSON(apierror.Body{Error: apierror.Detail{
 	Code:    CodeNotFound,
 	Message: "no such media: the link is wrong, or the media expired and must be sent again",
 }})
@@ -57,14 +59,6 @@ type (
 		SHA256    string    `json:"sha256"`              // hex
 		Thumbnail string    `json:"thumbnail,omitempty"` // standard base64 of a JPEG
 		Expires   time.Time `json:"expires"`
-	}
-	errorBody struct {
-		Error errorDetail `json:"error"`
-	}
-	errorDetail struct {
-		Code       string `json:"code"`
-		Message    string `json:"message"`
-		RetryAfter int64  `json:"retry_after,omitempty"` // seconds, as the header
 	}
 )
 
@@ -150,6 +144,7 @@ func (s *Service) upload(w http.ResponseWriter, r *http.Request) {
 	}
 	now := s.cfg.Now()
 	if ok, wait := s.takeUpload(account, now); !ok {
+		s.limitHit("media_uploads_per_minute")
 		writeError(w, http.StatusTooManyRequests, CodeRateLimited, fmt.Sprintf(
 			"more than %d uploads in a minute: wait and try again", s.cfg.UploadsPerMinute), wait)
 		return
@@ -242,6 +237,9 @@ func (s *Service) upload(w http.ResponseWriter, r *http.Request) {
 			// The upload stands without a thumbnail: a message can carry
 			// any file, and the recipient still gets the image itself.
 			s.log.Info("media: no thumbnail", "user", account, "blob", key[:16], "err", err)
+			if errors.Is(err, errDecodesBusy) {
+				s.limitHit("media_decode_memory")
+			}
 		} else {
 			resp.Thumbnail = base64.StdEncoding.EncodeToString(t)
 		}
@@ -426,6 +424,7 @@ func (s *Service) tooLarge(w http.ResponseWriter, size int64) {
 	if size >= 0 {
 		msg = fmt.Sprintf("file is %s, over the %s limit: send a smaller file", humanSize(size), humanSize(s.cfg.MaxSize))
 	}
+	s.limitHit("media_max_size")
 	writeError(w, http.StatusRequestEntityTooLarge, CodeTooLarge, msg, 0)
 }
 
@@ -438,6 +437,7 @@ func (s *Service) overQuota(w http.ResponseWriter, used, size int64) {
 	if size >= 0 {
 		need = fmt.Sprintf(", this file needs %s", humanSize(size))
 	}
+	s.limitHit("media_quota")
 	writeError(w, http.StatusRequestEntityTooLarge, CodeQuotaExceeded, fmt.Sprintf(
 		"storage quota full: %s of %s used%s; delete media or wait for old media to expire",
 		humanSize(used), humanSize(s.cfg.QuotaBytes), need), 0)
@@ -467,20 +467,10 @@ func setJSONHeaders(w http.ResponseWriter) {
 }
 
 func writeError(w http.ResponseWriter, status int, code, msg string, retryAfter time.Duration) {
-	d := errorDetail{Code: code, Message: msg}
-	if retryAfter > 0 {
-		secs := int64(math.Ceil(retryAfter.Seconds()))
-		d.RetryAfter = secs
-		w.Header().Set("Retry-After", strconv.FormatInt(secs, 10))
-	}
-	writeJSON(w, status, errorBody{Error: d})
+	apierror.Write(w, status, code, msg, retryAfter)
 }
 
-func writeJSON(w http.ResponseWriter, status int, v any) {
-	setJSONHeaders(w)
-	w.WriteHeader(status)
-	w.Write(mustJSON(v))
-}
+func writeJSON(w http.ResponseWriter, status int, v any) { apierror.WriteJSON(w, status, v) }
 
 // humanSize writes a byte count the way a person reads it: "512 bytes",
 // "1.5 MiB", "64 MiB".

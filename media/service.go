@@ -103,6 +103,17 @@ type Config struct {
 	Now func() time.Time
 	// Log receives operational events; nil: discarded.
 	Log *slog.Logger
+	// OnLimit, if set, is told each time a bound refuses something:
+	// "media_uploads_per_minute", "media_max_size", "media_quota", or
+	// "media_decode_memory" (a thumbnail skipped because decodes were at
+	// their bound). The node counts them with its other limit hits.
+	OnLimit func(limit string)
+}
+
+func (s *Service) limitHit(limit string) {
+	if s.cfg.OnLimit != nil {
+		s.cfg.OnLimit(limit)
+	}
 }
 
 // Service uploads, serves and expires media. It is safe for concurrent use.
@@ -348,4 +359,21 @@ func (s *Service) Sweep(ctx context.Context, now time.Time) (removed int, err er
 		s.log.Info("media: swept expired media", "count", removed)
 	}
 	return removed, errors.Join(errs...)
+}
+
+// Limits are the bounds in force (the defaults filled in), as the admin
+// listener's GET /admin/limits shows them.
+func (s *Service) Limits() map[string]any {
+	c := &s.cfg
+	return map[string]any{
+		"max_size":           c.MaxSize,
+		"ttl":                c.TTL.String(),
+		"max_pixels":         c.MaxPixels,
+		"max_decode_bytes":   c.MaxDecodeBytes,
+		"max_decodes":        c.MaxDecodes,
+		"decode_memory":      c.DecodeMemory,
+		"decode_wait":        c.DecodeWait.String(),
+		"uploads_per_minute": c.UploadsPerMinute,
+		"quota_bytes":        c.QuotaBytes,
+	}
 }

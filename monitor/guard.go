@@ -36,7 +36,7 @@ func (m *Monitor) Guard(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if msg := crossSite(r, m.needTok); msg != "" {
 			m.metrics.AdminRefused.WithLabelValues("cross_site").Inc()
-			writeError(w, http.StatusForbidden, msg)
+			writeError(w, http.StatusForbidden, "cross_site", msg)
 			return
 		}
 		if !m.needTok {
@@ -51,7 +51,7 @@ func (m *Monitor) Guard(h http.Handler) http.Handler {
 			if ok {
 				msg = "wrong admin token: check the token the server was started with"
 			}
-			writeError(w, http.StatusUnauthorized, msg)
+			writeError(w, http.StatusUnauthorized, "unauthorized", msg)
 			return
 		}
 		h.ServeHTTP(w, r)

@@ -3,7 +3,6 @@ package monitor
 import (
 	"cmp"
 	"container/heap"
-	"encoding/json"
 	"fmt"
 	"io/fs"
 	"log/slog"
@@ -13,6 +12,8 @@ import (
 	"strings"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/parleyhq/parley/apierror"
 )
 
 // SortKey orders /admin/sessions.
@@ -205,7 +206,7 @@ func (m *Monitor) Handler() http.Handler {
 		if s := r.URL.Query().Get("n"); s != "" {
 			v, err := strconv.Atoi(s)
 			if err != nil || v < 1 {
-				writeError(w, http.StatusBadRequest, fmt.Sprintf("n=%q: want a positive number of samples", s))
+				writeError(w, http.StatusBadRequest, "bad_request", fmt.Sprintf("n=%q: want a positive number of samples", s))
 				return
 			}
 			n = v
@@ -216,14 +217,14 @@ func (m *Monitor) Handler() http.Handler {
 		q := r.URL.Query()
 		by, err := ParseSortKey(q.Get("sort"))
 		if err != nil {
-			writeError(w, http.StatusBadRequest, err.Error())
+			writeError(w, http.StatusBadRequest, "bad_request", err.Error())
 			return
 		}
 		limit := DefaultSessionLimit
 		if s := q.Get("limit"); s != "" {
 			v, err := strconv.Atoi(s)
 			if err != nil || v < 1 {
-				writeError(w, http.StatusBadRequest, fmt.Sprintf("limit=%q: want a positive number of sessions", s))
+				writeError(w, http.StatusBadRequest, "bad_request", fmt.Sprintf("limit=%q: want a positive number of sessions", s))
 				return
 			}
 			limit = v
@@ -248,16 +249,12 @@ func (m *Monitor) Handler() http.Handler {
 	return mux
 }
 
-func writeJSON(w http.ResponseWriter, code int, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("Cache-Control", "no-store")
-	w.WriteHeader(code)
-	json.NewEncoder(w).Encode(v)
-}
+func writeJSON(w http.ResponseWriter, status int, v any) { apierror.WriteJSON(w, status, v) }
 
-// writeError answers with {"error": "..."}: a sentence that says what to do.
-func writeError(w http.ResponseWriter, code int, msg string) {
-	writeJSON(w, code, map[string]string{"error": msg})
+// writeError answers status with Parley's JSON error (see apierror): its
+// code, and a sentence that says what to do.
+func writeError(w http.ResponseWriter, status int, code, msg string) {
+	apierror.Write(w, status, code, msg, 0)
 }
 
 // dashboardAssets are the dashboard's files, embedded in the binary so the

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/parleyhq/parley/apierror"
 	"github.com/parleyhq/parley/monitor"
 )
 
@@ -62,16 +63,16 @@ func TestSessionsEndpoint(t *testing.T) {
 	}
 
 	for _, q := range []string{"?sort=bytes", "?limit=0", "?limit=-3", "?limit=ten"} {
-		var e struct{ Error string }
+		var e apierror.Body
 		code := h.get("/admin/sessions"+q, &e)
-		if code != http.StatusBadRequest || e.Error == "" {
-			t.Errorf("/admin/sessions%s: %d %q, want 400 with an error message", q, code, e.Error)
+		if code != http.StatusBadRequest || e.Error.Message == "" {
+			t.Errorf("/admin/sessions%s: %d %q, want 400 with an error message", q, code, e.Error.Message)
 		}
 	}
-	var e struct{ Error string }
+	var e apierror.Body
 	h.get("/admin/sessions?sort=bytes", &e)
-	if !strings.Contains(e.Error, "mailbox, in_rate, out_rate or queued") {
-		t.Errorf("bad sort error %q does not list the valid sorts", e.Error)
+	if !strings.Contains(e.Error.Message, "mailbox, in_rate, out_rate or queued") {
+		t.Errorf("bad sort error %q does not list the valid sorts", e.Error.Message)
 	}
 }
 
@@ -80,9 +81,9 @@ func TestTokenRequired(t *testing.T) {
 	h.sample()
 	paths := []string{"/metrics", "/admin/stats", "/admin/stats/history", "/admin/sessions", "/admin/alerts"}
 	for _, p := range paths {
-		var e struct{ Error string }
-		if code := h.get(p, &e); code != http.StatusUnauthorized || !strings.Contains(e.Error, "token") {
-			t.Errorf("GET %s without a token: %d %q, want 401 naming the token", p, code, e.Error)
+		var e apierror.Body
+		if code := h.get(p, &e); code != http.StatusUnauthorized || !strings.Contains(e.Error.Message, "token") {
+			t.Errorf("GET %s without a token: %d %q, want 401 naming the token", p, code, e.Error.Message)
 		}
 		if code := h.get(p, nil, "Authorization", "Bearer wrong"); code != http.StatusUnauthorized {
 			t.Errorf("GET %s with a wrong token: %d, want 401", p, code)
@@ -133,9 +134,9 @@ func TestCrossSiteRefused(t *testing.T) {
 				opts = append(opts, withToken(tc.token))
 			}
 			h := newHarness(t, opts...)
-			var e struct{ Error string }
+			var e apierror.Body
 			if code := h.get("/admin/stats", &e, tc.headers...); code != tc.want {
-				t.Errorf("GET /admin/stats with %v: %d %q, want %d", tc.headers, code, e.Error, tc.want)
+				t.Errorf("GET /admin/stats with %v: %d %q, want %d", tc.headers, code, e.Error.Message, tc.want)
 			}
 		})
 	}

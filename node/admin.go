@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/parleyhq/parley/account"
+	"github.com/parleyhq/parley/apierror"
 	"github.com/parleyhq/parley/noise"
 )
 
@@ -39,6 +40,8 @@ func (n *Node) adminHandler() http.Handler {
 	guard := func(h http.HandlerFunc) http.Handler { return n.monitor.Guard(h) }
 	mux.Handle("GET /admin/process", guard(n.handleProcess))
 	mux.Handle("GET /admin/limits", guard(n.handleLimits))
+	mux.Handle("GET /admin/version", guard(n.handleVersion))
+	mux.Handle("POST /admin/upgrade", guard(n.handleUpgrade))
 	mux.Handle("POST /admin/accounts/bulk", guard(n.handleBulkAccounts))
 	// Profiles of the running server (go tool pprof URL/debug/pprof/profile).
 	mux.Handle("/debug/pprof/", guard(pprof.Index))
@@ -52,14 +55,10 @@ func (n *Node) adminHandler() http.Handler {
 	return mux
 }
 
-func writeJSON(w http.ResponseWriter, status int, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(status)
-	json.NewEncoder(w).Encode(v)
-}
+func writeJSON(w http.ResponseWriter, status int, v any) { apierror.WriteJSON(w, status, v) }
 
 func writeError(w http.ResponseWriter, status int, code, msg string) {
-	writeJSON(w, status, map[string]any{"error": map[string]string{"code": code, "message": msg}})
+	apierror.Write(w, status, code, msg, 0)
 }
 
 // ProcessStats is what GET /admin/process answers: the server's own CPU time
@@ -161,7 +160,13 @@ func (n *Node) handleBulkAccounts(w http.ResponseWriter, r *http.Request) {
 	}
 	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 64<<20))
 	dec.DisallowUnknownFields()
-	if err := dec.Decode(&req); err != nil {
+	err := dec.Decode(&req)
+	if err == nil && dec.More() {
+		// Whatever follows the object would be silently ignored: a
+		// truncated or concatenated upload must not half succeed.
+		err = errors.New("data after the JSON object")
+	}
+	if err != nil {
 		writeError(w, http.StatusBadRequest, "bad_request", "body must be {\"accounts\":[{\"phone\":\"+E164\",\"key\":\"<base64>\"}]}: "+err.Error())
 		return
 	}

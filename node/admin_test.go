@@ -64,8 +64,8 @@ func TestBulkNeverReplacesAnAccount(t *testing.T) {
 	}{
 		{"text/plain body", "text/plain", nil, http.StatusUnsupportedMediaType, "unsupported_media_type"},
 		{"form body", "application/x-www-form-urlencoded", nil, http.StatusUnsupportedMediaType, "unsupported_media_type"},
-		{"cross-site browser request", "application/json", []string{"Sec-Fetch-Site", "cross-site"}, http.StatusForbidden, "?"},
-		{"foreign origin", "application/json", []string{"Origin", "http://evil.example"}, http.StatusForbidden, "?"},
+		{"cross-site browser request", "application/json", []string{"Sec-Fetch-Site", "cross-site"}, http.StatusForbidden, "cross_site"},
+		{"foreign origin", "application/json", []string{"Origin", "http://evil.example"}, http.StatusForbidden, "cross_site"},
 		{"from a script, over an existing account", "application/json", nil, http.StatusConflict, "account_exists"},
 	} {
 		status, code := adminPost(t, url, tc.contentType, body, tc.header...)
@@ -120,5 +120,14 @@ func TestBulkIsRepeatable(t *testing.T) {
 	bad := map[string]any{"accounts": []map[string]string{{"phone": "0155", "key": base64.StdEncoding.EncodeToString(kp.Public)}}}
 	if err := postJSON(n.AdminURL()+"/admin/accounts/bulk", bad, nil); !errors.As(err, &ae) || ae.Code != "invalid_phone" {
 		t.Errorf("bulk with a malformed number: %v, want invalid_phone", err)
+	}
+	// A body with more after its object (two uploads run together) is
+	// refused whole, not half taken.
+	carol := `{"accounts":[{"phone":"` + carolPhone + `","key":"` + base64.StdEncoding.EncodeToString(newKeypair(t).Public) + `"}]}`
+	if status, code := adminPost(t, n.AdminURL()+"/admin/accounts/bulk", "application/json", []byte(carol+carol)); status != http.StatusBadRequest || code != "bad_request" {
+		t.Errorf("bulk with data after its object: %d %q, want 400 bad_request", status, code)
+	}
+	if _, err := dialLogin(n.NativeAddr(), n.PublicKey(), carolPhone, newKeypair(t)); err == nil || !strings.Contains(err.Error(), "no account has this number") {
+		t.Errorf("the number in a refused bulk body: login %v, want no account", err)
 	}
 }

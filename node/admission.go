@@ -6,10 +6,10 @@ import (
 	"sync/atomic"
 )
 
-// admission counts native connections in all, per client address and in
-// their handshake, against Limits, and says whether a new one may stay.
-// It runs once per accepted connection and once per close or login, never
-// per message.
+// admission counts native connections in all, per client address (IPv6:
+// per /64, see throttleKey) and in their handshake, against Limits, and
+// says whether a new one may stay. It runs once per accepted connection
+// and once per close or login, never per message.
 type admission struct {
 	lim        *Limits
 	handshakes atomic.Int64
@@ -29,6 +29,7 @@ func (a *admission) admit(ip netip.Addr) (limit string) {
 	if a.handshakes.Load() >= int64(a.lim.MaxHandshakes) {
 		return "max_handshakes"
 	}
+	ip = throttleKey(ip) // IPv6: the /64, which one subscriber holds
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	switch {
@@ -52,6 +53,7 @@ func (a *admission) closed(ip netip.Addr, inHandshake bool) {
 	if inHandshake {
 		a.handshakes.Add(-1)
 	}
+	ip = throttleKey(ip)
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.total--

@@ -221,13 +221,19 @@ func (n *Node) ticketSecret(path string) ([]byte, error) {
 // configuration, for either store.
 func (n *Node) storeOptions() store.Options {
 	return store.Options{
-		MaxQueueLen: n.cfg.Limits.MaxQueueLen,
-		MaxAge:      n.cfg.Limits.MaxQueueAge,
+		MaxQueueLen:    n.cfg.Limits.MaxQueueLen,
+		MaxAge:         n.cfg.Limits.MaxQueueAge,
+		MaxQueueStates: n.cfg.Limits.QueueStates,
+		AccountCache:   n.cfg.Limits.AccountCache,
+		MemTableSize:   n.cfg.StoreMemTableSize,
 		OnExpire: func(user string, it store.Item) {
 			n.mx.Expired.Inc()
 			n.log.Warn("queue item expired undelivered", "user", user, "seq", it.Seq, "queued", time.Unix(0, it.TS))
 		},
-		OnGroup: func(batches int) { n.mx.CommitBatchSize.Observe(float64(batches)) },
-		FS:      n.cfg.StoreFS,
+		OnGroup: func(batches int) {
+			n.mx.CommitBatchSize.Observe(float64(batches))
+			n.smallGroup.Store(batches <= maxInlineGroup)
+		},
+		FS: n.cfg.StoreFS,
 	}
 }

@@ -21,7 +21,12 @@ import (
 type evKind uint8
 
 const (
+	// evStart makes the session live: it handles its client's frames and
+	// is the one the router finds. evDeliver then starts its deliveries;
+	// a login that replaced a live one gets it only once its predecessor
+	// has stopped (see handOver).
 	evStart evKind = iota + 1
+	evDeliver
 	evFrame
 	evCommitted
 	evPush
@@ -31,13 +36,20 @@ const (
 
 // event is one entry of a session's mailbox.
 type event struct {
-	kind  evKind
-	code  wire.Error_Code
+	kind evKind
+	code wire.Error_Code
+	// size, on an evFrame, is the bytes of the message it came in: the
+	// frame holds about as much until the session has run (see
+	// Limits.MaxMailboxBytes).
+	size  int32
 	seq   uint64
 	frame *wire.Frame
 	data  []byte
 	res   store.Result
 	text  string
+	// next, on an evKick from a newer login, is that login's connection:
+	// the kicked session hands over to it (see handOver).
+	next *conn
 }
 
 // conn is one client connection and the actor that runs its session.
@@ -90,6 +102,7 @@ type conn struct {
 // allocations than a slice growing from nil.
 type mailbox struct {
 	evs   []event
+	bytes int // the frames' sizes (event.size), bounded by MaxMailboxBytes
 	first [1]event
 }
 
@@ -143,11 +156,35 @@ func (c *conn) stopped() bool {
 
 // post appends ev to the mailbox and schedules the actor if it is idle. It
 // never blocks: it is called from the event loop and from commit callbacks.
-func (c *conn) post(p *pool, ev event) {
+// It reports false, dropping ev, when c is closed.
+func (c *conn) post(p *pool, ev event) bool {
+	ok, sched := c.enqueue(p, ev)
+	if sched {
+		p.push(c, time.Now().UnixNano())
+	}
+	return ok
+}
+
+// postFrom is post from a goroutine that may run the actor itself: with
+// here, an actor that ev schedules runs now on the caller (runHere).
+func (c *conn) postFrom(p *pool, ev event, here bool) {
+	_, sched := c.enqueue(p, ev)
+	switch {
+	case sched && here:
+		c.runHere(p)
+	case sched:
+		p.push(c, time.Now().UnixNano())
+	}
+}
+
+// enqueue adds ev to c's mailbox, as post does, without scheduling c: sched
+// means the actor was idle and is now marked scheduled, so the caller must
+// run it (runHere) or queue it for a worker.
+func (c *conn) enqueue(p *pool, ev event) (ok, sched bool) {
 	c.mu.Lock()
 	if c.dead {
 		c.mu.Unlock()
-		return
+		return false, false
 	}
 	if ev.kind == evClosed {
 		c.dead = true
@@ -157,7 +194,10 @@ func (c *conn) post(p *pool, ev event) {
 		c.mbox.evs = c.mbox.first[:0]
 	}
 	overflow := false
-	if n := len(c.mbox.evs); n >= p.n.cfg.Limits.MaxMailbox && ev.kind != evClosed {
+	// A kick that hands over to a newer login always gets in: its
+	// successor waits for it. There is at most one per login.
+	lim := &p.n.cfg.Limits
+	if n := len(c.mbox.evs); (n >= lim.MaxMailbox || c.mbox.bytes+int(ev.size) > lim.MaxMailboxBytes) && ev.kind != evClosed && ev.next == nil {
 		// The client makes work faster than its session is served (a
 		// flood of pings it never reads the answers to, say): cut it off
 		// rather than hold its events without bound. The first event
@@ -166,22 +206,21 @@ func (c *conn) post(p *pool, ev event) {
 		// answer never reaches a client being closed anyway).
 		if last := c.mbox.evs[n-1]; last.kind == evKick && last.text == mailboxFullText {
 			c.mu.Unlock()
-			return
+			return true, false
 		}
 		ev = event{kind: evKick, code: wire.Error_BAD_REQUEST, text: mailboxFullText}
 		overflow = true
 	}
+	c.mbox.bytes += int(ev.size)
 	c.mbox.evs = append(c.mbox.evs, ev)
-	sched := !c.scheduled
+	sched = !c.scheduled
 	c.scheduled = true
 	c.mu.Unlock()
 	if overflow {
 		p.n.mx.LimitHits.WithLabelValues("max_mailbox").Inc()
-		p.n.log.Warn("client cut off: its mailbox is full", "conn", c.id(), "limit", p.n.cfg.Limits.MaxMailbox)
+		p.n.log.Warn("client cut off: its mailbox is full", "conn", c.id(), "max_events", lim.MaxMailbox, "max_bytes", lim.MaxMailboxBytes)
 	}
-	if sched {
-		p.push(c, time.Now().UnixNano())
-	}
+	return true, sched
 }
 
 // mailboxFullText is the reason given to a client cut off for MaxMailbox.
@@ -191,9 +230,22 @@ const mailboxFullText = "too much work waiting for this connection: read what th
 // to others, so one flooded session cannot starve the rest.
 const maxRounds = 4
 
-// run processes the mailbox on a borrowed worker goroutine; the actor was
-// queued for one at schedAt (unix nanoseconds).
-func (c *conn) run(w *worker, schedAt int64) {
+// runHere runs the actor that enqueue just scheduled on the calling
+// goroutine (the poller that decoded its frames, the committer that
+// reported its batch): at light load, waking a worker for it would cost
+// more than its work. One round only; whatever
+// arrives meanwhile goes to the pool, so a busy session cannot hold the
+// event loop.
+func (c *conn) runHere(p *pool) {
+	w := p.scratch.Get().(*worker)
+	c.run(w, time.Now().UnixNano(), 1)
+	p.scratch.Put(w)
+}
+
+// run processes the mailbox for up to rounds rounds, then yields to the
+// pool if more work arrived; the actor was scheduled at schedAt (unix
+// nanoseconds).
+func (c *conn) run(w *worker, schedAt int64, rounds int) {
 	for round := 0; ; round++ {
 		c.mu.Lock()
 		mb := c.mbox
@@ -202,7 +254,7 @@ func (c *conn) run(w *worker, schedAt int64) {
 			c.mu.Unlock()
 			return
 		}
-		if round == maxRounds {
+		if round == rounds {
 			c.mu.Unlock()
 			w.n.pool.push(c, time.Now().UnixNano())
 			return
@@ -227,7 +279,19 @@ func (c *conn) run(w *worker, schedAt int64) {
 func (c *conn) handle(w *worker, ev *event) bool {
 	switch ev.kind {
 	case evStart:
-		return c.start(w)
+		c.live = true
+		w.n.log.Debug("session started", "user", c.core.User(), "conn", c.id())
+		return false
+	case evKick:
+		closeNow := false
+		if c.live {
+			c.core.StepKicked(ev.code, ev.text)
+			closeNow = c.ready(w)
+		}
+		if ev.next != nil {
+			w.n.handOver(ev.next)
+		}
+		return closeNow
 	case evClosed:
 		if c.live {
 			w.n.router.unregister(c.core.User(), c)
@@ -255,19 +319,11 @@ func (c *conn) handle(w *worker, ev *event) bool {
 	case evPush:
 		c.core.StepPushed(ev.seq, ev.data)
 		return c.ready(w)
-	case evKick:
-		c.core.StepKicked(ev.code, ev.text)
+	case evDeliver:
+		c.core.StepStart()
 		return c.ready(w)
 	}
 	return false
-}
-
-// start begins the session that prove set up and registered.
-func (c *conn) start(w *worker) bool {
-	c.live = true
-	w.n.log.Debug("session started", "user", c.core.User(), "conn", c.id())
-	c.core.StepStart()
-	return c.ready(w)
 }
 
 // ready carries out the Ready of the event just stepped into the core,
@@ -291,11 +347,24 @@ func (c *conn) ready(w *worker) (closeNow bool) {
 		for _, d := range rd.AckDelays {
 			w.n.mx.DeliverToAck.Observe(float64(d) / 1e9)
 		}
-		load := rd.Load
+		load, check := rd.Load, rd.Check
 		c.core.Advance()
 		c.inflight.Store(int32(c.core.Inflight()))
-		if load == nil || closeNow {
+		if closeNow || load == nil && check == nil {
 			return closeNow
+		}
+		if check != nil {
+			// A Read to a sender the session cannot vouch for from memory
+			// (see session.Core.onRead): one store lookup, bounded by the
+			// session's read bucket.
+			ok, err := w.n.store.ReceivedFrom(c.core.User(), check.Sender)
+			if err != nil {
+				w.n.log.Error("check read receipt", "user", c.core.User(), "err", err)
+			}
+			c.core.StepChecked(ok, err)
+			if load == nil {
+				continue
+			}
 		}
 		items, err := w.n.store.ReadQueue(c.core.User(), load.From, load.Max)
 		if err != nil {
@@ -370,6 +439,16 @@ func (c *conn) flush(w *worker, closeNow bool) {
 // id names the connection in logs: the client's address.
 func (c *conn) id() string { return c.peer.String() }
 
+// maxFirstMessage bounds a handshake's first message, length prefix
+// excluded: the largest real one (a resumption's 255-byte ticket, keys,
+// tags and a Login with a long agent name) is far below it. Until a
+// connection has logged in it may not declare more, so that a host's
+// unfinished first messages, held until the handshake timeout, cost at
+// most this each (MaxHandshakes of them), not wire.MaxMessage.
+const maxFirstMessage = 4 << 10
+
+var errFirstTooLarge = fmt.Errorf("first handshake message longer than %d bytes", maxFirstMessage)
+
 // onData runs on the event loop for every read. It splits messages off the
 // stream; only an incomplete tail is kept between reads, so an idle
 // connection holds no buffer.
@@ -379,6 +458,14 @@ func (c *conn) onData(n *Node, data []byte) {
 	}
 	wasPartial := c.partial != nil
 	completed := 0
+	// The frames of this read go to the mailbox first, then the actor
+	// runs once here for all of them (one write for all their answers).
+	run := false
+	defer func() {
+		if run {
+			c.runHere(n.pool)
+		}
+	}()
 	buf := data
 	if c.partial != nil {
 		*c.partial = append(*c.partial, data...)
@@ -386,6 +473,9 @@ func (c *conn) onData(n *Node, data []byte) {
 	}
 	for {
 		msg, rest, ok, err := wire.Next(buf)
+		if err == nil && !c.secured() && len(buf) >= wire.HeaderLen && int(buf[0])<<16|int(buf[1])<<8|int(buf[2]) > maxFirstMessage {
+			err = errFirstTooLarge
+		}
 		if err != nil {
 			if c.stage.Load() != stageLoggedIn {
 				n.mx.HandshakeFailures.BadFrame.Inc()
@@ -398,7 +488,7 @@ func (c *conn) onData(n *Node, data []byte) {
 		}
 		buf = rest
 		completed++
-		if !c.onMessage(n, msg) {
+		if !c.onMessage(n, msg, &run) {
 			return
 		}
 	}
@@ -426,8 +516,9 @@ func (c *conn) onData(n *Node, data []byte) {
 	}
 }
 
-// onMessage handles one complete message; false stops reading.
-func (c *conn) onMessage(n *Node, msg []byte) bool {
+// onMessage handles one complete message; false stops reading. A frame
+// that schedules the actor sets *run: the caller runs it (runHere).
+func (c *conn) onMessage(n *Node, msg []byte, run *bool) bool {
 	if !c.secured() {
 		return c.handshake(n, msg)
 	}
@@ -451,7 +542,9 @@ func (c *conn) onMessage(n *Node, msg []byte) bool {
 		return false
 	}
 	n.mx.FramesIn.Inc()
-	c.post(n.pool, event{kind: evFrame, frame: f})
+	if _, sched := c.enqueue(n.pool, event{kind: evFrame, frame: f, size: int32(len(pt))}); sched {
+		*run = true
+	}
 	return true
 }
 
@@ -578,14 +671,16 @@ func (c *conn) handshake(n *Node, msg []byte) bool {
 		n.proving.Store(c, provingLogin{user: login.Phone, gen: acct.Generation, resumed: h.Ticket != nil})
 		c.stage.Store(stageProving)
 	}
+	if res.Error.GetCode() == wire.Error_LOGIN_FAILED {
+		// Counted before the refusal is sent: a client that tries again
+		// the moment it reads it must find this failure counted.
+		n.failures.fail(c.peer.AddrPort().Addr(), time.Now())
+	}
 	if err := c.writeHandshake(reply); err != nil || res.Error != nil {
 		n.proving.Delete(c)
 		c.stage.Store(stageRefused)
 		n.mx.LoginFailures.Inc()
 		n.mx.HandshakeFailures.LoginRefused.Inc()
-		if res.Error.GetCode() == wire.Error_LOGIN_FAILED {
-			n.failures.fail(c.peer.AddrPort().Addr(), time.Now())
-		}
 		if n.loginLogs.allow(time.Now()) {
 			n.log.Info("login refused", "user", login.Phone, "conn", c.id(), "reason", res.Error.GetText())
 		}
@@ -628,8 +723,12 @@ func (c *conn) prove(n *Node) {
 	// has yet to start (which would ignore it).
 	c.core.Init(pl.user, &n.sessionCfg)
 	c.post(n.pool, event{kind: evStart})
-	if prev := n.router.register(pl.user, c); prev != nil && prev != c {
-		prev.post(n.pool, event{kind: evKick, code: wire.Error_REPLACED, text: "this account logged in on a newer connection"})
+	// While two connections of one user overlap, the newer one delivers
+	// nothing until the older has stopped and its acks are applied, so
+	// that nothing the older acked is delivered again.
+	prev := n.router.register(pl.user, c)
+	if prev == nil || prev == c || !prev.post(n.pool, event{kind: evKick, code: wire.Error_REPLACED, text: "this account logged in on a newer connection", next: c}) {
+		c.post(n.pool, event{kind: evDeliver})
 	}
 	c.mu.Lock()
 	dead := c.dead

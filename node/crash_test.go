@@ -574,7 +574,7 @@ var soak = flag.Duration("soak", 0, "how long TestSoak repeats the crash test's 
 // random moments under load, the full loss check) until -soak has passed,
 // stopping at the first failing cycle:
 //
-//	go test -run TestSoak -soak=2m ./node
+//	go test ./node -run TestSoak -timeout 30m -args -soak=2m
 //
 // Without -soak it is skipped: CI runs one cycle, as TestCrashRecovery.
 func TestSoak(t *testing.T) {

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -101,10 +102,25 @@ func TestAdminLimits(t *testing.T) {
 	}
 	defer resp.Body.Close()
 	var got struct {
-		Node map[string]any `json:"node"`
+		Node     map[string]any `json:"node"`
+		Media    map[string]any `json:"media"`
+		Protocol map[string]any `json:"protocol"`
 	}
 	if err := json.NewDecoder(resp.Body).Decode(&got); err != nil {
 		t.Fatal(err)
+	}
+	// Every field of Limits is shown: a new limit must be added to the
+	// endpoint too.
+	if want := reflect.TypeOf(node.Limits{}).NumField(); len(got.Node) != want {
+		t.Errorf("/admin/limits shows %d node limits, Limits has %d fields", len(got.Node), want)
+	}
+	for _, k := range []string{"max_size", "max_decode_bytes", "decode_memory", "uploads_per_minute"} {
+		if _, ok := got.Media[k]; !ok {
+			t.Errorf("/admin/limits has no media.%s", k)
+		}
+	}
+	if got.Protocol["max_first_message"] == nil || got.Protocol["max_frame"] == nil {
+		t.Errorf("/admin/limits protocol bounds: %v", got.Protocol)
 	}
 	def := node.DefaultLimits()
 	for k, want := range map[string]any{

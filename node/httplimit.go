@@ -8,8 +8,8 @@ import (
 	"time"
 )
 
-// perAddrListener bounds the connections one client address holds open on
-// an HTTP listener: past max, a new connection is closed as soon as it is
+// perAddrListener bounds the connections one client address (IPv6: one
+// /64, see throttleKey) holds open on an HTTP listener: past max, a new connection is closed as soon as it is
 // accepted (one slow client cannot hold every connection the server will
 // serve). hit is called with each refusal.
 type perAddrListener struct {
@@ -32,13 +32,7 @@ func (l *perAddrListener) Accept() (net.Conn, error) {
 			return nil, err
 		}
 		peer := makePeerAddr(c.RemoteAddr())
-		ip := peer.AddrPort().Addr()
-		l.mu.Lock()
-		ok := l.open[ip] < l.max
-		if ok {
-			l.open[ip]++
-		}
-		l.mu.Unlock()
+		ip, ok := l.take(peer.AddrPort().Addr())
 		if !ok {
 			l.hit()
 			c.Close()
@@ -46,6 +40,20 @@ func (l *perAddrListener) Accept() (net.Conn, error) {
 		}
 		return &countedConn{Conn: c, l: l, ip: ip}, nil
 	}
+}
+
+// take counts a connection from ip against its address's share and
+// returns the address it was counted under, or reports that the share is
+// used up.
+func (l *perAddrListener) take(ip netip.Addr) (netip.Addr, bool) {
+	ip = throttleKey(ip) // IPv6: the /64
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.open[ip] >= l.max {
+		return ip, false
+	}
+	l.open[ip]++
+	return ip, true
 }
 
 type countedConn struct {

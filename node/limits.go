@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"net/http"
 	"time"
+
+	"github.com/parleyhq/parley/wire"
 )
 
 // Limits bounds everything the network can make a node hold or do. Each
@@ -20,7 +22,8 @@ type Limits struct {
 	// are closed at once. Default 1,000,000 (the process's open-file limit
 	// is the other bound: raise it with ulimit -n).
 	MaxConnections int
-	// MaxConnsPerAddr bounds native connections from one IP address.
+	// MaxConnsPerAddr bounds native connections from one IP address
+	// (IPv6: one /64, which one subscriber holds).
 	// Default 10,000: a carrier-grade NAT puts many users behind one
 	// address, so this stops one host from taking the whole server, not
 	// one user from having two devices.
@@ -50,6 +53,11 @@ type Limits struct {
 	// is served is cut off with a SLOW_CLIENT-style Close (code
 	// BAD_REQUEST) past it. Default 4,096.
 	MaxMailbox int
+	// MaxMailboxBytes bounds the same events in memory: the frames waiting
+	// in them, by the size they arrived in (a frame may be up to 64 KiB,
+	// so MaxMailbox alone would let one client hold 256 MiB). Past it the
+	// client is cut off as for MaxMailbox. Default 4 MiB.
+	MaxMailboxBytes int
 	// Window is the most deliveries a session keeps unacknowledged.
 	// Default 256.
 	Window int
@@ -81,6 +89,16 @@ type Limits struct {
 	ReplayMemory int
 	// MaxReadIDs bounds the message ids of one Read frame. Default 256.
 	MaxReadIDs int
+	// ReadRate and ReadBurst bound the ids one session's Reads name over
+	// time: a bucket of ReadBurst ids refilled at ReadRate a second (see
+	// session.Config). Defaults 16 and 1,024.
+	ReadRate, ReadBurst int
+	// QueueStates bounds the queues whose head and tail the store keeps in
+	// memory (about 100 bytes each), and AccountCache the phones it
+	// remembers as registered (about 80 bytes each); past them it forgets
+	// settled entries and reads them from disk again when needed.
+	// Defaults 1,048,576 each.
+	QueueStates, AccountCache int
 
 	// HTTPReadHeaderTimeout, HTTPReadTimeout, HTTPWriteTimeout and
 	// HTTPIdleTimeout are the HTTP and admin listeners' timeouts (see
@@ -93,7 +111,7 @@ type Limits struct {
 	// to arrive and be answered. Default 10s.
 	HTTPRequestTimeout time.Duration
 	// HTTPConnsPerAddr bounds the HTTP connections one client address
-	// holds open on the public HTTP listener. Default 64.
+	// (IPv6: one /64) holds open on the public HTTP listener. Default 64.
 	HTTPConnsPerAddr int
 }
 
@@ -108,6 +126,7 @@ func DefaultLimits() Limits {
 		KeepAlive:             2 * time.Minute,
 		MaxWriteBuffer:        4 << 20,
 		MaxMailbox:            4096,
+		MaxMailboxBytes:       4 << 20,
 		Window:                256,
 		MaxQueueLen:           100_000,
 		MaxQueueAge:           30 * 24 * time.Hour,
@@ -117,6 +136,10 @@ func DefaultLimits() Limits {
 		ReplayWindow:          10 * time.Minute,
 		ReplayMemory:          100_000,
 		MaxReadIDs:            256,
+		ReadRate:              16,
+		ReadBurst:             1024,
+		QueueStates:           1 << 20,
+		AccountCache:          1 << 20,
 		HTTPReadHeaderTimeout: 5 * time.Second,
 		HTTPReadTimeout:       5 * time.Minute,
 		HTTPWriteTimeout:      5 * time.Minute,
@@ -147,6 +170,7 @@ func (l Limits) withDefaults() Limits {
 	zd(&l.KeepAlive, d.KeepAlive)
 	zi(&l.MaxWriteBuffer, d.MaxWriteBuffer)
 	zi(&l.MaxMailbox, d.MaxMailbox)
+	zi(&l.MaxMailboxBytes, d.MaxMailboxBytes)
 	zi(&l.Window, d.Window)
 	zi(&l.MaxQueueLen, d.MaxQueueLen)
 	zd(&l.MaxQueueAge, d.MaxQueueAge)
@@ -156,6 +180,10 @@ func (l Limits) withDefaults() Limits {
 	zd(&l.ReplayWindow, d.ReplayWindow)
 	zi(&l.ReplayMemory, d.ReplayMemory)
 	zi(&l.MaxReadIDs, d.MaxReadIDs)
+	zi(&l.ReadRate, d.ReadRate)
+	zi(&l.ReadBurst, d.ReadBurst)
+	zi(&l.QueueStates, d.QueueStates)
+	zi(&l.AccountCache, d.AccountCache)
 	zd(&l.HTTPReadHeaderTimeout, d.HTTPReadHeaderTimeout)
 	zd(&l.HTTPReadTimeout, d.HTTPReadTimeout)
 	zd(&l.HTTPWriteTimeout, d.HTTPWriteTimeout)
@@ -178,6 +206,7 @@ func (l Limits) MarshalJSON() ([]byte, error) {
 		"keep_alive":               d(l.KeepAlive),
 		"max_write_buffer":         l.MaxWriteBuffer,
 		"max_mailbox":              l.MaxMailbox,
+		"max_mailbox_bytes":        l.MaxMailboxBytes,
 		"window":                   l.Window,
 		"max_queue_len":            l.MaxQueueLen,
 		"max_queue_age":            d(l.MaxQueueAge),
@@ -187,6 +216,10 @@ func (l Limits) MarshalJSON() ([]byte, error) {
 		"replay_window":            d(l.ReplayWindow),
 		"replay_memory":            l.ReplayMemory,
 		"max_read_ids":             l.MaxReadIDs,
+		"read_rate":                l.ReadRate,
+		"read_burst":               l.ReadBurst,
+		"queue_states":             l.QueueStates,
+		"account_cache":            l.AccountCache,
 		"http_read_header_timeout": d(l.HTTPReadHeaderTimeout),
 		"http_read_timeout":        d(l.HTTPReadTimeout),
 		"http_write_timeout":       d(l.HTTPWriteTimeout),
@@ -201,7 +234,10 @@ func (l Limits) MarshalJSON() ([]byte, error) {
 func (n *Node) handleLimits(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]any{
 		"node":  n.cfg.Limits,
-		"media": map[string]any{"max_size": n.cfg.MediaMaxSize, "ttl": n.cfg.MediaTTL.String()},
+		"media": n.media.Limits(),
+		// Fixed by the protocol, not configurable; shown so that every
+		// bound on what the network sends is in one place.
+		"protocol": map[string]any{"max_first_message": maxFirstMessage, "max_frame": wire.MaxMessage},
 		"registration": map[string]any{
 			"per_number": fmt.Sprintf("%d per %s, %s apart", n.cfg.PerNumber.Max, n.cfg.PerNumber.Window, n.cfg.PerNumber.MinGap),
 			"per_addr":   fmt.Sprintf("%d per %s", n.cfg.PerAddr.Max, n.cfg.PerAddr.Window),

@@ -14,11 +14,18 @@ type adoptingListener struct {
 }
 
 func (l adoptingListener) Accept() (net.Conn, error) {
-	c, err := l.Listener.Accept()
-	if err != nil {
-		return nil, err
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			// A live upgrade pauses accepting with a deadline (see
+			// pauseAccepts); anything else goes to the event loop.
+			if l.n.acceptPaused() {
+				continue
+			}
+			return nil, err
+		}
+		return l.n.adopt(c)
 	}
-	return l.n.adopt(c)
 }
 
 // peerAddr is a client's address in 18 bytes (the IP as 16, IPv4 mapped,

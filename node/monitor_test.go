@@ -170,12 +170,16 @@ func TestSlowReceiverRaisesMailboxAlert(t *testing.T) {
 			}
 		}
 	}
-	eventually(t, "mailbox_high to clear", func() bool {
-		firing, _ := alerts()
-		return len(firing) == 0
-	})
-	if _, recent := alerts(); len(recent) == 0 || recent[0].Name != "mailbox_high" || recent[0].State != monitor.Resolved {
-		t.Errorf("recent alerts = %+v, want the resolved mailbox_high", recent)
+	// Other alerts may come and go meanwhile (loop_lag_high, on a machine
+	// busy with other tests): only bob's mailbox_high is asked after.
+	eventually(t, "mailbox_high to clear", func() bool { return !isFiring() })
+	resolved := false
+	_, recent := alerts()
+	for _, a := range recent {
+		resolved = resolved || (a.Name == "mailbox_high" && a.Subject == bobPhone && a.State == monitor.Resolved)
+	}
+	if !resolved {
+		t.Errorf("recent alerts = %+v, want bob's resolved mailbox_high among them", recent)
 	}
 	eventually(t, "the resolving webhook", func() bool { return sink.has("mailbox_high", monitor.Resolved, bobPhone) })
 	if m := getText(t, n.AdminURL()+"/metrics"); !strings.Contains(m, `parley_alerts_firing{alert="mailbox_high"} 0`) {

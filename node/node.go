@@ -101,6 +101,15 @@ type Config struct {
 	// Tests set it to one that drops unsynced writes at a simulated power
 	// loss (vfs.NewStrictMem).
 	StoreFS vfs.FS
+	// StoreMemTableSize is the store's memtable size in bytes, which sets
+	// its disk footprint (see store.Options.MemTableSize). Default 16 MiB.
+	StoreMemTableSize int
+	// Inherit is what the old process of a live upgrade handed over
+	// (see handover.go); nil for a fresh start.
+	Inherit *Inherited
+	// Upgrade, if set, serves POST /admin/upgrade: a live upgrade to a new
+	// binary (cmd/parley serve sets it).
+	Upgrade UpgradeFunc
 	// Cluster, when set, makes the node one of a cluster (see
 	// ClusterConfig): its store is JetStream instead of Pebble.
 	Cluster *ClusterConfig
@@ -135,6 +144,9 @@ func (c *Config) setDefaults() {
 // other figure is a Prometheus metric in mx.
 type counts struct {
 	open, logins, commits atomic.Int64
+	// commitsStarted and commitsDone bracket every commit, its callback's
+	// posts included, so that a handover can wait for none in flight.
+	commitsStarted, commitsDone atomic.Int64
 	// maxLag is the longest a session waited for a worker since the
 	// monitor last asked (nanoseconds): the actor system's loop lag.
 	maxLag atomic.Int64
@@ -169,6 +181,11 @@ type Node struct {
 	monitor *monitor.Monitor
 	media   *media.Service
 
+	// smallGroup says whether the group commit being reported is small
+	// enough for its callbacks to run the sessions they wake themselves
+	// (see commit); set by the committer before it reports a group.
+	smallGroup atomic.Bool
+
 	// sessionCfg is every session core's configuration, shared rather
 	// than copied into each.
 	sessionCfg session.Config
@@ -192,10 +209,16 @@ type Node struct {
 
 	nativeLn          net.Listener
 	addrs             nbioAddrs // see adopt
+	writeQueue        nbioWriteQueue
 	loopStarted       time.Time
 	httpLn, adminLn   net.Listener
 	httpSrv, adminSrv *http.Server
 	accounts          *account.Service
+
+	started time.Time // for /admin/version
+
+	handover   handover                 // see handover.go
+	acceptGate atomic.Pointer[handover] // set while a handover pauses accepting
 
 	stopBG context.CancelFunc // stops the background loops
 	bg     sync.WaitGroup
@@ -212,7 +235,10 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 		return nil, fmt.Errorf("admin listener %s is not on loopback: set an admin token (--admin-token) so that only operators reach it", cfg.Admin)
 	}
 	reg := prometheus.NewRegistry()
-	n := &Node{cfg: cfg, log: cfg.Log, router: newRouter(), mx: monitor.NewMetrics(reg)}
+	n := &Node{cfg: cfg, log: cfg.Log, router: newRouter(), mx: monitor.NewMetrics(reg), started: time.Now()}
+	if err := registerBuildInfo(reg); err != nil {
+		return nil, err
+	}
 	n.frames.New = func() any { return new(wire.Frame) }
 	n.replays = newReplayFilter(cfg.Limits.ReplayMemory, cfg.Limits.ReplayWindow)
 	n.admission = newAdmission(&n.cfg.Limits)
@@ -266,6 +292,10 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 		NewID:       n.ids.next,
 		IssueUpload: n.issueUpload,
 		MaxReadIDs:  cfg.Limits.MaxReadIDs,
+		ReadRate:    cfg.Limits.ReadRate,
+		ReadBurst:   cfg.Limits.ReadBurst,
+		// Reads over a bound (per frame, per time) count as limit hits.
+		OnRefused: func(limit string) { n.mx.LimitHits.WithLabelValues(limit).Inc() },
 	}
 	n.pool = newPool(n, cfg.Workers)
 	n.monitor, err = monitor.New(monitor.Config{
@@ -331,6 +361,10 @@ func (n *Node) openPebble() error {
 func (n *Node) listenNative() error {
 	// Keep-alive finds peers gone without a FIN (see Limits.KeepAlive)
 	// at no memory cost per connection.
+	if ln := n.inheritedListener("native"); ln != nil {
+		n.nativeLn = ln
+		return nil
+	}
 	lc := net.ListenConfig{KeepAliveConfig: net.KeepAliveConfig{Enable: n.cfg.Limits.KeepAlive > 0, Idle: n.cfg.Limits.KeepAlive, Interval: 15 * time.Second, Count: 4}}
 	if n.cfg.Limits.KeepAlive < 0 {
 		lc.KeepAlive = -1
@@ -357,6 +391,9 @@ func (n *Node) startLoop() error {
 		Listen:             func(string, string) (net.Listener, error) { return adoptingListener{n.nativeLn, n}, nil },
 	})
 	e.OnOpen(func(nc *nbio.Conn) {
+		if _, gate := nc.Session().(*pollerGate); gate {
+			return // the node's own (see handover.go)
+		}
 		n.mx.Accepted.Inc()
 		n.mx.ConnectionsOpen.Inc()
 		n.counts.open.Add(1)
@@ -373,14 +410,27 @@ func (n *Node) startLoop() error {
 			nc.Close()
 			return
 		}
+		if c.stage.Load() == stageLoggedIn { // taken over in a live upgrade
+			n.admission.loggedIn()
+			if c.partial != nil {
+				nc.SetReadDeadline(time.Now().Add(n.cfg.Limits.FrameTimeout))
+			}
+			return
+		}
 		nc.SetReadDeadline(time.Now().Add(n.cfg.Limits.HandshakeTimeout))
 	})
 	e.OnData(func(nc *nbio.Conn, data []byte) {
-		if c, ok := nc.Session().(*conn); ok {
+		switch c := nc.Session().(type) {
+		case *conn:
 			c.onData(n, data)
+		case *pollerGate:
+			c.onData()
 		}
 	})
 	e.OnClose(func(nc *nbio.Conn, err error) {
+		if _, gate := nc.Session().(*pollerGate); gate {
+			return
+		}
 		n.mx.Closed.Inc()
 		n.mx.ConnectionsOpen.Dec()
 		n.counts.open.Add(-1)
@@ -406,6 +456,13 @@ func (n *Node) startLoop() error {
 				// client gone right after the reply.
 				n.proving.Delete(c)
 				n.mx.HandshakeFailures.Unproven.Inc()
+			case stageLoggedIn:
+				if errors.Is(err, nbio.ErrReadTimeout) {
+					// The only read deadline of a logged-in connection is
+					// FrameTimeout's: it stopped in the middle of a message.
+					n.mx.LimitHits.WithLabelValues("frame_timeout").Inc()
+					n.log.Info("client cut off: it stopped in the middle of a message", "conn", c.id(), "limit", n.cfg.Limits.FrameTimeout)
+				}
 			}
 			c.post(n.pool, event{kind: evClosed})
 		}
@@ -414,6 +471,10 @@ func (n *Node) startLoop() error {
 		return fmt.Errorf("start event loop: %w", err)
 	}
 	n.engine, n.loopStarted = e, time.Now()
+	n.writeQueue = findNbioWriteQueue()
+	if adopted := n.adoptInherited(); adopted > 0 {
+		n.log.Info("live upgrade: connections taken over", "count", adopted)
+	}
 	return nil
 }
 
@@ -446,7 +507,7 @@ func (n *Node) startHTTP() error {
 		return err
 	}
 	n.accounts = svc
-	if n.httpLn, err = net.Listen("tcp", n.cfg.HTTP); err != nil {
+	if n.httpLn, err = n.listen("http", n.cfg.HTTP); err != nil {
 		return fmt.Errorf("HTTP listener on %s: %w (choose another address with --http)", n.cfg.HTTP, err)
 	}
 	if n.cfg.PublicURL == "" {
@@ -463,6 +524,7 @@ func (n *Node) startHTTP() error {
 		TTL:     n.cfg.MediaTTL,
 		BaseURL: n.cfg.PublicURL,
 		Log:     n.log,
+		OnLimit: func(limit string) { n.mx.LimitHits.WithLabelValues(limit).Inc() },
 	})
 	if err != nil {
 		return fmt.Errorf("media: %w", err)
@@ -474,7 +536,7 @@ func (n *Node) startHTTP() error {
 	mux.Handle("/v1/media", n.media.Handler())
 	mux.Handle("/v1/media/", n.media.Handler())
 	mux.Handle("/", requestDeadline(n.cfg.Limits.HTTPRequestTimeout, svc.Handler()))
-	if n.adminLn, err = net.Listen("tcp", n.cfg.Admin); err != nil {
+	if n.adminLn, err = n.listen("admin", n.cfg.Admin); err != nil {
 		return fmt.Errorf("admin listener on %s: %w (choose another address with --admin)", n.cfg.Admin, err)
 	}
 	// The listener's read and write timeouts are sized for media (uploads
@@ -579,16 +641,41 @@ func (n *Node) PublicKey() []byte { return n.key.Public }
 // SessionCount is the number of logged-in sessions.
 func (n *Node) SessionCount() int { return n.router.len() }
 
+// handOver starts next's deliveries once everything its predecessor, the
+// session whose actor calls it, committed before stopping is applied: an
+// empty batch, committed by the same caller after the predecessor's acks,
+// is done only after they are (store.Store.Commit keeps one caller's
+// batches in order), so next's first read of the queue no longer holds
+// what the predecessor acked.
+func (n *Node) handOver(next *conn) {
+	n.counts.commitsStarted.Add(1) // a live upgrade waits for it too
+	n.store.Commit(&store.Batch{}, func(store.Result) {
+		defer n.counts.commitsDone.Add(1)
+		next.post(n.pool, event{kind: evDeliver})
+	})
+}
+
 // commit hands a session's batch to the store. The callback runs on the
 // store's committer goroutine: it routes every committed append to the
 // recipient's live session (if any) and returns the result to the sender's
 // mailbox. Routing here rather than in the sender's actor keeps delivery
 // going even if the sender disconnects before its commit lands.
 func (n *Node) commit(c *conn, b *store.Batch) {
+	// An ack's batch (its erase and the delivered receipts it makes) is
+	// lazy: the acking client waits for nothing, so it rides on the next
+	// Send's fsync instead of paying for its own (see store.Batch.Lazy).
+	b.Lazy = b.Dedup == nil && len(b.Acks) > 0
 	start := time.Now()
+	n.counts.commitsStarted.Add(1)
 	n.store.Commit(b, func(r store.Result) {
+		defer n.counts.commitsDone.Add(1)
 		n.counts.commits.Add(1)
 		n.mx.CommitLatency.Observe(time.Since(start).Seconds())
+		// After a small group the committer runs the idle sessions it
+		// wakes itself: at light load a worker's wake-up costs more than
+		// their work. After a large one it leaves them to the pool, so as
+		// not to hold up the next group.
+		here := n.smallGroup.Load()
 		if r.Err == nil && r.Dup == nil {
 			if b.Dedup != nil {
 				n.mx.MessagesIn.Add(float64(len(b.Appends)))
@@ -597,15 +684,27 @@ func (n *Node) commit(c *conn, b *store.Batch) {
 			}
 			for i, a := range b.Appends {
 				if to := n.router.lookup(a.To); to != nil {
-					to.post(n.pool, event{kind: evPush, seq: r.Seqs[i], data: a.Data})
+					to.postFrom(n.pool, event{kind: evPush, seq: r.Seqs[i], data: a.Data}, here)
 				} else {
 					n.router.elsewhere(a.To, r.Seqs[i], a.Data)
 				}
 			}
 		}
-		c.post(n.pool, event{kind: evCommitted, res: r})
+		c.postFrom(n.pool, event{kind: evCommitted, res: r}, here)
 	})
 }
+
+// stopBackground stops the background loops and waits for them.
+func (n *Node) stopBackground() {
+	if n.stopBG != nil {
+		n.stopBG()
+		n.bg.Wait()
+	}
+}
+
+// maxInlineGroup is the largest group commit whose callbacks run the
+// sessions they wake (see commit).
+const maxInlineGroup = 4
 
 // background runs f on a goroutine that Close waits for.
 func (n *Node) background(f func()) {
@@ -639,10 +738,7 @@ func (n *Node) every(ctx context.Context, d time.Duration, f func(time.Time)) {
 func (n *Node) Close() error {
 	n.closeOnce.Do(func() {
 		var errs []error
-		if n.stopBG != nil {
-			n.stopBG()
-			n.bg.Wait()
-		}
+		n.stopBackground()
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		for _, s := range []*http.Server{n.httpSrv, n.adminSrv} {

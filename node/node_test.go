@@ -75,8 +75,19 @@ func TestClientThatNeverReadsIsCutOff(t *testing.T) {
 			}
 			batch = append(batch, msg...)
 		}
-		if err := c.writeRaw(batch); err != nil {
-			return // cut off, as it should be
+		err := c.writeRaw(batch)
+		switch {
+		case isTimeout(err):
+			// The test's own write deadline: the server stopped reading
+			// this client, but did not cut it off.
+			t.Fatalf("batch %d: the server neither read nor closed the connection for %v", i, ioGuard)
+		case err != nil:
+			// Cut off, as it should be: the write failed because the
+			// server closed. The connection must end for reading too
+			// (the pongs in flight, then the close), not only refuse
+			// writes.
+			expectHangup(t, c.nc, false)
+			return
 		}
 	}
 	t.Fatal("the server kept answering a client that never reads")

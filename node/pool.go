@@ -8,17 +8,21 @@ import "sync"
 // being a fixed channel, because posting to it happens on the event loop and
 // in the store's commit callback, which must never block.
 type pool struct {
-	n      *Node // the node whose sessions run here
-	mu     sync.Mutex
-	cond   sync.Cond
-	queue  []queued
-	head   int
-	closed bool
-	wg     sync.WaitGroup
+	n *Node // the node whose sessions run here
+	// scratch is the workers' scratch for sessions run outside the pool
+	// (runHere), one per goroutine running one at a time.
+	scratch sync.Pool
+	mu      sync.Mutex
+	cond    sync.Cond
+	queue   []queued
+	head    int
+	closed  bool
+	wg      sync.WaitGroup
 }
 
 func newPool(n *Node, workers int) *pool {
 	p := &pool{n: n}
+	p.scratch.New = func() any { return &worker{n: n} }
 	p.cond.L = &p.mu
 	p.wg.Add(workers)
 	for i := 0; i < workers; i++ {
@@ -80,7 +84,7 @@ func (p *pool) work() {
 	defer p.wg.Done()
 	w := worker{n: p.n}
 	for q := p.pop(); q.c != nil; q = p.pop() {
-		q.c.run(&w, q.at)
+		q.c.run(&w, q.at, maxRounds)
 	}
 }
 

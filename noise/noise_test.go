@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/ecdh"
 	"crypto/rand"
+	"crypto/sha256"
 	"path/filepath"
 	"testing"
 	"time"
@@ -121,16 +122,21 @@ func TestKeyFileIsCreatedOnceAndReused(t *testing.T) {
 	}
 }
 
-// FuzzAccept feeds arbitrary first messages to the server side: it must
-// reject them without panicking.
+// FuzzAccept runs the responder against first messages that a real
+// initiator wrote — a full handshake or a resumption, with the device key
+// and the payload the input chooses — as written, or changed: a byte
+// flipped (at, xor), cut to its first keep bytes, with tail appended
+// (keep 0 and a tail make any bytes at all).
+//
+// A message as the initiator wrote it must be accepted and both sides must
+// agree: the server learns the device's key (or its ticket), the payload
+// and the ephemeral key that replay detection keys on; the client reads
+// the server's reply; transport messages go both ways. A message that
+// differs in any way is a forgery and must be refused: every byte of a
+// first message is authenticated.
 func FuzzAccept(f *testing.F) {
 	server := Keypair{Private: bytes.Repeat([]byte{1}, 32)}
 	server.Public = mustPublic(f, server.Private)
-	_, good, _ := NewClient(Keypair{Private: bytes.Repeat([]byte{2}, 32), Public: mustPublic(f, bytes.Repeat([]byte{2}, 32))}, server.Public, []byte("x"))
-	f.Add(good)
-	f.Add([]byte{})
-	f.Add(bytes.Repeat([]byte{0}, 96))
-	f.Add([]byte("GET / HTTP/1.1\r\n\r\n"))
 	st, err := NewStatic(server)
 	if err != nil {
 		f.Fatal(err)
@@ -141,18 +147,111 @@ func FuzzAccept(f *testing.F) {
 		f.Fatal(err)
 	}
 	st.UseTickets(tk)
-	ticket, psk, _, err := tk.Issue("+14155550101", 1, devKey, time.Now())
-	if err != nil {
-		f.Fatal(err)
+	const keep = 0xffff // keep everything
+	for _, resume := range []bool{false, true} {
+		f.Add([]byte("device"), []byte("login"), resume, uint16(0), byte(0), uint16(keep), []byte(nil))
+		f.Add([]byte("device"), []byte(nil), resume, uint16(0), byte(1), uint16(keep), []byte(nil))    // the kind byte
+		f.Add([]byte("device"), []byte("x"), resume, uint16(1), byte(0x80), uint16(keep), []byte(nil)) // the ticket length, or e
+		f.Add([]byte("device"), []byte("x"), resume, uint16(40), byte(4), uint16(keep), []byte(nil))
+		f.Add([]byte("device"), []byte("login"), resume, uint16(0), byte(0), uint16(keep), []byte{0})
+		f.Add([]byte("device"), []byte("login"), resume, uint16(0), byte(0), uint16(20), []byte(nil))
+		f.Add([]byte("device"), []byte("login"), resume, uint16(0), byte(0), uint16(0), []byte("GET / HTTP/1.1\r\n\r\n"))
 	}
-	_, resume, err := Resume(ticket, psk[:], []byte("x"))
-	if err != nil {
-		f.Fatal(err)
-	}
-	f.Add(resume)
-	f.Add([]byte{kindResume, 255})
-	f.Fuzz(func(t *testing.T, msg []byte) {
-		_, _ = st.Accept(msg)
+	f.Add([]byte("device"), []byte(nil), false, uint16(0), byte(0), uint16(0), []byte{kindResume, 255})
+	f.Add([]byte("device"), []byte(nil), false, uint16(0), byte(0), uint16(0), bytes.Repeat([]byte{0}, 96))
+	f.Fuzz(func(t *testing.T, device, payload []byte, resume bool, at uint16, xor byte, keep uint16, tail []byte) {
+		if len(payload) > 1024 {
+			payload = payload[:1024]
+		}
+		priv := sha256.Sum256(device)
+		dev := Keypair{Private: priv[:], Public: mustPublic(t, priv[:])}
+		const phone, gen = "+14155550101", 7
+		var (
+			cli   *Client
+			first []byte
+			psk   [PSKLen]byte
+			err   error
+		)
+		if resume {
+			var ticket []byte
+			ticket, psk, _, err = tk.Issue(phone, gen, dev.Public, time.Now())
+			if err != nil {
+				t.Fatal(err)
+			}
+			cli, first, err = Resume(ticket, psk[:], payload)
+		} else {
+			cli, first, err = NewClient(dev, server.Public, payload)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+
+		msg := bytes.Clone(first)
+		if xor != 0 {
+			msg[int(at)%len(msg)] ^= xor
+		}
+		if int(keep) < len(msg) {
+			msg = msg[:keep]
+		}
+		msg = append(msg, tail...)
+		hello, err := st.Accept(msg)
+		if !bytes.Equal(msg, first) {
+			if err == nil {
+				t.Fatalf("accepted a changed first message:\n wrote %x\n  sent %x", first, msg)
+			}
+			return
+		}
+		if err != nil {
+			t.Fatalf("refused the message a real initiator wrote: %v", err)
+		}
+
+		if resume {
+			tkt := hello.Ticket
+			if tkt == nil || hello.PeerKey != nil {
+				t.Fatalf("a resumption gave ticket %v and peer key %x", tkt, hello.PeerKey)
+			}
+			if tkt.Phone != phone || tkt.Generation != gen || !bytes.Equal(tkt.Key[:], dev.Public) || tkt.PSK != psk {
+				t.Fatalf("server opened ticket %+v; issued to %s generation %d key %x", tkt, phone, gen, dev.Public)
+			}
+		} else if hello.Ticket != nil || !bytes.Equal(hello.PeerKey, dev.Public) {
+			t.Fatalf("a full handshake gave ticket %v and peer key %x, want key %x", hello.Ticket, hello.PeerKey, dev.Public)
+		}
+		if !bytes.Equal(hello.Payload, payload) {
+			t.Fatalf("server read payload %q, client sent %q", hello.Payload, payload)
+		}
+		if e, ok := Ephemeral(msg); !ok || !bytes.Equal(e[:], cli.hs.LocalEphemeral().Public) {
+			t.Fatalf("Ephemeral read %x (ok=%v), the client's is %x", e, ok, cli.hs.LocalEphemeral().Public)
+		}
+
+		welcome := append([]byte("welcome "), payload...)
+		reply, stx, srx, err := hello.Server.Reply(welcome)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, ctx, crx, err := cli.Finish(reply)
+		if err != nil {
+			t.Fatalf("client refused the server's reply: %v", err)
+		}
+		if !bytes.Equal(got, welcome) {
+			t.Fatalf("client read reply payload %q, server sent %q", got, welcome)
+		}
+		for i := range 3 {
+			up := append([]byte{byte(i)}, payload...)
+			ct, err := ctx.Seal(nil, up)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if pt, err := srx.Open(nil, ct); err != nil || !bytes.Equal(pt, up) {
+				t.Fatalf("message %d to the server: opened %q, %v; sent %q", i, pt, err, up)
+			}
+			down := append([]byte{byte(i), 'd'}, payload...)
+			if ct, err = stx.Seal(nil, down); err != nil {
+				t.Fatal(err)
+			}
+			if pt, err := crx.Open(nil, ct); err != nil || !bytes.Equal(pt, down) {
+				t.Fatalf("message %d to the client: opened %q, %v; sent %q", i, pt, err, down)
+			}
+		}
 	})
 }
 

@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"slices"
 
 	"github.com/parleyhq/parley/store"
 	"github.com/parleyhq/parley/wire"
@@ -43,6 +44,18 @@ type Config struct {
 	CheckMedia func(m *wire.Media) error
 	// MaxReadIDs bounds the message ids of one Read. Default 256.
 	MaxReadIDs int
+	// ReadRate and ReadBurst bound the message ids a session's Reads may
+	// name over time: a token bucket of ReadBurst ids (at least
+	// MaxReadIDs), refilled at ReadRate ids a second (at most 1000: the
+	// bucket keeps time in milliseconds). A Read that would overdraw it is
+	// refused, and stores nothing. Defaults 16 and 1024.
+	ReadRate, ReadBurst int
+	// OnRefused, if set, is called with a limit's name (as in
+	// node.Limits' JSON: "max_read_ids", "read_rate"; and "forged_read"
+	// for a read receipt to someone the reader never received from) each
+	// time a request is refused for it, so refusals are counted. It must
+	// not block.
+	OnRefused func(limit string)
 }
 
 // Load asks the caller to read the user's queue from seq From, at most Max
@@ -52,13 +65,22 @@ type Load struct {
 	Max  int
 }
 
+// Check asks the caller whether the session's user has received from
+// Sender (store.Store.ReceivedFrom), and to Step the answer back as
+// Checked. Checks are answered in the order they are asked.
+type Check struct {
+	Sender string
+}
+
 // Ready is the work Steps produced. The caller commits Writes (each one's
 // result is Stepped back as Committed, in commit order), sends Frames, closes
 // the connection after them if Close is set, calls Advance, and then
-// performs Load, if any, Stepping its result back as Loaded.
+// performs Check, if any, Stepping its answer back as Checked, and Load,
+// if any, Stepping its result back as Loaded.
 type Ready struct {
 	Frames []Out
 	Writes []*store.Batch
+	Check  *Check
 	Load   *Load
 	Close  *wire.Close
 	// AckDelays holds, for each item acked, the nanoseconds from its
@@ -124,6 +146,11 @@ type (
 		Items []store.Item
 		Err   error
 	}
+	// Checked answers the oldest Check not yet answered.
+	Checked struct {
+		OK  bool
+		Err error
+	}
 	// Pushed says item Seq was just appended to the user's queue.
 	Pushed struct {
 		Seq  uint64
@@ -152,6 +179,16 @@ type pending struct {
 	serverID uint64
 	ts       int64
 	ackUpTo  uint64
+	// recv is an ack's Received: senders the user is known to have
+	// received from while the ack's record is being written.
+	recv []string
+}
+
+// readCheck is a Read waiting for its Check: its receipt, encoded.
+type readCheck struct {
+	id   uint64
+	to   string
+	data []byte
 }
 
 // inflight is a delivered, unacknowledged item: enough to write the
@@ -181,9 +218,11 @@ type Core struct {
 	cfg  *Config
 	user string
 	next uint64 // next queue seq to deliver
-	// loadMax is the Max of the outstanding Load; zero when no read is
-	// outstanding.
-	loadMax  uint32
+	// readTAT is the read bucket's state (see onRead): the millisecond,
+	// as the low 32 bits of unix time, at which it is full again; 0 when
+	// this session has not read. 32 bits keep an idle Core within its
+	// budget (node's conn is sized to a malloc class).
+	readTAT  uint32
 	started  bool
 	closed   bool
 	caughtUp bool // the last read reached the queue's tail
@@ -198,9 +237,13 @@ type Core struct {
 // work is the part of a session's state that only exists while something
 // is in progress.
 type work struct {
-	inflight []inflight // delivered, unacked, in seq order
-	pending  []pending  // writes awaiting Committed, in commit order
+	inflight []inflight  // delivered, unacked, in seq order
+	pending  []pending   // writes awaiting Committed, in commit order
+	checks   []readCheck // Reads awaiting Checked, in order
 	rd       Ready
+	// loadMax is the Max of the outstanding Load; zero when no read is
+	// outstanding.
+	loadMax int
 
 	// Room for the usual Ready (a frame or two, one write, one ack's
 	// delay), so that a session going from idle to busy allocates its work
@@ -257,7 +300,7 @@ func (c *Core) Advance() {
 	if w == nil {
 		return
 	}
-	if len(w.inflight) == 0 && len(w.pending) == 0 {
+	if len(w.inflight) == 0 && len(w.pending) == 0 && len(w.checks) == 0 && w.loadMax == 0 {
 		c.work = nil
 		return
 	}
@@ -278,7 +321,7 @@ func (c *Core) w() *work {
 
 func (c *Core) window() int {
 	if c.cfg.Window > 0 {
-		return min(c.cfg.Window, math.MaxInt32) // loadMax has 32 bits
+		return min(c.cfg.Window, math.MaxInt32)
 	}
 	return 256
 }
@@ -294,7 +337,7 @@ func (c *Core) numPending() int {
 	if c.work == nil {
 		return 0
 	}
-	return len(c.work.pending)
+	return len(c.work.pending) + len(c.work.checks)
 }
 
 // Step applies one event. The Step* methods apply one event of a known
@@ -310,6 +353,8 @@ func (c *Core) Step(ev any) {
 		c.StepCommitted(e.Result)
 	case Loaded:
 		c.StepLoaded(e.Items, e.Err)
+	case Checked:
+		c.StepChecked(e.OK, e.Err)
 	case Pushed:
 		c.StepPushed(e.Seq, e.Data)
 	case Kicked:
@@ -346,6 +391,13 @@ func (c *Core) StepCommitted(r store.Result) {
 func (c *Core) StepLoaded(items []store.Item, err error) {
 	if !c.closed {
 		c.loaded(items, err)
+	}
+}
+
+// StepChecked is Step(Checked{OK: ok, Err: err}).
+func (c *Core) StepChecked(ok bool, err error) {
+	if !c.closed {
+		c.checked(ok, err)
 	}
 }
 
@@ -431,13 +483,38 @@ func (c *Core) onSend(s *wire.Send) {
 	w.pending = append(w.pending, pending{kind: pendSend, id: s.Id, serverID: serverID, ts: ts})
 }
 
+// Read receipts and what the server can vouch for. A Read names the
+// sender's message ids; the server stamps By, so a receipt always says
+// truly who sent it. That the reader ever received from the sender is
+// checked against what the store keeps after the messages are erased:
+// every ack records the senders it covers (store.Batch.Received), and a
+// Read to a sender the user has no record for within the store's MaxAge
+// is refused as forged (BAD_REQUEST, counted as "forged_read"). A
+// legitimate Read may come long after the ack, on a new connection
+// (client.MarkRead also resends an unanswered Read after a reconnect);
+// the record serves it. The session answers from memory when it can
+// (the senders of its unacked deliveries and of its acks still being
+// written, whose records may not be in the store yet) and asks the caller
+// for a Check otherwise. Which ids a Read names is not checked: the
+// server keeps no record per message. What bounds that is how much a Read
+// may push into the sender's queue: MaxReadIDs ids a frame, and a token
+// bucket of ReadBurst ids refilled at ReadRate a second (see readBucket),
+// taken before the check so that it also bounds the store lookups. Clients
+// should show a read receipt only on messages they sent to its By.
 func (c *Core) onRead(r *wire.Read) {
 	if max := cmp.Or(c.cfg.MaxReadIDs, defaultMaxReadIDs); len(r.Ids) > max {
+		c.refused("max_read_ids")
 		c.send(errFrame(r.Id, wire.Error_TOO_LARGE, fmt.Sprintf("a read receipt names %d messages, over the %d one may: split it", len(r.Ids), max)))
 		return
 	}
 	if r.To == c.user {
 		c.send(errFrame(r.Id, wire.Error_BAD_REQUEST, "a read receipt goes to the messages' sender, not to yourself"))
+		return
+	}
+	if wait := c.readBucket(len(r.Ids)); wait > 0 {
+		c.refused("read_rate")
+		rate, burst := c.readLimits()
+		c.send(errFrame(r.Id, wire.Error_BAD_REQUEST, fmt.Sprintf("read receipts may name %d messages a second (%d at once): send this one again in %dms", rate, burst, wait)))
 		return
 	}
 	data, err := wire.EncodeItem(&wire.Item{Kind: &wire.Item_Receipt{Receipt: &wire.Receipt{
@@ -447,9 +524,113 @@ func (c *Core) onRead(r *wire.Read) {
 		c.send(errFrame(r.Id, wire.Error_INTERNAL, "encode receipt: "+err.Error()))
 		return
 	}
+	if !c.receivingFrom(r.To) {
+		w := c.w()
+		w.checks = append(w.checks, readCheck{id: r.Id, to: r.To, data: data})
+		w.rd.Check = &Check{Sender: r.To}
+		return
+	}
+	c.writeRead(r.Id, r.To, data)
+}
+
+// writeRead stores a Read's receipt in the sender's queue.
+func (c *Core) writeRead(id uint64, to string, data []byte) {
 	w := c.w()
-	w.rd.Writes = append(w.rd.Writes, &store.Batch{Appends: []store.Append{{To: r.To, Data: data}}})
-	w.pending = append(w.pending, pending{kind: pendRead, id: r.Id})
+	w.rd.Writes = append(w.rd.Writes, &store.Batch{Appends: []store.Append{{To: to, Data: data}}})
+	w.pending = append(w.pending, pending{kind: pendRead, id: id})
+}
+
+// receivingFrom reports whether the session knows, without the store,
+// that its user received from sender: a delivery from sender is unacked,
+// or an ack covering one is still being written.
+func (c *Core) receivingFrom(sender string) bool {
+	w := c.work
+	if w == nil {
+		return false
+	}
+	for i := range w.inflight {
+		if string(w.inflight[i].sender()) == sender {
+			return true
+		}
+	}
+	for i := range w.pending {
+		if slices.Contains(w.pending[i].recv, sender) {
+			return true
+		}
+	}
+	return false
+}
+
+func (c *Core) checked(ok bool, err error) {
+	if c.work == nil || len(c.work.checks) == 0 {
+		panic("session: Checked with no check outstanding")
+	}
+	w := c.work
+	rc := w.checks[0]
+	w.checks = w.checks[1:]
+	if len(w.checks) == 0 {
+		w.checks = nil
+	}
+	switch {
+	case errors.Is(err, store.ErrClosed):
+		c.send(errFrame(rc.id, wire.Error_SHUTTING_DOWN, "the server is shutting down: reconnect and send the read receipt again"))
+	case err != nil:
+		c.send(errFrame(rc.id, wire.Error_INTERNAL, "checking the read receipt failed: send it again"))
+	case !ok:
+		c.refused("forged_read")
+		c.send(errFrame(rc.id, wire.Error_BAD_REQUEST, fmt.Sprintf("you have received no message from %s (none acked in the server's retention time): a read receipt goes only to the sender of messages you received", rc.to)))
+	default:
+		c.writeRead(rc.id, rc.to, rc.data)
+	}
+}
+
+func (c *Core) refused(limit string) {
+	if c.cfg.OnRefused != nil {
+		c.cfg.OnRefused(limit)
+	}
+}
+
+// Config.ReadRate's and Config.ReadBurst's defaults.
+const (
+	defaultReadRate  = 16
+	defaultReadBurst = 1024
+)
+
+// readLimits returns the read bucket's rate (ids a second, 1..1000) and
+// size (ids, at least MaxReadIDs, so that any Read the frame bound lets
+// through can pass a full bucket).
+func (c *Core) readLimits() (rate, burst int) {
+	rate = min(cmp.Or(c.cfg.ReadRate, defaultReadRate), 1000)
+	burst = max(cmp.Or(c.cfg.ReadBurst, defaultReadBurst), cmp.Or(c.cfg.MaxReadIDs, defaultMaxReadIDs))
+	return rate, burst
+}
+
+// readBucket takes n ids from the session's read bucket and returns 0, or
+// leaves it as it is and returns the milliseconds until it could give n.
+//
+// The bucket is kept as one number, GCRA's theoretical arrival time: the
+// millisecond at which it is full again (readTAT). It is ahead of now by
+// what has been taken and not yet refilled, at most the bucket's span
+// (burst ids' worth of refill); taking n ids moves it on by n ids' worth.
+// Only the low 32 bits of the millisecond are kept, which wrap every 49.7
+// days: a difference past the span can only be a session that has not read
+// for that long, whose bucket is full. (One that has been idle a multiple
+// of 49.7 days, give or take the span, may be asked to wait up to the span
+// once.)
+func (c *Core) readBucket(n int) (waitMs int64) {
+	rate, burst := c.readLimits()
+	span := int64(burst) * 1000 / int64(rate)
+	cost := (int64(n)*1000 + int64(rate) - 1) / int64(rate)
+	now := uint32(uint64(c.cfg.Now()) / 1e6)
+	ahead := int64(int32(c.readTAT - now))
+	if c.readTAT == 0 || ahead < 0 || ahead > span {
+		ahead = 0 // full
+	}
+	if ahead+cost > span {
+		return ahead + cost - span
+	}
+	c.readTAT = max(now+uint32(ahead+cost), 1) // 0 means "has not read"
+	return 0
 }
 
 // sendWrite is a Send's batch with its parts, in one allocation.
@@ -459,15 +640,17 @@ type sendWrite struct {
 	appends [1]store.Append
 }
 
-// ackWrite is an ack's batch with room for two senders' receipts, in one
-// allocation.
+// ackWrite is an ack's batch with room for two senders' receipts and
+// received records, in one allocation.
 type ackWrite struct {
-	b       store.Batch
-	acks    [1]store.Ack
-	appends [2]store.Append
+	b        store.Batch
+	acks     [1]store.Ack
+	appends  [2]store.Append
+	received [2]string
 }
 
-// onAck erases the acked items and queues one delivered receipt per sender.
+// onAck erases the acked items, queues one delivered receipt per sender
+// and records the senders as received from (see onRead).
 // The session does not wait for the erase to be durable: if it is lost in a
 // crash the items are delivered again and the client drops them by id.
 func (c *Core) onAck(seq uint64) {
@@ -485,7 +668,7 @@ func (c *Core) onAck(seq uint64) {
 	}
 	aw := &ackWrite{}
 	aw.acks[0] = store.Ack{User: c.user, UpTo: seq}
-	aw.b = store.Batch{Acks: aw.acks[:], Appends: aw.appends[:0]}
+	aw.b = store.Batch{Acks: aw.acks[:], Appends: aw.appends[:0], Received: aw.received[:0]}
 	b := &aw.b
 	now := c.cfg.Now()
 	acked := w.inflight[:n]
@@ -513,6 +696,7 @@ func (c *Core) onAck(seq uint64) {
 		for _, j := range mine {
 			acked[j].fromLen = 0
 		}
+		b.Received = append(b.Received, to)
 		for len(mine) > 0 { // at most MaxReceiptIDs ids a receipt
 			part := mine[:min(len(mine), wire.MaxReceiptIDs)]
 			mine = mine[len(part):]
@@ -524,7 +708,7 @@ func (c *Core) onAck(seq uint64) {
 		}
 	}
 	w.rd.Writes = append(w.rd.Writes, b)
-	w.pending = append(w.pending, pending{kind: pendAck, ackUpTo: seq})
+	w.pending = append(w.pending, pending{kind: pendAck, ackUpTo: seq, recv: b.Received})
 	w.inflight = w.inflight[n:]
 	if len(w.inflight) == 0 {
 		w.inflight = nil // an idle session holds no delivery buffer
@@ -563,9 +747,9 @@ func (c *Core) committed(r store.Result) {
 			// The receipts were refused (a sender's queue is full or gone):
 			// erase the acked items anyway, so the recipient is not flooded
 			// with redeliveries. The refusal is the sender's loss of a tick,
-			// not of a message.
-			w.rd.Writes = append(w.rd.Writes, &store.Batch{Acks: []store.Ack{{User: c.user, UpTo: p.ackUpTo}}})
-			w.pending = append(w.pending, pending{kind: pendAck, ackUpTo: p.ackUpTo})
+			// not of a message; the received records are still written.
+			w.rd.Writes = append(w.rd.Writes, &store.Batch{Acks: []store.Ack{{User: c.user, UpTo: p.ackUpTo}}, Received: p.recv})
+			w.pending = append(w.pending, pending{kind: pendAck, ackUpTo: p.ackUpTo, recv: p.recv})
 		}
 	}
 }
@@ -594,22 +778,29 @@ func storeErrText(err error) string {
 	return "internal error: send again with the same id"
 }
 
+// loading reports whether a Load is outstanding.
+func (c *Core) loading() bool { return c.work != nil && c.work.loadMax > 0 }
+
 // fill delivers or reads more while the window has room.
 func (c *Core) fill() {
-	if !c.started || c.loadMax > 0 || c.caughtUp {
+	if !c.started || c.loading() || c.caughtUp {
 		return
 	}
 	room := c.window() - c.Inflight()
 	if room <= 0 {
 		return
 	}
-	c.loadMax = uint32(room)
-	c.w().rd.Load = &Load{From: c.next, Max: room}
+	w := c.w()
+	w.loadMax = room
+	w.rd.Load = &Load{From: c.next, Max: room}
 }
 
 func (c *Core) loaded(items []store.Item, err error) {
-	loadMax := int(c.loadMax)
-	c.loadMax = 0
+	loadMax := 0
+	if c.work != nil {
+		loadMax = c.work.loadMax
+		c.work.loadMax = 0
+	}
 	if err != nil {
 		c.close(wire.Error_INTERNAL, "reading your queue failed: reconnect")
 		return
@@ -631,13 +822,13 @@ func (c *Core) pushed(seq uint64, data []byte) {
 	switch {
 	case seq < c.next:
 		// already read from the store
-	case c.started && c.caughtUp && c.loadMax == 0 && seq == c.next && c.Inflight() < c.window():
+	case c.started && c.caughtUp && !c.loading() && seq == c.next && c.Inflight() < c.window():
 		c.deliver(seq, data)
 	default:
 		// Behind, or the window is full: the item waits in the store and
 		// the next read picks it up.
 		c.caughtUp = false
-		if c.loadMax > 0 {
+		if c.loading() {
 			c.pushedWhileLoading = true
 		}
 		c.fill()

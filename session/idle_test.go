@@ -32,8 +32,13 @@ func TestIdleCoreHoldsNothing(t *testing.T) {
 			t.Errorf("%s: the idle core still holds its work struct (%d in flight, %d pending)", when, len(c.work.inflight), len(c.work.pending))
 		}
 	}
+	// A read asked for is work in progress (the caller performs it at
+	// once); once it is answered, the caught-up session is idle.
 	step(Start{})
-	idle("after the first read was asked for")
+	step(Loaded{})
+	idle("after the first read found the queue empty")
+	c = New("bob", c.cfg)
+	step(Start{})
 	data, err := wire.EncodeItem(&wire.Item{Kind: &wire.Item_Message{Message: &wire.Message{From: "alice", Id: 1, ServerId: 101}}})
 	if err != nil {
 		t.Fatal(err)

@@ -18,3 +18,25 @@ func RawGet(p *Pebble, key []byte) bool {
 
 // QueueKey is the key of user's item seq.
 func QueueKey(user string, seq uint64) []byte { return appendQueueKey(nil, user, seq) }
+
+// QueueStates is how many queue states p keeps in memory, and how many
+// times the committer has pruned them.
+func QueueStates(p *Pebble) (states int, prunes uint64) {
+	p.qmu.Lock()
+	defer p.qmu.Unlock()
+	return len(p.queues), p.prunes.Load()
+}
+
+// CachedAccounts is how many phones p remembers as registered.
+func CachedAccounts(p *Pebble) int {
+	p.acctMu.Lock()
+	defer p.acctMu.Unlock()
+	return p.accounts.len()
+}
+
+// RecvKey is the key of reader's record of having received from sender.
+func RecvKey(reader, sender string) []byte {
+	k := make([]byte, recvKeyLen(reader, sender))
+	putRecvKey(k, reader, sender)
+	return k
+}

@@ -21,6 +21,9 @@ const (
 	defaultMaxAge      = 30 * 24 * time.Hour
 	defaultSweepEvery  = time.Hour
 	defaultDedupTTL    = 7 * 24 * time.Hour
+	// defaultMemTableSize suits a small deployment (see
+	// Options.MemTableSize for bigger servers).
+	defaultMemTableSize = 16 << 20
 )
 
 // Pebble settings. A message server's data is small records written once and
@@ -31,11 +34,6 @@ const (
 	// which mostly still sits in the memtable; a modest block cache covers
 	// accounts and the queues of users who come back after a while.
 	pebbleCacheSize = 64 << 20
-	// pebbleMemTableSize: far bigger than the 4 MB default so that most
-	// items are appended and acked while still in the memtable, where the
-	// item and its SingleDelete vanish together at the flush, and there are
-	// fewer L0 files to compact. (Pebble keeps up to two memtables.)
-	pebbleMemTableSize = 64 << 20
 	// pebbleL0CompactionThreshold, pebbleL0StopWrites, pebbleLBaseMaxBytes:
 	// what reaches the sstables is mostly dedup records that the sweeper
 	// deletes days later. Letting L0 and the base level hold more before
@@ -88,16 +86,18 @@ type Pebble struct {
 	qmu    sync.Mutex
 	queues map[string]*queueState
 
-	// acctMu guards accounts, the phones known to have an account. It only
-	// grows (accounts are never deleted), so a hit needs no Pebble read.
-	acctMu   sync.RWMutex
-	accounts map[string]struct{}
+	// acctMu guards accounts, phones known to have an account (accounts
+	// are never deleted), so a hit needs no Pebble read. It is bounded by
+	// Options.AccountCache (see accountSet); a has() may move a phone
+	// between generations, so lookups take the lock exclusively.
+	acctMu   sync.Mutex
+	accounts accountSet
 
 	idMu   sync.Mutex
 	nextID uint64 // first id not yet reserved; guarded by idMu
 
 	// Counters for tests and benchmarks; written by the committer only.
-	groups, batches atomic.Uint64
+	groups, batches, prunes atomic.Uint64
 }
 
 var _ Store = (*Pebble)(nil)
@@ -117,7 +117,7 @@ func OpenPebble(dir string, opts Options, log *slog.Logger) (*Pebble, error) {
 	defer cache.Unref()
 	po := &pebble.Options{
 		Cache:        cache,
-		MemTableSize: pebbleMemTableSize,
+		MemTableSize: uint64(opts.MemTableSize),
 		// A store created by this code has no older binary to stay readable
 		// by, and the newer formats handle deletion tombstones better, which
 		// matters when every item written is later deleted.
@@ -156,10 +156,10 @@ func OpenPebble(dir string, opts Options, log *slog.Logger) (*Pebble, error) {
 		stopSweep: make(chan struct{}),
 		swept:     make(chan struct{}),
 		queues:    make(map[string]*queueState),
-		accounts:  make(map[string]struct{}),
+		accounts:  newAccountSet(opts.AccountCache),
 		nextID:    next,
 	}
-	p.q.init()
+	p.q.init(opts.LazyDelay, opts.MinSyncGap)
 	c := newCommitter(p)
 	go c.run()
 	go p.sweepLoop()
@@ -178,6 +178,21 @@ func (o Options) withDefaults() Options {
 	}
 	if o.DedupTTL <= 0 {
 		o.DedupTTL = defaultDedupTTL
+	}
+	if o.MemTableSize <= 0 {
+		o.MemTableSize = defaultMemTableSize
+	}
+	if o.MaxQueueStates <= 0 {
+		o.MaxQueueStates = defaultMaxQueueStates
+	}
+	if o.AccountCache <= 0 {
+		o.AccountCache = defaultAccountCache
+	}
+	if o.LazyDelay == 0 {
+		o.LazyDelay = defaultLazyDelay
+	}
+	if o.MinSyncGap == 0 {
+		o.MinSyncGap = defaultMinSyncGap
 	}
 	return o
 }
@@ -422,7 +437,7 @@ func (p *Pebble) PutAccount(a Account) error {
 		return fmt.Errorf("put account %s: %w", a.Phone, err)
 	}
 	p.acctMu.Lock()
-	p.accounts[a.Phone] = struct{}{}
+	p.accounts.add(a.Phone)
 	p.acctMu.Unlock()
 	return nil
 }
@@ -431,9 +446,9 @@ func (p *Pebble) PutAccount(a Account) error {
 // can. Only hits are cached: a miss is rare (a client addressing a stranger)
 // and caching misses would let such clients grow the set without bound.
 func (p *Pebble) accountExists(phone string) (bool, error) {
-	p.acctMu.RLock()
-	_, ok := p.accounts[phone]
-	p.acctMu.RUnlock()
+	p.acctMu.Lock()
+	ok := p.accounts.has(phone)
+	p.acctMu.Unlock()
 	if ok {
 		return true, nil
 	}
@@ -446,7 +461,7 @@ func (p *Pebble) accountExists(phone string) (bool, error) {
 	}
 	_ = closer.Close()
 	p.acctMu.Lock()
-	p.accounts[phone] = struct{}{}
+	p.accounts.add(phone)
 	p.acctMu.Unlock()
 	return true, nil
 }
@@ -537,8 +552,10 @@ func (p *Pebble) MemoryStats() (memtables, blockCache int64) {
 
 // QueueDepths sums the queues the store has in memory: every queue written
 // to or acked since the store was opened (a queue untouched since a
-// restart is counted once it is next written or acked). It is for
-// monitoring: one pass over the map under its lock.
+// restart is counted once it is next written or acked), unless more than
+// Options.MaxQueueStates were, when settled ones are forgotten until next
+// used (see pruneStates). It is for monitoring: one pass over the map
+// under its lock.
 func (p *Pebble) QueueDepths() (total int64, maxUser string, maxLen int) {
 	p.qmu.Lock()
 	defer p.qmu.Unlock()

@@ -16,6 +16,7 @@ import (
 //	q/<user>\x00<seq 8B BE>            -> item: ts 8B BE + data
 //	qt/<user>                          -> last seq ever assigned in the queue
 //	dd/<sender>\x00<clientID 8B BE>    -> dedup record: serverID 8B BE + ts 8B BE
+//	rf/<reader>\x00<sender>            -> reader acked a message from sender at ts 8B BE
 //	meta/ids                           -> next unreserved id, 8B BE
 //
 // The NUL after a user name ends it, so "q/+1415\x00" can never be a prefix
@@ -27,6 +28,7 @@ const (
 	prefixQueue   = "q/"
 	prefixTail    = "qt/"
 	prefixDedup   = "dd/"
+	prefixRecv    = "rf/"
 	keyNextID     = "meta/ids"
 
 	seqLen = 8
@@ -40,6 +42,20 @@ const queueRangeEnd = "q0"
 
 // dedupRangeEnd is the first key after every dd/ key.
 const dedupRangeEnd = "dd0"
+
+// recvRangeEnd is the first key after every rf/ key.
+const recvRangeEnd = "rf0"
+
+func recvKeyLen(reader, sender string) int { return len(prefixRecv) + len(reader) + 1 + len(sender) }
+
+// putRecvKey writes the rf/ key of (reader, sender) into dst, which must be
+// recvKeyLen long.
+func putRecvKey(dst []byte, reader, sender string) {
+	n := copy(dst, prefixRecv)
+	n += copy(dst[n:], reader)
+	dst[n] = 0
+	copy(dst[n+1:], sender)
+}
 
 func accountKey(phone string) []byte {
 	k := make([]byte, 0, len(prefixAccount)+len(phone))

@@ -16,8 +16,9 @@ const sweepChunk = 1024
 
 // sweepOp is the internal request a sweep sends through the committer.
 type sweepOp struct {
-	queues []sweepQueue
-	dedup  [][]byte // dedup keys to delete
+	queues   []sweepQueue
+	dedup    [][]byte    // dedup keys to delete
+	received []sweptRecv // received records to delete, if unchanged
 }
 
 // sweepQueue asks the committer to erase user's items up to upTo.
@@ -50,8 +51,9 @@ func (p *Pebble) sweepLoop() {
 }
 
 // Sweep runs one sweeper pass as of now: it erases queue items older than
-// Options.MaxAge (calling Options.OnExpire for each, after it is erased) and
-// dedup records older than Options.DedupTTL, and returns how many items it
+// Options.MaxAge (calling Options.OnExpire for each, after it is erased),
+// dedup records older than Options.DedupTTL and received records older
+// than MaxAge, and returns how many items it
 // expired. The sweeper goroutine calls it every Options.SweepEvery; tests
 // and the server may call it to run a pass at a time of their choosing.
 func (p *Pebble) Sweep(now time.Time) (expired int, err error) {
@@ -67,6 +69,9 @@ func (p *Pebble) sweep(now time.Time, stop <-chan struct{}) (int, error) {
 	}
 	if err := p.sweepDedup(now.Add(-p.opts.DedupTTL).UnixNano(), stop); err != nil {
 		return expired, fmt.Errorf("sweep dedup records: %w", err)
+	}
+	if err := p.sweepReceived(now.Add(-p.opts.MaxAge).UnixNano(), stop); err != nil {
+		return expired, fmt.Errorf("sweep received records: %w", err)
 	}
 	return expired, nil
 }

@@ -424,3 +424,72 @@ func TestPebbleReadsOnlyDurableItems(t *testing.T) {
 		t.Fatalf("after the sync, ReadQueue returned %+v, %v; want both items", items, err)
 	}
 }
+
+// A lazy batch waits for an urgent one and shares its group (one fsync),
+// ahead of it; alone, it is committed once LazyDelay is over; and Close
+// commits a lazy batch still waiting.
+func TestPebbleLazyBatches(t *testing.T) {
+	const user = "+15550000001"
+	open := func(delay time.Duration) *store.Pebble {
+		p := openPebble(t, t.TempDir(), store.Options{LazyDelay: delay})
+		if err := p.PutAccount(account(user)); err != nil {
+			t.Fatal(err)
+		}
+		if r := commit(p, &store.Batch{Appends: []store.Append{{To: user}, {To: user}}}); r.Err != nil {
+			t.Fatal(r.Err)
+		}
+		return p
+	}
+	lazyAck := func(upTo uint64) *store.Batch {
+		return &store.Batch{Acks: []store.Ack{{User: user, UpTo: upTo}}, Lazy: true}
+	}
+
+	t.Run("rides with an urgent batch", func(t *testing.T) {
+		p := open(time.Hour)
+		g0, n0 := store.GroupStats(p)
+		order := make(chan string, 2)
+		p.Commit(lazyAck(1), func(r store.Result) {
+			if r.Err != nil {
+				t.Errorf("lazy ack: %v", r.Err)
+			}
+			order <- "lazy"
+		})
+		// Give a committer that does not wait the time to commit the
+		// lazy batch alone (this cannot fail a committer that waits).
+		time.Sleep(50 * time.Millisecond)
+		if r := commit(p, &store.Batch{Appends: []store.Append{{To: user}}}); r.Err != nil {
+			t.Fatal(r.Err)
+		}
+		order <- "urgent"
+		if first := <-order; first != "lazy" {
+			t.Errorf("first done: %s, want the lazy batch's (committed first)", first)
+		}
+		g1, n1 := store.GroupStats(p)
+		if g1-g0 != 1 || n1-n0 != 2 {
+			t.Errorf("%d groups of %d batches, want the two batches in one group", g1-g0, n1-n0)
+		}
+		if n, _ := p.QueueLen(user); n != 2 {
+			t.Errorf("queue holds %d items after acking one of three, want 2", n)
+		}
+	})
+	t.Run("alone after the delay", func(t *testing.T) {
+		p := open(time.Millisecond)
+		if r := commit(p, lazyAck(2)); r.Err != nil {
+			t.Fatal(r.Err)
+		}
+		if n, _ := p.QueueLen(user); n != 0 {
+			t.Errorf("queue holds %d items after acking both, want 0", n)
+		}
+	})
+	t.Run("at close", func(t *testing.T) {
+		p := open(time.Hour)
+		done := make(chan store.Result, 1)
+		p.Commit(lazyAck(2), func(r store.Result) { done <- r })
+		if err := p.Close(); err != nil {
+			t.Fatal(err)
+		}
+		if r := <-done; r.Err != nil {
+			t.Errorf("lazy batch at close: %v", r.Err)
+		}
+	})
+}

@@ -12,10 +12,12 @@ import (
 // SendAck, without building them: a delivery carries the queue item as the
 // store keeps it (a nested message is encoded as its bytes, so the stored
 // encoding is exactly what belongs inside the frame), and the server reads
-// only the few fields it needs from an item with ReadItemHead. Decoding an
-// item to deliver it and encoding it again was a dozen allocations and
-// about a microsecond per message. Both writers produce the same bytes as
-// AppendFrame on the equivalent Frame (TestFastFramesMatchMarshal).
+// only the few fields it needs from an item with ReadItemHead, which walks
+// the rest without decoding it. Decoding an item to deliver it and
+// encoding it again was a dozen allocations and about a microsecond per
+// message. Both writers produce the same bytes as AppendFrame on the
+// equivalent Frame (TestFastFramesMatchMarshal, and FuzzDecodeFrame for
+// any frame it decodes).
 
 // Field numbers of the frames written here (proto/parley.proto).
 const (
@@ -68,8 +70,20 @@ var errItem = errors.New("queue item is not an encoded Item")
 // badItem is errItem with what protowire found (n < 0).
 func badItem(n int) error { return fmt.Errorf("%w: %v", errItem, protowire.ParseError(n)) }
 
+// wrongType reports a known field encoded with another wire type, which
+// the generated decoder refuses.
+func wrongType(num protowire.Number, typ protowire.Type) error {
+	return fmt.Errorf("%w: field %d has wire type %d", errItem, num, typ)
+}
+
 // ReadItemHead reads an encoded Item's head without decoding the rest or
-// allocating.
+// allocating. It accepts only what DecodeItem accepts, and reads the head
+// as DecodeItem would decode it: the item goes to the client as it is
+// stored, and a client whose decoder refuses a delivery can ack neither it
+// nor anything behind it, so a corrupt item must be found here. In
+// particular Item is a oneof, so the last member on the wire wins (a
+// receipt after a message makes the item a receipt), and a message after
+// another merges into it.
 func ReadItemHead(item []byte) (ItemHead, error) {
 	var h ItemHead
 	for b := item; len(b) > 0; {
@@ -78,23 +92,35 @@ func ReadItemHead(item []byte) (ItemHead, error) {
 			return h, badItem(n)
 		}
 		b = b[n:]
-		if num == itemMessage && typ == protowire.BytesType {
-			m, n := protowire.ConsumeBytes(b)
+		if num != itemMessage && num != itemReceipt {
+			n = protowire.ConsumeFieldValue(num, typ, b)
 			if n < 0 {
 				return h, badItem(n)
 			}
 			b = b[n:]
-			h.Message = true
-			if err := readMessageHead(m, &h); err != nil {
-				return h, err
-			}
 			continue
 		}
-		n = protowire.ConsumeFieldValue(num, typ, b)
+		if typ != protowire.BytesType {
+			return h, wrongType(num, typ)
+		}
+		v, n := protowire.ConsumeBytes(b)
 		if n < 0 {
 			return h, badItem(n)
 		}
 		b = b[n:]
+		if num == itemReceipt {
+			h = ItemHead{}
+			if err := checkFields(v, receiptField); err != nil {
+				return h, err
+			}
+			continue
+		}
+		if !h.Message {
+			h = ItemHead{Message: true}
+		}
+		if err := readMessageHead(v, &h); err != nil {
+			return h, err
+		}
 	}
 	return h, nil
 }
@@ -106,15 +132,28 @@ func readMessageHead(m []byte, h *ItemHead) error {
 			return badItem(n)
 		}
 		m = m[n:]
-		switch {
-		case num == messageFrom && typ == protowire.BytesType:
+		switch num {
+		case messageFrom, messageBody, messageMedia:
+			if typ != protowire.BytesType {
+				return wrongType(num, typ)
+			}
 			v, n := protowire.ConsumeBytes(m)
 			if n < 0 {
 				return badItem(n)
 			}
-			h.From, m = v, m[n:]
-			continue
-		case (num == messageID || num == messageServerID || num == messageTS) && typ == protowire.VarintType:
+			m = m[n:]
+			switch num {
+			case messageFrom:
+				h.From = v
+			case messageMedia:
+				if err := checkFields(v, mediaField); err != nil {
+					return err
+				}
+			}
+		case messageID, messageServerID, messageTS:
+			if typ != protowire.VarintType {
+				return wrongType(num, typ)
+			}
 			v, n := protowire.ConsumeVarint(m)
 			if n < 0 {
 				return badItem(n)
@@ -128,9 +167,78 @@ func readMessageHead(m []byte, h *ItemHead) error {
 			default:
 				h.TS = int64(v)
 			}
-			continue
+		default:
+			n = protowire.ConsumeFieldValue(num, typ, m)
+			if n < 0 {
+				return badItem(n)
+			}
+			m = m[n:]
 		}
-		n = protowire.ConsumeFieldValue(num, typ, m)
+	}
+	return nil
+}
+
+// fieldKind is how a known field of a message is encoded, for checkFields.
+type fieldKind uint8
+
+const (
+	unknownField fieldKind = iota
+	varintField
+	bytesField      // a string or bytes
+	repeatedVarints // repeated uint64: varints one by one, or packed
+)
+
+func receiptField(num protowire.Number) fieldKind {
+	switch num {
+	case receiptKind, receiptTS:
+		return varintField
+	case receiptBy:
+		return bytesField
+	case receiptIDs, receiptServerIDs:
+		return repeatedVarints
+	}
+	return unknownField
+}
+
+func mediaField(num protowire.Number) fieldKind {
+	switch num {
+	case mediaSize:
+		return varintField
+	case mediaURL, mediaID, mediaMime, mediaSHA256, mediaThumbnail, mediaCaption, mediaKey:
+		return bytesField
+	}
+	return unknownField
+}
+
+// checkFields checks that m is a message whose known fields (kind tells
+// which) have the wire types the generated decoder wants.
+func checkFields(m []byte, kind func(protowire.Number) fieldKind) error {
+	for len(m) > 0 {
+		num, typ, n := protowire.ConsumeTag(m)
+		if n < 0 {
+			return badItem(n)
+		}
+		m = m[n:]
+		switch k := kind(num); {
+		case k == unknownField:
+			n = protowire.ConsumeFieldValue(num, typ, m)
+		case typ == protowire.VarintType && (k == varintField || k == repeatedVarints):
+			_, n = protowire.ConsumeVarint(m)
+		case typ == protowire.BytesType && k == bytesField:
+			_, n = protowire.ConsumeBytes(m)
+		case typ == protowire.BytesType && k == repeatedVarints:
+			var packed []byte
+			packed, n = protowire.ConsumeBytes(m)
+			for len(packed) > 0 && n >= 0 {
+				_, vn := protowire.ConsumeVarint(packed)
+				if vn < 0 {
+					return badItem(vn)
+				}
+				packed = packed[vn:]
+			}
+		default:
+			return wrongType(num, typ)
+		}
 		if n < 0 {
 			return badItem(n)
 		}
@@ -139,7 +247,7 @@ func readMessageHead(m []byte, h *ItemHead) error {
 	return nil
 }
 
-// Field numbers of the items written here.
+// Field numbers of the items written and checked here.
 const (
 	itemReceipt = 2
 
@@ -151,6 +259,15 @@ const (
 	receiptIDs       = 3
 	receiptServerIDs = 4
 	receiptTS        = 5
+
+	mediaURL       = 1
+	mediaID        = 2
+	mediaSize      = 3
+	mediaMime      = 4
+	mediaSHA256    = 5
+	mediaThumbnail = 6
+	mediaCaption   = 7
+	mediaKey       = 8
 )
 
 // AppendMessageItem appends the encoding of Item{Message{From: from, Id:

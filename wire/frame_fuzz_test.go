@@ -3,6 +3,7 @@ package wire
 import (
 	"bytes"
 	"errors"
+	"io"
 	"testing"
 
 	"google.golang.org/protobuf/encoding/protowire"
@@ -38,7 +39,9 @@ func framed(msgs ...[]byte) []byte {
 
 // FuzzNext feeds arbitrary stream bytes to Next and splits as a reader
 // would: Next must never panic, never return a message over MaxMessage, and
-// what it returns must account for the input exactly.
+// what it returns must account for the input exactly: framed again, the
+// messages are the bytes they came from. ReadMessage, the blocking reader,
+// must split the same stream the same way and stop for the same reason.
 func FuzzNext(f *testing.F) {
 	f.Add(framed(seedSendFrame(f)))
 	f.Add([]byte{})
@@ -52,6 +55,8 @@ func FuzzNext(f *testing.F) {
 		in := append([]byte(nil), data...)
 		buf := data
 		consumed := 0
+		var msgs [][]byte
+		tooLarge := false
 		for {
 			msg, rest, ok, err := Next(buf)
 			if err != nil {
@@ -68,6 +73,7 @@ func FuzzNext(f *testing.F) {
 				if n <= MaxMessage {
 					t.Fatalf("ErrTooLarge for prefix %d", n)
 				}
+				tooLarge = true
 				break
 			}
 			if !ok {
@@ -99,7 +105,36 @@ func FuzzNext(f *testing.F) {
 				t.Fatal("message is not the bytes after its prefix")
 			}
 			consumed += HeaderLen + n
+			msgs = append(msgs, msg)
 			buf = rest
+		}
+		var again []byte
+		for _, m := range msgs {
+			again = append(AppendHeader(again, len(m)), m...)
+		}
+		if !bytes.Equal(again, in[:consumed]) {
+			t.Fatalf("the %d messages framed again are not the %d bytes they came from", len(msgs), consumed)
+		}
+
+		r := bytes.NewReader(in)
+		for i, want := range msgs {
+			got, err := ReadMessage(r, nil)
+			if err != nil || !bytes.Equal(got, want) {
+				t.Fatalf("ReadMessage %d: %d bytes, %v; Next split off %d bytes", i, len(got), err, len(want))
+			}
+		}
+		_, err := ReadMessage(r, nil)
+		switch {
+		case tooLarge:
+			if !errors.Is(err, ErrTooLarge) {
+				t.Fatalf("after the last message ReadMessage says %v; Next says %v", err, ErrTooLarge)
+			}
+		case consumed == len(in):
+			if err != io.EOF {
+				t.Fatalf("at the end of the stream ReadMessage says %v, want io.EOF", err)
+			}
+		case err == nil || errors.Is(err, ErrTooLarge) || !(errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF)):
+			t.Fatalf("on a partial message ReadMessage says %v, want an EOF", err)
 		}
 		if !bytes.Equal(buf, in[consumed:]) {
 			t.Fatal("unconsumed tail is not the end of the input")
@@ -111,7 +146,10 @@ func FuzzNext(f *testing.F) {
 }
 
 // FuzzDecodeFrame feeds arbitrary bytes to DecodeFrame: it must never panic,
-// and a frame it accepts must validate and survive re-encoding.
+// and a frame it accepts must validate and survive re-encoding: decoded
+// again it is the same frame, and encoded again the same bytes. The
+// frames the server writes by hand (AppendDeliver, AppendSendAck) must be
+// byte for byte what AppendFrame writes for any such frame it decodes.
 func FuzzDecodeFrame(f *testing.F) {
 	f.Add(seedSendFrame(f))
 	f.Add([]byte{})
@@ -127,6 +165,11 @@ func FuzzDecodeFrame(f *testing.F) {
 		{Kind: &Frame_Send{Send: &Send{Id: 1, To: "+14155550102", Body: make([]byte, MaxBody+1)}}},
 		{Kind: &Frame_Send{Send: &Send{Id: 1}}},
 		{Kind: &Frame_Ack{}},
+		{Kind: &Frame_SendAck{SendAck: &SendAck{Id: 1, ServerId: 2, Ts: 3}}},
+		{Kind: &Frame_SendAck{SendAck: &SendAck{Id: 1}}},
+		{Kind: &Frame_SendAck{SendAck: &SendAck{}}},
+		{Kind: &Frame_Deliver{Deliver: &Deliver{Item: &Item{Kind: &Item_Receipt{Receipt: &Receipt{Kind: Receipt_READ, By: "+14155550101", Ids: []uint64{1, 300}, ServerIds: []uint64{2, 301}}}}}}},
+		{Kind: &Frame_Deliver{Deliver: &Deliver{Seq: 300, Item: &Item{}}}},
 	} {
 		b, err := AppendFrame(nil, fr)
 		if err != nil {
@@ -162,7 +205,45 @@ func FuzzDecodeFrame(f *testing.F) {
 		if !proto.Equal(&fr, &again) {
 			t.Fatalf("round trip changed the frame:\n first %v\nsecond %v", &fr, &again)
 		}
+		if enc2, err := AppendFrame(nil, &again); err != nil || !bytes.Equal(enc2, enc) {
+			t.Fatalf("encoded again: %x, %v; first encoding %x", enc2, err, enc)
+		}
+		checkFastFrame(t, &fr, enc)
 	})
+}
+
+// checkFastFrame checks that the hand-written writer of fr's kind, if it
+// has one, writes enc, AppendFrame's encoding of fr. They write only the
+// fields this version knows, so a frame with others is not compared.
+func checkFastFrame(t *testing.T, fr *Frame, enc []byte) {
+	t.Helper()
+	if len(fr.unknownFields) > 0 {
+		return
+	}
+	var got []byte
+	switch k := fr.Kind.(type) {
+	case *Frame_SendAck:
+		a := k.SendAck
+		if len(a.unknownFields) > 0 {
+			return
+		}
+		got = AppendSendAck(nil, a.Id, a.ServerId, a.Ts)
+	case *Frame_Deliver:
+		d := k.Deliver
+		if len(d.unknownFields) > 0 || d.Item == nil {
+			return // AppendDeliver always writes an item
+		}
+		item, err := EncodeItem(d.Item)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = AppendDeliver(nil, d.Seq, item)
+	default:
+		return
+	}
+	if !bytes.Equal(got, enc) {
+		t.Fatalf("hand-written %T:\n got %x\nwant %x", fr.Kind, got, enc)
+	}
 }
 
 // previousSend is a frame after a Send with every field set.

@@ -50,7 +50,7 @@ so the bench can share the machine with it. Methods: go doc ./bench.`,
 		Args: cobra.NoArgs,
 	}
 	f := cmd.PersistentFlags()
-	f.StringVar(&bf.cfg.Addr, "addr", "127.0.0.1:5222", "the node's native listener, HOST:PORT")
+	f.StringVar(&bf.cfg.Addr, "addr", "", "the node's native listener, HOST:PORT (default: the one the node advertised at setup, else 127.0.0.1:5222)")
 	f.StringVar(&bf.cfg.Admin, "admin", "http://127.0.0.1:9090", "the node's admin listener: URL, or HOST:PORT as 'parley serve --admin' takes it")
 	f.StringVar(&bf.cfg.State, "state", "", "bench state file (default: "+bench.DefaultStatePath("http://127.0.0.1:9090")+", named after --admin)")
 	f.IntVar(&bf.cfg.Offset, "offset", 0, "first test user to use: give bench processes sharing a node disjoint ranges")

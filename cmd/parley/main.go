@@ -48,7 +48,7 @@ flag name in upper case with '-' as '_' (--data -> PARLEY_DATA).`,
 			return flagsFromEnv(cmd.Flags(), os.LookupEnv)
 		},
 	}
-	root.AddCommand(newServeCmd(), newRegisterCmd(), newSendCmd(), newRecvCmd(), newChatCmd(), newFetchCmd(), newTopCmd(), newBenchCmd())
+	root.AddCommand(newServeCmd(), newRegisterCmd(), newSendCmd(), newRecvCmd(), newChatCmd(), newFetchCmd(), newTopCmd(), newBenchCmd(), newVersionCmd(), newUpgradeCmd())
 	return root
 }
 

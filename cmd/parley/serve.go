@@ -24,6 +24,8 @@ func newServeCmd() *cobra.Command {
 		logLevel  string
 		logFormat string
 		gcPercent int
+		// The store's memtable, in MiB: bytes are no way to type 16 MiB.
+		memTableMiB int
 		// The admin token comes from a file or the environment only.
 		adminTokenFile, adminTokenFlag string
 		clusterFl                      clusterFlags
@@ -37,7 +39,12 @@ func newServeCmd() *cobra.Command {
 Listeners:
   --listen  the native protocol (Noise over TCP) that clients connect to
   --http    the public HTTP API (registration, server key)
-  --admin   the admin listener (health); keep it on loopback
+  --admin   the admin listener: metrics, dashboard, limits, accounts,
+            pprof; loopback unless a token is set (--admin-token-file)
+
+Disk: the store takes about 1.1x --store-memtable-mib (16 MiB by default)
+when idle and about 3x it under load, plus what is queued and about 60
+bytes per message sent in the last 7 days (duplicate detection).
 
 SMS gateways (--sms):
   log        codes appear in the server log (development default)
@@ -55,6 +62,10 @@ SMS gateways (--sms):
 				return err
 			}
 			cfg.Log = log
+			if memTableMiB <= 0 || memTableMiB > 4096 {
+				return fmt.Errorf("--store-memtable-mib %d: give a size between 1 and 4096 MiB", memTableMiB)
+			}
+			cfg.StoreMemTableSize = memTableMiB << 20
 			if _, set := os.LookupEnv("GOGC"); !set && gcPercent != 0 {
 				// A process-wide setting, so it belongs to the process's
 				// command, not to the node.
@@ -80,29 +91,22 @@ SMS gateways (--sms):
 				return err
 			}
 			if cl != nil {
-				defer cl.Close() // after the node's Close below
+				defer cl.Close() // after the node has closed (runServer returns then)
 				cfg.Cluster = clusterCfg
 			}
-			n, err := node.Start(cmd.Context(), cfg)
-			if err != nil {
-				return err
-			}
-			fmt.Fprintf(cmd.OutOrStdout(), "parley serving: native %s, http %s, admin %s\nserver key: %x\n",
-				n.NativeAddr(), n.HTTPURL(), n.AdminURL(), n.PublicKey())
-			<-cmd.Context().Done()
-			log.Info("shutting down: finishing in-flight commits")
-			return n.Close()
+			return runServer(cmd, cfg)
 		},
 	}
 	f := cmd.Flags()
 	f.StringVar(&cfg.DataDir, "data", "./parley-data", "data directory (store and server key)")
 	// The heap of a busy node is mostly short-lived per-message garbage
-	// over a small live set (sessions, queue states), so Go's default of
-	// collecting at 100% growth runs the collector very often: under
-	// saturation load it was about a quarter of server CPU. 400 trades
-	// memory (the heap may grow to 5x the live set between collections)
-	// for that CPU. GOGC in the environment wins over the flag.
-	f.IntVar(&gcPercent, "gc-percent", 400, "Go GC target percentage (GOGC); lower saves memory, higher saves CPU; -1 turns the collector off")
+	// over a small live set (sessions, queue states). Go's default of 100
+	// cost ~15% more CPU per message at saturation (9.6 - 9.9 us against
+	// 8.2 - 9.2). 400 let an idle server's resident set stay at 5x its live
+	// heap (2.0 - 2.5 KB per idle connection without a forced collection);
+	// 200 holds it at ~1.4 KB with no measurable cost at saturation (issue
+	// 11, BENCHMARKS.md). GOGC in the environment wins over the flag.
+	f.IntVar(&gcPercent, "gc-percent", 200, "Go GC target percentage (GOGC); lower saves memory, higher saves CPU; -1 turns the collector off")
 	f.StringVar(&cfg.Listen, "listen", "127.0.0.1:5222", "native protocol listen address")
 	f.StringVar(&cfg.HTTP, "http", "127.0.0.1:8080", "public HTTP API listen address")
 	f.StringVar(&cfg.Admin, "admin", "127.0.0.1:9090", "admin listen address, HOST:PORT or http://HOST:PORT: metrics, dashboard, pprof, limits, account provisioning (keep on loopback)")
@@ -130,6 +134,7 @@ SMS gateways (--sms):
 	f.DurationVar(&cfg.Limits.KeepAlive, "keep-alive", lim.KeepAlive, "TCP keep-alive idle time that finds peers gone without a FIN (negative: off)")
 	f.IntVar(&cfg.Limits.MaxWriteBuffer, "max-write-buffer", lim.MaxWriteBuffer, "bytes held for a client that does not read before it is cut off")
 	f.IntVar(&cfg.Limits.MaxMailbox, "max-mailbox", lim.MaxMailbox, "events waiting for one session before its client is cut off")
+	f.IntVar(&cfg.Limits.MaxMailboxBytes, "max-mailbox-bytes", lim.MaxMailboxBytes, "bytes of frames waiting for one session before its client is cut off")
 	f.IntVar(&cfg.Limits.FailedLoginsPerAddr, "failed-logins-per-addr", lim.FailedLoginsPerAddr, "refused logins per client address per minute before it is throttled")
 	f.IntVar(&cfg.Limits.MaxReadIDs, "max-read-ids", lim.MaxReadIDs, "most message ids in one read receipt")
 	f.IntVar(&cfg.Limits.HTTPConnsPerAddr, "http-conns-per-addr", lim.HTTPConnsPerAddr, "most HTTP connections from one client address")
@@ -138,6 +143,9 @@ SMS gateways (--sms):
 	f.DurationVar(&cfg.Limits.HTTPIdleTimeout, "http-idle-timeout", lim.HTTPIdleTimeout, "how long an idle HTTP keep-alive connection is kept")
 	f.DurationVar(&cfg.TicketTTL, "ticket-ttl", 7*24*time.Hour, "how long a resumption ticket lets a device log in again with a cheaper handshake (negative: no tickets)")
 	f.DurationVar(&cfg.Limits.FrameTimeout, "frame-timeout", lim.FrameTimeout, "close logged-in connections that stall mid-message this long")
+	f.IntVar(&cfg.Limits.QueueStates, "queue-states", lim.QueueStates, "most queues whose bounds the store keeps in memory (~100 B each)")
+	f.IntVar(&cfg.Limits.AccountCache, "account-cache", lim.AccountCache, "most phones the store remembers as registered (~80 B each)")
+	f.IntVar(&memTableMiB, "store-memtable-mib", 16, "store memtable size in MiB: the store's disk is ~1.1x it idle, ~3x under load, plus what is queued (64 saves CPU at 100,000+ msgs/s)")
 	f.StringVar(&adminTokenFile, "admin-token-file", "", "file holding the token the admin listener requires (Authorization: Bearer); or set PARLEY_ADMIN_TOKEN. Required when --admin is not loopback")
 	f.StringVar(&adminTokenFlag, "admin-token", "", "refused: use --admin-token-file or PARLEY_ADMIN_TOKEN")
 	_ = f.MarkHidden("admin-token")

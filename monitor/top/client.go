@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/parleyhq/parley/apierror"
 	"github.com/parleyhq/parley/monitor"
 )
 
@@ -107,9 +108,8 @@ func (c *Client) get(ctx context.Context, path string, q url.Values, v any) erro
 	case resp.StatusCode == http.StatusNotFound:
 		return fmt.Errorf("%s answered 404 for %s: is this a Parley admin listener (the --admin address of `parley serve`)?", c.base, path)
 	case resp.StatusCode != http.StatusOK:
-		var e struct{ Error string }
-		if json.Unmarshal(body, &e) == nil && e.Error != "" {
-			return fmt.Errorf("admin listener at %s: %s", c.base, e.Error)
+		if d, ok := apierror.Parse(body); ok {
+			return fmt.Errorf("admin listener at %s: %s", c.base, d.Message)
 		}
 		return fmt.Errorf("admin listener at %s: GET %s: %s", c.base, path, resp.Status)
 	}

@@ -2,7 +2,6 @@ package top
 
 import (
 	"bytes"
-	"context"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -60,6 +59,27 @@ func (s *syncWriter) String() string {
 	return s.b.String()
 }
 
+// bound is how long a step of a live test may take before it fails: a
+// failure guard, far beyond what a step needs, so that a live view that
+// does not quit fails its test instead of hanging go test for ten minutes.
+const bound = 10 * time.Second
+
+// within runs step and returns its error, failing the test if it is not
+// done within bound. (A step that never ends is left running: the test's
+// context, which live is given, ends it at cleanup.)
+func within(t *testing.T, what string, step func() error) error {
+	t.Helper()
+	res := make(chan error, 1)
+	go func() { res <- step() }()
+	select {
+	case err := <-res:
+		return err
+	case <-time.After(bound):
+		t.Fatalf("%s: not done within %v", what, bound)
+		return nil
+	}
+}
+
 func TestLiveKeysChangeSortAndQuit(t *testing.T) {
 	fa := &fakeAdmin{}
 	srv := httptest.NewServer(fa)
@@ -69,18 +89,19 @@ func TestLiveKeysChangeSortAndQuit(t *testing.T) {
 		t.Fatal(err)
 	}
 	keysR, keysW := io.Pipe()
+	t.Cleanup(func() { keysR.Close() })
 	out := &syncWriter{}
 	done := make(chan error, 1)
 	go func() {
 		// An hour between refreshes: every fetch after the first is a key's.
-		done <- live(context.Background(), c, Options{Sort: monitor.SortMailbox, Interval: time.Hour}, keysR, out,
+		done <- live(t.Context(), c, Options{Sort: monitor.SortMailbox, Interval: time.Hour}, keysR, out,
 			func() (int, int, bool) { return 100, 30, true })
 	}()
-	for _, k := range []string{"i", "o", "q", "m", "z"} {
-		keysW.Write([]byte(k)) // each write returns once live has taken the key
+	for _, k := range []string{"i", "o", "q", "m", "z", "x"} {
+		// Each write returns once live has taken the key.
+		within(t, "live taking key "+k, func() error { _, err := keysW.Write([]byte(k)); return err })
 	}
-	keysW.Write([]byte("x"))
-	if err := <-done; err != nil {
+	if err := within(t, "live quitting on x", func() error { return <-done }); err != nil {
 		t.Fatalf("live: %v", err)
 	}
 	want := []string{"mailbox", "in_rate", "out_rate", "queued", "mailbox"}
@@ -105,8 +126,10 @@ func TestLiveCtrlCQuits(t *testing.T) {
 	srv := httptest.NewServer(&fakeAdmin{})
 	defer srv.Close()
 	c, _ := NewClient(srv.URL, "", nil)
-	err := live(context.Background(), c, Options{Sort: monitor.SortMailbox, Interval: time.Hour},
-		strings.NewReader("\x03"), io.Discard, func() (int, int, bool) { return 0, 0, false })
+	err := within(t, "live quitting on Ctrl-C", func() error {
+		return live(t.Context(), c, Options{Sort: monitor.SortMailbox, Interval: time.Hour},
+			strings.NewReader("\x03"), io.Discard, func() (int, int, bool) { return 0, 0, false })
+	})
 	if err != nil {
 		t.Fatal(err)
 	}

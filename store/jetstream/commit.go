@@ -265,6 +265,7 @@ func (c *committer) commitGroup(group []request) {
 		}
 	}
 
+	waitReceived := c.writeReceived(ctx, group)
 	var wg sync.WaitGroup
 	for p := range c.plans {
 		if len(c.plans[p].ops) == 0 && len(c.plans[p].purge) == 0 && len(c.plans[p].dels) == 0 {
@@ -277,6 +278,7 @@ func (c *committer) commitGroup(group []request) {
 		}()
 	}
 	wg.Wait()
+	waitReceived()
 
 	for i, owner := range c.dupOf {
 		if owner >= 0 && c.failed[owner] != nil && c.failed[i] == nil {

@@ -114,6 +114,7 @@ type Store struct {
 
 	parts []njs.Stream // queue streams, by partition
 	meta  njs.Stream
+	recv  njs.Stream // received records (received.go)
 
 	// ctx is cancelled by Close once the committer and sweeper are done,
 	// which ends any request still waiting.
@@ -221,6 +222,9 @@ func Open(ctx context.Context, nc *nats.Conn, opts Options) (*Store, error) {
 			return nil, fmt.Errorf("open jetstream store: queue stream %d: %w", p, err)
 		}
 		s.parts = append(s.parts, st)
+	}
+	if s.recv, err = s.openReceived(ctx); err != nil {
+		return nil, err
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.q.init()

@@ -57,6 +57,7 @@ func Run(t *testing.T, open Opener) {
 	t.Run("ReserveIDs", func(t *testing.T) { runReserveIDs(t, open) })
 	t.Run("Expiry", func(t *testing.T) { runExpiry(t, open) })
 	t.Run("Close", func(t *testing.T) { runClose(t, open) })
+	t.Run("Received", func(t *testing.T) { runReceived(t, open) })
 }
 
 // env is one subtest's store and the directory it lives in.
@@ -984,6 +985,108 @@ func runClose(t *testing.T, open Opener) {
 		}
 		if err := e.s.Close(); err != nil {
 			t.Fatalf("second Close: %v", err)
+		}
+	})
+}
+
+// ackFrom is the batch a session makes when reader acks up to upTo, all of
+// it from sender: the ack, sender's delivered receipt, and the record.
+func ackFrom(reader, sender string, upTo uint64) *store.Batch {
+	return &store.Batch{
+		Acks:     []store.Ack{{User: reader, UpTo: upTo}},
+		Appends:  []store.Append{{To: sender, Data: []byte("delivered")}},
+		Received: []string{sender},
+	}
+}
+
+func (e *env) wantReceived(reader, sender string, want bool) {
+	e.t.Helper()
+	got, err := e.s.ReceivedFrom(reader, sender)
+	if err != nil {
+		e.t.Fatalf("ReceivedFrom(%s, %s): %v", reader, sender, err)
+	}
+	if got != want {
+		e.t.Fatalf("ReceivedFrom(%s, %s) = %v, want %v", reader, sender, got, want)
+	}
+}
+
+func runReceived(t *testing.T, open Opener) {
+	t.Run("RecordedWithTheAck", func(t *testing.T) {
+		t.Parallel()
+		e := newEnv(t, open, store.Options{}, alice, bob, carol)
+		e.appendN(bob, 2)
+		e.wantReceived(bob, alice, false)
+		e.mustCommit(ackFrom(bob, alice, 2))
+		e.wantSeqs(bob)
+		e.wantReceived(bob, alice, true)
+		e.wantReceived(alice, bob, false) // one way only
+		e.wantReceived(bob, carol, false)
+		e.wantReceived(carol, alice, false)
+	})
+	t.Run("EverySenderOfTheAck", func(t *testing.T) {
+		t.Parallel()
+		e := newEnv(t, open, store.Options{}, alice, bob, carol)
+		e.appendN(bob, 2)
+		b := ackFrom(bob, alice, 2)
+		b.Received = append(b.Received, carol)
+		e.mustCommit(b)
+		e.wantReceived(bob, alice, true)
+		e.wantReceived(bob, carol, true)
+	})
+	t.Run("UnknownPairIsFalse", func(t *testing.T) {
+		t.Parallel()
+		e := newEnv(t, open, store.Options{}, alice)
+		e.wantReceived(mallory, alice, false)
+		e.wantReceived(alice, mallory, false)
+	})
+	t.Run("NotWrittenWithoutAnAck", func(t *testing.T) {
+		t.Parallel()
+		e := newEnv(t, open, store.Options{}, alice, bob)
+		e.mustCommit(&store.Batch{Appends: []store.Append{{To: alice}}, Received: []string{alice}})
+		e.wantReceived(bob, alice, false)
+	})
+	t.Run("NotWrittenWhenTheBatchIsRefused", func(t *testing.T) {
+		t.Parallel()
+		e := newEnv(t, open, store.Options{MaxQueueLen: 1}, alice, bob)
+		e.appendN(alice, 1) // alice's queue is full: her receipt is refused
+		e.appendN(bob, 1)
+		if r := e.commit(ackFrom(bob, alice, 1)); !errors.Is(r.Err, store.ErrQueueFull) {
+			t.Fatalf("ack with a receipt to a full queue = %+v, want ErrQueueFull", r)
+		}
+		e.wantSeqs(bob, 1)
+		e.wantReceived(bob, alice, false)
+	})
+	t.Run("SurvivesReopen", func(t *testing.T) {
+		t.Parallel()
+		e := newEnv(t, open, store.Options{}, alice, bob)
+		e.appendN(bob, 1)
+		e.mustCommit(ackFrom(bob, alice, 1))
+		e.reopen()
+		e.wantReceived(bob, alice, true)
+		e.wantReceived(alice, bob, false)
+	})
+	t.Run("ExpiresAfterMaxAge", func(t *testing.T) {
+		t.Parallel()
+		const maxAge = 2 * time.Second
+		e := newEnv(t, open, store.Options{MaxAge: maxAge}, alice, bob)
+		e.appendN(bob, 1)
+		start := time.Now()
+		e.mustCommit(ackFrom(bob, alice, 1))
+		ok, err := e.s.ReceivedFrom(bob, alice)
+		if err != nil || (!ok && time.Since(start) < maxAge) {
+			t.Fatalf("ReceivedFrom right after the ack = %v, %v; want true", ok, err)
+		}
+		for deadline := time.Now().Add(waitTimeout); ok; {
+			if time.Now().After(deadline) {
+				t.Fatalf("ReceivedFrom still true %v after the ack, with MaxAge %v", waitTimeout, maxAge)
+			}
+			time.Sleep(100 * time.Millisecond)
+			if ok, err = e.s.ReceivedFrom(bob, alice); err != nil {
+				t.Fatalf("ReceivedFrom: %v", err)
+			}
+		}
+		if time.Since(start) < maxAge {
+			t.Fatalf("ReceivedFrom false %v after the ack, before MaxAge %v", time.Since(start), maxAge)
 		}
 	})
 }

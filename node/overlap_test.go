@@ -1,0 +1,132 @@
+package node_test
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/cockroachdb/pebble/vfs"
+
+	"github.com/parleyhq/parley/account"
+	"github.com/parleyhq/parley/node"
+	"github.com/parleyhq/parley/noise"
+	"github.com/parleyhq/parley/wire"
+)
+
+// slowSyncFS is the disk with every sync slowed down, so that a commit
+// stays in flight long enough for a race with it to show.
+type slowSyncFS struct{ vfs.FS }
+
+type slowSyncFile struct{ vfs.File }
+
+const slowSync = 20 * time.Millisecond
+
+func (fs slowSyncFS) Create(name string) (vfs.File, error) {
+	f, err := fs.FS.Create(name)
+	return slowSyncFile{f}, err
+}
+
+func (fs slowSyncFS) ReuseForWrite(old, new string) (vfs.File, error) {
+	f, err := fs.FS.ReuseForWrite(old, new)
+	return slowSyncFile{f}, err
+}
+
+func (f slowSyncFile) Sync() error     { time.Sleep(slowSync); return f.File.Sync() }
+func (f slowSyncFile) SyncData() error { time.Sleep(slowSync); return f.File.SyncData() }
+
+// While two connections of one user overlap, what the older acked before
+// the newer logged in is not delivered again to the newer: the newer one
+// delivers only once the older has stopped and its acks are applied.
+// (Without that hand-over the newer read the queue while the older's ack
+// still waited in its mailbox or its commit, and got the acked items
+// again.)
+func TestOverlappingLoginsDoNotRedeliverAcked(t *testing.T) {
+	gw := &codeGateway{}
+	n, err := node.Start(context.Background(), node.Config{
+		DataDir: t.TempDir(), Listen: "127.0.0.1:0", HTTP: "127.0.0.1:0", Admin: "127.0.0.1:0",
+		SMS: gw, PerNumber: account.RateLimit{Max: 100, Window: time.Minute},
+		Log: testLogger(t), StoreFS: slowSyncFS{vfs.Default},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { n.Close() })
+	tn := &testNode{n: n, gw: gw, keys: map[string]noise.Keypair{}, handshakeTimeout: 10 * time.Second}
+	for _, p := range []string{alicePhone, bobPhone} {
+		tn.keys[p], _ = register(t, n.HTTPURL(), p, gw.code)
+	}
+	const msgs, pings = 20, 2000
+	alice := tn.login(t, alicePhone)
+	for id := uint64(1); id <= msgs; id++ {
+		if err := alice.send(id, bobPhone, []byte(fmt.Sprintf("m%d", id))); err != nil {
+			t.Fatal(err)
+		}
+		awaitSendAck(t, alice, id)
+	}
+
+	// Bob's first device takes every message, acks them all and learns
+	// (from the Pong that follows the Ack) that the server has read it.
+	bob1 := tn.login(t, bobPhone)
+	var last uint64
+	for got := 0; got < msgs; {
+		f, err := bob1.readFrame(ioGuard)
+		if err != nil {
+			t.Fatalf("bob1 after %d messages: %v", got, err)
+		}
+		if d := f.GetDeliver(); d != nil && d.Item.GetMessage() != nil {
+			got++
+			last = d.Seq
+		}
+	}
+	// He then sends a burst of pings that keeps his session busy, and the
+	// ack behind them, in one write: the server has them all in his
+	// mailbox before his second connection can log in.
+	var burst []byte
+	for id := uint64(1); id <= pings; id++ {
+		m, err := bob1.sealed(pingFrame(100 + id))
+		if err != nil {
+			t.Fatal(err)
+		}
+		burst = append(burst, m...)
+	}
+	m, err := bob1.sealed(encodeFrame(&wire.Frame{Kind: &wire.Frame_Ack{Ack: &wire.Ack{Seq: last}}}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := bob1.writeRaw(append(burst, m...)); err != nil {
+		t.Fatal(err)
+	}
+	go func() { // bob1 reads his pongs, as a live client would
+		for {
+			if _, err := bob1.readFrame(ioGuard); err != nil {
+				return
+			}
+		}
+	}()
+
+	// His second connection logs in while that ack still waits behind the
+	// pings: it must get none of the acked messages, only what comes next.
+	bob2 := tn.login(t, bobPhone)
+	if err := alice.send(msgs+1, bobPhone, []byte("after")); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		f, err := bob2.readFrame(ioGuard)
+		if err != nil {
+			t.Fatalf("bob2 waiting for the message sent after its login: %v", err)
+		}
+		d := f.GetDeliver()
+		if d == nil {
+			continue
+		}
+		m := d.Item.GetMessage()
+		if m == nil {
+			continue
+		}
+		if m.Id != msgs+1 {
+			t.Fatalf("bob2 got message %d, which bob1 acked before bob2 logged in", m.Id)
+		}
+		break
+	}
+}

@@ -1,0 +1,151 @@
+package store
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/cockroachdb/pebble"
+)
+
+// Received records (rf/<reader>\x00<sender>, see pebble_keys.go): the
+// committer writes one per Ack user and Received sender of an accepted
+// batch, in the batch's own Pebble batch, so the record is durable exactly
+// when the ack is. The value is the group's timestamp; every ack naming
+// the pair rewrites it, and the sweeper deletes records older than MaxAge.
+// Nothing of them is kept in memory.
+
+// putReceived adds b's received records to wb, stamped now.
+func (c *committer) putReceived(wb *pebble.Batch, b *Batch, now int64) {
+	if len(b.Received) == 0 {
+		return
+	}
+	for _, a := range b.Acks {
+		for _, sender := range b.Received {
+			op := wb.SetDeferred(recvKeyLen(a.User, sender), 8)
+			putRecvKey(op.Key, a.User, sender)
+			binary.BigEndian.PutUint64(op.Value, uint64(now))
+			_ = op.Finish() // only fails for indexed batches
+		}
+	}
+	c.recvWritten = true
+}
+
+// applyRecvSweep erases the received records the sweeper found expired,
+// unless one was rewritten since its scan: an ack of this group (whose
+// writes a read cannot see yet) or of an earlier one (which a read sees).
+// A record left now is found again by the next pass.
+func (c *committer) applyRecvSweep(wb *pebble.Batch, op *sweepOp) error {
+	if len(op.received) == 0 || c.recvWritten {
+		return nil
+	}
+	for _, r := range op.received {
+		ts, found, err := getRecv(c.p.db, r.key)
+		if err != nil {
+			return err
+		}
+		if found && ts == r.ts {
+			_ = wb.Delete(r.key, nil)
+		}
+	}
+	return nil
+}
+
+// getRecv reads a received record; a malformed one reads as timestamp 0,
+// expired.
+func getRecv(db *pebble.DB, key []byte) (ts int64, found bool, err error) {
+	v, closer, err := db.Get(key)
+	if errors.Is(err, pebble.ErrNotFound) {
+		return 0, false, nil
+	}
+	if err != nil {
+		return 0, false, fmt.Errorf("look up received record %q: %w", key, err)
+	}
+	defer closer.Close()
+	if len(v) != 8 {
+		return 0, true, nil
+	}
+	return int64(binary.BigEndian.Uint64(v)), true, nil
+}
+
+// ReceivedFrom reports whether reader acked a message from sender within
+// the last MaxAge (see Store.ReceivedFrom). It reads what the committer
+// has decided, durable or not: a read receipt it vouches for is committed
+// after the ack that wrote the record, so it cannot outlive the record in
+// a crash.
+func (p *Pebble) ReceivedFrom(reader, sender string) (bool, error) {
+	p.life.RLock()
+	defer p.life.RUnlock()
+	if p.closed {
+		return false, fmt.Errorf("received from %s by %s: %w", sender, reader, ErrClosed)
+	}
+	key := make([]byte, recvKeyLen(reader, sender))
+	putRecvKey(key, reader, sender)
+	ts, found, err := getRecv(p.db, key)
+	if err != nil {
+		return false, err
+	}
+	return found && ts >= time.Now().Add(-p.opts.MaxAge).UnixNano(), nil
+}
+
+// sweptRecv is a received record the sweeper found expired, with the
+// timestamp it had then.
+type sweptRecv struct {
+	key []byte
+	ts  int64
+}
+
+// sweepReceived deletes received records with a timestamp before cutoff, a
+// chunk at a time.
+func (p *Pebble) sweepReceived(cutoff int64, stop <-chan struct{}) error {
+	resume := []byte(prefixRecv)
+	for resume != nil && !stopped(stop) {
+		var op sweepOp
+		var err error
+		resume, err = p.scanOldRecv(&op, resume, cutoff)
+		if err != nil {
+			return err
+		}
+		if len(op.received) == 0 {
+			continue
+		}
+		if err := p.commitSweep(&op); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (p *Pebble) scanOldRecv(op *sweepOp, start []byte, cutoff int64) (resume []byte, err error) {
+	p.life.RLock()
+	defer p.life.RUnlock()
+	if p.closed {
+		return nil, ErrClosed
+	}
+	it, err := p.db.NewIter(&pebble.IterOptions{LowerBound: start, UpperBound: []byte(recvRangeEnd)})
+	if err != nil {
+		return nil, err
+	}
+	for ok := it.First(); ok; ok = it.Next() {
+		v := it.Value()
+		var ts int64
+		if len(v) == 8 {
+			ts = int64(binary.BigEndian.Uint64(v))
+		} else {
+			p.log.Warn("store sweep: deleting malformed received record", "key", fmt.Sprintf("%q", it.Key()))
+		}
+		if ts >= cutoff {
+			continue
+		}
+		if len(op.received) == sweepChunk {
+			resume = append([]byte(nil), it.Key()...)
+			break
+		}
+		op.received = append(op.received, sweptRecv{key: append([]byte(nil), it.Key()...), ts: ts})
+	}
+	if err := it.Close(); err != nil {
+		return nil, err
+	}
+	return resume, nil
+}
