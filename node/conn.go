@@ -432,9 +432,21 @@ func (c *conn) flush(w *worker, closeNow bool) {
 		}
 	}
 	if closeNow {
-		c.nc.Close()
+		// Not Close: nbio would drop what it has not written yet (the
+		// Close frame itself when the socket is full), and closing with
+		// the client's bytes unread makes the kernel answer with a reset,
+		// which can destroy the frame before the client reads it; the
+		// client would then reconnect instead of learning why (a REPLACED
+		// one would throw out the newer login). The client closes once it
+		// has read the frame; the deadline bounds one that does not. The
+		// closed core ignores whatever the client sends meanwhile.
+		c.nc.SetReadDeadline(time.Now().Add(closeLinger))
 	}
 }
+
+// closeLinger bounds how long a connection stays open after its Close
+// frame, for a client that does not close it (see flush).
+const closeLinger = 2 * time.Second
 
 // id names the connection in logs: the client's address.
 func (c *conn) id() string { return c.peer.String() }
