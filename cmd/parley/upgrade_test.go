@@ -54,15 +54,6 @@ type server struct {
 	log                 string
 }
 
-func freePort(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
-}
 
 // startServer starts bin as a server until the test ends. The test process
 // becomes a subreaper, so that the processes that take over (children of
@@ -73,13 +64,16 @@ func startServer(t *testing.T, bin string) *server {
 		t.Fatal(err)
 	}
 	dir := t.TempDir()
-	s := &server{admin: freePort(t), native: freePort(t), data: filepath.Join(dir, "data"), log: filepath.Join(dir, "serve.log")}
+	// Port 0 everywhere, and the ports read from what the server prints: a
+	// port found free and then passed on can be taken by another test's
+	// process in between.
+	s := &server{data: filepath.Join(dir, "data"), log: filepath.Join(dir, "serve.log")}
 	logf, err := os.Create(s.log)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer logf.Close()
-	cmd := exec.Command(bin, "serve", "--data", s.data, "--listen", s.native, "--http", freePort(t), "--admin", s.admin)
+	cmd := exec.Command(bin, "serve", "--data", s.data, "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0", "--admin", "127.0.0.1:0")
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.Env = append(os.Environ(), "PARLEY_ADMIN_TOKEN=") // no token: loopback
 	if err := cmd.Start(); err != nil {
@@ -87,9 +81,11 @@ func startServer(t *testing.T, bin string) *server {
 	}
 	go cmd.Wait()
 	t.Cleanup(func() {
-		if v, err := s.version(); err == nil {
-			syscall.Kill(v.PID, syscall.SIGTERM)
-			waitGone(v.PID)
+		if s.admin != "" {
+			if v, err := s.version(); err == nil {
+				syscall.Kill(v.PID, syscall.SIGTERM)
+				waitGone(v.PID)
+			}
 		}
 		syscall.Kill(cmd.Process.Pid, syscall.SIGKILL)
 		if t.Failed() {
@@ -98,13 +94,27 @@ func startServer(t *testing.T, bin string) *server {
 		}
 	})
 	deadline := time.Now().Add(guard)
+	for s.admin == "" {
+		b, _ := os.ReadFile(s.log)
+		for _, line := range strings.Split(string(b), "\n") {
+			var native, http, admin string
+			if _, err := fmt.Sscanf(line, "parley serving: native %s http %s admin %s", &native, &http, &admin); err == nil {
+				s.native = strings.TrimSuffix(native, ",")
+				s.admin = strings.TrimPrefix(admin, "http://")
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("server did not start:\n%s", b)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 	for {
 		if _, err := s.version(); err == nil {
 			break
 		}
 		if time.Now().After(deadline) {
 			b, _ := os.ReadFile(s.log)
-			t.Fatalf("server did not start:\n%s", b)
+			t.Fatalf("server did not answer:\n%s", b)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
