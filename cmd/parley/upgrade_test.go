@@ -54,7 +54,6 @@ type server struct {
 	log                 string
 }
 
-
 // startServer starts bin as a server until the test ends. The test process
 // becomes a subreaper, so that the processes that take over (children of
 // the one they replace) are its children too, and are reaped.
