@@ -324,7 +324,9 @@ func (n *Node) exportConn(c *conn) (*upgradepb.Conn, error) {
 	if c.dead || !c.live || c.stage.Load() != stageLoggedIn {
 		return nil, nil
 	}
-	if closed, _ := c.nc.IsClosed(); closed {
+	if closed, _ := c.nc.IsClosed(); closed || c.core.Closed() {
+		// A closed session lingers until its client has read the Close
+		// frame (see flush): it stays here, like any closing connection.
 		return nil, nil
 	}
 	ss, ok := c.core.State()
