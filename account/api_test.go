@@ -3,6 +3,7 @@ package account
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
@@ -74,6 +75,9 @@ func TestRegisterFlowThroughFileGateway(t *testing.T) {
 		if r.body[k] != v {
 			t.Errorf("verify answered %s = %v, want %v", k, r.body[k], v)
 		}
+	}
+	if got := fmt.Sprint(r.body["native_addrs"]); got != "[chat.example.net:5222]" {
+		t.Errorf("verify answered native_addrs = %s, want [chat.example.net:5222]", got)
 	}
 
 	acct, err := h.accounts.Account(phone)
@@ -346,6 +350,21 @@ func TestServerInfo(t *testing.T) {
 	wantStatus(t, r, http.StatusOK, "")
 	if r.body["server_key"] != base64.StdEncoding.EncodeToString(serverKey) || r.body["native_addr"] != "chat.example.net:5222" {
 		t.Fatalf("GET /v1/server answered %s", r.raw)
+	}
+	if got := fmt.Sprint(r.body["native_addrs"]); got != "[chat.example.net:5222]" {
+		t.Fatalf("GET /v1/server native_addrs = %s, want [chat.example.net:5222] (a server alone lists itself)", got)
+	}
+}
+
+func TestServerInfoListsEveryNode(t *testing.T) {
+	nodes := []string{"a.example.net:5222", "chat.example.net:5222"}
+	h := newHarness(t, func(c *Config) {
+		c.NativeAddrs = func(context.Context) []string { return nodes }
+	})
+	r := h.do(t, http.MethodGet, "/v1/server", "")
+	wantStatus(t, r, http.StatusOK, "")
+	if got := fmt.Sprint(r.body["native_addrs"]); got != fmt.Sprint(nodes) {
+		t.Fatalf("GET /v1/server native_addrs = %s, want %v", got, nodes)
 	}
 }
 

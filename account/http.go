@@ -1,6 +1,7 @@
 package account
 
 import (
+	"context"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -32,22 +33,27 @@ type (
 		Key   string `json:"key"` // standard base64 of 32 bytes
 	}
 	verifyResponse struct {
-		Phone      string `json:"phone"`
-		Generation uint64 `json:"generation"`
-		ServerKey  string `json:"server_key"`
-		NativeAddr string `json:"native_addr"`
+		Phone       string   `json:"phone"`
+		Generation  uint64   `json:"generation"`
+		ServerKey   string   `json:"server_key"`
+		NativeAddr  string   `json:"native_addr"`
+		NativeAddrs []string `json:"native_addrs"`
 	}
 	serverResponse struct {
-		ServerKey  string `json:"server_key"`
-		NativeAddr string `json:"native_addr"`
+		ServerKey   string   `json:"server_key"`
+		NativeAddr  string   `json:"native_addr"`
+		NativeAddrs []string `json:"native_addrs"`
 	}
 )
 
 // Handler serves the registration API:
 //
 //	POST /v1/register/request {"phone"}                -> {"phone","expires_in"}
-//	POST /v1/register/verify  {"phone","code","key"}   -> {"phone","generation","server_key","native_addr"}
-//	GET  /v1/server                                    -> {"server_key","native_addr"}
+//	POST /v1/register/verify  {"phone","code","key"}   -> {"phone","generation","server_key","native_addr","native_addrs"}
+//	GET  /v1/server                                    -> {"server_key","native_addr","native_addrs"}
+//
+// native_addr is the answering node's native address; native_addrs is
+// every one of the server's (a cluster's nodes, itself included).
 //
 // Every answer, errors included, is JSON; errors are
 // {"error":{"code","message"}} with the status of the Error (see the Code
@@ -113,18 +119,28 @@ func (s *Service) handleVerify(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, verifyResponse{
-		Phone:      acct.Phone,
-		Generation: acct.Generation,
-		ServerKey:  base64.StdEncoding.EncodeToString(s.cfg.ServerKey),
-		NativeAddr: s.cfg.NativeAddr,
+		Phone:       acct.Phone,
+		Generation:  acct.Generation,
+		ServerKey:   base64.StdEncoding.EncodeToString(s.cfg.ServerKey),
+		NativeAddr:  s.cfg.NativeAddr,
+		NativeAddrs: s.nativeAddrs(r.Context()),
 	})
 }
 
-func (s *Service) handleServer(w http.ResponseWriter, _ *http.Request) {
+func (s *Service) handleServer(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, serverResponse{
-		ServerKey:  base64.StdEncoding.EncodeToString(s.cfg.ServerKey),
-		NativeAddr: s.cfg.NativeAddr,
+		ServerKey:   base64.StdEncoding.EncodeToString(s.cfg.ServerKey),
+		NativeAddr:  s.cfg.NativeAddr,
+		NativeAddrs: s.nativeAddrs(r.Context()),
 	})
+}
+
+// nativeAddrs is every native address clients may use.
+func (s *Service) nativeAddrs(ctx context.Context) []string {
+	if s.cfg.NativeAddrs == nil {
+		return []string{s.cfg.NativeAddr}
+	}
+	return s.cfg.NativeAddrs(ctx)
 }
 
 // fail answers err: an *Error as it says, anything else as a 500 (logged

@@ -120,6 +120,10 @@ type Config struct {
 	// clients so they can pin the key. Required.
 	ServerKey  []byte
 	NativeAddr string
+	// NativeAddrs, if set, lists every native address of the server (a
+	// cluster's nodes), for clients to move between; nil means only
+	// NativeAddr.
+	NativeAddrs func(context.Context) []string
 }
 
 // Error is a registration failure a client can act on. The HTTP layer

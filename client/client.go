@@ -19,6 +19,12 @@ import (
 type Config struct {
 	// Addr is the server's native protocol address, host:port.
 	Addr string
+	// Addrs are more native addresses of the same server: a cluster's
+	// nodes, as registration and GET /v1/server list them. The client
+	// tries Addr and Addrs in turn, starting from a random one so that
+	// clients spread over the nodes, and moves on to the next after a
+	// failed attempt or a lost connection.
+	Addrs []string
 	// ServerKey is the server's pinned static public key (32 bytes).
 	ServerKey []byte
 	// Phone is the account's number in E.164.
@@ -68,8 +74,8 @@ func (cfg *Config) setDefaults() {
 
 func (cfg *Config) check() error {
 	switch {
-	case cfg.Addr == "":
-		return errors.New("no server address (Config.Addr)")
+	case len(cfg.addrs()) == 0:
+		return errors.New("no server address (Config.Addr, Config.Addrs)")
 	case cfg.Phone == "":
 		return errors.New("no phone number (Config.Phone)")
 	case len(cfg.ServerKey) != noise.KeyLen:
@@ -78,6 +84,17 @@ func (cfg *Config) check() error {
 		return fmt.Errorf("device key pair is %d+%d bytes, want %d+%d (Config.Key)", len(cfg.Key.Private), len(cfg.Key.Public), noise.KeyLen, noise.KeyLen)
 	}
 	return nil
+}
+
+// addrs is Addr and Addrs, without blanks and repeats.
+func (cfg *Config) addrs() []string {
+	var out []string
+	for _, a := range append([]string{cfg.Addr}, cfg.Addrs...) {
+		if a != "" && !slices.Contains(out, a) {
+			out = append(out, a)
+		}
+	}
+	return out
 }
 
 // SendAck says a message is durable in the recipient's queue.
@@ -120,6 +137,10 @@ const dedupSize = 8192
 type Client struct {
 	cfg Config
 	log *slog.Logger
+	// addrs are the server's native addresses; next is the one to dial
+	// next. Only Dial, then the run goroutine, use them.
+	addrs []string
+	next  int
 	// key is cfg.Key parsed, with the DH with the server's key computed
 	// once for all the reconnects to come.
 	key *noise.Static
@@ -186,22 +207,59 @@ func Dial(ctx context.Context, cfg Config) (*Client, error) {
 		calls:   make(map[uint64]*call),
 		wake:    make(chan struct{}, 1),
 		trk:     newTracker(dedupSize),
+		addrs:   cfg.addrs(),
 	}
+	c.next = rand.IntN(len(c.addrs))
 	// A random start makes ids unique across runs of the same account
 	// without storing a counter: the server dedups Sends by (sender, id),
 	// so a reused id would be silently taken for a resend. 52 bits keep
 	// ids exact in JSON numbers (JavaScript, jq) with room to count up.
 	c.ids.Store(rand.Uint64() >> 12)
 	c.ctx, c.cancel = context.WithCancel(context.Background())
-	cn, err := c.connect(ctx)
+	cn, err := c.connectAny(ctx)
 	if err != nil {
 		c.cancel()
 		return nil, err
 	}
 	c.publish(cn)
-	c.log.Debug("logged in", "addr", cfg.Addr, "window", cn.window)
+	c.log.Debug("logged in", "addr", cn.addr, "window", cn.window)
 	go c.run(cn)
 	return c, nil
+}
+
+// connectAny tries each address once, from the next one on, until one
+// logs in. It stops early only where another address cannot help: a
+// refused login, or ctx ending.
+func (c *Client) connectAny(ctx context.Context) (*conn, error) {
+	var errs []error
+	for range c.addrs {
+		cn, err := c.dialNext(ctx)
+		if err == nil {
+			return cn, nil
+		}
+		errs = append(errs, err)
+		var le *LoginError
+		if ctx.Err() != nil || errors.As(err, &le) && le.permanent() {
+			return nil, err
+		}
+	}
+	if len(errs) == 1 {
+		return nil, errs[0]
+	}
+	return nil, errors.Join(errs...)
+}
+
+// dialNext makes one attempt on the next address, and moves next on past
+// it if the attempt fails.
+func (c *Client) dialNext(ctx context.Context) (*conn, error) {
+	addr := c.addrs[c.next]
+	cn, err := c.connect(ctx, addr)
+	if err != nil {
+		c.next = (c.next + 1) % len(c.addrs)
+		return nil, err
+	}
+	cn.addr = addr
+	return cn, nil
 }
 
 // Window is the most deliveries the server keeps unacknowledged, as it said
@@ -543,13 +601,17 @@ func (c *Client) run(cn *conn) {
 			return
 		}
 		if !c.cfg.Reconnect {
-			c.end(fmt.Errorf("connection to %s lost: %w", c.cfg.Addr, err))
+			c.end(fmt.Errorf("connection to %s lost: %w", cn.addr, err))
 			return
 		}
 		if time.Since(cn.since) >= stableAfter {
 			attempt = 0
 		}
-		c.log.Info("connection lost: reconnecting", "addr", c.cfg.Addr, "err", err)
+		// The node may be gone: the first try goes to the next address.
+		if c.addrs[c.next] == cn.addr {
+			c.next = (c.next + 1) % len(c.addrs)
+		}
+		c.log.Info("connection lost: reconnecting", "addr", cn.addr, "err", err)
 		cn, err = c.reconnect(&attempt)
 		if err != nil {
 			c.end(err)
@@ -559,7 +621,8 @@ func (c *Client) run(cn *conn) {
 }
 
 // reconnect dials until it logs in, waiting a growing, jittered backoff
-// before each attempt. It gives up only on a refused login or Close.
+// before each attempt, each attempt on the address after the last one
+// tried. It gives up only on a refused login or Close.
 func (c *Client) reconnect(attempt *int) (*conn, error) {
 	for {
 		wait := c.backoff(*attempt)
@@ -571,10 +634,11 @@ func (c *Client) reconnect(attempt *int) (*conn, error) {
 			t.Stop()
 			return nil, ErrClosed
 		}
-		cn, err := c.connect(c.ctx)
+		addr := c.addrs[c.next]
+		cn, err := c.dialNext(c.ctx)
 		if err == nil {
 			c.publish(cn)
-			c.log.Info("reconnected", "addr", c.cfg.Addr, "attempt", *attempt)
+			c.log.Info("reconnected", "addr", addr, "attempt", *attempt)
 			return cn, nil
 		}
 		if c.ctx.Err() != nil {
@@ -584,7 +648,7 @@ func (c *Client) reconnect(attempt *int) (*conn, error) {
 		if errors.As(err, &le) && le.permanent() {
 			return nil, err
 		}
-		c.log.Warn("reconnect failed", "addr", c.cfg.Addr, "attempt", *attempt, "err", err)
+		c.log.Warn("reconnect failed", "addr", addr, "attempt", *attempt, "err", err)
 	}
 }
 

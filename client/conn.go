@@ -33,6 +33,7 @@ type conn struct {
 	rx     *noise.Cipher // the reader goroutine's alone
 	window uint32
 	since  time.Time
+	addr   string // the address dialled
 
 	// wmu serialises writes: the tx cipher's nonces must reach the server
 	// in the order they were used, so sealing and writing are one step.
@@ -116,18 +117,18 @@ func (cn *conn) readFrame(buf []byte) (*wire.Frame, []byte, error) {
 	return f, msg, nil
 }
 
-// connect dials, runs the handshake and logs in. ctx and DialTimeout bound
-// all of it.
-func (c *Client) connect(parent context.Context) (*conn, error) {
+// connect dials addr, runs the handshake and logs in. ctx and DialTimeout
+// bound all of it.
+func (c *Client) connect(parent context.Context, addr string) (*conn, error) {
 	ctx, cancel := context.WithTimeout(parent, c.cfg.DialTimeout)
 	defer cancel()
 	var d net.Dialer
-	nc, err := d.DialContext(ctx, "tcp", c.cfg.Addr)
+	nc, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
 		if parent.Err() != nil {
-			return nil, fmt.Errorf("connect to %s: %w", c.cfg.Addr, parent.Err())
+			return nil, fmt.Errorf("connect to %s: %w", addr, parent.Err())
 		}
-		return nil, fmt.Errorf("connect to %s: %w (is the server running, and is this its native address?)", c.cfg.Addr, err)
+		return nil, fmt.Errorf("connect to %s: %w (is the server running, and is this its native address?)", addr, err)
 	}
 	// A deadline in the past unblocks the handshake's read or write when
 	// ctx ends; net.Conn has no other way to cancel them.
@@ -137,9 +138,9 @@ func (c *Client) connect(parent context.Context) (*conn, error) {
 		nc.Close()
 		switch {
 		case parent.Err() != nil:
-			return nil, fmt.Errorf("log in to %s: %w", c.cfg.Addr, parent.Err())
+			return nil, fmt.Errorf("log in to %s: %w", addr, parent.Err())
 		case ctx.Err() != nil:
-			return nil, fmt.Errorf("log in to %s: no handshake reply within %s (is this a Parley server's native address?)", c.cfg.Addr, c.cfg.DialTimeout)
+			return nil, fmt.Errorf("log in to %s: no handshake reply within %s (is this a Parley server's native address?)", addr, c.cfg.DialTimeout)
 		}
 		return nil, err
 	}
@@ -191,16 +192,16 @@ func (c *Client) handshake(nc net.Conn) (*conn, error) {
 func (c *Client) exchange(nc net.Conn, br *bufio.Reader, hs *noise.Client, first []byte) (*conn, error) {
 	out := wire.AppendHeader(make([]byte, 0, wire.HeaderLen+len(first)), len(first))
 	if _, err := nc.Write(append(out, first...)); err != nil {
-		return nil, fmt.Errorf("send handshake to %s: %w", c.cfg.Addr, err)
+		return nil, fmt.Errorf("send handshake to %s: %w", nc.RemoteAddr(), err)
 	}
 	reply, err := wire.ReadMessage(br, nil)
 	if err != nil {
 		// The server answers a first message it cannot decrypt by closing
 		// the connection; nothing else ends a handshake this way.
 		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET) {
-			return nil, fmt.Errorf("%w (%s closed the connection)", ErrHandshake, c.cfg.Addr)
+			return nil, fmt.Errorf("%w (%s closed the connection)", ErrHandshake, nc.RemoteAddr())
 		}
-		return nil, fmt.Errorf("read handshake reply from %s: %w", c.cfg.Addr, err)
+		return nil, fmt.Errorf("read handshake reply from %s: %w", nc.RemoteAddr(), err)
 	}
 	payload, tx, rx, err := hs.Finish(reply)
 	if errors.Is(err, noise.ErrTicketRefused) {
@@ -227,7 +228,7 @@ func (c *Client) exchange(nc net.Conn, br *bufio.Reader, hs *noise.Client, first
 		_, err = nc.Write(proof)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("send login proof to %s: %w", c.cfg.Addr, err)
+		return nil, fmt.Errorf("send login proof to %s: %w", nc.RemoteAddr(), err)
 	}
 	return &conn{nc: nc, br: br, rx: rx, tx: tx, window: res.Window, since: time.Now()}, nil
 }

@@ -259,6 +259,13 @@ func (p *proxy) serve() {
 	}
 }
 
+// active is the number of connections proxied now (both sides counted).
+func (p *proxy) active() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.conns)
+}
+
 // cut closes every proxied connection, both sides.
 func (p *proxy) cut() {
 	p.mu.Lock()

@@ -24,6 +24,10 @@ type Profile struct {
 	Server string `json:"server"`
 	// NativeAddr is the native protocol's host:port.
 	NativeAddr string `json:"native_addr"`
+	// NativeAddrs are the native addresses of all the server's nodes (a
+	// cluster), as registration listed them; the client moves between
+	// them and NativeAddr (see Config.Addrs).
+	NativeAddrs []string `json:"native_addrs,omitempty"`
 	// ServerKey is the server's pinned static public key.
 	ServerKey []byte `json:"server_key"`
 	// PrivateKey and PublicKey are the device's static key pair.
@@ -41,7 +45,7 @@ func (p Profile) Keypair() noise.Keypair {
 // Config returns a client configuration for this profile; the caller sets
 // the rest (Reconnect, Log, ...).
 func (p Profile) Config() Config {
-	return Config{Addr: p.NativeAddr, ServerKey: p.ServerKey, Phone: p.Phone, Key: p.Keypair()}
+	return Config{Addr: p.NativeAddr, Addrs: p.NativeAddrs, ServerKey: p.ServerKey, Phone: p.Phone, Key: p.Keypair()}
 }
 
 // Check reports what a profile lacks to log in.

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"testing"
 
 	"github.com/parleyhq/parley/client"
@@ -23,13 +24,14 @@ func testProfile(t *testing.T) client.Profile {
 		t.Fatal(err)
 	}
 	return client.Profile{
-		Phone:      "+14155550101",
-		Server:     "http://127.0.0.1:8080",
-		NativeAddr: "127.0.0.1:5222",
-		ServerKey:  srv.Public,
-		PrivateKey: dev.Private,
-		PublicKey:  dev.Public,
-		Generation: 3,
+		Phone:       "+14155550101",
+		Server:      "http://127.0.0.1:8080",
+		NativeAddr:  "127.0.0.1:5222",
+		NativeAddrs: []string{"127.0.0.1:5222", "127.0.0.1:5223"},
+		ServerKey:   srv.Public,
+		PrivateKey:  dev.Private,
+		PublicKey:   dev.Public,
+		Generation:  3,
 	}
 }
 
@@ -43,12 +45,12 @@ func TestProfileRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got.Phone != want.Phone || got.Server != want.Server || got.NativeAddr != want.NativeAddr || got.Generation != want.Generation ||
+	if got.Phone != want.Phone || got.Server != want.Server || got.NativeAddr != want.NativeAddr || !slices.Equal(got.NativeAddrs, want.NativeAddrs) || got.Generation != want.Generation ||
 		!bytes.Equal(got.ServerKey, want.ServerKey) || !bytes.Equal(got.PrivateKey, want.PrivateKey) || !bytes.Equal(got.PublicKey, want.PublicKey) {
 		t.Fatalf("loaded %+v, saved %+v", got, want)
 	}
 	cfg := got.Config()
-	if cfg.Phone != want.Phone || cfg.Addr != want.NativeAddr || !bytes.Equal(cfg.Key.Private, want.PrivateKey) {
+	if cfg.Phone != want.Phone || cfg.Addr != want.NativeAddr || !slices.Equal(cfg.Addrs, want.NativeAddrs) || !bytes.Equal(cfg.Key.Private, want.PrivateKey) {
 		t.Fatalf("Config() = %+v", cfg)
 	}
 

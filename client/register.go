@@ -35,14 +35,18 @@ type Registration struct {
 	Generation uint64
 	// ServerKey is the server's static public key, which the client pins.
 	ServerKey []byte
-	// NativeAddr is the native protocol's host:port.
-	NativeAddr string
+	// NativeAddr is the native protocol's host:port on the node that
+	// answered, and NativeAddrs every node's (a cluster's), itself
+	// included; empty from a server that predates the list.
+	NativeAddr  string
+	NativeAddrs []string
 }
 
 // Server is what GET /v1/server publishes.
 type Server struct {
-	Key        []byte
-	NativeAddr string
+	Key         []byte
+	NativeAddr  string
+	NativeAddrs []string // every node's native address, as in Registration
 }
 
 // maxAPIBody bounds how much of an API answer is read: the answers are tiny,
@@ -75,10 +79,11 @@ func Verify(ctx context.Context, hc *http.Client, baseURL, phone, code string, d
 		return Registration{}, fmt.Errorf("verify %s: device public key is %d bytes, want %d", phone, len(devicePub), noise.KeyLen)
 	}
 	var out struct {
-		Phone      string `json:"phone"`
-		Generation uint64 `json:"generation"`
-		ServerKey  string `json:"server_key"`
-		NativeAddr string `json:"native_addr"`
+		Phone       string   `json:"phone"`
+		Generation  uint64   `json:"generation"`
+		ServerKey   string   `json:"server_key"`
+		NativeAddr  string   `json:"native_addr"`
+		NativeAddrs []string `json:"native_addrs"`
 	}
 	in := map[string]string{"phone": phone, "code": code, "key": base64.StdEncoding.EncodeToString(devicePub)}
 	if err := callAPI(ctx, hc, http.MethodPost, baseURL, "/v1/register/verify", in, &out); err != nil {
@@ -88,15 +93,16 @@ func Verify(ctx context.Context, hc *http.Client, baseURL, phone, code string, d
 	if err != nil {
 		return Registration{}, fmt.Errorf("verify %s: server_key: %w", phone, err)
 	}
-	return Registration{Phone: out.Phone, Generation: out.Generation, ServerKey: key, NativeAddr: out.NativeAddr}, nil
+	return Registration{Phone: out.Phone, Generation: out.Generation, ServerKey: key, NativeAddr: out.NativeAddr, NativeAddrs: out.NativeAddrs}, nil
 }
 
-// ServerInfo fetches the server's public key and native address. hc may be
+// ServerInfo fetches the server's public key and native addresses. hc may be
 // nil.
 func ServerInfo(ctx context.Context, hc *http.Client, baseURL string) (Server, error) {
 	var out struct {
-		ServerKey  string `json:"server_key"`
-		NativeAddr string `json:"native_addr"`
+		ServerKey   string   `json:"server_key"`
+		NativeAddr  string   `json:"native_addr"`
+		NativeAddrs []string `json:"native_addrs"`
 	}
 	if err := callAPI(ctx, hc, http.MethodGet, baseURL, "/v1/server", nil, &out); err != nil {
 		return Server{}, fmt.Errorf("server info: %w", err)
@@ -105,7 +111,7 @@ func ServerInfo(ctx context.Context, hc *http.Client, baseURL string) (Server, e
 	if err != nil {
 		return Server{}, fmt.Errorf("server info: server_key: %w", err)
 	}
-	return Server{Key: key, NativeAddr: out.NativeAddr}, nil
+	return Server{Key: key, NativeAddr: out.NativeAddr, NativeAddrs: out.NativeAddrs}, nil
 }
 
 func decodeKey(s string) ([]byte, error) {

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
+	"slices"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -43,6 +44,7 @@ var nodeNameRE = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
 // clusterState is what a node of a cluster holds beside its store.
 type clusterState struct {
 	ticketSecret []byte
+	settings     njs.KeyValue
 }
 
 // Names of the cluster's JetStream state beside the store's streams.
@@ -121,7 +123,7 @@ func (n *Node) joinCluster(ctx context.Context) error {
 	if ticket, err = sharedSecret(ctx, settings, "ticket-key", ticket); err != nil {
 		return fmt.Errorf("cluster: ticket key: %w", err)
 	}
-	n.cluster = &clusterState{ticketSecret: ticket}
+	n.cluster = &clusterState{ticketSecret: ticket, settings: settings}
 	r, err := newClusterRouter(n, n.router.(*router), cc, sessions)
 	if err != nil {
 		return err
@@ -206,6 +208,57 @@ func sharedSecret(ctx context.Context, kv njs.KeyValue, key string, offer []byte
 		// Stored, or another node stored its own first: read it back.
 	}
 	return nil, fmt.Errorf("key %s keeps changing", key)
+}
+
+// nativeKeyPrefix prefixes, in the settings bucket, each node's native
+// address (native.NODE), so that any node can tell clients every node's.
+const nativeKeyPrefix = "native."
+
+// publishNativeAddr records this node's native address in the cluster's
+// settings, replacing what the node wrote at its last start.
+func (n *Node) publishNativeAddr(ctx context.Context) error {
+	if n.cluster == nil {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, n.cfg.Cluster.Timeout)
+	defer cancel()
+	if _, err := n.cluster.settings.PutString(ctx, nativeKeyPrefix+n.cfg.Cluster.Node, n.NativeAddr()); err != nil {
+		return fmt.Errorf("cluster: publish the native address: %w", err)
+	}
+	return nil
+}
+
+// nativeAddrs is every native address of the cluster, sorted; for a node
+// alone, or when the settings cannot be read, only its own. A node that
+// left the cluster stays listed: clients move on from an address that
+// does not answer.
+func (n *Node) nativeAddrs(ctx context.Context) []string {
+	own := []string{n.NativeAddr()}
+	if n.cluster == nil {
+		return own
+	}
+	ctx, cancel := context.WithTimeout(ctx, n.cfg.Cluster.Timeout)
+	defer cancel()
+	keys, err := n.cluster.settings.ListKeysFiltered(ctx, nativeKeyPrefix+">")
+	if err != nil {
+		n.log.Warn("cluster: cannot list the nodes' native addresses; answering only this node's", "err", err)
+		return own
+	}
+	defer keys.Stop()
+	var addrs []string
+	for k := range keys.Keys() {
+		e, err := n.cluster.settings.Get(ctx, k)
+		if err != nil {
+			n.log.Warn("cluster: cannot read a node's native address", "key", k, "err", err)
+			continue
+		}
+		addrs = append(addrs, string(e.Value()))
+	}
+	if !slices.Contains(addrs, own[0]) {
+		addrs = append(addrs, own[0])
+	}
+	slices.Sort(addrs)
+	return slices.Compact(addrs)
 }
 
 // ticketSecret is the resumption ticket key: the cluster's, or the one in

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"testing"
 	"time"
 
@@ -249,5 +250,24 @@ func TestClusterQueuedAndResumedOnAnotherNode(t *testing.T) {
 	bob := clDial(t, ns[1], bobPhone, bkp, reg.ServerKey)
 	if in := clRecv(t, bob); in.Message == nil || string(in.Message.Body) != "while you were away" {
 		t.Fatalf("bob got %+v", in)
+	}
+}
+
+// Every node tells clients every node's native address, so a client
+// that learnt them from any one can move to another.
+func TestClusterServerInfoListsEveryNode(t *testing.T) {
+	nodes := startClusterNodes(t, 2)
+	want := []string{nodes[0].NativeAddr(), nodes[1].NativeAddr()}
+	slices.Sort(want)
+	ctx, cancel := context.WithTimeout(context.Background(), clGuard)
+	defer cancel()
+	for _, n := range nodes {
+		si, err := client.ServerInfo(ctx, nil, n.HTTPURL())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if si.NativeAddr != n.NativeAddr() || !slices.Equal(si.NativeAddrs, want) {
+			t.Errorf("GET /v1/server of %s: native_addr %s, native_addrs %v; want %s and %v", n.NativeAddr(), si.NativeAddr, si.NativeAddrs, n.NativeAddr(), want)
+		}
 	}
 }

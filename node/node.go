@@ -315,6 +315,9 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 	if err := n.listenNative(); err != nil {
 		return nil, err
 	}
+	if err := n.publishNativeAddr(ctx); err != nil {
+		return nil, err
+	}
 	if err := n.startHTTP(); err != nil {
 		return nil, err
 	}
@@ -492,6 +495,7 @@ func (n *Node) startHTTP() error {
 		PerAddr:       n.cfg.PerAddr,
 		ServerKey:     n.key.Public,
 		NativeAddr:    n.NativeAddr(),
+		NativeAddrs:   n.nativeAddrs,
 		Log:           n.log,
 		OnRegistered: func(phone string, old, _ store.Account) {
 			if old.Generation == 0 {

@@ -10,7 +10,9 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"net"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -110,7 +112,7 @@ func (e *cliEnv) register(t *testing.T, phone string) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if p.Phone != phone || p.NativeAddr != e.n.NativeAddr() || !bytes.Equal(p.ServerKey, e.n.PublicKey()) {
+	if p.Phone != phone || p.NativeAddr != e.n.NativeAddr() || !slices.Equal(p.NativeAddrs, []string{e.n.NativeAddr()}) || !bytes.Equal(p.ServerKey, e.n.PublicKey()) {
 		t.Fatalf("profile = %+v", p)
 	}
 	return dir
@@ -164,6 +166,26 @@ func TestRegisterSendRecv(t *testing.T) {
 	got = jsonLines(t, r.stdout)
 	if len(got) != 2 || got[0]["kind"] != "delivered" || got[1]["kind"] != "read" || got[1]["id"] != s[0]["id"] {
 		t.Fatalf("alice's recv printed %v, want delivered then read of %v", got, s[0]["id"])
+	}
+}
+
+// --addr replaces the profile's addresses: a list goes past one that
+// refuses, and one that refuses alone is what the error names.
+func TestAddrFlag(t *testing.T) {
+	e := startNode(t)
+	aliceDir := e.register(t, alicePhone)
+	e.register(t, bobPhone)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed := ln.Addr().String()
+	ln.Close()
+
+	parley(t, "", "send", "--profile", aliceDir, "--addr", closed+","+e.n.NativeAddr(), "--to", bobPhone, "hi").must(t)
+	r := parley(t, "", "send", "--profile", aliceDir, "--addr", closed, "--to", bobPhone, "hi")
+	if r.err == nil || !strings.Contains(r.err.Error(), closed) {
+		t.Fatalf("send --addr %s (nothing listens): %v, want an error naming it", closed, r.err)
 	}
 }
 
@@ -221,6 +243,7 @@ func TestClientCommandErrors(t *testing.T) {
 		{"send without text", []string{"send", "--profile", aliceDir, "--to", bobPhone}, "give the text", 0},
 		{"send to a bad number", []string{"send", "--profile", aliceDir, "--to", "12", "hi"}, "--to", 0},
 		{"send to nobody", []string{"send", "--profile", aliceDir, "--to", "+14155550109", "hi"}, "UNKNOWN_RECIPIENT", 0},
+		{"bad --addr", []string{"send", "--profile", aliceDir, "--addr", "127.0.0.1", "--to", bobPhone, "hi"}, "HOST:PORT[,HOST:PORT...]", 0},
 		{"bad --wait", []string{"send", "--profile", aliceDir, "--to", bobPhone, "--wait", "read", "hi"}, "want sent or delivered", 0},
 		{"recv timeout before count", []string{"recv", "--profile", aliceDir, "--count", "1", "--timeout", quiet}, "timed out after", exitTimeout},
 		{"register wrong code", []string{"register", "--server", e.n.HTTPURL(), "--phone", bobPhone, "--code", "000000", "--profile", t.TempDir()}, "request a code first", 0},

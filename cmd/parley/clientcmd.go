@@ -104,12 +104,14 @@ func resolveProfileDir(dir string) (string, error) {
 // profileFlags are the flags of every command that logs in.
 type profileFlags struct {
 	dir     string
+	addrs   string
 	verbose bool
 }
 
 func (pf *profileFlags) add(cmd *cobra.Command) {
 	f := cmd.Flags()
 	f.StringVar(&pf.dir, "profile", "", "profile directory written by 'parley register' (default: the only profile under "+profileRootHelp()+")")
+	f.StringVar(&pf.addrs, "addr", "", "the server's native address(es), HOST:PORT[,HOST:PORT...], instead of the profile's (a cluster's nodes: the client moves between them)")
 	f.BoolVarP(&pf.verbose, "verbose", "v", false, "log connection events (reconnects, resends) to stderr")
 }
 
@@ -139,6 +141,12 @@ func (pf *profileFlags) open(ctx context.Context, cmd *cobra.Command, reconnect 
 		level = slog.LevelDebug
 	}
 	cfg := p.Config()
+	if pf.addrs != "" {
+		if cfg.Addrs, err = splitAddrs(pf.addrs); err != nil {
+			return nil, err
+		}
+		cfg.Addr = ""
+	}
 	cfg.Agent = "parley-cli/1"
 	cfg.Reconnect = reconnect
 	cfg.MaxBackoff = 10 * time.Second // a person is waiting: retry often
@@ -262,6 +270,28 @@ func fixNativeAddr(native, serverURL string) string {
 		return native
 	}
 	return net.JoinHostPort(h, port)
+}
+
+// fixNativeAddrs is fixNativeAddr of each address.
+func fixNativeAddrs(native []string, serverURL string) []string {
+	var out []string
+	for _, a := range native {
+		out = append(out, fixNativeAddr(a, serverURL))
+	}
+	return out
+}
+
+// splitAddrs reads --addr: HOST:PORT[,HOST:PORT...].
+func splitAddrs(raw string) ([]string, error) {
+	var out []string
+	for a := range strings.SplitSeq(raw, ",") {
+		a = strings.TrimSpace(a)
+		if _, port, err := net.SplitHostPort(a); err != nil || port == "" {
+			return nil, fmt.Errorf("--addr %q: want the native address(es) as HOST:PORT[,HOST:PORT...], e.g. 127.0.0.1:5222,127.0.0.1:5223", raw)
+		}
+		out = append(out, a)
+	}
+	return out, nil
 }
 
 // isTimeout reports whether err is ctx's deadline passing.

@@ -112,13 +112,14 @@ The profile holds the device's private key: it is written with mode 0600.`,
 				}
 			}
 			p := client.Profile{
-				Phone:      reg.Phone,
-				Server:     server,
-				NativeAddr: fixNativeAddr(reg.NativeAddr, server),
-				ServerKey:  reg.ServerKey,
-				PrivateKey: key.Private,
-				PublicKey:  key.Public,
-				Generation: reg.Generation,
+				Phone:       reg.Phone,
+				Server:      server,
+				NativeAddr:  fixNativeAddr(reg.NativeAddr, server),
+				NativeAddrs: fixNativeAddrs(reg.NativeAddrs, server),
+				ServerKey:   reg.ServerKey,
+				PrivateKey:  key.Private,
+				PublicKey:   key.Public,
+				Generation:  reg.Generation,
 			}
 			if err := client.SaveProfile(dir, p); err != nil {
 				return fmt.Errorf("registered %s, but %w: register again with a new code to replace the key", reg.Phone, err)
@@ -126,7 +127,7 @@ The profile holds the device's private key: it is written with mode 0600.`,
 			if asJSON {
 				return writeJSONLine(out, map[string]any{
 					"status": "registered", "phone": reg.Phone, "generation": reg.Generation,
-					"profile": dir, "server": server, "native_addr": p.NativeAddr,
+					"profile": dir, "server": server, "native_addr": p.NativeAddr, "native_addrs": p.NativeAddrs,
 					"server_key": base64.StdEncoding.EncodeToString(reg.ServerKey), "key_reused": reused,
 				})
 			}
