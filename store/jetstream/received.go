@@ -37,7 +37,9 @@ func (l layout) receivedSubject(reader, sender string) string {
 
 // openReceived creates or updates the received stream.
 func (s *Store) openReceived(ctx context.Context) (njs.Stream, error) {
-	st, err := s.js.CreateOrUpdateStream(ctx, njs.StreamConfig{
+	// EnsureStream, as for the other streams: nodes opening together
+	// would otherwise wait out their whole deadline on this create.
+	st, err := EnsureStream(ctx, s.js, njs.StreamConfig{
 		Name:              s.lay.receivedStream(),
 		Subjects:          []string{s.lay.prefix + ".rf.*.*"},
 		Storage:           njs.FileStorage,
@@ -49,7 +51,7 @@ func (s *Store) openReceived(ctx context.Context) (njs.Stream, error) {
 		AllowAtomicPublish: true, // a group's records are one write
 		AllowDirect:        false,
 		Duplicates:         time.Second, // Nats-Msg-Id is not used
-	})
+	}, createTry)
 	if err != nil {
 		return nil, fmt.Errorf("open jetstream store: received stream: %w", err)
 	}
