@@ -279,6 +279,7 @@ func (n *Node) storeOptions() store.Options {
 		MaxQueueStates: n.cfg.Limits.QueueStates,
 		AccountCache:   n.cfg.Limits.AccountCache,
 		MemTableSize:   n.cfg.StoreMemTableSize,
+		LazyDelay:      n.cfg.StoreLazyDelay,
 		OnExpire: func(user string, it store.Item) {
 			n.mx.Expired.Inc()
 			n.log.Warn("queue item expired undelivered", "user", user, "seq", it.Seq, "queued", time.Unix(0, it.TS))

@@ -738,9 +738,12 @@ func (c *conn) prove(n *Node) {
 	// While two connections of one user overlap, the newer one delivers
 	// nothing until the older has stopped and its acks are applied, so
 	// that nothing the older acked is delivered again.
+	// With no live predecessor, its last acks may still wait in the
+	// store as lazy batches (an app that acked and reconnected at once):
+	// deliver after a barrier too, which commits them first.
 	prev := n.router.register(pl.user, c)
 	if prev == nil || prev == c || !prev.post(n.pool, event{kind: evKick, code: wire.Error_REPLACED, text: "this account logged in on a newer connection", next: c}) {
-		c.post(n.pool, event{kind: evDeliver})
+		n.handOver(c)
 	}
 	c.mu.Lock()
 	dead := c.dead

@@ -104,6 +104,9 @@ type Config struct {
 	// StoreMemTableSize is the store's memtable size in bytes, which sets
 	// its disk footprint (see store.Options.MemTableSize). Default 16 MiB.
 	StoreMemTableSize int
+	// StoreLazyDelay is how long an ack's batch may wait to share another
+	// batch's fsync (store.Options.LazyDelay). Default 2 ms.
+	StoreLazyDelay time.Duration
 	// Inherit is what the old process of a live upgrade handed over
 	// (see handover.go); nil for a fresh start.
 	Inherit *Inherited
@@ -645,12 +648,11 @@ func (n *Node) PublicKey() []byte { return n.key.Public }
 // SessionCount is the number of logged-in sessions.
 func (n *Node) SessionCount() int { return n.router.len() }
 
-// handOver starts next's deliveries once everything its predecessor, the
-// session whose actor calls it, committed before stopping is applied: an
-// empty batch, committed by the same caller after the predecessor's acks,
-// is done only after they are (store.Store.Commit keeps one caller's
-// batches in order), so next's first read of the queue no longer holds
-// what the predecessor acked.
+// handOver starts next's deliveries once everything committed before it
+// (its predecessor's acks, lazy ones included) is applied: an empty batch
+// is done only after every batch committed before it is (see
+// store.Store.Commit), so next's first read of the queue no longer holds
+// what was acked.
 func (n *Node) handOver(next *conn) {
 	n.counts.commitsStarted.Add(1) // a live upgrade waits for it too
 	n.store.Commit(&store.Batch{}, func(store.Result) {

@@ -181,8 +181,9 @@ type Store interface {
 	// from the store's own goroutine. done must not block. Batches committed
 	// one after another by the same caller are applied in that order.
 	// An empty batch writes nothing, and its done comes only once every
-	// batch the same caller committed before it is applied: the node uses
-	// one as a barrier when a login replaces a live one.
+	// batch committed before it, by any caller, is applied (lazy ones
+	// included: an empty batch is not lazy, so it takes them along): the
+	// node uses one as a barrier before a login's first delivery.
 	Commit(b *Batch, done func(Result))
 
 	// ReadQueue returns up to max items of user's queue with Seq >= from,
