@@ -740,10 +740,15 @@ func (c *conn) prove(n *Node) {
 	// that nothing the older acked is delivered again.
 	// With no live predecessor, its last acks may still wait in the
 	// store as lazy batches (an app that acked and reconnected at once):
-	// deliver after a barrier too, which commits them first.
+	// where the store has them, deliver after a barrier too, which
+	// commits them first.
 	prev := n.router.register(pl.user, c)
 	if prev == nil || prev == c || !prev.post(n.pool, event{kind: evKick, code: wire.Error_REPLACED, text: "this account logged in on a newer connection", next: c}) {
-		n.handOver(c)
+		if n.lazyAcks {
+			n.handOver(c)
+		} else {
+			c.post(n.pool, event{kind: evDeliver})
+		}
 	}
 	c.mu.Lock()
 	dead := c.dead

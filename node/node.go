@@ -181,8 +181,11 @@ type Node struct {
 	engine  *nbio.Engine
 	counts  counts
 	mx      *monitor.Metrics
-	monitor *monitor.Monitor
-	media   *media.Service
+	// lazyAcks: the store holds acks back to share an fsync (Pebble's
+	// lazy batches), so a fresh login delivers after a barrier (see prove).
+	lazyAcks bool
+	monitor  *monitor.Monitor
+	media    *media.Service
 
 	// smallGroup says whether the group commit being reported is small
 	// enough for its callbacks to run the sessions they wake themselves
@@ -359,6 +362,7 @@ func (n *Node) openPebble() error {
 		return fmt.Errorf("open store: %w", err)
 	}
 	n.store = pebble // only now: a nil *Pebble in the interface would not be nil
+	n.lazyAcks = true
 	return nil
 }
 
