@@ -42,43 +42,12 @@ func (f slowSyncFile) SyncData() error { time.Sleep(slowSync); return f.File.Syn
 // still waited in its mailbox or its commit, and got the acked items
 // again.)
 func TestOverlappingLoginsDoNotRedeliverAcked(t *testing.T) {
-	gw := &codeGateway{}
-	n, err := node.Start(context.Background(), node.Config{
-		DataDir: t.TempDir(), Listen: "127.0.0.1:0", HTTP: "127.0.0.1:0", Admin: "127.0.0.1:0",
-		SMS: gw, PerNumber: account.RateLimit{Max: 100, Window: time.Minute},
-		Log: testLogger(t), StoreFS: slowSyncFS{vfs.Default},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { n.Close() })
-	tn := &testNode{n: n, gw: gw, keys: map[string]noise.Keypair{}, handshakeTimeout: 10 * time.Second}
-	for _, p := range []string{alicePhone, bobPhone} {
-		tn.keys[p], _ = register(t, n.HTTPURL(), p, gw.code)
-	}
 	const msgs, pings = 20, 2000
-	alice := tn.login(t, alicePhone)
-	for id := uint64(1); id <= msgs; id++ {
-		if err := alice.send(id, bobPhone, []byte(fmt.Sprintf("m%d", id))); err != nil {
-			t.Fatal(err)
-		}
-		awaitSendAck(t, alice, id)
-	}
+	tn, alice := overlapNode(t, node.Config{StoreFS: slowSyncFS{vfs.Default}}, msgs)
 
-	// Bob's first device takes every message, acks them all and learns
-	// (from the Pong that follows the Ack) that the server has read it.
+	// Bob's first device takes every message.
 	bob1 := tn.login(t, bobPhone)
-	var last uint64
-	for got := 0; got < msgs; {
-		f, err := bob1.readFrame(ioGuard)
-		if err != nil {
-			t.Fatalf("bob1 after %d messages: %v", got, err)
-		}
-		if d := f.GetDeliver(); d != nil && d.Item.GetMessage() != nil {
-			got++
-			last = d.Seq
-		}
-	}
+	last := receiveAll(t, bob1, msgs)
 	// He then sends a burst of pings that keeps his session busy, and the
 	// ack behind them, in one write: the server has them all in his
 	// mailbox before his second connection can log in.
@@ -108,27 +77,7 @@ func TestOverlappingLoginsDoNotRedeliverAcked(t *testing.T) {
 	// His second connection logs in while that ack still waits behind the
 	// pings: it must get none of the acked messages, only what comes next.
 	bob2 := tn.login(t, bobPhone)
-	if err := alice.send(msgs+1, bobPhone, []byte("after")); err != nil {
-		t.Fatal(err)
-	}
-	for {
-		f, err := bob2.readFrame(ioGuard)
-		if err != nil {
-			t.Fatalf("bob2 waiting for the message sent after its login: %v", err)
-		}
-		d := f.GetDeliver()
-		if d == nil {
-			continue
-		}
-		m := d.Item.GetMessage()
-		if m == nil {
-			continue
-		}
-		if m.Id != msgs+1 {
-			t.Fatalf("bob2 got message %d, which bob1 acked before bob2 logged in", m.Id)
-		}
-		break
-	}
+	firstMessageIs(t, alice, bob2, msgs+1)
 }
 
 // An app that acks and reconnects at once is not given again what it
@@ -137,42 +86,12 @@ func TestOverlappingLoginsDoNotRedeliverAcked(t *testing.T) {
 // commits it. (Without the barrier, TestChat in cmd/parley saw a chat
 // re-show and re-read messages its user had just received.)
 func TestReconnectAfterAckDoesNotRedeliver(t *testing.T) {
-	gw := &codeGateway{}
-	n, err := node.Start(context.Background(), node.Config{
-		DataDir: t.TempDir(), Listen: "127.0.0.1:0", HTTP: "127.0.0.1:0", Admin: "127.0.0.1:0",
-		SMS: gw, PerNumber: account.RateLimit{Max: 100, Window: time.Minute},
-		Log: testLogger(t),
-		// Long enough that the ack still waits when bob logs in again.
-		StoreLazyDelay: time.Minute,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { n.Close() })
-	tn := &testNode{n: n, gw: gw, keys: map[string]noise.Keypair{}, handshakeTimeout: 10 * time.Second}
-	for _, p := range []string{alicePhone, bobPhone} {
-		tn.keys[p], _ = register(t, n.HTTPURL(), p, gw.code)
-	}
-	alice := tn.login(t, alicePhone)
 	const msgs = 5
-	for id := uint64(1); id <= msgs; id++ {
-		if err := alice.send(id, bobPhone, []byte(fmt.Sprintf("m%d", id))); err != nil {
-			t.Fatal(err)
-		}
-		awaitSendAck(t, alice, id)
-	}
+	// The lazy delay is long enough that the ack still waits when bob
+	// logs in again.
+	tn, alice := overlapNode(t, node.Config{StoreLazyDelay: time.Minute}, msgs)
 	bob1 := tn.login(t, bobPhone)
-	var last uint64
-	for got := 0; got < msgs; {
-		f, err := bob1.readFrame(ioGuard)
-		if err != nil {
-			t.Fatalf("bob1 after %d messages: %v", got, err)
-		}
-		if d := f.GetDeliver(); d != nil && d.Item.GetMessage() != nil {
-			got++
-			last = d.Seq
-		}
-	}
+	last := receiveAll(t, bob1, msgs)
 	if err := bob1.ack(last); err != nil {
 		t.Fatal(err)
 	}
@@ -184,17 +103,66 @@ func TestReconnectAfterAckDoesNotRedeliver(t *testing.T) {
 	tn.waitSessions(t, 1)
 
 	bob2 := tn.login(t, bobPhone)
-	if err := alice.send(msgs+1, bobPhone, []byte("after")); err != nil {
+	firstMessageIs(t, alice, bob2, msgs+1)
+}
+
+// overlapNode starts a node with cfg's store settings, registers Alice and
+// Bob, and has Alice send msgs messages to Bob, each acknowledged.
+func overlapNode(t *testing.T, cfg node.Config, msgs uint64) (*testNode, *rawConn) {
+	t.Helper()
+	gw := &codeGateway{}
+	cfg.DataDir, cfg.Listen, cfg.HTTP, cfg.Admin = t.TempDir(), "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"
+	cfg.SMS, cfg.PerNumber, cfg.Log = gw, account.RateLimit{Max: 100, Window: time.Minute}, testLogger(t)
+	n, err := node.Start(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { n.Close() })
+	tn := &testNode{n: n, gw: gw, keys: map[string]noise.Keypair{}, handshakeTimeout: 10 * time.Second}
+	for _, p := range []string{alicePhone, bobPhone} {
+		tn.keys[p], _ = register(t, n.HTTPURL(), p, gw.code)
+	}
+	alice := tn.login(t, alicePhone)
+	for id := uint64(1); id <= msgs; id++ {
+		if err := alice.send(id, bobPhone, []byte(fmt.Sprintf("m%d", id))); err != nil {
+			t.Fatal(err)
+		}
+		awaitSendAck(t, alice, id)
+	}
+	return tn, alice
+}
+
+// receiveAll reads msgs messages on c and returns the seq of the last.
+func receiveAll(t *testing.T, c *rawConn, msgs uint64) (last uint64) {
+	t.Helper()
+	for got := uint64(0); got < msgs; {
+		f, err := c.readFrame(ioGuard)
+		if err != nil {
+			t.Fatalf("after %d messages: %v", got, err)
+		}
+		if d := f.GetDeliver(); d != nil && d.Item.GetMessage() != nil {
+			got++
+			last = d.Seq
+		}
+	}
+	return last
+}
+
+// firstMessageIs has Alice send message id to Bob and checks it is the
+// first message Bob's connection c gets: nothing acked before comes again.
+func firstMessageIs(t *testing.T, alice, c *rawConn, id uint64) {
+	t.Helper()
+	if err := alice.send(id, bobPhone, []byte("after")); err != nil {
 		t.Fatal(err)
 	}
 	for {
-		f, err := bob2.readFrame(ioGuard)
+		f, err := c.readFrame(ioGuard)
 		if err != nil {
-			t.Fatalf("bob2 waiting for the message sent after its login: %v", err)
+			t.Fatalf("waiting for the message sent after the login: %v", err)
 		}
 		if m := f.GetDeliver().GetItem().GetMessage(); m != nil {
-			if m.Id != msgs+1 {
-				t.Fatalf("bob2 got message %d, which bob1 acked before he reconnected", m.Id)
+			if m.Id != id {
+				t.Fatalf("bob's new connection got message %d, which was acked before it logged in", m.Id)
 			}
 			return
 		}
