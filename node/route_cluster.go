@@ -30,13 +30,21 @@ import (
 // whenever a push runs ahead of what it has read.
 //
 //   - A login (register) claims the hint with a compare-and-set on the
-//     entry it read. The newest write wins: a login whose write replaced
-//     another node's entry kicks that login (REPLACED), so of racing
-//     logins on two nodes exactly one stays. The kicked node stops
-//     routing to its session, then wakes the winner, so that nothing it
-//     routed to the loser is left unread. The winner is also woken once
-//     its claim is written: an append committed elsewhere before the
-//     claim was visible rang no bell, and this read finds it.
+//     entry it read. The newest login wins, by the time its node proved
+//     it (the entry's stamp), not by the order the claims reach the
+//     bucket: claims are written off the login's path, so a loaded node
+//     may write an older login's claim after a newer login's on another
+//     node. A claim that finds an older login of another node replaces
+//     it and kicks it (REPLACED); one that finds a newer login writes
+//     nothing and kicks its own. Since every claim is a compare-and-set,
+//     of racing logins on two nodes exactly one stays. Logins closer
+//     together than the nodes' clocks differ may be ordered either way
+//     (still exactly one stays): keep the clocks in step (NTP). Equal
+//     stamps are ordered by node name. The kicked node stops routing to
+//     its session, then wakes the winner, so that nothing it routed to
+//     the loser is left unread. The winner is also woken once its claim
+//     is written: an append committed elsewhere before the claim was
+//     visible rang no bell, and this read finds it.
 //   - A commit to a user with no session on this node (elsewhere) looks
 //     up the hint and rings that node's doorbell: one core NATS subject
 //     per node, carrying the item, which the session there delivers like
@@ -104,6 +112,7 @@ type hintJob struct {
 	user  string
 	c     *conn
 	token uint64
+	stamp int64 // jobClaim: when the login was proven, Unix nanoseconds
 	code  wire.Error_Code
 	from  hint // jobKicked: the node that kicked, to wake its session after
 	tries int  // jobClaim: the times it was refused
@@ -115,11 +124,20 @@ type bell struct {
 	data []byte
 }
 
-// hint is a user's entry: where the user logged in last.
+// hint is a user's entry: where the user logged in last, and when.
 type hint struct {
 	node  string
 	epoch uint64
 	token uint64
+	stamp int64 // when the login was proven, Unix nanoseconds
+}
+
+// newer reports whether h is a later login than o (see clusterRouter).
+func (h hint) newer(o hint) bool {
+	if h.stamp != o.stamp {
+		return h.stamp > o.stamp
+	}
+	return h.node > o.node
 }
 
 func newClusterRouter(n *Node, local *router, cc *ClusterConfig, kv njs.KeyValue) (*clusterRouter, error) {
@@ -189,14 +207,20 @@ func hintKey(user string) string {
 func (h hint) encode() []byte {
 	b := binary.BigEndian.AppendUint64(nil, h.epoch)
 	b = binary.BigEndian.AppendUint64(b, h.token)
+	b = binary.BigEndian.AppendUint64(b, uint64(h.stamp))
 	return append(b, h.node...)
 }
 
 func decodeHint(b []byte) (hint, bool) {
-	if len(b) < 17 {
+	if len(b) < 25 {
 		return hint{}, false
 	}
-	return hint{epoch: binary.BigEndian.Uint64(b), token: binary.BigEndian.Uint64(b[8:]), node: string(b[16:])}, true
+	return hint{
+		epoch: binary.BigEndian.Uint64(b),
+		token: binary.BigEndian.Uint64(b[8:]),
+		stamp: int64(binary.BigEndian.Uint64(b[16:])),
+		node:  string(b[24:]),
+	}, true
 }
 
 func (r *clusterRouter) self() hint { return hint{node: r.node, epoch: r.epoch} }
@@ -229,7 +253,7 @@ func (r *clusterRouter) enqueue(j hintJob, wait bool) bool {
 
 func (r *clusterRouter) register(user string, c *conn) *conn {
 	prev := r.router.register(user, c)
-	r.enqueue(hintJob{kind: jobClaim, user: user, c: c, token: r.tokens.Add(1)}, false)
+	r.enqueue(hintJob{kind: jobClaim, user: user, c: c, token: r.tokens.Add(1), stamp: time.Now().UnixNano()}, false)
 	return prev
 }
 
@@ -387,7 +411,7 @@ func (r *clusterRouter) claim(held map[string]heldHint, j hintJob) {
 		return // replaced here or gone already
 	}
 	key := hintKey(j.user)
-	mine := hint{node: r.node, epoch: r.epoch, token: j.token}
+	mine := hint{node: r.node, epoch: r.epoch, token: j.token, stamp: j.stamp}
 	val := mine.encode()
 	for range 5 {
 		ctx, cancel := r.reqCtx()
@@ -403,6 +427,11 @@ func (r *clusterRouter) claim(held map[string]heldHint, j hintJob) {
 			rev, err = r.kv.Create(ctx, key, val)
 		case err == nil:
 			prev, hasPrev = decodeHint(e.Value())
+			if hasPrev && prev.node != r.node && prev.newer(mine) {
+				cancel()
+				r.yield(j, prev)
+				return
+			}
 			rev, err = r.kv.Update(ctx, key, val, e.Revision())
 		}
 		cancel()
@@ -421,6 +450,19 @@ func (r *clusterRouter) claim(held map[string]heldHint, j hintJob) {
 		return
 	}
 	r.n.log.Warn("cluster: could not record where a user is connected: too many logins at once", "user", j.user)
+}
+
+// yield ends a login of this node whose claim found a newer login of
+// another node (winner) in the bucket: like a kick from the winner's node,
+// it stops routing to the login, closes it with REPLACED and wakes the
+// winner.
+func (r *clusterRouter) yield(j hintJob, winner hint) {
+	if r.router.lookup(j.user) != j.c {
+		return
+	}
+	r.router.unregister(j.user, j.c)
+	j.c.post(r.n.pool, event{kind: evKick, code: wire.Error_REPLACED, text: kickText(wire.Error_REPLACED)})
+	r.ring(winner, j.user, wakeSeq, nil)
 }
 
 // retryClaim tries a claim the bucket refused again later (a new leader
