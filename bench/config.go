@@ -94,6 +94,13 @@ type Config struct {
 	Tick time.Duration
 	// Duration caps the measured phase: pairs default 10s, drain 60s.
 	Duration time.Duration
+	// UpgradeAt (pairs), if set, asks the node for a live upgrade
+	// (POST /admin/upgrade) this long into the run; it must come before
+	// Duration.
+	UpgradeAt time.Duration
+	// UpgradeBinary (pairs, with UpgradeAt) is the binary to upgrade to;
+	// empty: the server's own executable as it is on disk.
+	UpgradeBinary string
 }
 
 func (c *Config) setDefaults() {

@@ -48,6 +48,12 @@ type PairsResult struct {
 	ErrorSamples []string `json:"error_samples,omitempty"`
 	Lost         int64    `json:"lost"`
 	Stale        int64    `json:"stale"` // items left by earlier runs, acked and ignored
+
+	// Upgrade is the live upgrade asked for during the run (--upgrade-at).
+	Upgrade *UpgradeOutcome `json:"upgrade,omitempty"`
+	// Dropped is how many of the run's connections failed during it (EOF,
+	// reset, closed by the server): with an upgrade, the goal is 0.
+	Dropped int64 `json:"dropped_conns"`
 }
 
 // Rows implements Result.
@@ -69,6 +75,7 @@ func (r *PairsResult) Rows() []Row {
 		{Name: "lost", Value: fmtInt(r.Lost), Note: "missing + duplicated + out of order + late + wrong body; anything but 0 is a bug"},
 		{Name: "stale", Value: fmtInt(r.Stale), Note: "items from earlier runs, acked and ignored"},
 	}
+	rows = append(rows, upgradeRows(r.Upgrade, r.Dropped)...)
 	return append(rows, errorRows(r.Errors, r.ErrorSamples)...)
 }
 
@@ -463,6 +470,9 @@ func Pairs(ctx context.Context, cfg Config, progress io.Writer) (*PairsResult, e
 	if cfg.Msgs < 0 || cfg.Rate < 0 || math.IsInf(cfg.Rate, 0) || math.IsNaN(cfg.Rate) {
 		return nil, errors.New("--msgs and --rate must be 0 or more")
 	}
+	if cfg.UpgradeAt < 0 || cfg.UpgradeAt > 0 && cfg.UpgradeAt >= cfg.Duration {
+		return nil, fmt.Errorf("--upgrade-at %s: give a time within the run's --duration %s", cfg.UpgradeAt, cfg.Duration)
+	}
 	e, err := open(ctx, cfg, "pairs", 2*cfg.Pairs)
 	if err != nil {
 		return nil, err
@@ -528,14 +538,25 @@ func Pairs(ctx context.Context, cfg Config, progress io.Writer) (*PairsResult, e
 			go func() { defer swg.Done(); s.run() }()
 		}
 	}
+	var upgradeOutcome *UpgradeOutcome
 	sendersDone := make(chan struct{})
 	go func() { swg.Wait(); close(sendersDone) }()
+	var upgraded <-chan UpgradeOutcome
+	if cfg.UpgradeAt > 0 {
+		upgraded = e.admin.upgradeAfter(ctx, r.t0, cfg.UpgradeAt, cfg.UpgradeBinary, sendersDone)
+	}
 	timer := time.NewTimer(cfg.Duration)
 	defer timer.Stop()
 	select {
 	case <-sendersDone:
 	case <-timer.C:
 	case <-ctx.Done():
+	}
+	if upgraded != nil {
+		// The run's end waits for the handover: what is measured after
+		// it must be the new process.
+		o := <-upgraded
+		upgradeOutcome = &o
 	}
 	r.stopping.Store(true)
 	close(stop)
@@ -577,6 +598,7 @@ func Pairs(ctx context.Context, cfg Config, progress io.Writer) (*PairsResult, e
 
 	res := &PairsResult{
 		Mode: "pairs", Pairs: cfg.Pairs, Window: cfg.Window, Size: cfg.Size, Rate: cfg.Rate, MsgsPerPair: cfg.Msgs,
+		Upgrade: upgradeOutcome,
 	}
 	var last int64
 	for i, s := range senders {
@@ -588,9 +610,11 @@ func Pairs(ctx context.Context, cfg Config, progress io.Writer) (*PairsResult, e
 		last = max(last, s.lastRcpt)
 		if s.err != nil && !isTimeout(s.err) {
 			r.errs.add(fmt.Errorf("sender %s: %w", e.users[2*i].phone, s.err))
+			res.Dropped++
 		}
 		if v.err != nil {
 			r.errs.add(fmt.Errorf("receiver %s: %w", e.users[2*i+1].phone, v.err))
+			res.Dropped++
 		}
 		if o := s.outstanding(); o > 0 {
 			r.errs.add(fmt.Errorf("%d messages of %s had no delivered receipt %s after the sending stopped", o, e.users[2*i].phone, drainGrace))
@@ -606,7 +630,10 @@ func Pairs(ctx context.Context, cfg Config, progress io.Writer) (*PairsResult, e
 	res.MsgsPerS = rate(res.Delivered, time.Duration(last))
 	res.Latency = latencyOf(r.hist.merged())
 	res.ServerCPUS = p1.CPUSeconds - p0.CPUSeconds
-	if res.Delivered > 0 {
+	if upgradeOutcome != nil && upgradeOutcome.Report != nil {
+		// The readings are of two processes: no CPU figure.
+		res.ServerCPUS = 0
+	} else if res.Delivered > 0 {
 		res.ServerCPUUsPerMsg = res.ServerCPUS * 1e6 / float64(res.Delivered)
 		res.BenchCPUUsPerMsg = float64(benchCPU.Microseconds()) / float64(res.Delivered)
 	}

@@ -231,10 +231,19 @@ all (measure latency at, say, half of saturation).
 Reports msgs/s counted at the delivered receipt, latency from send to
 delivered receipt (p50..max), the server's CPU time per message, and a loss
 check: every message the server accepted must arrive exactly once, in order.
-Stops after --msgs per pair or --duration, whichever comes first.`,
+Stops after --msgs per pair or --duration, whichever comes first.
+
+With --upgrade-at the server (started by parley serve, with an admin
+listener) is asked for a live upgrade that long into the run (POST
+/admin/upgrade, to --upgrade-binary or its own executable): the run reports
+the handover's report and time breakdown, the connections that dropped
+(goal 0), lost messages (goal 0), and the longest stall a client saw (the
+latency max). The server CPU per message is not reported then: its two
+readings are of two processes.`,
 		Example: `  parley bench pairs --pairs 200 --window 1 --size 64
   parley bench pairs --pairs 100 --window 64 --duration 20s
-  parley bench pairs --pairs 100 --window 64 --rate 50000`,
+  parley bench pairs --pairs 100 --window 64 --rate 50000
+  parley bench pairs --pairs 9500 --rate 2000 --tick 10ms --duration 20s --upgrade-at 8s`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return bf.run(cmd, &mc, func(ctx context.Context, cfg bench.Config, w io.Writer) (bench.Result, error) {
@@ -250,6 +259,8 @@ Stops after --msgs per pair or --duration, whichever comes first.`,
 	f.Float64Var(&mc.Rate, "rate", 0, "pace all senders together to this many msgs/s (0: as fast as the windows allow)")
 	f.DurationVar(&mc.Tick, "tick", time.Millisecond, "with --rate: how often the pacer sends what has fallen due (one write per sender per tick at most)")
 	f.DurationVar(&mc.Duration, "duration", 10*time.Second, "stop sending after this long")
+	f.DurationVar(&mc.UpgradeAt, "upgrade-at", 0, "ask the server for a live upgrade this long into the run (0: none)")
+	f.StringVar(&mc.UpgradeBinary, "upgrade-binary", "", "with --upgrade-at: the binary to upgrade to (default: the server's own executable)")
 	return cmd
 }
 
