@@ -124,6 +124,9 @@ func (n *Node) adoptConn(ic InheritedConn) error {
 		}
 	}
 	c.post(n.pool, event{kind: evStart})
+	// Commits the old process finished while quiescing pushed their items
+	// to sessions already stopped for export: read the queue for them.
+	c.post(n.pool, event{kind: evPush, seq: wakeSeq})
 	return nil
 }
 

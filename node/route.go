@@ -1,6 +1,10 @@
 package node
 
-import "github.com/parleyhq/parley/wire"
+import (
+	"math"
+
+	"github.com/parleyhq/parley/wire"
+)
 
 // routes is where the node finds a user's session. A node alone keeps
 // only its own sessions (*router); a node of a cluster also reaches the
@@ -38,3 +42,8 @@ type routes interface {
 func (r *router) elsewhere(string, uint64, []byte)              {}
 func (r *router) kickElsewhere(string, wire.Error_Code, string) {}
 func (r *router) close()                                        {}
+
+// wakeSeq, pushed to a session, says "there may be items in your queue
+// beyond what you have read": it is past every real item, so the session
+// delivers nothing from the push itself and reads its queue instead.
+const wakeSeq = math.MaxUint64

@@ -6,7 +6,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"hash/maphash"
-	"math"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -93,11 +92,6 @@ const (
 	maxDoorbell   = 1 << 20 // NATS's default max_payload
 	routerDrainIn = 3 * time.Second
 )
-
-// wakeSeq, pushed to a session, says "there may be items in your queue
-// beyond what you have read": it is past every real item, so the session
-// delivers nothing from the push itself and reads its queue instead.
-const wakeSeq = math.MaxUint64
 
 type hintJobKind uint8
 
