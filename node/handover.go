@@ -388,6 +388,32 @@ func (s *upgradeServer) Resume() {
 	n.resumeAccepts()
 }
 
+// TakeBack serves on after a handover that failed once the store was
+// released: see upgrade.Server.
+func (s *upgradeServer) TakeBack() (int, error) {
+	n := (*Node)(s)
+	h := &n.handover
+	r, ok := n.store.(interface{ Reopen() error })
+	if !ok {
+		return 0, errors.New("this node's store cannot be opened again")
+	}
+	if err := r.Reopen(); err != nil {
+		return 0, err
+	}
+	n.startBackground()
+	// Their state left with the new process, which may have read from
+	// them, sealed and written: what this process holds of them is stale.
+	// Closed before the pollers go on, so that none is read again here.
+	closed := len(h.exported)
+	for _, c := range h.exported {
+		n.router.unregister(c.core.User(), c)
+		c.nc.Close()
+	}
+	h.exported = nil
+	s.Resume()
+	return closed, nil
+}
+
 func (s *upgradeServer) Retire() {
 	n := (*Node)(s)
 	closeAll(n.handover.held)
@@ -462,6 +488,12 @@ type UpgradeError struct {
 	} `json:"error"`
 	NewPID    int      `json:"new_pid,omitempty"`
 	LastLines []string `json:"last_lines,omitempty"`
+	// Released: the failure came after the old process let go of the
+	// store. TookBack: it took the store back and serves on, having
+	// closed Closed handed-over connections; without it, it exits.
+	Released bool `json:"released,omitempty"`
+	TookBack bool `json:"took_back,omitempty"`
+	Closed   int  `json:"closed,omitempty"`
 }
 
 // handleUpgrade serves POST /admin/upgrade {"binary": PATH}.
@@ -493,6 +525,7 @@ func (n *Node) handleUpgrade(w http.ResponseWriter, r *http.Request) {
 		var f *upgrade.Failed
 		if errors.As(err, &f) {
 			ue.Error.Message, ue.NewPID, ue.LastLines = f.Reason, f.NewPID, f.LastLines
+			ue.Released, ue.TookBack, ue.Closed = f.Released, f.TookBack, f.Closed
 		}
 		writeJSON(w, http.StatusInternalServerError, ue)
 		return

@@ -335,15 +335,7 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 	if err := n.startLoop(); err != nil {
 		return nil, err
 	}
-	bgCtx, stop := context.WithCancel(context.Background())
-	n.stopBG = stop
-	n.every(bgCtx, time.Minute, func(now time.Time) { n.accounts.Sweep(now) })
-	n.background(func() { n.monitor.Run(bgCtx) })
-	n.background(func() {
-		if err := n.media.Run(bgCtx); err != nil {
-			n.log.Error("media sweeper stopped", "err", err)
-		}
-	})
+	n.startBackground()
 	n.log.Info("parley node started",
 		"native", n.NativeAddr(), "http", n.HTTPURL(), "admin", n.AdminURL(),
 		"data", cfg.DataDir, "server_key", fmt.Sprintf("%x", n.key.Public))
@@ -705,6 +697,20 @@ func (n *Node) commit(c *conn, b *store.Batch) {
 }
 
 // stopBackground stops the background loops and waits for them.
+// startBackground starts the loops that stopBackground stops: the
+// account sweeper, the monitor, the media sweeper.
+func (n *Node) startBackground() {
+	bgCtx, stop := context.WithCancel(context.Background())
+	n.stopBG = stop
+	n.every(bgCtx, time.Minute, func(now time.Time) { n.accounts.Sweep(now) })
+	n.background(func() { n.monitor.Run(bgCtx) })
+	n.background(func() {
+		if err := n.media.Run(bgCtx); err != nil {
+			n.log.Error("media sweeper stopped", "err", err)
+		}
+	})
+}
+
 func (n *Node) stopBackground() {
 	if n.stopBG != nil {
 		n.stopBG()

@@ -60,6 +60,7 @@ const (
 // locks around Pebble.
 type Pebble struct {
 	db   *pebble.DB
+	dir  string
 	opts Options
 	log  *slog.Logger
 
@@ -77,7 +78,7 @@ type Pebble struct {
 	swept     chan struct{} // closed when the sweeper goroutine returns
 	sweepMu   sync.Mutex    // one sweep pass at a time
 
-	closeOnce sync.Once
+	closeOnce *sync.Once // new at each open (see Reopen)
 	closeErr  error
 
 	// qmu guards the head and tail fields of the queueState values in
@@ -108,9 +109,32 @@ func OpenPebble(dir string, opts Options, log *slog.Logger) (*Pebble, error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	log = log.With("component", "store")
-	opts = opts.withDefaults()
+	p := &Pebble{dir: dir, opts: opts.withDefaults(), log: log.With("component", "store")}
+	if err := p.open(); err != nil {
+		return nil, err
+	}
+	return p, nil
+}
 
+// Reopen opens a closed store again, from what is on disk now: a live
+// upgrade's new process may have written to it meanwhile, so every cached
+// state (queue heads and tails, known accounts, the next id) is read
+// afresh. The old process of a failed upgrade takes its store back this
+// way. It must not be called while anything else uses the store.
+func (p *Pebble) Reopen() error {
+	p.life.Lock()
+	defer p.life.Unlock()
+	if !p.closed {
+		return errors.New("reopen pebble store: it is open")
+	}
+	return p.open()
+}
+
+// open opens the database in p.dir and starts the committer and the
+// sweeper, every cached state empty. The caller holds p.life or has the
+// only reference to p.
+func (p *Pebble) open() error {
+	opts, log := p.opts, p.log
 	cache := pebble.NewCache(pebbleCacheSize)
 	// Pebble takes its own reference; dropping ours means closing the DB
 	// frees the cache.
@@ -139,31 +163,34 @@ func OpenPebble(dir string, opts Options, log *slog.Logger) (*Pebble, error) {
 	po.L0CompactionThreshold = pebbleL0CompactionThreshold
 	po.L0StopWritesThreshold = pebbleL0StopWrites
 	po.LBaseMaxBytes = pebbleLBaseMaxBytes
-	db, err := pebble.Open(dir, po)
+	db, err := pebble.Open(p.dir, po)
 	if err != nil {
-		return nil, fmt.Errorf("open pebble store in %s: %w", dir, err)
+		return fmt.Errorf("open pebble store in %s: %w", p.dir, err)
 	}
 	next, err := loadNextID(db)
 	if err != nil {
 		_ = db.Close()
-		return nil, err
+		return err
 	}
-	p := &Pebble{
-		db:        db,
-		opts:      opts,
-		log:       log,
-		committed: make(chan struct{}),
-		stopSweep: make(chan struct{}),
-		swept:     make(chan struct{}),
-		queues:    make(map[string]*queueState),
-		accounts:  newAccountSet(opts.AccountCache),
-		nextID:    next,
-	}
+	p.db, p.closed = db, false
+	p.committed = make(chan struct{})
+	p.stopSweep = make(chan struct{})
+	p.swept = make(chan struct{})
+	p.closeOnce, p.closeErr = new(sync.Once), nil
+	p.qmu.Lock()
+	p.queues = make(map[string]*queueState)
+	p.qmu.Unlock()
+	p.acctMu.Lock()
+	p.accounts = newAccountSet(opts.AccountCache)
+	p.acctMu.Unlock()
+	p.idMu.Lock()
+	p.nextID = next
+	p.idMu.Unlock()
 	p.q.init(opts.LazyDelay, opts.MinSyncGap)
 	c := newCommitter(p)
 	go c.run()
 	go p.sweepLoop()
-	return p, nil
+	return nil
 }
 
 func (o Options) withDefaults() Options {

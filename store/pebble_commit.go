@@ -70,10 +70,16 @@ type commitQueue struct {
 	last              time.Time
 }
 
+// init readies the queue, empty and open (again, after a close: see
+// Pebble.Reopen), before its committer starts.
 func (q *commitQueue) init(lazyDelay, minGap time.Duration) {
+	q.mu.Lock()
+	q.reqs, q.urgent, q.closed = nil, 0, false
+	q.mu.Unlock()
 	q.wake = make(chan struct{}, 1)
 	q.lazyDelay = max(lazyDelay, 0)
 	q.minGap = max(minGap, 0)
+	q.timer, q.last = nil, time.Time{}
 }
 
 // lazy reports whether r may wait for company (see commitQueue).

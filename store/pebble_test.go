@@ -493,3 +493,58 @@ func TestPebbleLazyBatches(t *testing.T) {
 		}
 	})
 }
+
+// A store closed, written meanwhile by another opener of its directory (a
+// live upgrade's new process), and reopened, serves what is on disk now:
+// the queue's new items and tail, and ids after the other's reservations.
+func TestPebbleReopenReadsWhatOthersWrote(t *testing.T) {
+	dir := t.TempDir()
+	const user = "+15550000001"
+	p := openPebble(t, dir, store.Options{})
+	if err := p.PutAccount(account(user)); err != nil {
+		t.Fatal(err)
+	}
+	if r := commit(p, &store.Batch{Appends: []store.Append{{To: user, Data: []byte("one")}}}); r.Err != nil {
+		t.Fatal(r.Err)
+	}
+	if _, err := p.ReserveIDs(100); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Reopen(); err == nil {
+		t.Fatal("Reopen of an open store succeeded")
+	}
+	if err := p.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	other, err := store.OpenPebble(dir, store.Options{}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := commit(other, &store.Batch{Appends: []store.Append{{To: user, Data: []byte("two")}}}); r.Err != nil || len(r.Seqs) != 1 || r.Seqs[0] != 2 {
+		t.Fatalf("the other's append: %+v", r)
+	}
+	otherFirst, err := other.ReserveIDs(50)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := other.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	if err := p.Reopen(); err != nil {
+		t.Fatal(err)
+	}
+	items, err := p.ReadQueue(user, 0, 10)
+	if err != nil || len(items) != 2 || string(items[1].Data) != "two" {
+		t.Fatalf("after Reopen the queue reads %+v, %v; want one and two", items, err)
+	}
+	// The committer runs again, and knows the queue's tail moved.
+	r := commit(p, &store.Batch{Appends: []store.Append{{To: user, Data: []byte("three")}}})
+	if r.Err != nil || len(r.Seqs) != 1 || r.Seqs[0] != 3 {
+		t.Fatalf("append after Reopen: %+v, want seq 3", r)
+	}
+	if first, err := p.ReserveIDs(1); err != nil || first < otherFirst+50 {
+		t.Fatalf("ReserveIDs after Reopen = %d, %v; want %d or more", first, err, otherFirst+50)
+	}
+}

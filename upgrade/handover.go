@@ -33,6 +33,12 @@ type Server interface {
 	Release() error
 	// Resume goes back to serving after a failed Quiesce or Export.
 	Resume()
+	// TakeBack goes back to serving after a handover failed past Release
+	// (the new process died with the store, say): it opens the store
+	// again and closes the connections it exported, whose state the new
+	// process may have moved on (their clients reconnect). It returns
+	// how many it closed; an error leaves the server unable to serve.
+	TakeBack() (closed int, err error)
 	// Retire stops accepting: the new process has the listeners.
 	Retire()
 }
@@ -89,12 +95,22 @@ type Failed struct {
 	NewPID    int
 	LastLines []string
 	// Released is set when the failure came after the old process let go
-	// of the store, which it must then take back.
+	// of the store; TookBack then says whether it took it back and goes
+	// on serving (Closed: the connections it closed doing so), or cannot
+	// serve and must exit.
 	Released bool
+	TookBack bool
+	Closed   int
 }
 
 func (f *Failed) Error() string {
 	s := "upgrade failed: " + f.Reason
+	switch {
+	case f.TookBack:
+		s += fmt.Sprintf("; the old process took the store back and serves on (%d handed-over connections closed: their clients reconnect)", f.Closed)
+	case f.Released:
+		s += "; the old process could not take the store back"
+	}
 	if len(f.LastLines) > 0 {
 		s += "\nthe new process's last lines:\n  " + strings.Join(f.LastLines, "\n  ")
 	}
@@ -103,8 +119,9 @@ func (f *Failed) Error() string {
 
 // Run hands srv over to a new process. On success the caller exits once
 // it has finished what it still serves (HTTP requests in flight); on a
-// *Failed the new process is gone, and, unless Failed.Released is set, srv
-// is serving as before.
+// *Failed the new process is gone, and srv serves on (after a Resume, or
+// after a TakeBack past Release), unless Failed.Released is set without
+// Failed.TookBack.
 func Run(ctx context.Context, srv Server, o Options) (Report, error) {
 	rep := Report{OldPID: os.Getpid(), OldVersion: buildinfo.Get().Version}
 	if o.Binary == "" {
@@ -167,10 +184,18 @@ func Run(ctx context.Context, srv Server, o Options) (Report, error) {
 		if c := context.Cause(ctx); c != nil && !errors.Is(c, context.Canceled) && !strings.Contains(f.Reason, c.Error()) {
 			f.Reason = fmt.Sprintf("%v (%v)", err, c)
 		}
-		if !h.released && h.quiesced {
+		switch {
+		case h.released:
+			closed, err := srv.TakeBack()
+			if err != nil {
+				o.Log.Error("upgrade failed after the store was released, and it cannot be taken back", "new_pid", rep.NewPID, "err", f.Reason, "take_back", err)
+				return rep, f
+			}
+			f.TookBack, f.Closed = true, closed
+		case h.quiesced:
 			srv.Resume()
 		}
-		o.Log.Error("upgrade failed: going on serving", "new_pid", rep.NewPID, "err", f.Reason, "released", f.Released)
+		o.Log.Error("upgrade failed: going on serving", "new_pid", rep.NewPID, "err", f.Reason, "released", f.Released, "closed", f.Closed)
 		return rep, f
 	}
 	rep.Duration = time.Since(start)

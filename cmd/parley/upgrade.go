@@ -86,6 +86,12 @@ kill -USR2 <pid> does the same with the default binary.`,
 					cmd.OutOrStdout().Write(raw)
 				}
 				msg := "upgrade failed; the old process goes on serving: " + ue.Error.Message
+				switch {
+				case ue.TookBack:
+					msg = fmt.Sprintf("upgrade failed after the old process released its store; it took the store back and goes on serving, and closed the %d connections it had handed over (their clients reconnect): %s", ue.Closed, ue.Error.Message)
+				case ue.Released:
+					msg = "upgrade failed after the old process released its store, which it could not take back: it exits (a service manager restarts it): " + ue.Error.Message
+				}
 				if len(ue.LastLines) > 0 {
 					msg += fmt.Sprintf("\nthe new process (pid %d) said last:\n  %s", ue.NewPID, strings.Join(ue.LastLines, "\n  "))
 				}
@@ -150,7 +156,7 @@ func (u *upgrader) run(ctx context.Context, binary string) (upgrade.Report, erro
 	switch {
 	case err == nil:
 		u.once.Do(func() { close(u.retired) })
-	case errors.As(err, &f) && f.Released:
+	case errors.As(err, &f) && f.Released && !f.TookBack:
 		u.once.Do(func() { close(u.lost) })
 	}
 	return rep, err
@@ -173,6 +179,13 @@ func (u *upgrader) onSignal(ctx context.Context) {
 		}
 	}()
 }
+
+// crashBeforeServing, stamped with -ldflags "-X main.crashBeforeServing=1",
+// makes a build that dies as the new process of a live upgrade, after it
+// opened the store and adopted the connections and before it tells the
+// old process it serves: the worst moment, which tests need to produce.
+// Never set in a release build.
+var crashBeforeServing string
 
 // joinUpgrade is the start of a process that an old one spawned for a
 // live upgrade: it takes the listeners and the connections, and starts
@@ -200,6 +213,10 @@ func joinUpgrade(ctx context.Context, socket string, cfg node.Config) (*node.Nod
 	if err != nil {
 		j.Abort(err)
 		return nil, err
+	}
+	if crashBeforeServing != "" {
+		fmt.Fprintln(os.Stderr, "parley: this build was stamped to crash before it serves (a test build)")
+		os.Exit(3)
 	}
 	opened := time.Now()
 	if err := upgrade.TakeStdio(); err != nil {

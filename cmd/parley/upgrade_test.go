@@ -39,8 +39,14 @@ import (
 // buildParley builds this tree's parley with its version stamped.
 func buildParley(t *testing.T, version string) string {
 	t.Helper()
+	return buildParleyWith(t, version, "")
+}
+
+// buildParleyWith builds it with more -ldflags too.
+func buildParleyWith(t *testing.T, version, ldflags string) string {
+	t.Helper()
 	bin := filepath.Join(t.TempDir(), "parley-"+version)
-	cmd := exec.Command("go", "build", "-o", bin, "-ldflags", "-X github.com/parleyhq/parley/buildinfo.version="+version, ".")
+	cmd := exec.Command("go", "build", "-o", bin, "-ldflags", "-X github.com/parleyhq/parley/buildinfo.version="+version+" "+ldflags, ".")
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("go build: %v\n%s", err, out)
 	}
@@ -330,11 +336,87 @@ func TestUpgradeToBrokenBinary(t *testing.T) {
 	r.must(t)
 }
 
+// An upgrade whose new process dies after the old one let go of the store
+// (this build crashes once it has opened the store and adopted the
+// connections, before it says it serves): the old process takes the store
+// back and serves on. The connections it handed over are closed, since
+// their state went with the dead process; their clients log in again and
+// nothing acked is lost. Before the take-back, the old process exited.
+func TestUpgradeTakesBackAfterRelease(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs parley binaries")
+	}
+	v1 := buildParley(t, "v1-test")
+	crash := buildParleyWith(t, "v2-crash", "-X main.crashBeforeServing=1")
+	s := startServer(t, v1)
+	before := s.mustVersion(t)
+	const n = 2
+	p := connectPairs(t, s, n)
+	ctx, cancel := context.WithTimeout(t.Context(), 2*guard)
+	defer cancel()
+	for i := range n {
+		for k := range 5 {
+			if _, err := p.senders[i].Send(ctx, p.phones[n+i], []byte(fmt.Sprintf("before %d", k))); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	_, r := s.upgrade(t, crash)
+	if r.err == nil || !strings.Contains(r.err.Error(), "took the store back") || !strings.Contains(r.err.Error(), "stamped to crash") {
+		t.Fatalf("upgrade to a build that crashes after the release: %v", r.err)
+	}
+	if v := s.mustVersion(t); v.PID != before.PID || v.Version != "v1-test" {
+		t.Fatalf("after the failed upgrade %+v serves, want the old process %+v", v, before)
+	}
+	for _, c := range append(p.senders, p.receivers...) {
+		select {
+		case <-c.Done():
+		case <-time.After(guard):
+			t.Fatal("a handed-over connection is still open on the old process")
+		}
+	}
+	dial := func(i int) *client.Client {
+		c, err := client.Dial(ctx, client.Config{Addr: s.native, ServerKey: s.serverKey, Phone: p.phones[i], Key: p.keys[i]})
+		if err != nil {
+			t.Fatalf("log in again after the take-back: %v", err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+	for i := range n {
+		snd, rcv := dial(i), dial(n+i)
+		if _, err := snd.Send(ctx, p.phones[n+i], []byte("after")); err != nil {
+			t.Fatalf("send after the take-back: %v", err)
+		}
+		want := []string{"before 0", "before 1", "before 2", "before 3", "before 4", "after"}
+		for _, w := range want {
+			var in client.Incoming
+			for in.Message == nil { // receipts of the sender's are not for this test
+				var err error
+				if in, err = rcv.Recv(ctx); err != nil {
+					t.Fatalf("receiver %d: %v", i, err)
+				}
+				rcv.Ack(in.Seq)
+			}
+			if got := string(in.Message.Body); got != w {
+				t.Fatalf("receiver %d got %q, want %q", i, got, w)
+			}
+		}
+	}
+	// The old process can still hand over, to a good build.
+	rep, r := s.upgrade(t, v1)
+	r.must(t)
+	if rep.Connections != 2*n {
+		t.Errorf("the next upgrade handed over %d connections, want %d", rep.Connections, 2*n)
+	}
+}
+
 // pairs is n senders each sending numbered messages to its own receiver
 // through the SDK, without reconnecting: any lost connection ends a client.
 type pairs struct {
 	senders, receivers []*client.Client
 	phones             []string // senders' then receivers'
+	keys               []noise.Keypair
 	acked              []atomic.Int64
 	got                [][]int // per receiver, the numbers received in order (its goroutine's)
 	gotN               []atomic.Int64
@@ -347,6 +429,7 @@ func connectPairs(t *testing.T, s *server, n int) *pairs {
 	t.Helper()
 	p := &pairs{acked: make([]atomic.Int64, n), got: make([][]int, n), gotN: make([]atomic.Int64, n), stop: make(chan struct{}), errs: make(chan error, 4*n)}
 	keys := make([]noise.Keypair, 2*n)
+	p.keys = keys
 	var accts []node.BulkAccount
 	for i := range keys {
 		kp, err := noise.GenerateKeypair(nil)
