@@ -94,7 +94,15 @@ type conn struct {
 	dead      bool         // under mu
 
 	peer peerAddr // the client's address, set before the event loop sees c
+	// gen16 is the account's generation this login was checked against,
+	// folded (see fold16), set before c is registered: a live upgrade
+	// hands it over. 16 bits fit in what was padding.
+	gen16 uint16
 }
+
+// fold16 folds an account generation into 16 bits, never 0 (which means
+// "not known"): two generations fold alike only 65,535 registrations apart.
+func fold16(gen uint64) uint16 { return uint16(gen%0xffff) + 1 }
 
 // mailbox holds a session's pending events. It exists only while there are
 // some (a pointer in conn is 16 bytes less than a slice on every idle
@@ -734,6 +742,7 @@ func (c *conn) prove(n *Node) {
 	// login or a re-registration reaches a running session, not one that
 	// has yet to start (which would ignore it).
 	c.core.Init(pl.user, &n.sessionCfg)
+	c.gen16 = fold16(pl.gen)
 	c.post(n.pool, event{kind: evStart})
 	// While two connections of one user overlap, the newer one delivers
 	// nothing until the older has stopped and its acks are applied, so

@@ -61,31 +61,57 @@ func (n *Node) adoptInherited() (adopted int) {
 	if n.cfg.Inherit == nil {
 		return 0
 	}
+	var check []*conn
 	for _, ic := range n.cfg.Inherit.Conns {
-		if err := n.adoptConn(ic); err != nil {
+		c, err := n.adoptConn(ic)
+		if err != nil {
 			n.log.Warn("live upgrade: connection not taken over", "conn", ic.State.GetRemote(), "user", ic.State.GetUser(), "err", err)
 			continue
+		}
+		if c.gen16 != 0 {
+			check = append(check, c)
 		}
 		adopted++
 	}
 	n.cfg.Inherit.Conns = nil
 	n.handover.adopted = adopted
+	n.background(func() { n.checkAdoptedAccounts(check) })
 	return adopted
+}
+
+// checkAdoptedAccounts closes the adopted connections whose account was
+// registered again since their login: a re-registration while the old
+// process exported them kicked nobody (its kick found them gone). It runs
+// beside the serving, not before it: a handful of such connections must
+// not delay every other's adoption.
+func (n *Node) checkAdoptedAccounts(conns []*conn) {
+	kicked := 0
+	for _, c := range conns {
+		a, err := n.store.Account(c.core.User())
+		if err != nil || fold16(a.Generation) == c.gen16 {
+			continue // an error here is the next login's to find
+		}
+		c.post(n.pool, event{kind: evKick, code: wire.Error_REGISTERED_ELSEWHERE, text: "this number was registered on another device"})
+		kicked++
+	}
+	if kicked > 0 {
+		n.log.Info("live upgrade: closed connections of accounts registered again during the handover", "count", kicked)
+	}
 }
 
 // Adopted is the number of connections this node took over when it
 // started from a live upgrade.
 func (n *Node) Adopted() int { return n.handover.adopted }
 
-func (n *Node) adoptConn(ic InheritedConn) error {
+func (n *Node) adoptConn(ic InheritedConn) (*conn, error) {
 	st := ic.State
 	if len(st.GetTx().GetKey()) != noise.KeyLen || len(st.GetRx().GetKey()) != noise.KeyLen || st.GetUser() == "" {
 		unix.Close(ic.FD)
-		return errors.New("incomplete state")
+		return nil, errors.New("incomplete state")
 	}
 	nc, err := connFromFD(ic.FD)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	c := &conn{nc: nc}
 	if ap, err := netip.ParseAddrPort(st.Remote); err == nil {
@@ -104,6 +130,7 @@ func (n *Node) adoptConn(ic InheritedConn) error {
 	// No actor or poller has c yet: set up its session as running, so that
 	// frames read as soon as the loop has it are served.
 	c.core.Restore(st.User, &n.sessionCfg, ss)
+	c.gen16 = uint16(st.Generation16)
 	c.live = true
 	c.stage.Store(stageLoggedIn)
 	nc.SetSession(c)
@@ -113,21 +140,21 @@ func (n *Node) adoptConn(ic InheritedConn) error {
 	}
 	if _, err := n.engine.AddConn(nc); err != nil {
 		n.router.unregister(st.User, c)
-		return err
+		return nil, err
 	}
 	// What the old process had sealed and not written goes first; the
 	// actor writes nothing before its first event, posted below.
 	if len(st.Unwritten) > 0 {
 		if _, err := nc.Write(st.Unwritten); err != nil {
 			nc.Close()
-			return fmt.Errorf("write what the old process left: %w", err)
+			return nil, fmt.Errorf("write what the old process left: %w", err)
 		}
 	}
 	c.post(n.pool, event{kind: evStart})
 	// Commits the old process finished while quiescing pushed their items
 	// to sessions already stopped for export: read the queue for them.
 	c.post(n.pool, event{kind: evPush, seq: wakeSeq})
-	return nil
+	return c, nil
 }
 
 // inheritedListener returns the listener of that name handed over, if any.
@@ -342,12 +369,13 @@ func (n *Node) exportConn(c *conn) (*upgradepb.Conn, error) {
 	}
 	tx, rx := c.tx.State(), c.rx.State()
 	st := &upgradepb.Conn{
-		Remote:    c.peer.String(),
-		User:      c.core.User(),
-		Tx:        &upgradepb.Cipher{Key: tx.Key[:], Nonce: tx.Nonce},
-		Rx:        &upgradepb.Cipher{Key: rx.Key[:], Nonce: rx.Nonce},
-		Unwritten: unwritten,
-		Session:   &upgradepb.Session{Next: ss.Next},
+		Remote:       c.peer.String(),
+		User:         c.core.User(),
+		Tx:           &upgradepb.Cipher{Key: tx.Key[:], Nonce: tx.Nonce},
+		Rx:           &upgradepb.Cipher{Key: rx.Key[:], Nonce: rx.Nonce},
+		Unwritten:    unwritten,
+		Session:      &upgradepb.Session{Next: ss.Next},
+		Generation16: uint32(c.gen16),
 	}
 	if c.partial != nil {
 		st.Partial = *c.partial

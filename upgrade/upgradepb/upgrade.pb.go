@@ -411,14 +411,20 @@ func (x *Conns) GetConns() []*Conn {
 // Conn is one logged-in native connection, exported at a frame boundary:
 // the old process never reads, seals or writes on it again.
 type Conn struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Remote        string                 `protobuf:"bytes,1,opt,name=remote,proto3" json:"remote,omitempty"`       // the client's address (IP:port), for logs and limits
-	User          string                 `protobuf:"bytes,2,opt,name=user,proto3" json:"user,omitempty"`           // the account logged in
-	Tx            *Cipher                `protobuf:"bytes,3,opt,name=tx,proto3" json:"tx,omitempty"`               // server -> client
-	Rx            *Cipher                `protobuf:"bytes,4,opt,name=rx,proto3" json:"rx,omitempty"`               // client -> server
-	Partial       []byte                 `protobuf:"bytes,5,opt,name=partial,proto3" json:"partial,omitempty"`     // an incomplete inbound message already read off the socket
-	Unwritten     []byte                 `protobuf:"bytes,6,opt,name=unwritten,proto3" json:"unwritten,omitempty"` // sealed, framed bytes for the client not yet written to the socket
-	Session       *Session               `protobuf:"bytes,7,opt,name=session,proto3" json:"session,omitempty"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Remote    string                 `protobuf:"bytes,1,opt,name=remote,proto3" json:"remote,omitempty"`       // the client's address (IP:port), for logs and limits
+	User      string                 `protobuf:"bytes,2,opt,name=user,proto3" json:"user,omitempty"`           // the account logged in
+	Tx        *Cipher                `protobuf:"bytes,3,opt,name=tx,proto3" json:"tx,omitempty"`               // server -> client
+	Rx        *Cipher                `protobuf:"bytes,4,opt,name=rx,proto3" json:"rx,omitempty"`               // client -> server
+	Partial   []byte                 `protobuf:"bytes,5,opt,name=partial,proto3" json:"partial,omitempty"`     // an incomplete inbound message already read off the socket
+	Unwritten []byte                 `protobuf:"bytes,6,opt,name=unwritten,proto3" json:"unwritten,omitempty"` // sealed, framed bytes for the client not yet written to the socket
+	Session   *Session               `protobuf:"bytes,7,opt,name=session,proto3" json:"session,omitempty"`
+	// The account's generation that the login was checked against, folded
+	// into 16 bits (generation % 65535 + 1): the new process compares it
+	// with the account's now, so a re-registration during the handover,
+	// whose kick found the connection already exported, still closes the
+	// old device. 0: not known (an older sender); then nothing is checked.
+	Generation16  uint32 `protobuf:"varint,8,opt,name=generation16,proto3" json:"generation16,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -500,6 +506,13 @@ func (x *Conn) GetSession() *Session {
 		return x.Session
 	}
 	return nil
+}
+
+func (x *Conn) GetGeneration16() uint32 {
+	if x != nil {
+		return x.Generation16
+	}
+	return 0
 }
 
 // Cipher is one direction's Noise transport state (ChaChaPoly).
@@ -874,7 +887,7 @@ const file_upgrade_proto_rawDesc = "" +
 	"\x05names\x18\x02 \x03(\tR\x05names\"\a\n" +
 	"\x05Ready\"6\n" +
 	"\x05Conns\x12-\n" +
-	"\x05conns\x18\x01 \x03(\v2\x17.parley.upgrade.v1.ConnR\x05conns\"\xf6\x01\n" +
+	"\x05conns\x18\x01 \x03(\v2\x17.parley.upgrade.v1.ConnR\x05conns\"\x9a\x02\n" +
 	"\x04Conn\x12\x16\n" +
 	"\x06remote\x18\x01 \x01(\tR\x06remote\x12\x12\n" +
 	"\x04user\x18\x02 \x01(\tR\x04user\x12)\n" +
@@ -882,7 +895,8 @@ const file_upgrade_proto_rawDesc = "" +
 	"\x02rx\x18\x04 \x01(\v2\x19.parley.upgrade.v1.CipherR\x02rx\x12\x18\n" +
 	"\apartial\x18\x05 \x01(\fR\apartial\x12\x1c\n" +
 	"\tunwritten\x18\x06 \x01(\fR\tunwritten\x124\n" +
-	"\asession\x18\a \x01(\v2\x1a.parley.upgrade.v1.SessionR\asession\"0\n" +
+	"\asession\x18\a \x01(\v2\x1a.parley.upgrade.v1.SessionR\asession\x12\"\n" +
+	"\fgeneration16\x18\b \x01(\rR\fgeneration16\"0\n" +
 	"\x06Cipher\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\fR\x03key\x12\x14\n" +
 	"\x05nonce\x18\x02 \x01(\x04R\x05nonce\"V\n" +
