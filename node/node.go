@@ -363,11 +363,15 @@ func (n *Node) openPebble() error {
 func (n *Node) listenNative() error {
 	// Keep-alive finds peers gone without a FIN (see Limits.KeepAlive)
 	// at no memory cost per connection.
+	ka := net.KeepAliveConfig{Enable: n.cfg.Limits.KeepAlive > 0, Idle: n.cfg.Limits.KeepAlive, Interval: 15 * time.Second, Count: 4}
 	if ln := n.inheritedListener("native"); ln != nil {
+		if tl, ok := ln.(*net.TCPListener); ok {
+			ln = keepAliveListener{tl, ka}
+		}
 		n.nativeLn = ln
 		return nil
 	}
-	lc := net.ListenConfig{KeepAliveConfig: net.KeepAliveConfig{Enable: n.cfg.Limits.KeepAlive > 0, Idle: n.cfg.Limits.KeepAlive, Interval: 15 * time.Second, Count: 4}}
+	lc := net.ListenConfig{KeepAliveConfig: ka}
 	if n.cfg.Limits.KeepAlive < 0 {
 		lc.KeepAlive = -1
 	}
@@ -377,6 +381,26 @@ func (n *Node) listenNative() error {
 	}
 	n.nativeLn = ln
 	return nil
+}
+
+// keepAliveListener gives each connection it accepts the configured
+// keep-alive: a listener inherited in a live upgrade was made from a
+// descriptor, with Go's default (15 s idle) instead of the ListenConfig's.
+type keepAliveListener struct {
+	*net.TCPListener
+	ka net.KeepAliveConfig
+}
+
+func (l keepAliveListener) Accept() (net.Conn, error) {
+	c, err := l.AcceptTCP()
+	if err != nil {
+		return nil, err
+	}
+	if err := c.SetKeepAliveConfig(l.ka); err != nil {
+		c.Close()
+		return nil, err
+	}
+	return c, nil
 }
 
 // startLoop starts the event loop on the native listener.
