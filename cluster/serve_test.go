@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -74,8 +75,10 @@ func buildParley(t *testing.T) string {
 type proc struct {
 	name    string
 	cmd     *exec.Cmd
+	pid     atomic.Int64 // the serving process: another after a live upgrade
 	native  string
 	httpURL string
+	admin   string
 	codes   string // the file its SMS gateway writes codes to
 	log     string
 	exited  chan struct{}
@@ -122,13 +125,17 @@ func startCluster(t *testing.T, bin string) []*proc {
 		if err := p.cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
+		p.pid.Store(int64(p.cmd.Process.Pid))
 		logf.Close()
 		lines[i] = make(chan string, 1)
 		go func() {
 			sc := bufio.NewScanner(stdout)
 			for sc.Scan() {
 				if servingLine.MatchString(sc.Text()) {
-					lines[i] <- sc.Text()
+					select { // the first; a process that took over prints it again
+					case lines[i] <- sc.Text():
+					default:
+					}
 				}
 			}
 			// Read to the end, then reap: Wait must not race the pipe.
@@ -155,7 +162,7 @@ func startCluster(t *testing.T, bin string) []*proc {
 		select {
 		case l := <-lines[i]:
 			m := servingLine.FindStringSubmatch(l)
-			p.native, p.httpURL = m[1], m[2]
+			p.native, p.httpURL, p.admin = m[1], m[2], m[3]
 		case <-p.exited:
 			t.Fatalf("%s exited before serving:\n%s", p.name, tail(p.log))
 		case <-deadline:
@@ -172,7 +179,8 @@ func (p *proc) stop(t *testing.T) {
 		return
 	default:
 	}
-	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	pid := int(p.pid.Load())
+	_ = syscall.Kill(pid, syscall.SIGTERM)
 	start := time.Now()
 	select {
 	case <-p.exited:
@@ -180,11 +188,11 @@ func (p *proc) stop(t *testing.T) {
 	case <-time.After(40 * time.Second):
 		// Where it hangs: the Go runtime writes every goroutine's stack
 		// to the log on SIGQUIT.
-		_ = p.cmd.Process.Signal(syscall.SIGQUIT)
+		_ = syscall.Kill(pid, syscall.SIGQUIT)
 		select {
 		case <-p.exited:
 		case <-time.After(5 * time.Second):
-			_ = p.cmd.Process.Kill()
+			_ = syscall.Kill(pid, syscall.SIGKILL)
 			<-p.exited
 		}
 		t.Errorf("%s did not stop on SIGTERM (log: %s):\n%s", p.name, p.log, tail(p.log))
@@ -193,7 +201,7 @@ func (p *proc) stop(t *testing.T) {
 
 func (p *proc) kill(t *testing.T) {
 	t.Helper()
-	if err := p.cmd.Process.Kill(); err != nil { // SIGKILL
+	if err := syscall.Kill(int(p.pid.Load()), syscall.SIGKILL); err != nil {
 		t.Fatalf("kill %s: %v", p.name, err)
 	}
 	<-p.exited
@@ -429,4 +437,155 @@ func TestThreeProcessCluster(t *testing.T) {
 			t.Fatalf("bob's message %d is %q, want %q (exactly once, in order); all: %v", i, b, want, got)
 		}
 	}
+}
+
+// A node of the cluster is upgraded live (POST /admin/upgrade) while Alice
+// on node 2 sends to Bob on node 3, the node upgraded: the new process
+// takes over Bob's connection and leaves and rejoins the cluster in the
+// old one's place (its embedded NATS server's ports and directory). Bob's
+// and Alice's connections are never dropped (their clients do not
+// reconnect: a drop would end them), and Bob gets every message Alice had
+// acked, exactly once and in order.
+func TestClusterNodeUpgradesLive(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short: builds the server and runs three of it")
+	}
+	bin := buildParley(t)
+	ps := startCluster(t, bin)
+	akp, reg := register(t, ps[0], alicePhone)
+	bkp, _ := register(t, ps[0], bobPhone)
+	dial := func(addr, phone string, kp noise.Keypair) *client.Client {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		c, err := client.Dial(ctx, client.Config{Addr: addr, ServerKey: reg.ServerKey, Phone: phone, Key: kp})
+		if err != nil {
+			t.Fatalf("log %s in at %s: %v", phone, addr, err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+	alice := dial(ps[1].native, alicePhone, akp)
+	bob := dial(ps[2].native, bobPhone, bkp)
+
+	ctx, cancel := context.WithTimeout(context.Background(), flowGuard)
+	defer cancel()
+	go func() {
+		for {
+			in, err := alice.Recv(ctx)
+			if err != nil {
+				return
+			}
+			_ = alice.Ack(in.Seq)
+		}
+	}()
+	received := make(chan string, messages)
+	go func() {
+		for {
+			in, err := bob.Recv(ctx)
+			if err != nil {
+				return
+			}
+			if in.Message != nil {
+				received <- string(in.Message.Body)
+			}
+			_ = bob.Ack(in.Seq)
+		}
+	}()
+	sent := make(chan error, 1)
+	go func() {
+		for i := range messages {
+			id, body := alice.NewID(), fmt.Sprintf("m%04d", i)
+			for {
+				_, err := alice.SendWithID(ctx, id, bobPhone, []byte(body))
+				if err == nil {
+					break
+				}
+				var se *client.ServerError
+				if ctx.Err() != nil || !errors.As(err, &se) {
+					sent <- fmt.Errorf("send %s: %w", body, err)
+					return
+				}
+				select {
+				case <-ctx.Done():
+				case <-time.After(100 * time.Millisecond):
+				}
+			}
+		}
+		sent <- nil
+	}()
+
+	var got []string
+	upgraded := make(chan error, 1)
+	for len(got) < messages {
+		select {
+		case b := <-received:
+			got = append(got, b)
+		case err := <-sent:
+			if err != nil {
+				t.Fatalf("alice: %v", err)
+			}
+			sent = nil
+		case err := <-upgraded:
+			if err != nil {
+				t.Fatalf("upgrade of node 3: %v\nnode 3:\n%s", err, tail(ps[2].log))
+			}
+			upgraded = nil
+		case <-ctx.Done():
+			t.Fatalf("bob has %d of %d messages after %s\nnode 3:\n%s", len(got), messages, flowGuard, tail(ps[2].log))
+		}
+		if len(got) == killAfter {
+			go func() { upgraded <- upgradeNode(ctx, t, ps[2], bin) }()
+		}
+	}
+	if upgraded != nil {
+		if err := <-upgraded; err != nil {
+			t.Fatalf("upgrade of node 3: %v\nnode 3:\n%s", err, tail(ps[2].log))
+		}
+	}
+	for _, c := range []*client.Client{alice, bob} {
+		select {
+		case <-c.Done():
+			t.Fatalf("a client lost its connection: %v", c.Err())
+		default:
+		}
+	}
+	for i, b := range got {
+		if want := fmt.Sprintf("m%04d", i); b != want {
+			t.Fatalf("bob's message %d is %q, want %q (exactly once, in order); all: %v", i, b, want, got)
+		}
+	}
+}
+
+// upgradeNode asks p for a live upgrade to bin and checks that another
+// process took over at least one connection; p's pid follows it.
+func upgradeNode(ctx context.Context, t *testing.T, p *proc, bin string) error {
+	body, _ := json.Marshal(map[string]string{"binary": bin})
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, p.admin+"/admin/upgrade", bytes.NewReader(body))
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	raw, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("%s: %s", resp.Status, raw)
+	}
+	var rep struct {
+		OldPID      int `json:"old_pid"`
+		NewPID      int `json:"new_pid"`
+		Connections int `json:"connections"`
+	}
+	if err := json.Unmarshal(raw, &rep); err != nil {
+		return err
+	}
+	p.pid.Store(int64(rep.NewPID))
+	t.Logf("node %s upgraded: %s", p.name, raw)
+	if rep.NewPID == rep.OldPID || rep.Connections < 1 {
+		return fmt.Errorf("report %s: want another process, with bob's connection", raw)
+	}
+	return nil
 }

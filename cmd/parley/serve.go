@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -13,6 +14,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/parleyhq/parley/account"
+	"github.com/parleyhq/parley/cluster"
 	"github.com/parleyhq/parley/node"
 )
 
@@ -86,15 +88,12 @@ SMS gateways (--sms):
 			if cfg.SMS, err = account.ParseGateway(sms, smsHTTP, log); err != nil {
 				return fmt.Errorf("--sms: %w", err)
 			}
-			cl, clusterCfg, err := clusterFl.join(cmd.Context(), cfg.DataDir, log, cmd.OutOrStdout())
-			if err != nil {
+			if err := clusterFl.check(); err != nil {
 				return err
 			}
-			if cl != nil {
-				defer cl.Close() // after the node has closed (runServer returns then)
-				cfg.Cluster = clusterCfg
-			}
-			return runServer(cmd, cfg)
+			return runServer(cmd, cfg, func(ctx context.Context) (*cluster.Cluster, *node.ClusterConfig, error) {
+				return clusterFl.join(ctx, cfg.DataDir, log, cmd.OutOrStdout())
+			})
 		},
 	}
 	f := cmd.Flags()

@@ -46,16 +46,21 @@ func (f *clusterFlags) register(fs *pflag.FlagSet) {
 	fs.IntVar(&f.partitions, "partitions", 0, "queue streams, fixed when the cluster's store is created (0: 16)")
 }
 
+// check refuses cluster flags that make no sense together.
+func (f *clusterFlags) check() error {
+	if !f.enabled() && (f.node != "" || f.listen != "" || len(f.peers) > 0 || f.natsListen != "" || f.replicas != 0) {
+		return errors.New("cluster flags given without --cluster NAME (or --nats URL): give the cluster a name")
+	}
+	return nil
+}
+
 func (f *clusterFlags) enabled() bool { return f.name != "" || len(f.natsURLs) > 0 }
 
 // join starts the node's place in its cluster, or returns nil when the
 // flags ask for a node alone.
 func (f *clusterFlags) join(ctx context.Context, dataDir string, log *slog.Logger, out io.Writer) (*cluster.Cluster, *node.ClusterConfig, error) {
-	if !f.enabled() {
-		if f.node != "" || f.listen != "" || len(f.peers) > 0 || f.natsListen != "" || f.replicas != 0 {
-			return nil, nil, errors.New("cluster flags given without --cluster NAME (or --nats URL): give the cluster a name")
-		}
-		return nil, nil, nil
+	if err := f.check(); err != nil || !f.enabled() {
+		return nil, nil, err
 	}
 	var opts []nats.Option
 	if f.creds != "" {

@@ -20,6 +20,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/parleyhq/parley/cluster"
 	"github.com/parleyhq/parley/node"
 	"github.com/parleyhq/parley/upgrade"
 	"github.com/parleyhq/parley/upgrade/upgradepb"
@@ -120,6 +121,10 @@ kill -USR2 <pid> does the same with the default binary.`,
 	return cmd
 }
 
+// clusterJoin starts the node's place in its cluster (nil, nil for a node
+// alone).
+type clusterJoin func(context.Context) (*cluster.Cluster, *node.ClusterConfig, error)
+
 // upgrader runs a serving process's live upgrades: from POST
 // /admin/upgrade and from SIGUSR2, one at a time.
 type upgrader struct {
@@ -133,6 +138,9 @@ type upgrader struct {
 	// lost is closed when a handover failed after this process let go of
 	// the store: it cannot serve any more, and exits with an error.
 	lost chan struct{}
+	// cluster is the node's place in its cluster, nil for a node alone:
+	// set before the first upgrade can run.
+	cluster *cluster.Cluster
 }
 
 func newUpgrader(log *slog.Logger, dataDir string, n func() *node.Node) *upgrader {
@@ -149,6 +157,9 @@ func (u *upgrader) run(ctx context.Context, binary string) (upgrade.Report, erro
 		return upgrade.Report{}, err
 	}
 	defer done()
+	if u.cluster != nil {
+		srv = clusterReleasing{srv, u.cluster}
+	}
 	// The request's context must not cut a handover short midway: the
 	// handover has its own timeout.
 	rep, err := upgrade.Run(context.WithoutCancel(ctx), srv, upgrade.Options{Binary: binary, Dir: u.dataDir, Log: u.log})
@@ -160,6 +171,30 @@ func (u *upgrader) run(ctx context.Context, binary string) (upgrade.Report, erro
 		u.once.Do(func() { close(u.lost) })
 	}
 	return rep, err
+}
+
+// clusterReleasing is a node of a cluster as the old process of a live
+// upgrade: at Release it also leaves the cluster, closing its NATS
+// connection and shutting its embedded NATS server down (a clean
+// shutdown: its stream leaderships move to the other nodes), whose ports
+// and JetStream directory the new process takes next. The other nodes
+// keep their quorum meanwhile; this node's commits wait for the new
+// process to be back in the cluster. Past Release it cannot take its
+// store back: a failure then ends this process, and the service manager
+// starts the node again.
+type clusterReleasing struct {
+	upgrade.Server
+	cl *cluster.Cluster
+}
+
+func (s clusterReleasing) Release() error {
+	err := s.Server.Release()
+	s.cl.Close()
+	return err
+}
+
+func (s clusterReleasing) TakeBack() (int, error) {
+	return 0, errors.New("a node of a cluster left the cluster at the release, and does not join it again")
 }
 
 // onSignal runs an upgrade for each SIGUSR2 until ctx ends.
@@ -190,7 +225,7 @@ var crashBeforeServing string
 // joinUpgrade is the start of a process that an old one spawned for a
 // live upgrade: it takes the listeners and the connections, and starts
 // the node once the old process has let go of the store.
-func joinUpgrade(ctx context.Context, socket string, cfg node.Config) (*node.Node, error) {
+func joinUpgrade(ctx context.Context, socket string, cfg node.Config, joinCluster func(context.Context, *node.Config) error) (*node.Node, error) {
 	ctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
 	j, err := upgrade.Join(ctx, socket)
@@ -208,6 +243,12 @@ func joinUpgrade(ctx context.Context, socket string, cfg node.Config) (*node.Nod
 			syscall.Close(c.FD)
 		}
 		return nil, fmt.Errorf("live upgrade: %w", err)
+	}
+	// A node of a cluster joins it only now: the old process has left it,
+	// and its embedded NATS server's ports and directory are free.
+	if err := joinCluster(ctx, &cfg); err != nil {
+		j.Abort(err)
+		return nil, err
 	}
 	n, err := node.Start(ctx, cfg)
 	if err != nil {
@@ -251,21 +292,35 @@ func notifySystemd(state string) {
 
 // runServer runs the node until the command's context ends (SIGINT,
 // SIGTERM) or a live upgrade hands it over to a new process.
-func runServer(cmd *cobra.Command, cfg node.Config) error {
+func runServer(cmd *cobra.Command, cfg node.Config, join clusterJoin) error {
 	ctx, log := cmd.Context(), cfg.Log
 	var cur atomic.Pointer[node.Node]
 	u := newUpgrader(log, cfg.DataDir, cur.Load)
 	cfg.Upgrade = u.run
+	var cl *cluster.Cluster
+	defer func() {
+		if cl != nil {
+			cl.Close() // after the node has closed, or left it in an upgrade
+		}
+	}()
+	joinCluster := func(ctx context.Context, cfg *node.Config) error {
+		c, cc, err := join(ctx)
+		if err != nil || c == nil {
+			return err
+		}
+		cl, u.cluster, cfg.Cluster = c, c, cc
+		return nil
+	}
 	var (
 		n   *node.Node
 		err error
 	)
 	if sock, ok := upgrade.Inherited(); ok {
-		n, err = joinUpgrade(ctx, sock, cfg)
+		n, err = joinUpgrade(ctx, sock, cfg, joinCluster)
 		if err == nil {
 			notifySystemd(fmt.Sprintf("MAINPID=%d\nREADY=1", os.Getpid()))
 		}
-	} else {
+	} else if err = joinCluster(ctx, &cfg); err == nil {
 		n, err = node.Start(ctx, cfg)
 		notifySystemd("READY=1")
 	}
