@@ -70,13 +70,20 @@ func (r *PairsResult) Rows() []Row {
 		{Name: "latency_ms p99", Value: fmtF(r.Latency.P99, 3)},
 		{Name: "latency_ms p999", Value: fmtF(r.Latency.P999, 3)},
 		{Name: "latency_ms max", Value: fmtF(r.Latency.Max, 3)},
-		{Name: "server_cpu_us_per_msg", Value: fmtF(r.ServerCPUUsPerMsg, 2), Note: fmt.Sprintf("%.2f server CPU-seconds, from /admin/process", r.ServerCPUS)},
+		r.serverCPURow(),
 		{Name: "bench_cpu_us_per_msg", Value: fmtF(r.BenchCPUUsPerMsg, 2), Note: "this load generator's own CPU"},
 		{Name: "lost", Value: fmtInt(r.Lost), Note: "missing + duplicated + out of order + late + wrong body; anything but 0 is a bug"},
 		{Name: "stale", Value: fmtInt(r.Stale), Note: "items from earlier runs, acked and ignored"},
 	}
 	rows = append(rows, upgradeRows(r.Upgrade, r.Dropped)...)
 	return append(rows, errorRows(r.Errors, r.ErrorSamples)...)
+}
+
+func (r *PairsResult) serverCPURow() Row {
+	if r.Upgrade != nil && r.Upgrade.Report != nil {
+		return Row{Name: "server_cpu_us_per_msg", Value: "-", Note: "not measured: the readings before and after are of two processes (the upgrade)"}
+	}
+	return Row{Name: "server_cpu_us_per_msg", Value: fmtF(r.ServerCPUUsPerMsg, 2), Note: fmt.Sprintf("%.2f server CPU-seconds, from /admin/process", r.ServerCPUS)}
 }
 
 // histShards spread latency recording over a few locks.
@@ -630,12 +637,13 @@ func Pairs(ctx context.Context, cfg Config, progress io.Writer) (*PairsResult, e
 	res.MsgsPerS = rate(res.Delivered, time.Duration(last))
 	res.Latency = latencyOf(r.hist.merged())
 	res.ServerCPUS = p1.CPUSeconds - p0.CPUSeconds
-	if upgradeOutcome != nil && upgradeOutcome.Report != nil {
-		// The readings are of two processes: no CPU figure.
-		res.ServerCPUS = 0
-	} else if res.Delivered > 0 {
+	if res.Delivered > 0 {
 		res.ServerCPUUsPerMsg = res.ServerCPUS * 1e6 / float64(res.Delivered)
 		res.BenchCPUUsPerMsg = float64(benchCPU.Microseconds()) / float64(res.Delivered)
+	}
+	if upgradeOutcome != nil && upgradeOutcome.Report != nil {
+		// The readings are of two processes: no server CPU figure.
+		res.ServerCPUS, res.ServerCPUUsPerMsg = 0, 0
 	}
 	res.Errors, res.ErrorSamples = r.errs.count(), r.errs.list()
 	pr.end()
