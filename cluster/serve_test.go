@@ -326,6 +326,61 @@ func dialClient(t *testing.T, addr, phone string, kp noise.Keypair, serverKey []
 	return c
 }
 
+// flow has Alice send messages numbered m0000 and up to Bob, one at a
+// time, each until it is acked: a send refused while a stream elects a new
+// leader is sent again with the same id, which stores it once. Alice reads
+// her receipts so that her queue stays short; Bob's messages come out of
+// received; sent says how Alice's sending ended; acked counts her acks.
+func flow(ctx context.Context, alice, bob *client.Client) (received chan string, sent chan error, acked *atomic.Int64) {
+	go func() {
+		for {
+			in, err := alice.Recv(ctx)
+			if err != nil {
+				return
+			}
+			_ = alice.Ack(in.Seq)
+		}
+	}()
+	received = make(chan string, messages)
+	go func() {
+		for {
+			in, err := bob.Recv(ctx)
+			if err != nil {
+				return
+			}
+			if in.Message != nil {
+				received <- string(in.Message.Body)
+			}
+			_ = bob.Ack(in.Seq)
+		}
+	}()
+	sent = make(chan error, 1)
+	acked = new(atomic.Int64)
+	go func() {
+		for i := range messages {
+			id, body := alice.NewID(), fmt.Sprintf("m%04d", i)
+			for {
+				_, err := alice.SendWithID(ctx, id, bobPhone, []byte(body))
+				if err == nil {
+					break
+				}
+				var se *client.ServerError
+				if ctx.Err() != nil || !errors.As(err, &se) {
+					sent <- fmt.Errorf("send %s: %w", body, err)
+					return
+				}
+				select {
+				case <-ctx.Done():
+				case <-time.After(100 * time.Millisecond):
+				}
+			}
+			acked.Add(1)
+		}
+		sent <- nil
+	}()
+	return received, sent, acked
+}
+
 // TestThreeProcessCluster is the cluster's story end to end, with three
 // `parley serve` processes on loopback: register on node 1; Alice on node
 // 2 sends to Bob on node 3, live; node 3 is killed (SIGKILL) mid-flow,
@@ -351,57 +406,7 @@ func TestThreeProcessCluster(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), flowGuard)
 	defer cancel()
-	// Alice reads her receipts so that her queue stays short.
-	go func() {
-		for {
-			in, err := alice.Recv(ctx)
-			if err != nil {
-				return
-			}
-			_ = alice.Ack(in.Seq)
-		}
-	}()
-	received := make(chan string, messages)
-	go func() {
-		for {
-			in, err := bob.Recv(ctx)
-			if err != nil {
-				return
-			}
-			if in.Message != nil {
-				received <- string(in.Message.Body)
-			}
-			_ = bob.Ack(in.Seq)
-		}
-	}()
-	// Alice sends one message at a time, each until it is acked: a send
-	// refused while a stream elects a new leader is sent again with the
-	// same id, which stores it once.
-	sent := make(chan error, 1)
-	var acked atomic.Int64
-	go func() {
-		for i := range messages {
-			id, body := alice.NewID(), fmt.Sprintf("m%04d", i)
-			for {
-				_, err := alice.SendWithID(ctx, id, bobPhone, []byte(body))
-				if err == nil {
-					break
-				}
-				var se *client.ServerError
-				if ctx.Err() != nil || !errors.As(err, &se) {
-					sent <- fmt.Errorf("send %s: %w", body, err)
-					return
-				}
-				select {
-				case <-ctx.Done():
-				case <-time.After(100 * time.Millisecond):
-				}
-			}
-			acked.Add(1)
-		}
-		sent <- nil
-	}()
-
+	received, sent, acked := flow(ctx, alice, bob)
 	var got []string
 	killed := false
 	for len(got) < messages {
@@ -469,51 +474,7 @@ func TestClusterNodeUpgradesLive(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), flowGuard)
 	defer cancel()
-	go func() {
-		for {
-			in, err := alice.Recv(ctx)
-			if err != nil {
-				return
-			}
-			_ = alice.Ack(in.Seq)
-		}
-	}()
-	received := make(chan string, messages)
-	go func() {
-		for {
-			in, err := bob.Recv(ctx)
-			if err != nil {
-				return
-			}
-			if in.Message != nil {
-				received <- string(in.Message.Body)
-			}
-			_ = bob.Ack(in.Seq)
-		}
-	}()
-	sent := make(chan error, 1)
-	go func() {
-		for i := range messages {
-			id, body := alice.NewID(), fmt.Sprintf("m%04d", i)
-			for {
-				_, err := alice.SendWithID(ctx, id, bobPhone, []byte(body))
-				if err == nil {
-					break
-				}
-				var se *client.ServerError
-				if ctx.Err() != nil || !errors.As(err, &se) {
-					sent <- fmt.Errorf("send %s: %w", body, err)
-					return
-				}
-				select {
-				case <-ctx.Done():
-				case <-time.After(100 * time.Millisecond):
-				}
-			}
-		}
-		sent <- nil
-	}()
-
+	received, sent, _ := flow(ctx, alice, bob)
 	var got []string
 	upgraded := make(chan error, 1)
 	for len(got) < messages {
