@@ -330,8 +330,9 @@ func dialClient(t *testing.T, addr, phone string, kp noise.Keypair, serverKey []
 // time, each until it is acked: a send refused while a stream elects a new
 // leader is sent again with the same id, which stores it once. Alice reads
 // her receipts so that her queue stays short; Bob's messages come out of
-// received; sent says how Alice's sending ended; acked counts her acks.
-func flow(ctx context.Context, alice, bob *client.Client) (received chan string, sent chan error, acked *atomic.Int64) {
+// received; sent says how Alice's sending ended; acked counts her acks,
+// and maxGap is the longest time between two of them (nanoseconds).
+func flow(ctx context.Context, alice, bob *client.Client) (received chan string, sent chan error, acked, maxGap *atomic.Int64) {
 	go func() {
 		for {
 			in, err := alice.Recv(ctx)
@@ -355,8 +356,9 @@ func flow(ctx context.Context, alice, bob *client.Client) (received chan string,
 		}
 	}()
 	sent = make(chan error, 1)
-	acked = new(atomic.Int64)
+	acked, maxGap = new(atomic.Int64), new(atomic.Int64)
 	go func() {
+		last := time.Now()
 		for i := range messages {
 			id, body := alice.NewID(), fmt.Sprintf("m%04d", i)
 			for {
@@ -375,10 +377,14 @@ func flow(ctx context.Context, alice, bob *client.Client) (received chan string,
 				}
 			}
 			acked.Add(1)
+			if gap := int64(time.Since(last)); gap > maxGap.Load() {
+				maxGap.Store(gap)
+			}
+			last = time.Now()
 		}
 		sent <- nil
 	}()
-	return received, sent, acked
+	return received, sent, acked, maxGap
 }
 
 // TestThreeProcessCluster is the cluster's story end to end, with three
@@ -406,7 +412,7 @@ func TestThreeProcessCluster(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), flowGuard)
 	defer cancel()
-	received, sent, acked := flow(ctx, alice, bob)
+	received, sent, acked, _ := flow(ctx, alice, bob)
 	var got []string
 	killed := false
 	for len(got) < messages {
@@ -474,7 +480,7 @@ func TestClusterNodeUpgradesLive(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), flowGuard)
 	defer cancel()
-	received, sent, _ := flow(ctx, alice, bob)
+	received, sent, _, _ := flow(ctx, alice, bob)
 	var got []string
 	upgraded := make(chan error, 1)
 	for len(got) < messages {
@@ -549,4 +555,105 @@ func upgradeNode(ctx context.Context, t *testing.T, p *proc, bin string) error {
 		return fmt.Errorf("report %s: want another process, with bob's connection", raw)
 	}
 	return nil
+}
+
+// A planned stop drains: SIGTERM to the node that Alice sends through,
+// to Bob on another node. The node closes her session with SHUTTING_DOWN;
+// her client (given every node's address, reconnecting) moves to another
+// node after a jittered wait and resends what was not acked, with its ids;
+// Bob gets every message she had acked, exactly once and in order, and
+// neither client ever ends. The longest wait between two of Alice's acks
+// (the failover gap a sender sees) is reported.
+func TestClusterNodeDrainsOnSIGTERM(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short: builds the server and runs three of it")
+	}
+	bin := buildParley(t)
+	ps := startCluster(t, bin)
+	akp, reg := register(t, ps[0], alicePhone)
+	bkp, _ := register(t, ps[0], bobPhone)
+	var addrs []string
+	for _, p := range ps {
+		addrs = append(addrs, p.native)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), flowGuard)
+	defer cancel()
+	alice, err := client.Dial(ctx, client.Config{
+		Addr: addrs[0], Addrs: addrs[1:], ServerKey: reg.ServerKey, Phone: alicePhone, Key: akp,
+		Reconnect: true, MinBackoff: 50 * time.Millisecond, MaxBackoff: time.Second, DialTimeout: 5 * time.Second,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer alice.Close()
+	on := nodeOf(t, ps, alicePhone)
+	bob, err := client.Dial(ctx, client.Config{Addr: ps[(on+1)%3].native, ServerKey: reg.ServerKey, Phone: bobPhone, Key: bkp})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bob.Close()
+
+	received, sent, _, maxGap := flow(ctx, alice, bob)
+	var got []string
+	stopped := false
+	for len(got) < messages {
+		select {
+		case b := <-received:
+			got = append(got, b)
+		case err := <-sent:
+			if err != nil {
+				t.Fatalf("alice: %v", err)
+			}
+			sent = nil
+		case <-ctx.Done():
+			t.Fatalf("bob has %d of %d messages after %s (stopped %s: %v)", len(got), messages, flowGuard, ps[on].name, stopped)
+		}
+		if len(got) == killAfter && !stopped {
+			start := time.Now()
+			ps[on].stop(t) // SIGTERM, and wait for it to end
+			stopped = true
+			t.Logf("%s, Alice's node, stopped in %s", ps[on].name, time.Since(start).Round(time.Millisecond))
+		}
+	}
+	// Reported, not asserted: what a sender on a stopped node waits.
+	t.Logf("longest wait between two of Alice's acks: %s", time.Duration(maxGap.Load()).Round(time.Millisecond))
+	for _, c := range []*client.Client{alice, bob} {
+		select {
+		case <-c.Done():
+			t.Fatalf("a client ended: %v", c.Err())
+		default:
+		}
+	}
+	for i, b := range got {
+		if want := fmt.Sprintf("m%04d", i); b != want {
+			t.Fatalf("bob's message %d is %q, want %q (exactly once, in order); all: %v", i, b, want, got)
+		}
+	}
+}
+
+// nodeOf is the index of the node where phone has a session.
+func nodeOf(t *testing.T, ps []*proc, phone string) int {
+	t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for time.Now().Before(deadline) {
+		for i, p := range ps {
+			var r struct {
+				Sessions []struct{ User string }
+			}
+			resp, err := http.Get(p.admin + "/admin/sessions?limit=100")
+			if err != nil {
+				continue
+			}
+			err = json.NewDecoder(resp.Body).Decode(&r)
+			resp.Body.Close()
+			for _, s := range r.Sessions {
+				if err == nil && s.User == phone {
+					return i
+				}
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("no node has a session of %s", phone)
+	return -1
 }
