@@ -109,7 +109,7 @@ func (n *Node) adoptConn(ic InheritedConn) (*conn, error) {
 		unix.Close(ic.FD)
 		return nil, errors.New("incomplete state")
 	}
-	nc, err := connFromFD(ic.FD)
+	nc, err := connFromFD(ic.FD, n.connType)
 	if err != nil {
 		return nil, err
 	}

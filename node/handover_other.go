@@ -16,7 +16,11 @@ func findNbioWriteQueue() nbioWriteQueue { return nbioWriteQueue{} }
 
 func (nbioWriteQueue) pending(*nbio.Conn) ([]byte, error) { return nil, errors.ErrUnsupported }
 
-func connFromFD(int) (*nbio.Conn, error) { return nil, errors.ErrUnsupported }
+func connFromFD(int, nbioConnType) (*nbio.Conn, error) { return nil, errors.ErrUnsupported }
+
+type nbioConnType struct{ ok bool }
+
+func findNbioConnType() nbioConnType { return nbioConnType{} }
 
 type pollerGate struct {
 	nc      *nbio.Conn

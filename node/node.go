@@ -216,6 +216,7 @@ type Node struct {
 	nativeLn          net.Listener
 	addrs             nbioAddrs // see adopt
 	writeQueue        nbioWriteQueue
+	connType          nbioConnType
 	loopStarted       time.Time
 	httpLn, adminLn   net.Listener
 	httpSrv, adminSrv *http.Server
@@ -227,6 +228,8 @@ type Node struct {
 	acceptGate atomic.Pointer[handover] // set while a handover pauses accepting
 
 	stopBG context.CancelFunc // stops the background loops
+	// storeOpened is when Start had the store open (after started).
+	storeOpened time.Time
 	bg     sync.WaitGroup
 
 	closeOnce sync.Once
@@ -291,6 +294,7 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 			return nil, err
 		}
 	}
+	n.storeOpened = time.Now()
 	n.ids = &idGen{st: n.store}
 	n.sessionCfg = session.Config{
 		Window:      cfg.Limits.Window,
@@ -498,8 +502,11 @@ func (n *Node) startLoop() error {
 	}
 	n.engine, n.loopStarted = e, time.Now()
 	n.writeQueue = findNbioWriteQueue()
+	n.connType = findNbioConnType()
+	t := time.Now()
 	if adopted := n.adoptInherited(); adopted > 0 {
-		n.log.Info("live upgrade: connections taken over", "count", adopted)
+		n.log.Info("live upgrade: connections taken over", "count", adopted,
+			"store_open", n.storeOpened.Sub(n.started), "adopt", time.Since(t), "start", time.Since(n.started))
 	}
 	return nil
 }

@@ -389,12 +389,15 @@ func (p *Pebble) cachedQueueLen(user string) (int, bool) {
 func loadQueueBounds(db *pebble.DB, user string) (head, tail, lease uint64, err error) {
 	// One iterator rather than a Get and an iterator: an iterator is a
 	// point-in-time view, so head and tail agree even while the committer
-	// writes.
-	it, err := db.NewIter(nil)
+	// writes. Bounded to the keys it looks for, then to the user's queue:
+	// an unbounded seek in an empty queue would step over every tombstone
+	// of erased items up to the next live key, another user's (a node
+	// started on a store of many such queues loads them all at first).
+	tk := tailKey(user)
+	it, err := db.NewIter(&pebble.IterOptions{LowerBound: tk, UpperBound: append(tk[:len(tk):len(tk)], 0)})
 	if err != nil {
 		return 0, 0, 0, fmt.Errorf("load queue %s: %w", user, err)
 	}
-	tk := tailKey(user)
 	if it.SeekGE(tk) && string(it.Key()) == string(tk) {
 		if v := it.Value(); len(v) == seqLen {
 			lease = binary.BigEndian.Uint64(v)
@@ -406,6 +409,7 @@ func loadQueueBounds(db *pebble.DB, user string) (head, tail, lease uint64, err 
 	tail = lease
 	head = tail + 1
 	prefix := appendQueuePrefix(nil, user)
+	it.SetBounds(prefix, queueUpperBound(user))
 	if it.SeekGE(prefix) && strings.HasPrefix(string(it.Key()), string(prefix)) {
 		if _, seq, ok := splitQueueKey(it.Key()); ok {
 			head = seq
