@@ -230,7 +230,7 @@ type Node struct {
 	stopBG context.CancelFunc // stops the background loops
 	// storeOpened is when Start had the store open (after started).
 	storeOpened time.Time
-	bg     sync.WaitGroup
+	bg          sync.WaitGroup
 
 	closeOnce sync.Once
 	closeErr  error
