@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"runtime"
 	"sync"
 	"syscall"
 	"time"
@@ -61,17 +62,38 @@ func (n *Node) adoptInherited() (adopted int) {
 	if n.cfg.Inherit == nil {
 		return 0
 	}
+	// In parallel: each connection's adoption is a few system calls, and
+	// the connections adopted first are served (by the pollers and the
+	// workers) while the rest wait; one goroutine among them all got a
+	// small share of the CPU. Connections are independent here.
+	conns := n.cfg.Inherit.Conns
+	workers := min(2*runtime.GOMAXPROCS(0), 16, len(conns))
+	checks := make([][]*conn, workers)
+	counts := make([]int, workers)
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := w; i < len(conns); i += workers {
+				ic := conns[i]
+				c, err := n.adoptConn(ic)
+				if err != nil {
+					n.log.Warn("live upgrade: connection not taken over", "conn", ic.State.GetRemote(), "user", ic.State.GetUser(), "err", err)
+					continue
+				}
+				if c.gen16 != 0 {
+					checks[w] = append(checks[w], c)
+				}
+				counts[w]++
+			}
+		}()
+	}
+	wg.Wait()
 	var check []*conn
-	for _, ic := range n.cfg.Inherit.Conns {
-		c, err := n.adoptConn(ic)
-		if err != nil {
-			n.log.Warn("live upgrade: connection not taken over", "conn", ic.State.GetRemote(), "user", ic.State.GetUser(), "err", err)
-			continue
-		}
-		if c.gen16 != 0 {
-			check = append(check, c)
-		}
-		adopted++
+	for w := range workers {
+		check = append(check, checks[w]...)
+		adopted += counts[w]
 	}
 	n.cfg.Inherit.Conns = nil
 	n.handover.adopted = adopted
@@ -151,8 +173,10 @@ func (n *Node) adoptConn(ic InheritedConn) (*conn, error) {
 		}
 	}
 	c.post(n.pool, event{kind: evStart})
-	// Commits the old process finished while quiescing pushed their items
-	// to sessions already stopped for export: read the queue for them.
+	// Every session reads its queue: a commit the old process finished
+	// while quiescing may have pushed its item to the session after it was
+	// exported, and a commit here may push to a user whose connection is
+	// not adopted yet (which finds no session, and drops the push).
 	c.post(n.pool, event{kind: evPush, seq: wakeSeq})
 	return c, nil
 }
@@ -401,6 +425,9 @@ func (s *upgradeServer) Resume() {
 		c.mu.Lock()
 		c.dead = false
 		c.mu.Unlock()
+		// A push that found it exported (a doorbell from another node of
+		// a cluster) was dropped: read the queue.
+		c.post(n.pool, event{kind: evPush, seq: wakeSeq})
 	}
 	h.exported = nil
 	if len(h.gates) > 0 {
