@@ -514,18 +514,7 @@ func TestClusterRollingUpgradeLive(t *testing.T) {
 	if step != len(steps) {
 		t.Fatalf("%d of %d upgrades done", step, len(steps))
 	}
-	for _, c := range []*client.Client{alice, bob} {
-		select {
-		case <-c.Done():
-			t.Fatalf("a client lost its connection: %v", c.Err())
-		default:
-		}
-	}
-	for i, b := range got {
-		if want := fmt.Sprintf("m%04d", i); b != want {
-			t.Fatalf("bob's message %d is %q, want %q (exactly once, in order); all: %v", i, b, want, got)
-		}
-	}
+	checkUnbroken(t, got, alice, bob)
 }
 
 // upgradeNode asks p for a live upgrade to bin and checks that another
@@ -622,7 +611,15 @@ func TestClusterNodeDrainsOnSIGTERM(t *testing.T) {
 	}
 	// Reported, not asserted: what a sender on a stopped node waits.
 	t.Logf("longest wait between two of Alice's acks: %s", time.Duration(maxGap.Load()).Round(time.Millisecond))
-	for _, c := range []*client.Client{alice, bob} {
+	checkUnbroken(t, got, alice, bob)
+}
+
+// checkUnbroken fails t if a client ended (lost its connection without
+// reconnecting, or gave up) or if Bob's messages are not m0000... exactly
+// once and in order.
+func checkUnbroken(t *testing.T, got []string, clients ...*client.Client) {
+	t.Helper()
+	for _, c := range clients {
 		select {
 		case <-c.Done():
 			t.Fatalf("a client ended: %v", c.Err())

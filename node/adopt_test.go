@@ -6,7 +6,6 @@ import (
 	"context"
 	"log/slog"
 	"net"
-	"syscall"
 	"testing"
 	"time"
 
@@ -53,26 +52,7 @@ func TestAdoptedConnOfReRegisteredAccountIsClosed(t *testing.T) {
 	var sides []side
 	in := &Inherited{}
 	for i, user := range []string{moved, stayed} {
-		cl, err := net.Dial("tcp", ln.Addr().String())
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer cl.Close()
-		sv, err := ln.Accept()
-		if err != nil {
-			t.Fatal(err)
-		}
-		f, err := sv.(*net.TCPConn).File()
-		sv.Close()
-		if err != nil {
-			t.Fatal(err)
-		}
-		// The node's own descriptor: f's would be closed with f.
-		fd, err := syscall.Dup(int(f.Fd()))
-		f.Close()
-		if err != nil {
-			t.Fatal(err)
-		}
+		cl, fd := tcpPairFD(t, ln)
 		down, up := [32]byte{byte(i), 1}, [32]byte{byte(i), 2} // server->client, client->server
 		in.Conns = append(in.Conns, InheritedConn{FD: fd, State: &upgradepb.Conn{
 			Remote: cl.LocalAddr().String(), User: user,

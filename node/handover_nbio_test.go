@@ -32,25 +32,7 @@ func TestRawConnAdopts(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ln.Close()
-	cl, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close()
-	sv, err := ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	f, err := sv.(*net.TCPConn).File()
-	sv.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
-	fd, err := syscall.Dup(int(f.Fd()))
-	f.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
+	cl, fd := tcpPairFD(t, ln)
 	got := make(chan []byte, 1)
 	e := nbio.NewEngine(nbio.Config{NPoller: 1})
 	e.OnData(func(c *nbio.Conn, data []byte) {
@@ -80,4 +62,32 @@ func TestRawConnAdopts(t *testing.T) {
 	if _, err := io.ReadFull(cl, buf); err != nil || string(buf) != "pong" {
 		t.Fatalf("read back %q, %v", buf, err)
 	}
+}
+
+// tcpPairFD connects a client to ln and returns it with the server side's
+// descriptor, as a handover delivers one: the caller's to close (or to
+// hand to the node). The client is closed when the test ends.
+func tcpPairFD(t *testing.T, ln net.Listener) (net.Conn, int) {
+	t.Helper()
+	cl, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cl.Close() })
+	sv, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := sv.(*net.TCPConn).File()
+	sv.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A descriptor of its own: f's would be closed with f.
+	fd, err := syscall.Dup(int(f.Fd()))
+	f.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cl, fd
 }
