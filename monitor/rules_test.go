@@ -61,6 +61,10 @@ func TestPromtoolCheckRules(t *testing.T) {
 		// The unit tests pin the hysteresis: fire at the threshold, hold
 		// above the clear level, clear below it.
 		{"test", "rules", filepath.Join(rulesDir, "parley-alerts.test.yml")},
+		// The cluster's rules (hand-written: they watch the node's
+		// parley_cluster_* metrics and Prometheus's own up).
+		{"check", "rules", filepath.Join(rulesDir, "parley-cluster-alerts.yml")},
+		{"test", "rules", filepath.Join(rulesDir, "parley-cluster-alerts.test.yml")},
 	} {
 		out, err := exec.Command(pt, args...).CombinedOutput()
 		if err != nil {

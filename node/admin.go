@@ -41,6 +41,7 @@ func (n *Node) adminHandler() http.Handler {
 	mux.Handle("GET /admin/process", guard(n.handleProcess))
 	mux.Handle("GET /admin/limits", guard(n.handleLimits))
 	mux.Handle("GET /admin/version", guard(n.handleVersion))
+	mux.Handle("GET /admin/cluster", guard(n.handleCluster))
 	mux.Handle("POST /admin/upgrade", guard(n.handleUpgrade))
 	mux.Handle("POST /admin/accounts/bulk", guard(n.handleBulkAccounts))
 	// Profiles of the running server (go tool pprof URL/debug/pprof/profile).

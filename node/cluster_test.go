@@ -2,9 +2,12 @@ package node_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -270,4 +273,72 @@ func TestClusterServerInfoListsEveryNode(t *testing.T) {
 			t.Errorf("GET /v1/server of %s: native_addr %s, native_addrs %v; want %s and %v", n.NativeAddr(), si.NativeAddr, si.NativeAddrs, n.NativeAddr(), want)
 		}
 	}
+}
+
+// GET /admin/cluster on any node shows every node with its sessions,
+// Parley's streams with their leaders, and the registry's size; a lone
+// node says it is not in a cluster.
+func TestClusterStatus(t *testing.T) {
+	ns := startClusterNodes(t, 2)
+	kp, reg := clRegister(t, ns[0], alicePhone)
+	clDial(t, ns[1], alicePhone, kp, reg.ServerKey)
+	var st node.ClusterStatus
+	deadline := time.Now().Add(clGuard)
+	for {
+		st = node.ClusterStatus{}
+		code := getJSON(t, ns[0].AdminURL()+"/admin/cluster", &st)
+		if code != http.StatusOK {
+			t.Fatalf("GET /admin/cluster: %d", code)
+		}
+		if st.Hints >= 1 || time.Now().After(deadline) { // the claim is written off the login's path
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if st.Node != "n1" || len(st.Members) != 2 || st.Members[0].Node != "n1" || st.Members[1].Node != "n2" {
+		t.Fatalf("answered by %q, members %+v: want n1 answering, n1 and n2", st.Node, st.Members)
+	}
+	if st.Members[0].Sessions != 0 || st.Members[1].Sessions != 1 {
+		t.Errorf("sessions %d and %d, want Alice's one on n2", st.Members[0].Sessions, st.Members[1].Sessions)
+	}
+	if len(st.Streams) == 0 || st.Hints != 1 || len(st.Problems) != 0 {
+		t.Errorf("streams %+v, hints %d, problems %q: want the store's streams, Alice's hint, no problem", st.Streams, st.Hints, st.Problems)
+	}
+	for _, s := range st.Streams {
+		if s.Leader == "" {
+			t.Errorf("stream %s shown without its leader", s.Name)
+		}
+	}
+	// The metrics: the second node read the status at its start, when
+	// both nodes were up.
+	for deadline := time.Now().Add(clGuard); ; {
+		body := getText(t, ns[1].AdminURL()+"/metrics")
+		if strings.Contains(body, "\nparley_cluster_members 2\n") && strings.Contains(body, "\nparley_cluster_streams_leaderless 0\n") &&
+			strings.Contains(body, "\nparley_cluster_publish_errors_total 0\n") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("node 2's metrics do not show the cluster:\n%s", body)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	alone := nodetest.Start(t)
+	var e struct{ Error struct{ Code string } }
+	if code := getJSON(t, alone.AdminURL()+"/admin/cluster", &e); code != http.StatusNotFound || e.Error.Code != "not_a_cluster" {
+		t.Errorf("a lone node answered %d %q, want 404 not_a_cluster", code, e.Error.Code)
+	}
+}
+
+// getJSON GETs url and decodes the answer into v; it returns the status.
+func getJSON(t *testing.T, url string, v any) int {
+	t.Helper()
+	resp, err := (&http.Client{Timeout: clGuard}).Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if err := json.NewDecoder(resp.Body).Decode(v); err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	return resp.StatusCode
 }

@@ -230,6 +230,7 @@ type Node struct {
 	stopBG context.CancelFunc // stops the background loops
 	// storeOpened is when Start had the store open (after started).
 	storeOpened time.Time
+	clusterMx   *clusterMetrics // nil for a node alone
 	bg          sync.WaitGroup
 
 	closeOnce sync.Once
@@ -268,6 +269,9 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 	n.key = kp
 	if cfg.Cluster != nil {
 		// The store, the server key and the ticket key are the cluster's.
+		if n.clusterMx, err = newClusterMetrics(reg); err != nil {
+			return nil, err
+		}
 		if err := n.joinCluster(ctx); err != nil {
 			return nil, err
 		}
@@ -740,6 +744,10 @@ func (n *Node) startBackground() {
 			n.log.Error("media sweeper stopped", "err", err)
 		}
 	})
+	if cr, ok := n.router.(*clusterRouter); ok {
+		n.background(func() { n.sampleCluster(bgCtx, cr) })
+		n.every(bgCtx, clusterSampleEvery, func(time.Time) { n.sampleCluster(bgCtx, cr) })
+	}
 }
 
 func (n *Node) stopBackground() {

@@ -163,7 +163,14 @@ func newClusterRouter(n *Node, local *router, cc *ClusterConfig, kv njs.KeyValue
 		kickSub.Unsubscribe()
 		return nil, err
 	}
-	r.subs = []*nats.Subscription{bellSub, kickSub, allSub}
+	statusSub, err := r.nc.Subscribe(statusSubject, r.onStatus)
+	if err != nil {
+		bellSub.Unsubscribe()
+		kickSub.Unsubscribe()
+		allSub.Unsubscribe()
+		return nil, err
+	}
+	r.subs = []*nats.Subscription{bellSub, kickSub, allSub, statusSub}
 	for range hintShards {
 		ch := make(chan hintJob, hintQueue)
 		r.shards = append(r.shards, ch)
@@ -288,6 +295,7 @@ func (r *clusterRouter) kickElsewhere(user string, code wire.Error_Code, _ strin
 	}
 	if err != nil {
 		r.n.log.Warn("cluster: could not tell the other nodes to close a re-registered device's session", "user", user, "err", err)
+		r.publishFailed()
 	}
 }
 
@@ -499,6 +507,7 @@ func (r *clusterRouter) kick(to hint, user string, code wire.Error_Code, token u
 			return // taken; or that node is gone, and its sessions with it
 		}
 		r.n.log.Warn("cluster: kick not answered", "user", user, "node", to.node, "try", try+1, "err", err)
+		r.publishFailed()
 	}
 }
 
@@ -521,6 +530,13 @@ func (r *clusterRouter) onKick(m *nats.Msg) {
 		r.enqueue(hintJob{kind: jobKicked, user: user, token: token, code: code, from: from}, true)
 	}
 	_ = m.Respond(nil) // taken (or meant for a run of this node that is over)
+}
+
+// publishFailed counts a message this node could not send to the cluster.
+func (r *clusterRouter) publishFailed() {
+	if m := r.n.clusterMx; m != nil {
+		m.publishErrors.Inc()
+	}
 }
 
 // bellWorker rings the doorbells of the nodes where the recipients of
@@ -559,6 +575,7 @@ func (r *clusterRouter) ring(to hint, user string, seq uint64, data []byte) {
 	b = append(b, data...)
 	if err := r.nc.Publish(bellSubject(to.node), b); err != nil {
 		r.n.log.Debug("cluster: doorbell", "user", user, "node", to.node, "err", err)
+		r.publishFailed()
 	}
 }
 

@@ -1,0 +1,244 @@
+package node
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	njs "github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/parleyhq/parley/buildinfo"
+)
+
+// ClusterStatus is what GET /admin/cluster answers on a node of a
+// cluster: the members that answered, the state of every stream the
+// cluster's store and settings use, and the size of the registry of
+// where users are connected.
+type ClusterStatus struct {
+	Node    string          `json:"node"` // the node answering
+	Members []ClusterMember `json:"members"`
+	// Streams are Parley's JetStream streams (queues, accounts, dedup,
+	// received records, the buckets) with their leaders and replicas.
+	Streams []StreamStatus `json:"streams"`
+	// Hints is the number of entries in the registry of where users are
+	// connected (one per user logged in somewhere, and stale ones a
+	// killed node left).
+	Hints uint64 `json:"hints"`
+	// Problems name what needs an operator: a stream without a leader or
+	// with a replica behind or offline, a member that did not answer.
+	Problems []string `json:"problems"`
+}
+
+// ClusterMember is one node's answer to the status request.
+type ClusterMember struct {
+	Node     string  `json:"node"`
+	Epoch    uint64  `json:"epoch"` // its run (a restart makes another)
+	Version  string  `json:"version"`
+	Sessions int     `json:"sessions"`
+	Conns    int64   `json:"connections"`
+	Uptime   float64 `json:"uptime_s"`
+}
+
+// StreamStatus is one stream's place in the cluster.
+type StreamStatus struct {
+	Name     string          `json:"name"`
+	Messages uint64          `json:"messages"`
+	Leader   string          `json:"leader"` // empty: no leader now
+	Replicas []ReplicaStatus `json:"replicas"`
+}
+
+// ReplicaStatus is a follower replica of a stream.
+type ReplicaStatus struct {
+	Node    string `json:"node"`
+	Current bool   `json:"current"`
+	Offline bool   `json:"offline"`
+	Lag     uint64 `json:"lag"`
+}
+
+// statusSubject reaches every node: a status request, answered by each
+// with its ClusterMember.
+const statusSubject = "parley.status"
+
+// statusWait is how long a status request gathers the members' answers.
+const statusWait = 500 * time.Millisecond
+
+// onStatus answers a status request with this node's member entry.
+func (r *clusterRouter) onStatus(m *nats.Msg) {
+	b, err := json.Marshal(r.member())
+	if err == nil {
+		_ = m.Respond(b)
+	}
+}
+
+func (r *clusterRouter) member() ClusterMember {
+	return ClusterMember{
+		Node: r.node, Epoch: r.epoch, Version: buildinfo.Get().Version,
+		Sessions: r.router.len(), Conns: r.n.counts.open.Load(),
+		Uptime: time.Since(r.n.started).Seconds(),
+	}
+}
+
+// status gathers the cluster's status (see ClusterStatus), each part
+// bounded by ctx.
+func (r *clusterRouter) status(ctx context.Context) (*ClusterStatus, error) {
+	st := &ClusterStatus{Node: r.node, Members: []ClusterMember{}, Streams: []StreamStatus{}, Problems: []string{}}
+	members, err := r.members(ctx)
+	if err != nil {
+		return nil, err
+	}
+	st.Members = members
+	js, err := njs.New(r.nc)
+	if err != nil {
+		return nil, err
+	}
+	names := js.StreamNames(ctx)
+	var streams []string
+	for name := range names.Name() {
+		if strings.HasPrefix(name, "PARLEY") || strings.HasPrefix(name, "KV_parley") {
+			streams = append(streams, name)
+		}
+	}
+	if err := names.Err(); err != nil && !errors.Is(err, njs.ErrEndOfData) {
+		return nil, err
+	}
+	slices.Sort(streams)
+	for _, name := range streams {
+		s, err := js.Stream(ctx, name)
+		if err != nil {
+			st.Problems = append(st.Problems, "stream "+name+": "+err.Error())
+			continue
+		}
+		info := s.CachedInfo()
+		ss := StreamStatus{Name: name, Messages: info.State.Msgs, Replicas: []ReplicaStatus{}}
+		if c := info.Cluster; c != nil {
+			ss.Leader = c.Leader
+			for _, p := range c.Replicas {
+				ss.Replicas = append(ss.Replicas, ReplicaStatus{Node: p.Name, Current: p.Current, Offline: p.Offline, Lag: p.Lag})
+				if p.Offline || !p.Current {
+					st.Problems = append(st.Problems, "stream "+name+": replica on "+p.Name+" is behind or offline")
+				}
+			}
+		}
+		if ss.Leader == "" {
+			st.Problems = append(st.Problems, "stream "+name+" has no leader")
+		}
+		st.Streams = append(st.Streams, ss)
+	}
+	if kst, err := r.kv.Status(ctx); err == nil {
+		st.Hints = kst.Values()
+	} else {
+		st.Problems = append(st.Problems, "registry: "+err.Error())
+	}
+	return st, nil
+}
+
+// members asks every node for its entry and gathers the answers for
+// statusWait (the cluster's size is not known here).
+func (r *clusterRouter) members(ctx context.Context) ([]ClusterMember, error) {
+	inbox := r.nc.NewRespInbox()
+	sub, err := r.nc.SubscribeSync(inbox)
+	if err != nil {
+		return nil, err
+	}
+	defer sub.Unsubscribe()
+	if err := r.nc.PublishRequest(statusSubject, inbox, nil); err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, statusWait)
+	defer cancel()
+	var out []ClusterMember
+	for {
+		m, err := sub.NextMsgWithContext(ctx)
+		if err != nil {
+			break // the wait is over
+		}
+		var cm ClusterMember
+		if json.Unmarshal(m.Data, &cm) == nil {
+			out = append(out, cm)
+		}
+	}
+	slices.SortFunc(out, func(a, b ClusterMember) int { return strings.Compare(a.Node, b.Node) })
+	return out, nil
+}
+
+// handleCluster serves GET /admin/cluster.
+func (n *Node) handleCluster(w http.ResponseWriter, r *http.Request) {
+	cr, ok := n.router.(*clusterRouter)
+	if !ok {
+		writeError(w, http.StatusNotFound, "not_a_cluster", "this node runs alone (parley serve without --cluster): there is no cluster to show")
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), 10*time.Second)
+	defer cancel()
+	st, err := cr.status(ctx)
+	if err != nil {
+		writeError(w, http.StatusServiceUnavailable, "cluster_unreachable", "the cluster's JetStream did not answer: "+err.Error()+" (is a quorum of the nodes up?)")
+		return
+	}
+	writeJSON(w, http.StatusOK, st)
+}
+
+// clusterMetrics are the cluster's health as this node last saw it (every
+// clusterSampleEvery), for Prometheus and the alert rules in
+// deploy/prometheus/parley-cluster-alerts.yml.
+type clusterMetrics struct {
+	members, leaderless, behind, hints prometheus.Gauge
+	publishErrors                      prometheus.Counter
+}
+
+// clusterSampleEvery is how often a node of a cluster reads its status.
+const clusterSampleEvery = 15 * time.Second
+
+func newClusterMetrics(reg prometheus.Registerer) (*clusterMetrics, error) {
+	m := &clusterMetrics{
+		members:    prometheus.NewGauge(prometheus.GaugeOpts{Name: "parley_cluster_members", Help: "Nodes of the cluster that answered this node's last status request."}),
+		leaderless: prometheus.NewGauge(prometheus.GaugeOpts{Name: "parley_cluster_streams_leaderless", Help: "Parley's JetStream streams without a leader at the last status read: their writes fail."}),
+		behind:     prometheus.NewGauge(prometheus.GaugeOpts{Name: "parley_cluster_replicas_behind", Help: "Stream replicas behind or offline at the last status read: fewer copies than asked for."}),
+		hints:      prometheus.NewGauge(prometheus.GaugeOpts{Name: "parley_cluster_hints", Help: "Entries in the registry of where users are connected."}),
+		publishErrors: prometheus.NewCounter(prometheus.CounterOpts{Name: "parley_cluster_publish_errors_total",
+			Help: "Doorbells, kicks and status reads this node could not send to the cluster."}),
+	}
+	for _, c := range []prometheus.Collector{m.members, m.leaderless, m.behind, m.hints, m.publishErrors} {
+		if err := reg.Register(c); err != nil {
+			return nil, err
+		}
+	}
+	return m, nil
+}
+
+// sampleCluster reads the cluster's status into the metrics.
+func (n *Node) sampleCluster(ctx context.Context, cr *clusterRouter) {
+	m := n.clusterMx
+	if m == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	st, err := cr.status(ctx)
+	if err != nil {
+		m.publishErrors.Inc()
+		n.log.Warn("cluster: status not read", "err", err)
+		return
+	}
+	leaderless, behind := 0, 0
+	for _, s := range st.Streams {
+		if s.Leader == "" {
+			leaderless++
+		}
+		for _, r := range s.Replicas {
+			if r.Offline || !r.Current {
+				behind++
+			}
+		}
+	}
+	m.members.Set(float64(len(st.Members)))
+	m.leaderless.Set(float64(leaderless))
+	m.behind.Set(float64(behind))
+	m.hints.Set(float64(st.Hints))
+}
