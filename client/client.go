@@ -45,7 +45,11 @@ type Config struct {
 	// resending requests that were not answered (with their ids, so nothing
 	// is stored twice). Without it a lost connection ends the client. It
 	// never reconnects after REGISTERED_ELSEWHERE, REPLACED or a refused
-	// login: those need the user.
+	// login: those need the user. With it Dial, too, keeps trying (with
+	// the same backoff) while every address fails for a reason that may
+	// pass, until its context ends: a node of a cluster just killed, the
+	// others electing the leaders of its streams, refuse logins with a
+	// retryable error for some seconds.
 	Reconnect bool
 	// Log receives the client's diagnostics (reconnects, protocol
 	// oddities). Default: discarded, since an SDK should not write to the
@@ -217,6 +221,18 @@ func Dial(ctx context.Context, cfg Config) (*Client, error) {
 	c.ids.Store(rand.Uint64() >> 12)
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	cn, err := c.connectAny(ctx)
+	for attempt := 0; err != nil && cfg.Reconnect && transient(err, attempt) && ctx.Err() == nil; {
+		wait := c.backoff(attempt)
+		attempt++
+		c.log.Warn("login failed on every address; trying again", "in", wait, "err", err)
+		t := time.NewTimer(wait)
+		select {
+		case <-t.C:
+			cn, err = c.connectAny(ctx)
+		case <-ctx.Done():
+			t.Stop()
+		}
+	}
 	if err != nil {
 		c.cancel()
 		return nil, err
@@ -248,6 +264,24 @@ func (c *Client) connectAny(ctx context.Context) (*conn, error) {
 	}
 	return nil, errors.Join(errs...)
 }
+
+// transient reports whether a failure to log in, after attempt tries
+// again, may pass by itself: not a refused login that would be refused
+// again. A handshake the server closed unanswered is what a wrong server
+// key gets, but also what a node dying or shedding load does: it is tried
+// a few times (handshakeTries), then reported, so that a wrong key does
+// not keep Dial waiting.
+func transient(err error, attempt int) bool {
+	var le *LoginError
+	if errors.As(err, &le) && le.permanent() {
+		return false
+	}
+	return !errors.Is(err, ErrHandshake) || attempt < handshakeTries
+}
+
+// handshakeTries is how many times Dial tries again (with Reconnect) after
+// handshakes closed unanswered on every address.
+const handshakeTries = 5
 
 // dialNext makes one attempt on the next address, and moves next on past
 // it if the attempt fails.

@@ -1,8 +1,13 @@
 package client_test
 
 import (
+	"io"
 	"net"
+	"sync/atomic"
 	"testing"
+	"time"
+
+	"github.com/parleyhq/parley/client"
 )
 
 // closedAddr is a loopback address where nothing listens: a dial there is
@@ -62,5 +67,58 @@ func TestE2EReconnectMovesToNextAddr(t *testing.T) {
 	}
 	if other.active() == 0 {
 		t.Fatalf("sent, but not through %s, the address left", other.addr())
+	}
+}
+
+// With Reconnect, Dial keeps trying while every address fails for a
+// reason that may pass: here the only address refuses the first three
+// connections (as the nodes of a cluster refuse logins for some seconds
+// after one of them died), then leads to the node.
+func TestE2EDialWithReconnectWaitsOutRefusals(t *testing.T) {
+	t.Parallel()
+	tn := startNode(t)
+	key := newKey(t)
+	tn.register(t, alice, key)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	var accepted atomic.Int32
+	go func() {
+		for {
+			src, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			if accepted.Add(1) <= 3 {
+				src.Close() // refused: the handshake gets no answer
+				continue
+			}
+			dst, err := net.Dial("tcp", tn.n.NativeAddr())
+			if err != nil {
+				src.Close()
+				continue
+			}
+			go func() { io.Copy(dst, src); dst.Close() }()
+			go func() { io.Copy(src, dst); src.Close() }()
+		}
+	}()
+	cfg := tn.config(t, alice, key)
+	cfg.Addr, cfg.Addrs = ln.Addr().String(), nil
+	cfg.Reconnect, cfg.MinBackoff, cfg.MaxBackoff = true, 10*time.Millisecond, 50*time.Millisecond
+	c := dial(t, cfg)
+	defer c.Close()
+	if err := c.Ping(testCtx(t)); err != nil {
+		t.Fatal(err)
+	}
+	if n := accepted.Load(); n < 4 {
+		t.Fatalf("logged in after %d connections, want the fourth", n)
+	}
+	// Without Reconnect the first refusal is the answer.
+	cfg.Reconnect = false
+	accepted.Store(0)
+	if _, err := client.Dial(testCtx(t), cfg); err == nil {
+		t.Fatal("Dial without Reconnect logged in through a refusing address")
 	}
 }
