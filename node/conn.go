@@ -375,12 +375,26 @@ func (c *conn) ready(w *worker) (closeNow bool) {
 			}
 		}
 		items, err := w.n.store.ReadQueue(c.core.User(), load.From, load.Max)
-		if err != nil {
+		if err != nil && !errors.Is(err, store.ErrClosed) {
+			// A store that may answer again (a cluster's stream electing
+			// a new leader while a node leaves): the session lives on,
+			// having read nothing, and reads again a moment later. Its
+			// client waits for the deliveries; nothing is lost, since
+			// every item stays in the queue until acked.
+			w.n.log.Warn("read queue failed; reading again shortly", "user", c.core.User(), "err", err)
+			pool := w.n.pool
+			time.AfterFunc(readRetryIn, func() { c.post(pool, event{kind: evPush, seq: wakeSeq}) })
+			items, err = nil, nil
+		} else if err != nil {
 			w.n.log.Error("read queue", "user", c.core.User(), "err", err)
 		}
 		c.core.StepLoaded(items, err)
 	}
 }
+
+// readRetryIn is how long a session waits to read its queue again after
+// the store failed to answer.
+const readRetryIn = 500 * time.Millisecond
 
 // encode appends one sealed, length-prefixed frame to the worker's buffer.
 func (c *conn) encode(w *worker, o session.Out) error {
