@@ -11,7 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 
 	"github.com/parleyhq/parley/client"
@@ -30,18 +29,7 @@ const clGuard = 30 * time.Second
 // cluster package test).
 func startClusterNodes(t *testing.T, n int) []*nodetest.Node {
 	t.Helper()
-	ns, err := server.NewServer(&server.Options{
-		JetStream: true, StoreDir: t.TempDir(),
-		Host: "127.0.0.1", Port: -1, NoLog: true, NoSigs: true,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	go ns.Start()
-	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
-	if !ns.ReadyForConnections(clGuard) {
-		t.Fatal("nats server not ready")
-	}
+	ns := node.StartJetStream(t)
 	var out []*nodetest.Node
 	for i := range n {
 		nc, err := nats.Connect("", nats.InProcessServer(ns))

@@ -396,13 +396,19 @@ func (r *clusterRouter) do(held map[string]heldHint, j hintJob) {
 			return // that login is gone already
 		}
 		delete(held, j.user)
-		// Stop routing to the loser before waking the winner: whatever
-		// was routed here is in the queue the winner's wake-up reads.
-		r.router.unregister(j.user, h.c)
-		h.c.post(r.n.pool, event{kind: evKick, code: j.code, text: kickText(j.code)})
-		if j.from.node != "" {
-			r.ring(j.from, j.user, wakeSeq, nil)
-		}
+		r.drop(j.user, h.c, j.code, j.from)
+	}
+}
+
+// drop ends a login of this node that lost to winner's (on another node;
+// none if winner.node is empty): it stops routing to the loser before
+// waking the winner, so that whatever was routed here is in the queue the
+// winner's wake-up reads.
+func (r *clusterRouter) drop(user string, c *conn, code wire.Error_Code, winner hint) {
+	r.router.unregister(user, c)
+	c.post(r.n.pool, event{kind: evKick, code: code, text: kickText(code)})
+	if winner.node != "" {
+		r.ring(winner, user, wakeSeq, nil)
 	}
 }
 
@@ -455,16 +461,12 @@ func (r *clusterRouter) claim(held map[string]heldHint, j hintJob) {
 }
 
 // yield ends a login of this node whose claim found a newer login of
-// another node (winner) in the bucket: like a kick from the winner's node,
-// it stops routing to the login, closes it with REPLACED and wakes the
-// winner.
+// another node (winner) in the bucket, as a kick from the winner's node
+// would.
 func (r *clusterRouter) yield(j hintJob, winner hint) {
-	if r.router.lookup(j.user) != j.c {
-		return
+	if r.router.lookup(j.user) == j.c {
+		r.drop(j.user, j.c, wire.Error_REPLACED, winner)
 	}
-	r.router.unregister(j.user, j.c)
-	j.c.post(r.n.pool, event{kind: evKick, code: wire.Error_REPLACED, text: kickText(wire.Error_REPLACED)})
-	r.ring(winner, j.user, wakeSeq, nil)
 }
 
 // retryClaim tries a claim the bucket refused again later (a new leader

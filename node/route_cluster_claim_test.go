@@ -23,7 +23,9 @@ type claimRig struct {
 	rs [2]*clusterRouter
 }
 
-func newClaimRig(t *testing.T) *claimRig {
+// StartJetStream runs an embedded NATS server with JetStream until the
+// test ends (exported for the node_test package's cluster tests too).
+func StartJetStream(t *testing.T) *server.Server {
 	t.Helper()
 	ns, err := server.NewServer(&server.Options{
 		JetStream: true, StoreDir: t.TempDir(),
@@ -34,10 +36,15 @@ func newClaimRig(t *testing.T) *claimRig {
 	}
 	go ns.Start()
 	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
-	if !ns.ReadyForConnections(10 * time.Second) {
+	if !ns.ReadyForConnections(30 * time.Second) {
 		t.Fatal("nats server not ready")
 	}
-	nc, err := nats.Connect("", nats.InProcessServer(ns))
+	return ns
+}
+
+func newClaimRig(t *testing.T) *claimRig {
+	t.Helper()
+	nc, err := nats.Connect("", nats.InProcessServer(StartJetStream(t)))
 	if err != nil {
 		t.Fatal(err)
 	}
