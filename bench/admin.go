@@ -132,8 +132,9 @@ func (a *admin) createAccounts(ctx context.Context, us []*user) (int, error) {
 
 // serverInfo is GET /v1/server on the public HTTP API.
 type serverInfo struct {
-	ServerKey  string `json:"server_key"`
-	NativeAddr string `json:"native_addr"`
+	ServerKey   string   `json:"server_key"`
+	NativeAddr  string   `json:"native_addr"`
+	NativeAddrs []string `json:"native_addrs"`
 }
 
 func fetchServerInfo(ctx context.Context, hc *http.Client, base string) (serverInfo, []byte, error) {

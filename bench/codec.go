@@ -58,11 +58,14 @@ type frame struct {
 
 var errTruncated = errors.New("truncated protobuf field")
 
-// appendSend appends the plaintext of Frame{Send{id, to, body}}.
-func appendSend(b []byte, id uint64, to string, body []byte) []byte {
+// appendSend appends the plaintext of Frame{Send{id, to, body, resend}}.
+func appendSend(b []byte, id uint64, to string, body []byte, resend bool) []byte {
 	n := protowire.SizeTag(1) + protowire.SizeVarint(id) +
 		protowire.SizeTag(2) + protowire.SizeBytes(len(to)) +
 		protowire.SizeTag(3) + protowire.SizeBytes(len(body))
+	if resend {
+		n += protowire.SizeTag(5) + protowire.SizeVarint(1)
+	}
 	b = protowire.AppendTag(b, fSend, protowire.BytesType)
 	b = protowire.AppendVarint(b, uint64(n))
 	b = protowire.AppendTag(b, 1, protowire.VarintType)
@@ -70,7 +73,12 @@ func appendSend(b []byte, id uint64, to string, body []byte) []byte {
 	b = protowire.AppendTag(b, 2, protowire.BytesType)
 	b = protowire.AppendString(b, to)
 	b = protowire.AppendTag(b, 3, protowire.BytesType)
-	return protowire.AppendBytes(b, body)
+	b = protowire.AppendBytes(b, body)
+	if resend {
+		b = protowire.AppendTag(b, 5, protowire.VarintType)
+		b = protowire.AppendVarint(b, 1)
+	}
+	return b
 }
 
 // appendAck appends the plaintext of Frame{Ack{seq}}.

@@ -18,10 +18,12 @@ func TestCodecEncodesLikeProto(t *testing.T) {
 		got  []byte
 		want *wire.Frame
 	}{
-		{"send", appendSend(nil, 1<<40+7, "+15550000001", []byte("hello")),
+		{"send", appendSend(nil, 1<<40+7, "+15550000001", []byte("hello"), false),
 			&wire.Frame{Kind: &wire.Frame_Send{Send: &wire.Send{Id: 1<<40 + 7, To: "+15550000001", Body: []byte("hello")}}}},
-		{"send empty body", appendSend(nil, 1, "+15550000001", nil),
+		{"send empty body", appendSend(nil, 1, "+15550000001", nil, false),
 			&wire.Frame{Kind: &wire.Frame_Send{Send: &wire.Send{Id: 1, To: "+15550000001"}}}},
+		{"resend", appendSend(nil, 12, "+15550000001", []byte("again"), true),
+			&wire.Frame{Kind: &wire.Frame_Send{Send: &wire.Send{Id: 12, To: "+15550000001", Body: []byte("again"), Resend: true}}}},
 		{"ack", appendAck(nil, 300), &wire.Frame{Kind: &wire.Frame_Ack{Ack: &wire.Ack{Seq: 300}}}},
 		{"ping", appendPing(nil, 9), &wire.Frame{Kind: &wire.Frame_Ping{Ping: &wire.Ping{Id: 9}}}},
 	} {
@@ -112,7 +114,7 @@ func BenchmarkAppendSend(b *testing.B) {
 	buf := make([]byte, 0, 256)
 	b.ReportAllocs()
 	for b.Loop() {
-		buf = appendSend(buf[:0], 1<<62, "+15550000001", body)
+		buf = appendSend(buf[:0], 1<<62, "+15550000001", body, false)
 	}
 }
 

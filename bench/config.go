@@ -17,11 +17,14 @@ import (
 // Config configures every mode; each mode reads the fields it documents and
 // applies its own defaults to zero values.
 type Config struct {
-	// Addr is the node's native listener. Default: the one the node
+	// Addr is the node's native listener, or a cluster's, comma-separated:
+	// user i connects to the (i mod n)th, so with two or more every pair
+	// of users i, i+1 crosses nodes. Default: the addresses the node
 	// advertised at setup (kept in the state), else "127.0.0.1:5222".
 	Addr string
-	// Admin is the node's admin listener URL. Default
-	// "http://127.0.0.1:9090".
+	// Admin is the node's admin listener URL, or a cluster's,
+	// comma-separated: setup provisions through the first; the CPU figures
+	// are read from every one. Default "http://127.0.0.1:9090".
 	Admin string
 	// Server is the node's public HTTP API URL, where setup fetches the
 	// server key. Default "http://127.0.0.1:8080".
@@ -101,6 +104,19 @@ type Config struct {
 	// UpgradeBinary (pairs, with UpgradeAt) is the binary to upgrade to;
 	// empty: the server's own executable as it is on disk.
 	UpgradeBinary string
+
+	// FailoverAt (pairs, failover), if set, signals one node of the cluster
+	// this long into the run, and every connection lost logs in again on
+	// another node, resending what had no SendAck (same id, marked as a
+	// resend). Needs Rate, and Admin and Addr listing the same nodes in
+	// the same order.
+	FailoverAt time.Duration
+	// FailoverNode is the node to signal: 1-based, in the order of Admin
+	// and Addr. Default 1.
+	FailoverNode int
+	// FailoverSignal is KILL (a crash) or TERM (a planned stop: the node
+	// drains). Default KILL.
+	FailoverSignal string
 }
 
 func (c *Config) setDefaults() {
@@ -110,14 +126,18 @@ func (c *Config) setDefaults() {
 	if c.Server == "" {
 		c.Server = "http://127.0.0.1:8080"
 	}
-	if !strings.Contains(c.Admin, "://") {
-		c.Admin = "http://" + c.Admin
+	admins := splitList(c.Admin)
+	for i, a := range admins {
+		if !strings.Contains(a, "://") {
+			admins[i] = "http://" + a
+		}
 	}
+	c.Admin = strings.Join(admins, ",")
 	if !strings.Contains(c.Server, "://") {
 		c.Server = "http://" + c.Server
 	}
 	if c.State == "" {
-		c.State = DefaultStatePath(c.Admin)
+		c.State = DefaultStatePath(admins[0])
 	}
 	if c.Concurrency <= 0 {
 		c.Concurrency = 256
@@ -133,14 +153,26 @@ func (c *Config) setDefaults() {
 	}
 }
 
-// env is what a mode's run needs: the state, the users, the admin client
+// splitList splits a comma-separated flag value, dropping empty parts.
+func splitList(s string) []string {
+	var out []string
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// env is what a mode's run needs: the state, the users, the admin clients
 // and the dialer.
 type env struct {
-	cfg   Config
-	st    *State
-	users []*user
-	admin *admin
-	d     *dialer
+	cfg    Config
+	st     *State
+	users  []*user
+	admin  *admin   // the first of admins
+	admins []*admin // one per node given
+	d      *dialer
 }
 
 // open prepares a mode that uses n users and n connections.
@@ -155,15 +187,23 @@ func open(ctx context.Context, cfg Config, what string, n int) (*env, error) {
 	if err := st.needUsers(cfg.Offset, n, what); err != nil {
 		return nil, err
 	}
-	if cfg.Addr == "" {
-		cfg.Addr = st.NativeAddr
+	addrs := splitList(cfg.Addr)
+	if len(addrs) == 0 {
+		addrs = st.NativeAddrs
 	}
-	if cfg.Addr == "" {
-		cfg.Addr = "127.0.0.1:5222"
+	if len(addrs) == 0 && st.NativeAddr != "" {
+		addrs = []string{st.NativeAddr}
 	}
-	e := &env{cfg: cfg, st: st, admin: newAdmin(cfg.Admin)}
-	// Fail early, with the admin hint, if the node is not there.
-	if _, err := e.admin.process(ctx, false); err != nil {
+	if len(addrs) == 0 {
+		addrs = []string{"127.0.0.1:5222"}
+	}
+	e := &env{cfg: cfg, st: st}
+	for _, a := range splitList(cfg.Admin) {
+		e.admins = append(e.admins, newAdmin(a))
+	}
+	e.admin = e.admins[0]
+	// Fail early, with the admin hint, if a node is not there.
+	if _, err := e.processAll(ctx); err != nil {
 		return nil, err
 	}
 	if e.users, err = st.users(cfg.Offset, n); err != nil {
@@ -171,10 +211,23 @@ func open(ctx context.Context, cfg Config, what string, n int) (*env, error) {
 	}
 	src := cfg.Src
 	if len(src) == 0 && cfg.AutoSrc {
-		src = autoSources(cfg.Addr, n)
+		src = autoSources(addrs[0], n)
 	}
-	e.d = &dialer{addr: cfg.Addr, serverKey: st.serverKey, src: src, timeout: cfg.DialTimeout, full: cfg.FullHandshake}
+	e.d = &dialer{addrs: addrs, serverKey: st.serverKey, src: src, timeout: cfg.DialTimeout, full: cfg.FullHandshake}
 	return e, nil
+}
+
+// processAll reads every node's process figures, in the order of admins.
+func (e *env) processAll(ctx context.Context) ([]process, error) {
+	ps := make([]process, len(e.admins))
+	for i, a := range e.admins {
+		p, err := a.process(ctx, false)
+		if err != nil {
+			return nil, err
+		}
+		ps[i] = p
+	}
+	return ps, nil
 }
 
 // cpuSelf is this process's user+system CPU time.

@@ -23,7 +23,7 @@ const agent = "parley-bench/1"
 
 // dialer opens logged-in connections for the users of one run.
 type dialer struct {
-	addr      string
+	addrs     []string // user i dials addrs[i mod len]
 	serverKey []byte
 	src       []netip.Addr // source addresses, round robin by user; empty: any
 	timeout   time.Duration
@@ -76,11 +76,21 @@ func (e *errLogin) Error() string {
 	return fmt.Sprintf("login of %s refused (%s: %s)%s", e.phone, e.code, e.text, hint)
 }
 
-// dial connects user u (whose index picks the source address) and logs it
-// in with h, or with a fresh hello when h is empty. rbuf is the initial
-// read buffer size.
+// addrOf is the node user u connects to: consecutive users on different
+// nodes, so that every pair (2i, 2i+1) crosses nodes when there are two or
+// more.
+func (d *dialer) addrOf(u *user) string { return d.addrs[u.index%len(d.addrs)] }
+
+// dial connects user u (whose index picks the node and the source address)
+// and logs it in with h, or with a fresh hello when h is empty. rbuf is the
+// initial read buffer size.
 func (d *dialer) dial(ctx context.Context, u *user, h hello, rbuf int) (*conn, error) {
-	c, err := d.dialLazy(ctx, u, h, rbuf)
+	return d.dialAt(ctx, d.addrOf(u), u, h, rbuf)
+}
+
+// dialAt is dial to the native listener addr.
+func (d *dialer) dialAt(ctx context.Context, addr string, u *user, h hello, rbuf int) (*conn, error) {
+	c, err := d.dialLazy(ctx, addr, u, h, rbuf)
 	if err != nil {
 		return nil, err
 	}
@@ -94,7 +104,7 @@ func (d *dialer) dial(ctx context.Context, u *user, h hello, rbuf int) (*conn, e
 // dialLazy is dial up to the arrival of the server's handshake reply: the
 // reply is kept, and complete verifies it, reads the login result and
 // sends the proof.
-func (d *dialer) dialLazy(ctx context.Context, u *user, h hello, rbuf int) (*conn, error) {
+func (d *dialer) dialLazy(ctx context.Context, addr string, u *user, h hello, rbuf int) (*conn, error) {
 	if h.hs == nil {
 		var err error
 		if h, err = d.prepare(u); err != nil {
@@ -105,12 +115,12 @@ func (d *dialer) dialLazy(ctx context.Context, u *user, h hello, rbuf int) (*con
 	if len(d.src) > 0 {
 		nd.LocalAddr = &net.TCPAddr{IP: d.src[u.index%len(d.src)].AsSlice()}
 	}
-	nc, err := nd.DialContext(ctx, "tcp", d.addr)
+	nc, err := nd.DialContext(ctx, "tcp", addr)
 	if errors.Is(err, syscall.EADDRNOTAVAIL) {
-		return nil, fmt.Errorf("connect to %s: %w: out of local ports (connections in TIME_WAIT from other programs?): spread connections over source addresses with --src 127.0.0.2-127.0.0.20, or wait a minute", d.addr, err)
+		return nil, fmt.Errorf("connect to %s: %w: out of local ports (connections in TIME_WAIT from other programs?): spread connections over source addresses with --src 127.0.0.2-127.0.0.20, or wait a minute", addr, err)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("connect to %s: %w (is `parley serve` running? check --addr)", d.addr, err)
+		return nil, fmt.Errorf("connect to %s: %w (is `parley serve` running? check --addr)", addr, err)
 	}
 	c := &conn{nc: nc, rbuf: make([]byte, max(rbuf, 256))}
 	err = c.login(u, h, d.timeout)
@@ -313,8 +323,15 @@ func (c *conn) seal(off int) error {
 
 // queueSend adds a sealed Send to the write buffer.
 func (c *conn) queueSend(id uint64, to string, body []byte) error {
+	return c.queueSendAgain(id, to, body, false)
+}
+
+// queueSendAgain is queueSend, marked as a resend (the server looks the
+// id up and answers an earlier send's SendAck instead of storing it
+// again) if resend.
+func (c *conn) queueSendAgain(id uint64, to string, body []byte, resend bool) error {
 	off := len(c.wbuf)
-	c.wbuf = appendSend(append(c.wbuf, 0, 0, 0), id, to, body)
+	c.wbuf = appendSend(append(c.wbuf, 0, 0, 0), id, to, body, resend)
 	return c.seal(off)
 }
 

@@ -8,8 +8,10 @@ import (
 	"io"
 	"math"
 	"net"
+	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	hdrhistogram "github.com/HdrHistogram/hdrhistogram-go"
@@ -52,8 +54,23 @@ type PairsResult struct {
 	// Upgrade is the live upgrade asked for during the run (--upgrade-at).
 	Upgrade *UpgradeOutcome `json:"upgrade,omitempty"`
 	// Dropped is how many of the run's connections failed during it (EOF,
-	// reset, closed by the server): with an upgrade, the goal is 0.
+	// reset, closed by the server): with an upgrade, the goal is 0. In a
+	// failover run a lost connection logs in again elsewhere and counts
+	// in Failover.Moved instead; Dropped counts those that could not.
 	Dropped int64 `json:"dropped_conns"`
+	// Failover is the node lost during the run (bench failover).
+	Failover *FailoverOutcome `json:"failover,omitempty"`
+	// Nodes are the CPU figures of each node given (--admin with several):
+	// ServerCPUS is their sum.
+	Nodes []NodeCPU `json:"nodes,omitempty"`
+}
+
+// NodeCPU is one node's share of a run's CPU.
+type NodeCPU struct {
+	Admin    string  `json:"admin"`
+	CPUS     float64 `json:"cpu_s"`
+	UsPerMsg float64 `json:"cpu_us_per_msg"` // its CPU over every message of the run
+	Note     string  `json:"note,omitempty"` // why a figure is missing
 }
 
 // Rows implements Result.
@@ -75,7 +92,15 @@ func (r *PairsResult) Rows() []Row {
 		{Name: "lost", Value: fmtInt(r.Lost), Note: "missing + duplicated + out of order + late + wrong body; anything but 0 is a bug"},
 		{Name: "stale", Value: fmtInt(r.Stale), Note: "items from earlier runs, acked and ignored"},
 	}
+	for i, n := range r.Nodes {
+		row := Row{Name: fmt.Sprintf("node %d cpu_us_per_msg", i+1), Value: fmtF(n.UsPerMsg, 2), Note: fmt.Sprintf("%.2f CPU-seconds, %s", n.CPUS, n.Admin)}
+		if n.Note != "" {
+			row.Value, row.Note = "-", n.Admin+": "+n.Note
+		}
+		rows = append(rows, row)
+	}
 	rows = append(rows, upgradeRows(r.Upgrade, r.Dropped)...)
+	rows = append(rows, failoverRows(r.Failover)...)
 	return append(rows, errorRows(r.Errors, r.ErrorSamples)...)
 }
 
@@ -83,7 +108,14 @@ func (r *PairsResult) serverCPURow() Row {
 	if r.Upgrade != nil && r.Upgrade.Report != nil {
 		return Row{Name: "server_cpu_us_per_msg", Value: "-", Note: "not measured: the readings before and after are of two processes (the upgrade)"}
 	}
-	return Row{Name: "server_cpu_us_per_msg", Value: fmtF(r.ServerCPUUsPerMsg, 2), Note: fmt.Sprintf("%.2f server CPU-seconds, from /admin/process", r.ServerCPUS)}
+	note := fmt.Sprintf("%.2f server CPU-seconds, from /admin/process", r.ServerCPUS)
+	switch {
+	case r.Failover != nil:
+		note = fmt.Sprintf("%.2f CPU-seconds of the nodes still up at the end (the lost node's is not counted)", r.ServerCPUS)
+	case len(r.Nodes) > 1:
+		note = fmt.Sprintf("%.2f CPU-seconds of the %d nodes together, each node's below", r.ServerCPUS, len(r.Nodes))
+	}
+	return Row{Name: "server_cpu_us_per_msg", Value: fmtF(r.ServerCPUUsPerMsg, 2), Note: note}
 }
 
 // histShards spread latency recording over a few locks.
@@ -120,8 +152,10 @@ func latencyOf(h *hdrhistogram.Histogram) Latency {
 // pairsRun is what the pairs of one run share.
 type pairsRun struct {
 	t0       time.Time
-	stopping atomic.Bool // no new sends
-	limit    int64       // sends per pair; 0: until stopping
+	stopping atomic.Bool  // no new sends
+	ending   atomic.Bool  // the grace is over: a failed read ends its pair
+	fo       *failoverRun // nil unless a failover run
+	limit    int64        // sends per pair; 0: until stopping
 	body     []byte
 	hist     histShards
 	errs     tally
@@ -134,23 +168,40 @@ func (r *pairsRun) now() int64 { return int64(time.Since(r.t0)) }
 type sender struct {
 	r     *pairsRun
 	c     *conn
+	u     *user
+	addr  string // the node c is connected to
 	to    string
 	base  uint64
 	shard int
+	// untouched: neither side of the pair is on the failover's victim.
+	untouched bool
 
 	mu     sync.Mutex // paced mode: pacer and reader share the conn
 	sendAt []int64    // ring by message number: when it was written
 	ackSID []uint64   // ring by message number: the server id its SendAck gave
+	// early holds the messages whose delivered receipt came before their
+	// SendAck (a cluster may answer in that order: the receipt comes from
+	// another node), until the SendAck comes.
+	early map[int64]earlyRcpt
 
 	sent, failed, acked int64
 	rcptHigh            uint64 // highest message number with a receipt
-	seqHigh, ackSent    uint64 // highest delivery seq seen, and acked
+	seqHigh             uint64 // highest delivery seq seen
+	connHigh, ackSent   uint64 // highest delivery seq seen on c, and acked
+	maxAckWait          int64  // longest first write -> SendAck, ns
+	down                bool   // failover: c is lost, the reader logs in again
+	retryAt             int64  // failover: r.now() when a refused send goes again; 0: none
 	stale               int64
 	lastRcpt            int64 // r.now() at the last receipt
 	sendingDone         bool
 	err                 error
 
 	delivered atomic.Int64
+}
+
+type earlyRcpt struct {
+	serverID uint64
+	sentAt   int64
 }
 
 func (s *sender) outstanding() int64 { return s.sent - s.delivered.Load() - s.failed }
@@ -163,6 +214,7 @@ func (s *sender) maySend() bool {
 func (s *sender) queueOne() error {
 	k := s.sent + 1
 	s.sendAt[(k-1)%int64(len(s.sendAt))] = s.r.now()
+	s.ackSID[(k-1)%int64(len(s.ackSID))] = 0
 	if err := s.c.queueSend(s.base+uint64(k), s.to, s.r.body); err != nil {
 		return err
 	}
@@ -175,11 +227,30 @@ func (s *sender) handle(f *frame, now int64) error {
 	switch f.kind {
 	case fSendAck:
 		s.acked++
-		if k := int64(f.id - s.base); f.id > s.base && k <= s.sent {
+		k := int64(f.id - s.base)
+		if f.id <= s.base || k > s.sent {
+			break
+		}
+		if e, ok := s.early[k]; ok {
+			// Its receipt came first; its ring slots may be reused.
+			delete(s.early, k)
+			if e.serverID != f.serverID {
+				s.r.errs.add(fmt.Errorf("delivered receipt for message %d named server id %d; its SendAck gave %d", f.id, e.serverID, f.serverID))
+			}
+			s.maxAckWait = max(s.maxAckWait, now-e.sentAt)
+			break
+		}
+		if uint64(k) > s.rcptHigh {
 			s.ackSID[(k-1)%int64(len(s.ackSID))] = f.serverID
+			s.maxAckWait = max(s.maxAckWait, now-s.sendAt[(k-1)%int64(len(s.sendAt))])
 		}
 	case fError:
 		if k := int64(f.id - s.base); f.id > s.base && k <= s.sent {
+			if s.r.fo != nil && retryable(f.code) {
+				s.retryAt = now + retryDelay()
+				s.r.fo.retried.Add(1)
+				return nil
+			}
 			s.failed++
 			s.r.errs.add(fmt.Errorf("send refused (%d): %s", f.code, f.text))
 			return nil
@@ -188,6 +259,11 @@ func (s *sender) handle(f *frame, now int64) error {
 	case fClose:
 		return closeErr(f)
 	case fDeliver:
+		s.connHigh = max(s.connHigh, f.seq)
+		if f.seq <= s.seqHigh && s.r.fo != nil {
+			s.r.fo.redelivered.Add(1) // after a reconnect: its ack was lost
+			return nil
+		}
 		s.seqHigh = max(s.seqHigh, f.seq)
 		if !f.isRcpt || f.rKind != receiptDelivered {
 			s.stale++
@@ -210,11 +286,22 @@ func (s *sender) handle(f *frame, now int64) error {
 			}
 			// At most a window of messages wait for their receipts, so
 			// the ring still holds k's SendAck.
-			if want := s.ackSID[(k-1)%int64(len(s.ackSID))]; i < len(f.srvIDs) && f.srvIDs[i] != want {
+			at := s.sendAt[(k-1)%int64(len(s.sendAt))]
+			switch want := s.ackSID[(k-1)%int64(len(s.ackSID))]; {
+			case i >= len(f.srvIDs):
+			case want == 0:
+				if s.early == nil {
+					s.early = make(map[int64]earlyRcpt)
+				}
+				s.early[k] = earlyRcpt{serverID: f.srvIDs[i], sentAt: at}
+			case f.srvIDs[i] != want:
 				s.r.errs.add(fmt.Errorf("delivered receipt for message %d names server id %d; its SendAck gave %d", id, f.srvIDs[i], want))
 			}
 			s.rcptHigh = uint64(k)
-			us := (now - s.sendAt[(k-1)%int64(len(s.sendAt))]) / 1000
+			us := (now - at) / 1000
+			if s.untouched {
+				s.r.fo.record(at, us)
+			}
 			if n == 0 {
 				sh.mu.Lock()
 			}
@@ -256,11 +343,11 @@ func (s *sender) readBatch(f *frame, lock bool) error {
 			return err
 		}
 	}
-	if s.seqHigh > s.ackSent {
-		if err := s.c.queueAck(s.seqHigh); err != nil {
+	if s.connHigh > s.ackSent {
+		if err := s.c.queueAck(s.connHigh); err != nil {
 			return err
 		}
-		s.ackSent = s.seqHigh
+		s.ackSent = s.connHigh
 	}
 	if lock {
 		return s.c.flush()
@@ -328,17 +415,26 @@ func pace(senders []*sender, rate float64, tick time.Duration, stop <-chan struc
 			if s.err == nil && s.maySend() {
 				live++
 			}
+			if s.down {
+				s.mu.Unlock()
+				continue // its reader is logging it in again
+			}
 			var err error
-			for s.err == nil && s.sent < due && s.outstanding() < int64(len(s.sendAt)) && s.maySend() {
-				if err = s.queueOne(); err != nil {
-					break
-				}
+			if s.retryAt != 0 && s.r.now() >= s.retryAt {
+				err = s.resend()
+			}
+			for err == nil && s.err == nil && s.sent < due && s.outstanding() < int64(len(s.sendAt)) && s.maySend() {
+				err = s.queueOne()
 			}
 			if err == nil && s.err == nil {
 				err = s.c.flush()
 			}
 			if err != nil && s.err == nil {
-				s.err = err
+				if s.r.fo == nil {
+					s.err = err
+				}
+				// Wake the reader: it ends the pair, or (failover) logs
+				// it in again elsewhere.
 				s.c.nc.SetReadDeadline(time.Now())
 			}
 			s.mu.Unlock()
@@ -347,39 +443,91 @@ func pace(senders []*sender, rate float64, tick time.Duration, stop <-chan struc
 }
 
 // read is the paced sender's reader; it ends once the pacer is done and
-// every send has its receipt (or failed), or the connection fails.
+// every send has its receipt (or failed), or the connection fails (in a
+// failover run: once it cannot log in again elsewhere, or the grace is
+// over).
 func (s *sender) read() {
 	var f frame
 	for {
 		err := s.readBatch(&f, true)
 		s.mu.Lock()
 		over := s.sendingDone && s.outstanding() == 0 || s.err != nil
-		if err != nil && s.err == nil {
+		if err != nil && s.err == nil && (s.r.fo == nil || s.r.ending.Load()) {
 			s.err = err
 		}
 		s.mu.Unlock()
-		if over || err != nil {
+		if over || s.err != nil {
 			return
 		}
+		if err != nil {
+			if err := s.moveOn(); err != nil {
+				s.mu.Lock()
+				s.err = err
+				s.mu.Unlock()
+				return
+			}
+		}
 	}
+}
+
+// moveOn logs the sender in on another node after its connection failed
+// (failover) and sends again, marked as resends, the messages that had no
+// SendAck; the pacer leaves it alone meanwhile.
+func (s *sender) moveOn() error {
+	s.mu.Lock()
+	s.down = true
+	old := s.c
+	s.mu.Unlock()
+	old.close()
+	c, addr, err := s.r.fo.relogin(s.u, s.addr)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	s.c, s.addr, s.down, s.connHigh, s.ackSent = c, addr, false, 0, 0
+	if err := s.resend(); err != nil {
+		return err
+	}
+	return s.c.flush()
+}
+
+// resend queues again, marked as resends, the messages since the last
+// receipt that have no SendAck.
+func (s *sender) resend() error {
+	s.retryAt = 0
+	for k := int64(s.rcptHigh) + 1; k <= s.sent; k++ {
+		if s.ackSID[(k-1)%int64(len(s.ackSID))] != 0 {
+			continue
+		}
+		if err := s.c.queueSendAgain(s.base+uint64(k), s.to, s.r.body, true); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // receiver is one pair's receiving side: it checks the order and acks
 // every read batch.
 type receiver struct {
-	c       *conn
-	from    string
-	base    uint64
-	body    []byte // every message's body
-	next    uint64 // the message number expected next
-	unique  int64
-	dups    int64 // seen before (or late after a gap)
-	jumps   int64 // arrived ahead of a missing one
-	corrupt int64 // arrived with another body
-	stale   int64
-	seqHigh uint64
-	ackSent uint64
-	err     error
+	mu       sync.Mutex // guards c's replacement (failover) against its readers elsewhere
+	c        *conn
+	u        *user
+	addr     string // the node c is connected to
+	fo       *failoverRun
+	from     string
+	base     uint64
+	body     []byte // every message's body
+	next     uint64 // the message number expected next
+	unique   int64
+	dups     int64 // seen before (or late after a gap)
+	jumps    int64 // arrived ahead of a missing one
+	corrupt  int64 // arrived with another body
+	stale    int64
+	seqHigh  uint64 // highest delivery seq seen
+	connHigh uint64 // highest delivery seq seen on c
+	ackSent  uint64
+	err      error
 
 	received atomic.Int64
 }
@@ -387,13 +535,35 @@ type receiver struct {
 func (v *receiver) run(closing *atomic.Bool) {
 	var f frame
 	for {
-		if err := v.batch(&f); err != nil {
-			if !closing.Load() {
-				v.err = err
-			}
+		err := v.batch(&f)
+		if err == nil {
+			continue
+		}
+		if closing.Load() {
 			return
 		}
+		if v.fo == nil {
+			v.err = err
+			return
+		}
+		// Failover: log in again elsewhere; the queue is still there.
+		v.c.close()
+		c, addr, err := v.fo.relogin(v.u, v.addr)
+		if err != nil {
+			v.err = err
+			return
+		}
+		v.mu.Lock()
+		v.c, v.addr, v.connHigh, v.ackSent = c, addr, 0, 0
+		v.mu.Unlock()
 	}
+}
+
+// conn is the receiver's connection, for a goroutine other than its reader.
+func (v *receiver) conn() *conn {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.c
 }
 
 // batch reads what is available, checks every message and acks them all.
@@ -419,6 +589,11 @@ func (v *receiver) batch(f *frame) error {
 		case fClose:
 			return closeErr(f)
 		case fDeliver:
+			v.connHigh = max(v.connHigh, f.seq)
+			if f.seq <= v.seqHigh && v.fo != nil {
+				v.fo.redelivered.Add(1) // after a reconnect: its ack was lost
+				continue
+			}
 			v.seqHigh = max(v.seqHigh, f.seq)
 			if !f.isMsg || string(f.from) != v.from || f.msgID <= v.base {
 				v.stale++
@@ -442,11 +617,11 @@ func (v *receiver) batch(f *frame) error {
 			v.received.Add(1)
 		}
 	}
-	if v.seqHigh > v.ackSent {
-		if err := v.c.queueAck(v.seqHigh); err != nil {
+	if v.connHigh > v.ackSent {
+		if err := v.c.queueAck(v.connHigh); err != nil {
 			return err
 		}
-		v.ackSent = v.seqHigh
+		v.ackSent = v.connHigh
 		return v.c.flush()
 	}
 	return nil
@@ -480,9 +655,46 @@ func Pairs(ctx context.Context, cfg Config, progress io.Writer) (*PairsResult, e
 	if cfg.UpgradeAt < 0 || cfg.UpgradeAt > 0 && cfg.UpgradeAt >= cfg.Duration {
 		return nil, fmt.Errorf("--upgrade-at %s: give a time within the run's --duration %s", cfg.UpgradeAt, cfg.Duration)
 	}
+	if cfg.FailoverAt < 0 || cfg.FailoverAt > 0 && cfg.FailoverAt >= cfg.Duration {
+		return nil, fmt.Errorf("--at %s: give a time within the run's --duration %s", cfg.FailoverAt, cfg.Duration)
+	}
+	if cfg.FailoverAt > 0 && cfg.Rate <= 0 {
+		return nil, errors.New("failover: give --rate: the failover run is paced")
+	}
 	e, err := open(ctx, cfg, "pairs", 2*cfg.Pairs)
 	if err != nil {
 		return nil, err
+	}
+	var (
+		fo      *failoverRun
+		foOut   *FailoverOutcome
+		foPID   int
+		foSig   syscall.Signal
+		victims = -1
+	)
+	if cfg.FailoverAt > 0 {
+		if len(e.admins) < 2 || len(e.admins) != len(e.d.addrs) {
+			return nil, fmt.Errorf("failover: give every node of the cluster, in the same order, in --admin (%d given) and --addr (%d given)", len(e.admins), len(e.d.addrs))
+		}
+		if cfg.FailoverNode == 0 {
+			cfg.FailoverNode = 1
+		}
+		if cfg.FailoverNode < 1 || cfg.FailoverNode > len(e.admins) {
+			return nil, fmt.Errorf("--node %d: give 1 to %d (the order of --admin)", cfg.FailoverNode, len(e.admins))
+		}
+		if cfg.FailoverSignal == "" {
+			cfg.FailoverSignal = "KILL"
+		}
+		if foSig, err = signalOf(cfg.FailoverSignal); err != nil {
+			return nil, err
+		}
+		if foPID, err = e.admins[cfg.FailoverNode-1].victimPID(ctx); err != nil {
+			return nil, err
+		}
+		victims = cfg.FailoverNode - 1
+		fo = &failoverRun{ctx: ctx, d: e.d,
+			before: &survivorHist{h: newHist()}, after: &survivorHist{h: newHist()}}
+		foOut = &FailoverOutcome{Node: cfg.FailoverNode, Addr: e.d.addrs[victims], Signal: strings.TrimPrefix(strings.ToUpper(cfg.FailoverSignal), "SIG"), PID: foPID}
 	}
 	var ls loginStats
 	conns := e.loginAll(ctx, e.users, nil, 64<<10, &ls)
@@ -491,15 +703,17 @@ func Pairs(ctx context.Context, cfg Config, progress io.Writer) (*PairsResult, e
 		return nil, fmt.Errorf("pairs: %d of %d logins failed, e.g. %s", ls.errs.count(), len(conns), ls.errs.list()[0])
 	}
 
-	r := &pairsRun{limit: int64(cfg.Msgs), body: make([]byte, cfg.Size)}
+	r := &pairsRun{limit: int64(cfg.Msgs), body: make([]byte, cfg.Size), fo: fo}
 	r.hist.init()
 	base := runBase()
 	senders := make([]*sender, cfg.Pairs)
 	receivers := make([]*receiver, cfg.Pairs)
 	for i := range cfg.Pairs {
+		su, vu := e.users[2*i], e.users[2*i+1]
 		s, v := conns[2*i], conns[2*i+1]
-		senders[i] = &sender{r: r, c: s, to: e.users[2*i+1].phone, base: base, shard: i % len(r.hist), sendAt: make([]int64, cfg.Window), ackSID: make([]uint64, cfg.Window)}
-		receivers[i] = &receiver{c: v, from: e.users[2*i].phone, base: base, body: r.body}
+		senders[i] = &sender{r: r, c: s, u: su, addr: e.d.addrOf(su), to: vu.phone, base: base, shard: i % len(r.hist), sendAt: make([]int64, cfg.Window), ackSID: make([]uint64, cfg.Window)}
+		senders[i].untouched = fo != nil && e.d.addrOf(su) != e.d.addrs[victims] && e.d.addrOf(vu) != e.d.addrs[victims]
+		receivers[i] = &receiver{c: v, u: vu, addr: e.d.addrOf(vu), fo: fo, from: su.phone, base: base, body: r.body}
 	}
 	delivered := func() (n int64) {
 		for _, s := range senders {
@@ -508,7 +722,7 @@ func Pairs(ctx context.Context, cfg Config, progress io.Writer) (*PairsResult, e
 		return n
 	}
 
-	p0, err := e.admin.process(ctx, false)
+	p0, err := e.processAll(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -528,9 +742,16 @@ func Pairs(ctx context.Context, cfg Config, progress io.Writer) (*PairsResult, e
 		n, now := delivered(), time.Now()
 		cur := rate(n-lastN, now.Sub(lastT))
 		lastN, lastT = n, now
-		p, _ := e.admin.process(ctx, false)
+		var cpu float64
+		var backlog int64
+		for _, a := range e.admins {
+			if p, err := a.process(ctx, false); err == nil { // a lost node is skipped
+				cpu += p.CPUSeconds
+				backlog += int64(p.Backlog)
+			}
+		}
 		return fmt.Sprintf("pairs: %.0fs  delivered %s  %.0f msgs/s now  server cpu %.1fs backlog %d",
-			time.Since(r.t0).Seconds(), fmtInt(n), cur, p.CPUSeconds, p.Backlog)
+			time.Since(r.t0).Seconds(), fmtInt(n), cur, cpu, backlog)
 	})
 	defer pr.end()
 	if cfg.Rate > 0 {
@@ -552,6 +773,10 @@ func Pairs(ctx context.Context, cfg Config, progress io.Writer) (*PairsResult, e
 	if cfg.UpgradeAt > 0 {
 		upgraded = e.admin.upgradeAfter(ctx, r.t0, cfg.UpgradeAt, cfg.UpgradeBinary, sendersDone)
 	}
+	var killed <-chan struct{}
+	if fo != nil {
+		killed = fo.killAfter(r.t0, cfg.FailoverAt, foPID, foSig, sendersDone, foOut)
+	}
 	timer := time.NewTimer(cfg.Duration)
 	defer timer.Stop()
 	select {
@@ -565,6 +790,9 @@ func Pairs(ctx context.Context, cfg Config, progress io.Writer) (*PairsResult, e
 		o := <-upgraded
 		upgradeOutcome = &o
 	}
+	if killed != nil {
+		<-killed
+	}
 	r.stopping.Store(true)
 	close(stop)
 	grace := time.NewTimer(drainGrace)
@@ -572,8 +800,11 @@ func Pairs(ctx context.Context, cfg Config, progress io.Writer) (*PairsResult, e
 	select {
 	case <-sendersDone:
 	case <-grace.C:
+		r.ending.Store(true)
 		for _, s := range senders {
+			s.mu.Lock()
 			s.c.nc.SetReadDeadline(time.Now())
+			s.mu.Unlock()
 		}
 		<-sendersDone
 	}
@@ -582,15 +813,21 @@ func Pairs(ctx context.Context, cfg Config, progress io.Writer) (*PairsResult, e
 		rwg.Wait()
 		return nil, ctx.Err()
 	}
-	p1, err := e.admin.process(ctx, false)
+	p1 := make([]process, len(e.admins))
+	p1err := make([]error, len(e.admins))
+	for i, a := range e.admins {
+		p1[i], p1err[i] = a.process(ctx, false)
+	}
 	benchCPU := cpuSelf() - cpu0
 	closing.Store(true)
 	for _, v := range receivers {
-		v.c.nc.SetReadDeadline(time.Now())
+		v.conn().nc.SetReadDeadline(time.Now())
 	}
 	rwg.Wait()
-	if err != nil {
-		return nil, err
+	for i, err := range p1err {
+		if err != nil && i != victims {
+			return nil, err
+		}
 	}
 	// The receivers stopped at the last receipt; a late duplicate or a
 	// stray is still queued, and counts as lost.
@@ -605,7 +842,7 @@ func Pairs(ctx context.Context, cfg Config, progress io.Writer) (*PairsResult, e
 
 	res := &PairsResult{
 		Mode: "pairs", Pairs: cfg.Pairs, Window: cfg.Window, Size: cfg.Size, Rate: cfg.Rate, MsgsPerPair: cfg.Msgs,
-		Upgrade: upgradeOutcome,
+		Upgrade: upgradeOutcome, Failover: foOut,
 	}
 	var last int64
 	for i, s := range senders {
@@ -623,6 +860,9 @@ func Pairs(ctx context.Context, cfg Config, progress io.Writer) (*PairsResult, e
 			r.errs.add(fmt.Errorf("receiver %s: %w", e.users[2*i+1].phone, v.err))
 			res.Dropped++
 		}
+		if n := len(s.early); n > 0 && fo == nil {
+			r.errs.add(fmt.Errorf("%d messages of %s had their delivered receipt and never a SendAck", n, e.users[2*i].phone))
+		}
 		if o := s.outstanding(); o > 0 {
 			r.errs.add(fmt.Errorf("%d messages of %s had no delivered receipt %s after the sending stopped", o, e.users[2*i].phone, drainGrace))
 		}
@@ -636,10 +876,32 @@ func Pairs(ctx context.Context, cfg Config, progress io.Writer) (*PairsResult, e
 	res.Seconds = time.Duration(last).Seconds()
 	res.MsgsPerS = rate(res.Delivered, time.Duration(last))
 	res.Latency = latencyOf(r.hist.merged())
-	res.ServerCPUS = p1.CPUSeconds - p0.CPUSeconds
+	for i, a := range e.admins {
+		n := NodeCPU{Admin: a.url}
+		switch {
+		case p1err[i] != nil:
+			n.Note = "lost during the run: not counted"
+		case p1[i].CPUSeconds < p0[i].CPUSeconds:
+			n.Note = "another process at the end (restarted or upgraded): not counted"
+		default:
+			n.CPUS = p1[i].CPUSeconds - p0[i].CPUSeconds
+			res.ServerCPUS += n.CPUS
+		}
+		if res.Delivered > 0 {
+			n.UsPerMsg = n.CPUS * 1e6 / float64(res.Delivered)
+		}
+		res.Nodes = append(res.Nodes, n)
+	}
+	if len(res.Nodes) == 1 {
+		res.Nodes = nil
+	}
 	if res.Delivered > 0 {
 		res.ServerCPUUsPerMsg = res.ServerCPUS * 1e6 / float64(res.Delivered)
 		res.BenchCPUUsPerMsg = float64(benchCPU.Microseconds()) / float64(res.Delivered)
+	}
+	if fo != nil {
+		fo.outcome(foOut, senders, r.now())
+		foOut.SurvivorsBefore, foOut.SurvivorsAfter = latencyOf(fo.before.h), latencyOf(fo.after.h)
 	}
 	if upgradeOutcome != nil && upgradeOutcome.Report != nil {
 		// The readings are of two processes: no server CPU figure.

@@ -14,25 +14,30 @@ import (
 
 // SetupResult is what Setup reports.
 type SetupResult struct {
-	Mode         string  `json:"mode"`
-	Users        int     `json:"users"`
-	Created      int     `json:"created"`
-	Seconds      float64 `json:"seconds"`
-	AccountsPerS float64 `json:"accounts_per_s"`
-	State        string  `json:"state"`
-	ServerKey    string  `json:"server_key"`
-	NativeAddr   string  `json:"native_addr"`
+	Mode         string   `json:"mode"`
+	Users        int      `json:"users"`
+	Created      int      `json:"created"`
+	Seconds      float64  `json:"seconds"`
+	AccountsPerS float64  `json:"accounts_per_s"`
+	State        string   `json:"state"`
+	ServerKey    string   `json:"server_key"`
+	NativeAddr   string   `json:"native_addr"`
+	NativeAddrs  []string `json:"native_addrs,omitempty"`
 }
 
 // Rows implements Result.
 func (r *SetupResult) Rows() []Row {
+	native := strings.Join(r.NativeAddrs, ",")
+	if native == "" {
+		native = r.NativeAddr
+	}
 	return []Row{
 		{Name: "users", Value: fmtInt(int64(r.Users)), Note: fmt.Sprintf("%s .. %s", Phone(0), Phone(max(r.Users-1, 0)))},
 		{Name: "created", Value: fmtInt(int64(r.Created))},
 		{Name: "seconds", Value: fmtF(r.Seconds, 2)},
 		{Name: "accounts_per_s", Value: fmtF(r.AccountsPerS, 0)},
 		{Name: "state", Value: r.State},
-		{Name: "native_addr", Value: r.NativeAddr, Note: "as the server advertises it"},
+		{Name: "native_addr", Value: native, Note: "as the server advertises it (a cluster: every node's); --addr defaults to it"},
 	}
 }
 
@@ -52,7 +57,7 @@ func Setup(ctx context.Context, cfg Config, progress io.Writer) (*SetupResult, e
 	if err != nil {
 		return nil, err
 	}
-	st := &State{Users: cfg.Users, serverKey: key, NativeAddr: si.NativeAddr, Admin: cfg.Admin, Created: time.Now().UTC()}
+	st := &State{Users: cfg.Users, serverKey: key, NativeAddr: si.NativeAddr, NativeAddrs: si.NativeAddrs, Admin: cfg.Admin, Created: time.Now().UTC()}
 	if old, err := loadState(cfg.State); err == nil && !cfg.Fresh {
 		st.seed = old.seed
 	} else if err != nil {
@@ -65,7 +70,7 @@ func Setup(ctx context.Context, cfg Config, progress io.Writer) (*SetupResult, e
 			return nil, err
 		}
 	}
-	a := newAdmin(cfg.Admin)
+	a := newAdmin(splitList(cfg.Admin)[0]) // accounts are cluster-wide
 	if _, err := a.process(ctx, false); err != nil {
 		return nil, err
 	}
@@ -105,6 +110,6 @@ func Setup(ctx context.Context, cfg Config, progress io.Writer) (*SetupResult, e
 	return &SetupResult{
 		Mode: "setup", Users: cfg.Users, Created: int(created.Load()),
 		Seconds: elapsed.Seconds(), AccountsPerS: rate(created.Load(), elapsed),
-		State: cfg.State, ServerKey: st.ServerKey, NativeAddr: si.NativeAddr,
+		State: cfg.State, ServerKey: st.ServerKey, NativeAddr: si.NativeAddr, NativeAddrs: si.NativeAddrs,
 	}, nil
 }

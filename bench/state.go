@@ -28,13 +28,16 @@ const MaxUsers = 10_000_000
 // State is what setup leaves for the other modes: enough to recreate every
 // user's phone number and key, and the server key to pin.
 type State struct {
-	Version    int       `json:"version"`
-	Seed       string    `json:"seed"` // base64 of 32 random bytes
-	Users      int       `json:"users"`
-	ServerKey  string    `json:"server_key"` // base64
-	NativeAddr string    `json:"native_addr,omitempty"`
-	Admin      string    `json:"admin,omitempty"`
-	Created    time.Time `json:"created"`
+	Version    int    `json:"version"`
+	Seed       string `json:"seed"` // base64 of 32 random bytes
+	Users      int    `json:"users"`
+	ServerKey  string `json:"server_key"` // base64
+	NativeAddr string `json:"native_addr,omitempty"`
+	// NativeAddrs are every node's native listeners, as a cluster node
+	// advertises them (one address for a single node).
+	NativeAddrs []string  `json:"native_addrs,omitempty"`
+	Admin       string    `json:"admin,omitempty"`
+	Created     time.Time `json:"created"`
 
 	seed      []byte
 	serverKey []byte

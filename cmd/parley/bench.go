@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"runtime/pprof"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -36,22 +37,29 @@ stderr and ends with a summary table (--json: one JSON object).
   setup   provision test accounts through the admin listener
   idle    hold N logged-in connections: login rate and cost, memory per connection
   pairs   sender->receiver pairs: throughput, send->delivered latency, CPU per message
+  failover  pairs across a cluster while one node is killed or stopped: gap, reconnects, loss
   storm   drop N connections at once: time until all are logged in again
   drain   queue M messages for an offline user: how fast they drain at login
 
 The server's CPU and memory come from its admin listener (GET /admin/process),
-so the bench can share the machine with it. Methods: go doc ./bench.`,
+so the bench can share the machine with it. Methods: go doc ./bench.
+
+A cluster: give every node's native listener in --addr and admin listener in
+--admin, comma-separated, in the same order. User i connects to the
+(i mod n)th node, so every pair crosses nodes; the CPU figures are each
+node's and their sum (an embedded NATS server's CPU is its node's).`,
 		Example: `  parley bench setup --users 20000
   parley bench idle --conns 19000 --hold 10s
   parley bench pairs --pairs 200 --window 1 --size 64
   parley bench pairs --pairs 200 --window 16 --rate 50000 --json
   parley bench storm --conns 19000
-  parley bench drain --msgs 50000`,
+  parley bench drain --msgs 50000
+  parley bench --addr 127.0.0.1:5301,127.0.0.1:5302,127.0.0.1:5303 --admin 127.0.0.1:9301,127.0.0.1:9302,127.0.0.1:9303 pairs --pairs 200`,
 		Args: cobra.NoArgs,
 	}
 	f := cmd.PersistentFlags()
-	f.StringVar(&bf.cfg.Addr, "addr", "", "the node's native listener, HOST:PORT (default: the one the node advertised at setup, else 127.0.0.1:5222)")
-	f.StringVar(&bf.cfg.Admin, "admin", "http://127.0.0.1:9090", "the node's admin listener: URL, or HOST:PORT as 'parley serve --admin' takes it")
+	f.StringVar(&bf.cfg.Addr, "addr", "", "the node's native listener, HOST:PORT, or a cluster's, comma-separated (default: those the node advertised at setup, else 127.0.0.1:5222)")
+	f.StringVar(&bf.cfg.Admin, "admin", "http://127.0.0.1:9090", "the node's admin listener: URL, or HOST:PORT as 'parley serve --admin' takes it; a cluster: every node's, comma-separated, in the order of --addr")
 	f.StringVar(&bf.cfg.State, "state", "", "bench state file (default: "+bench.DefaultStatePath("http://127.0.0.1:9090")+", named after --admin)")
 	f.IntVar(&bf.cfg.Offset, "offset", 0, "first test user to use: give bench processes sharing a node disjoint ranges")
 	f.StringVar(&bf.src, "src", "auto", "source addresses to spread connections over, e.g. 127.0.0.2-127.0.0.20; auto: on loopback, 127.0.0.2 and up, one per 2,000 connections; none: the kernel's choice")
@@ -61,7 +69,7 @@ so the bench can share the machine with it. Methods: go doc ./bench.`,
 	f.BoolVar(&bf.asJSON, "json", false, "print the result as one JSON object")
 	f.BoolVarP(&bf.quiet, "quiet", "q", false, "no progress line on stderr")
 	f.StringVar(&bf.cpuprofile, "cpuprofile", "", "write the bench's own CPU profile to this file (go tool pprof)")
-	cmd.AddCommand(newBenchSetupCmd(&bf), newBenchIdleCmd(&bf), newBenchPairsCmd(&bf), newBenchStormCmd(&bf), newBenchDrainCmd(&bf))
+	cmd.AddCommand(newBenchSetupCmd(&bf), newBenchIdleCmd(&bf), newBenchPairsCmd(&bf), newBenchFailoverCmd(&bf), newBenchStormCmd(&bf), newBenchDrainCmd(&bf))
 	return cmd
 }
 
@@ -79,9 +87,16 @@ func (bf *benchFlags) run(cmd *cobra.Command, mc *bench.Config, mode func(contex
 	}
 	cfg := *mc
 	cfg.Addr, cfg.Admin, cfg.State, cfg.Offset = bf.cfg.Addr, bf.cfg.Admin, bf.cfg.State, bf.cfg.Offset
-	if cfg.Admin, err = listenerURL("--admin", cfg.Admin, "http://127.0.0.1:9090"); err != nil {
-		return err
+	// --admin names one node, or every node of a cluster.
+	var admins []string
+	for _, a := range strings.Split(cfg.Admin, ",") {
+		u, err := listenerURL("--admin", a, "http://127.0.0.1:9090")
+		if err != nil {
+			return err
+		}
+		admins = append(admins, u)
 	}
+	cfg.Admin = strings.Join(admins, ",")
 	if cfg.Server != "" {
 		if cfg.Server, err = listenerURL("--server", cfg.Server, "http://127.0.0.1:8080"); err != nil {
 			return err
@@ -261,6 +276,54 @@ readings are of two processes.`,
 	f.DurationVar(&mc.Duration, "duration", 10*time.Second, "stop sending after this long")
 	f.DurationVar(&mc.UpgradeAt, "upgrade-at", 0, "ask the server for a live upgrade this long into the run (0: none)")
 	f.StringVar(&mc.UpgradeBinary, "upgrade-binary", "", "with --upgrade-at: the binary to upgrade to (default: the server's own executable)")
+	return cmd
+}
+
+func newBenchFailoverCmd(bf *benchFlags) *cobra.Command {
+	var mc bench.Config
+	cmd := &cobra.Command{
+		Use:   "failover",
+		Short: "Pairs across a cluster while one node is killed or stopped: gap, reconnects, loss",
+		Long: `Run paced pairs across a cluster (--addr and --admin list every node, in the
+same order; every pair crosses nodes) and, --at into the run, send one node
+(--node, 1-based in that order) SIGKILL (a crash) or SIGTERM (a planned
+stop: the node drains). The bench signals the node's process itself (its
+pid from GET /admin/version), so it runs on the node's machine.
+
+Every connection lost logs in again on another node at once, as the SDK
+does, and sends again, with the same ids marked as resends, what had no
+SendAck; a send refused with a retryable error (no quorum yet, shutting
+down) is sent again after 100-200 ms. Each sender keeps one message
+outstanding (--window 1), so a retried send is never overtaken and the
+order check is exact.
+
+Reports, beside the pairs figures: the gap (the longest any message waited
+from its first write to its SendAck), the connections moved and their
+reconnect times, sends retried, items redelivered after a reconnect (their
+ack was lost with the node: dropped by seq, as a client does), the p99 of
+the pairs with neither side on the lost node before and after the signal,
+and the loss check: every message accepted arrives exactly once, in order
+(goal 0). The lost node's CPU is not counted.`,
+		Example: `  parley bench --addr 127.0.0.1:5301,127.0.0.1:5302,127.0.0.1:5303 \
+      --admin 127.0.0.1:9301,127.0.0.1:9302,127.0.0.1:9303 \
+      failover --pairs 200 --rate 1000 --duration 20s --at 5s --node 3 --signal KILL`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			mc.Window = 1
+			return bf.run(cmd, &mc, func(ctx context.Context, cfg bench.Config, w io.Writer) (bench.Result, error) {
+				return bench.Pairs(ctx, cfg, w)
+			})
+		},
+	}
+	f := cmd.Flags()
+	f.IntVar(&mc.Pairs, "pairs", 200, "sender->receiver pairs")
+	f.IntVar(&mc.Size, "size", 64, "message body size in bytes")
+	f.Float64Var(&mc.Rate, "rate", 1000, "pace all senders together to this many msgs/s")
+	f.DurationVar(&mc.Tick, "tick", time.Millisecond, "how often the pacer sends what has fallen due")
+	f.DurationVar(&mc.Duration, "duration", 20*time.Second, "stop sending after this long")
+	f.DurationVar(&mc.FailoverAt, "at", 5*time.Second, "signal the node this long into the run")
+	f.IntVar(&mc.FailoverNode, "node", 1, "the node to signal: 1-based, in the order of --admin and --addr")
+	f.StringVar(&mc.FailoverSignal, "signal", "KILL", "KILL (a crash) or TERM (a planned stop: the node drains)")
 	return cmd
 }
 
