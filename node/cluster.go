@@ -35,7 +35,7 @@ type ClusterConfig struct {
 	// Partitions is the number of queue streams, fixed when the cluster's
 	// store is created (later values must match or be 0). Default 16.
 	Partitions int
-	// Timeout bounds each JetStream request. Default 5 s.
+	// Timeout bounds each JetStream request. Default 2 s.
 	Timeout time.Duration
 }
 
@@ -71,7 +71,7 @@ func (n *Node) joinCluster(ctx context.Context) error {
 		cc.Replicas = 1
 	}
 	if cc.Timeout <= 0 {
-		cc.Timeout = 5 * time.Second
+		cc.Timeout = 2 * time.Second
 	}
 	js, err := njs.New(cc.Conn)
 	if err != nil {

@@ -316,10 +316,7 @@ func (c *committer) commitGroup(group []request) {
 		group[i].res = store.Result{Err: err}
 	}
 	if anyFailed {
-		// The cached states ran ahead of what was written: reload.
-		s.stMu.Lock()
-		clear(s.states)
-		s.stMu.Unlock()
+		c.forgetFailedParts(group)
 	}
 	if len(c.retry) > 0 {
 		s.q.requeue(c.retry)
@@ -346,6 +343,41 @@ func (c *committer) noteUnwritten(i, p int, err error, none bool) {
 	}
 	c.unwritten[i] = append(c.unwritten[i], partFailure{part: p, err: err, none: none})
 }
+
+// forgetFailedParts drops the cached states of the partitions where a
+// write of the group failed: they ran ahead of what was written, and are
+// reloaded on use. The other partitions' states are what was written (a
+// batch refused before its writes, in decide, changed no state), so a
+// stream without a leader does not cost every other partition its cache.
+func (c *committer) forgetFailedParts(group []request) {
+	var failed [maxFailedParts]bool
+	all := false
+	for i := range group {
+		for _, f := range c.unwritten[i] {
+			if f.part < 0 || f.part >= len(failed) {
+				all = true
+				continue
+			}
+			failed[f.part] = true
+		}
+	}
+	s := c.s
+	s.stMu.Lock()
+	defer s.stMu.Unlock()
+	if all {
+		clear(s.states)
+		return
+	}
+	for user, st := range s.states {
+		if failed[st.part] {
+			delete(s.states, user)
+		}
+	}
+}
+
+// maxFailedParts bounds the partitions forgetFailedParts tracks one by
+// one; a store with more forgets every state on a failure.
+const maxFailedParts = 256
 
 // retryRest makes the request that decides again the part of r not
 // written, when r was written in part and every partition that failed was
@@ -598,7 +630,7 @@ func (c *committer) lookupDedup(ctx context.Context, part int, subj string) (ded
 	if slot, ok := c.overlay[subj]; ok {
 		return slot, true, nil
 	}
-	m, err := c.s.getLast(ctx, c.s.parts[part], subj)
+	m, err := c.s.getLast(ctx, part, subj)
 	if err != nil {
 		return dedupSlot{}, false, fmt.Errorf("look up dedup %s: %w", subj, err)
 	}
@@ -726,7 +758,7 @@ func (c *committer) publishChunk(ctx context.Context, p int, ops []op) error {
 		}
 		msgs[k] = m
 	}
-	last, err := s.publishBatch(ctx, msgs)
+	last, err := s.publishBatch(ctx, p, msgs)
 	if err != nil {
 		return fmt.Errorf("write %d messages to partition %d: %w", len(msgs), p, err)
 	}
@@ -776,7 +808,7 @@ func (c *committer) purgeBelow(ctx context.Context, p int, st *userState, head u
 	}
 	s.stMu.Unlock()
 	for sseq == 0 {
-		m, err := s.getNext(ctx, s.parts[p], st.subj, from)
+		m, err := s.getNext(ctx, p, st.subj, from)
 		if err != nil {
 			return err
 		}
@@ -795,7 +827,14 @@ func (c *committer) purgeBelow(ctx context.Context, p int, st *userState, head u
 	if sseq <= 1 {
 		return nil // nothing below; and sequence 1 once meant "everything"
 	}
-	if err := s.parts[p].Purge(ctx, njs.WithPurgeSubject(st.subj), njs.WithPurgeSequence(sseq)); err != nil {
+	if err := s.gates.enter(p); err != nil {
+		return err
+	}
+	pctx, cancel := context.WithTimeout(ctx, s.opts.Timeout)
+	err := s.parts[p].Purge(pctx, njs.WithPurgeSubject(st.subj), njs.WithPurgeSequence(sseq))
+	cancel()
+	if err != nil {
+		s.gates.done(p, err)
 		return err
 	}
 	s.stMu.Lock()
@@ -827,7 +866,7 @@ func (c *committer) deleteEach(ctx context.Context, p int, st *userState, from, 
 	if uint64(len(sseqs)) < to-from { // not all known: find them
 		sseqs = sseqs[:0]
 		for cur := uint64(1); ; {
-			m, err := s.getNext(ctx, s.parts[p], st.subj, cur)
+			m, err := s.getNext(ctx, p, st.subj, cur)
 			if err != nil {
 				return err
 			}
@@ -848,7 +887,14 @@ func (c *committer) deleteEach(ctx context.Context, p int, st *userState, from, 
 		}
 	}
 	for _, seq := range sseqs {
-		if err := s.parts[p].DeleteMsg(ctx, seq); err != nil && !isNotFound(err) {
+		if err := s.gates.enter(p); err != nil {
+			return err
+		}
+		dctx, cancel := context.WithTimeout(ctx, s.opts.Timeout)
+		err := s.parts[p].DeleteMsg(dctx, seq)
+		cancel()
+		if err != nil && !isNotFound(err) {
+			s.gates.done(p, err)
 			return err
 		}
 	}
@@ -862,10 +908,22 @@ func (c *committer) deleteEach(ctx context.Context, p int, st *userState, from, 
 	return nil
 }
 
-// publishBatch publishes msgs as one atomic batch (a lone message as a
-// plain publish) and returns the stream seq of the last; the others have
-// the seqs just before it.
-func (s *Store) publishBatch(ctx context.Context, msgs []*nats.Msg) (uint64, error) {
+// publishBatch publishes msgs to the stream behind gate gi as one atomic
+// batch (a lone message as a plain publish) and returns the stream seq of
+// the last; the others have the seqs just before it. It waits at most
+// Options.Timeout for the answer, even within a longer ctx.
+func (s *Store) publishBatch(ctx context.Context, gi int, msgs []*nats.Msg) (uint64, error) {
+	if err := s.gates.enter(gi); err != nil {
+		return 0, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, s.opts.Timeout)
+	defer cancel()
+	seq, err := s.publishBatchTo(ctx, msgs)
+	s.gates.done(gi, err)
+	return seq, err
+}
+
+func (s *Store) publishBatchTo(ctx context.Context, msgs []*nats.Msg) (uint64, error) {
 	if len(msgs) == 1 {
 		pa, err := s.publish(ctx, msgs[0])
 		return pa.Seq, err

@@ -88,6 +88,12 @@ func (l layout) dedupSubject(p int, sender string, clientID uint64) string {
 	return l.prefix + ".d." + strconv.Itoa(p) + "." + token(sender) + "." + strconv.FormatUint(clientID, 10)
 }
 
+// barrierSubject is partition p's barrier (see gate): in the dedup
+// subjects' space, where no record has a client id that is not a number.
+func (l layout) barrierSubject(p int) string {
+	return l.prefix + ".d." + strconv.Itoa(p) + "._.barrier"
+}
+
 func (l layout) metaSubjects() []string {
 	return []string{l.prefix + ".acct.*", l.prefix + ".ids", l.prefix + ".cfg"}
 }

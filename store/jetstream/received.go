@@ -67,7 +67,7 @@ func (s *Store) ReceivedFrom(reader, sender string) (bool, error) {
 	}
 	ctx, cancel := s.reqCtx()
 	defer cancel()
-	m, err := s.getLast(ctx, s.recv, s.lay.receivedSubject(reader, sender))
+	m, err := s.getLast(ctx, s.gates.recvIndex(), s.lay.receivedSubject(reader, sender))
 	if err != nil {
 		return false, fmt.Errorf("received from %s by %s: %w", sender, reader, err)
 	}
@@ -136,7 +136,7 @@ func (c *committer) publishReceived(ctx context.Context, recs []recvRec) {
 		for end < len(recs) && recs[end].subj == recs[end-1].subj {
 			end++
 		}
-		if _, err := c.s.publishBatch(ctx, msgs); err != nil {
+		if _, err := c.s.publishBatch(ctx, c.s.gates.recvIndex(), msgs); err != nil {
 			err = fmt.Errorf("write %d received records: %w", len(msgs), err)
 			c.s.log.Warn("store received records failed", "err", err)
 			c.resMu.Lock()

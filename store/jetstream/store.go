@@ -24,7 +24,7 @@ const (
 	defaultName       = "parley"
 	defaultPartitions = 16
 	defaultReplicas   = 1
-	defaultTimeout    = 5 * time.Second
+	defaultTimeout    = 2 * time.Second
 
 	defaultMaxQueueLen = 100000
 	defaultMaxAge      = 30 * 24 * time.Hour
@@ -115,6 +115,7 @@ type Store struct {
 	parts []njs.Stream // queue streams, by partition
 	meta  njs.Stream
 	recv  njs.Stream // received records (received.go)
+	gates gates      // one per stream: see gate.go
 
 	// ctx is cancelled by Close once the committer and sweeper are done,
 	// which ends any request still waiting.
@@ -227,6 +228,7 @@ func Open(ctx context.Context, nc *nats.Conn, opts Options) (*Store, error) {
 		return nil, err
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
+	s.gates = gates{s: s, list: make([]gate, len(s.parts)+2)}
 	s.q.init()
 	c := &committer{s: s, overlay: make(map[string]dedupSlot)}
 	go c.run()
@@ -347,21 +349,42 @@ func (s *Store) reqCtx() (context.Context, context.CancelFunc) {
 }
 
 // getNext returns the first message of subject (a filter may have
-// wildcards) in stream p at or after stream seq from, or nil.
-func (s *Store) getNext(ctx context.Context, st njs.Stream, subject string, from uint64) (*njs.RawStreamMsg, error) {
-	m, err := st.GetMsg(ctx, max(from, 1), njs.WithGetMsgSubject(subject))
-	if errors.Is(err, njs.ErrMsgNotFound) {
-		return nil, nil
+// wildcards) in the stream behind gate gi at or after stream seq from, or
+// nil. It waits at most Options.Timeout, even within a longer ctx.
+func (s *Store) getNext(ctx context.Context, gi int, subject string, from uint64) (*njs.RawStreamMsg, error) {
+	if err := s.gates.enter(gi); err != nil {
+		return nil, err
 	}
-	return m, err
+	ctx, cancel := context.WithTimeout(ctx, s.opts.Timeout)
+	defer cancel()
+	m, err := s.gates.stream(gi).GetMsg(ctx, max(from, 1), njs.WithGetMsgSubject(subject))
+	return s.gotMsg(gi, m, err)
 }
 
-func (s *Store) getLast(ctx context.Context, st njs.Stream, subject string) (*njs.RawStreamMsg, error) {
-	m, err := st.GetLastMsgForSubject(ctx, subject)
-	if errors.Is(err, njs.ErrMsgNotFound) {
-		return nil, nil
+// getLast is getNext for the last message of subject.
+func (s *Store) getLast(ctx context.Context, gi int, subject string) (*njs.RawStreamMsg, error) {
+	if err := s.gates.enter(gi); err != nil {
+		return nil, err
 	}
-	return m, err
+	ctx, cancel := context.WithTimeout(ctx, s.opts.Timeout)
+	defer cancel()
+	m, err := s.gates.stream(gi).GetLastMsgForSubject(ctx, subject)
+	return s.gotMsg(gi, m, err)
+}
+
+// gotMsg reads a MSG.GET's outcome: not found is nil, no answer is
+// ErrUnavailable (and closes the stream's gate).
+func (s *Store) gotMsg(gi int, m *njs.RawStreamMsg, err error) (*njs.RawStreamMsg, error) {
+	switch {
+	case err == nil:
+		return m, nil
+	case errors.Is(err, njs.ErrMsgNotFound):
+		return nil, nil
+	case unavailable(err):
+		s.gates.done(gi, err)
+		return nil, fmt.Errorf("%w (%w)", ErrUnavailable, err)
+	}
+	return nil, err
 }
 
 // ReadQueue returns up to max items of user's queue with Seq >= from, in
@@ -381,7 +404,7 @@ func (s *Store) ReadQueue(user string, from uint64, max int) ([]store.Item, erro
 	cur := s.startHint(user, from)
 	var items []store.Item
 	for len(items) < max {
-		m, err := s.getNext(ctx, s.parts[p], subj, cur)
+		m, err := s.getNext(ctx, p, subj, cur)
 		if err != nil {
 			return nil, fmt.Errorf("read queue %s: %w", user, err)
 		}
@@ -444,7 +467,7 @@ type bounds struct {
 func (s *Store) loadBounds(ctx context.Context, user string) (bounds, error) {
 	p := s.lay.partition(user)
 	subj := s.lay.queueSubject(p, user)
-	last, err := s.getLast(ctx, s.parts[p], subj)
+	last, err := s.getLast(ctx, p, subj)
 	if err != nil {
 		return bounds{}, err
 	}
@@ -463,7 +486,7 @@ func (s *Store) loadBounds(ctx context.Context, user string) (bounds, error) {
 	// comes before every item).
 	cur := uint64(1)
 	for {
-		m, err := s.getNext(ctx, s.parts[p], subj, cur)
+		m, err := s.getNext(ctx, p, subj, cur)
 		if err != nil {
 			return bounds{}, err
 		}
@@ -489,7 +512,7 @@ func (s *Store) Account(phone string) (store.Account, error) {
 	}
 	ctx, cancel := s.reqCtx()
 	defer cancel()
-	m, err := s.getLast(ctx, s.meta, s.lay.accountSubject(phone))
+	m, err := s.getLast(ctx, s.gates.metaIndex(), s.lay.accountSubject(phone))
 	if err != nil {
 		return store.Account{}, fmt.Errorf("account %s: %w", phone, err)
 	}
@@ -537,7 +560,7 @@ func (s *Store) accountExists(ctx context.Context, phone string) (bool, error) {
 	if ok {
 		return true, nil
 	}
-	m, err := s.getLast(ctx, s.meta, s.lay.accountSubject(phone))
+	m, err := s.getLast(ctx, s.gates.metaIndex(), s.lay.accountSubject(phone))
 	if err != nil {
 		return false, fmt.Errorf("look up account %s: %w", phone, err)
 	}
@@ -568,7 +591,7 @@ func (s *Store) ReserveIDs(n uint64) (uint64, error) {
 	ctx, cancel := s.reqCtx()
 	defer cancel()
 	for {
-		m, err := s.getLast(ctx, s.meta, s.lay.idsSubject())
+		m, err := s.getLast(ctx, s.gates.metaIndex(), s.lay.idsSubject())
 		if err != nil {
 			return 0, fmt.Errorf("reserve %d ids: %w", n, err)
 		}

@@ -136,7 +136,7 @@ func (s *Store) scanExpired(p int, cutoff int64, fn func(user string, it store.I
 	filter := s.lay.queueFilter(p)
 	var cur uint64 = 1
 	for {
-		m, err := s.getNext(ctx, s.parts[p], filter, cur)
+		m, err := s.getNext(ctx, p, filter, cur)
 		if err != nil {
 			return fmt.Errorf("sweep partition %d: %w", p, err)
 		}

@@ -1,0 +1,180 @@
+package jetstream
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	njs "github.com/nats-io/nats.go/jetstream"
+)
+
+// A gate stands in front of each stream (every queue partition, the
+// received records, the meta stream). When a stream's leader dies,
+// JetStream elects another in 4-9 s (its election timeouts), and until
+// then every request to the stream waits out Options.Timeout. The
+// committer writes a group's partitions together and waits for all of
+// them, so without gates one leaderless stream would hold up every commit
+// and every read of the node, not only its own users'.
+//
+// So: a request to a stream that ends in ErrUnavailable closes the
+// stream's gate (so does Resync, for every partition); while it is
+// closed, requests to the stream fail at once with ErrUnavailable
+// (retryable: a client sends again, same id) and a prober tries the
+// stream every gateProbeEvery, each try bounded by gateProbeTimeout, until
+// it answers; then the gate opens. Requests never probe, so the committer
+// is held up once per loss (the first request's Timeout), not once per
+// probe.
+//
+// A queue partition's probe is a write (a barrier: one message on the
+// partition's own subject, rolled up, with a short TTL), not a read. A
+// write the old leader proposed and the new leader commits late could
+// otherwise be missed by a resend's dedup lookup decided in between: the
+// new leader acknowledges the barrier only after it has applied every
+// entry before it, so once the gate opens, every earlier write that will
+// ever land has landed. The other streams' probes read their first
+// message: only their leader answers it (or "not found").
+type gate struct {
+	closed  atomic.Bool
+	probing atomic.Bool
+}
+
+const (
+	gateProbeEvery   = 200 * time.Millisecond
+	gateProbeTimeout = time.Second
+)
+
+// gates are the store's gates: one per queue partition, then the received
+// records' and the meta stream's.
+type gates struct {
+	s    *Store
+	list []gate
+}
+
+// Gate indexes: a queue partition's is its number.
+func (g *gates) recvIndex() int { return len(g.list) - 2 }
+func (g *gates) metaIndex() int { return len(g.list) - 1 }
+
+// stream is the stream behind gate i, for the prober.
+func (g *gates) stream(i int) njs.Stream {
+	switch i {
+	case len(g.list) - 2:
+		return g.s.recv
+	case len(g.list) - 1:
+		return g.s.meta
+	}
+	return g.s.parts[i]
+}
+
+// errGateClosed is what a request to a stream whose gate is closed gets.
+var errGateClosed = fmt.Errorf("the stream has no leader right now (a node was lost; JetStream is electing another): %w", ErrUnavailable)
+
+// enter says whether a request may go to stream i now.
+func (g *gates) enter(i int) error {
+	if g.list[i].closed.Load() {
+		return errGateClosed
+	}
+	return nil
+}
+
+// unavailable reports whether err says the stream did not answer: a
+// request that timed out or found no one to answer it.
+func unavailable(err error) bool {
+	return errors.Is(err, ErrUnavailable) || errors.Is(err, context.DeadlineExceeded) ||
+		errors.Is(err, nats.ErrTimeout) || errors.Is(err, nats.ErrNoResponders) ||
+		errors.Is(err, njs.ErrNoStreamResponse)
+}
+
+// done records the outcome of a request to stream i: a stream that did
+// not answer closes its gate (and starts its prober).
+func (g *gates) done(i int, err error) {
+	if err == nil || !unavailable(err) || g.s.ctx.Err() != nil {
+		return
+	}
+	g.close(i, "a request was not answered", err)
+}
+
+// probe tries stream i until it answers, then opens its gate. It ends
+// probing before it opens the gate, so that a request failing in between
+// starts another prober rather than none.
+func (g *gates) probe(i int) {
+	gt := &g.list[i]
+	t := time.NewTicker(gateProbeEvery)
+	defer t.Stop()
+	start := time.Now()
+	for {
+		select {
+		case <-g.s.ctx.Done():
+			gt.probing.Store(false)
+			return
+		case <-t.C:
+		}
+		ctx, cancel := context.WithTimeout(g.s.ctx, gateProbeTimeout)
+		err := g.try(ctx, i)
+		cancel()
+		if err == nil {
+			gt.probing.Store(false)
+			gt.closed.Store(false)
+			g.s.log.Warn("store stream answers again", "stream", g.name(i), "after", time.Since(start).Round(time.Millisecond))
+			return
+		}
+	}
+}
+
+// try is one probe of stream i: a barrier write to a queue partition, a
+// read of the first message elsewhere.
+func (g *gates) try(ctx context.Context, i int) error {
+	if i < len(g.s.parts) {
+		m := nats.NewMsg(g.s.lay.barrierSubject(i))
+		m.Header.Set(njs.MsgRollup, njs.MsgRollupSubject)
+		m.Header.Set(njs.MsgTTLHeader, "60")
+		_, err := g.s.publish(ctx, m)
+		return err
+	}
+	// Only the leader answers a message or "not found"; an error
+	// answered by another server (no leader yet) keeps the gate shut.
+	_, err := g.stream(i).GetMsg(ctx, 1)
+	if errors.Is(err, njs.ErrMsgNotFound) {
+		return nil
+	}
+	return err
+}
+
+func (g *gates) name(i int) string {
+	switch i {
+	case len(g.list) - 2:
+		return g.s.lay.receivedStream()
+	case len(g.list) - 1:
+		return g.s.lay.metaStream()
+	}
+	return g.s.lay.queueStream(i)
+}
+
+// close shuts gate i and starts its prober if none runs.
+func (g *gates) close(i int, why string, err error) {
+	gt := &g.list[i]
+	gt.closed.Store(true)
+	if gt.probing.CompareAndSwap(false, true) {
+		if err != nil {
+			g.s.log.Warn("store stream unavailable: failing its requests at once until it answers again", "stream", g.name(i), "why", why, "err", err)
+		}
+		go g.probe(i)
+	}
+}
+
+// Resync shuts every queue partition's gate until a barrier write through
+// its leader succeeds (see gate). The node calls it when a member of the
+// cluster is lost: a stream whose leader was there may commit that
+// node's last writes late, after a resend of them was decided elsewhere.
+// Partitions whose leader lives answer within a round trip.
+func (s *Store) Resync() {
+	if s.ctx.Err() != nil {
+		return
+	}
+	s.log.Warn("store: a cluster member was lost: every partition waits for a write through its leader before it serves again")
+	for p := range s.parts {
+		s.gates.close(p, "resync", nil)
+	}
+}
