@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"math"
 	"slices"
+	"time"
 
 	"github.com/parleyhq/parley/store"
 	"github.com/parleyhq/parley/wire"
@@ -86,6 +87,10 @@ type Ready struct {
 	// AckDelays holds, for each item acked, the nanoseconds from its
 	// delivery to its ack (for the deliver->ack latency histogram).
 	AckDelays []int64
+	// WakeIn, if set, asks the caller to Step a wake-up (a Pushed with
+	// seq math.MaxUint64) after this long: a write the store could not
+	// make is due to be tried again then.
+	WakeIn time.Duration
 }
 
 // Out is one frame for the client. The two commonest are not built as
@@ -182,6 +187,9 @@ type pending struct {
 	// recv is an ack's Received: senders the user is known to have
 	// received from while the ack's record is being written.
 	recv []string
+	// batch is an ack's write, to try again if the store could not make
+	// it.
+	batch *store.Batch
 }
 
 // readCheck is a Read waiting for its Check: its receipt, encoded.
@@ -244,6 +252,10 @@ type work struct {
 	// loadMax is the Max of the outstanding Load; zero when no read is
 	// outstanding.
 	loadMax int
+	// retry holds ack writes the store could not make, to write again
+	// once the clock passes retryAt (see ackRetryIn).
+	retry   []*store.Batch
+	retryAt int64
 
 	// Room for the usual Ready (a frame or two, one write, one ack's
 	// delay), so that a session going from idle to busy allocates its work
@@ -300,7 +312,7 @@ func (c *Core) Advance() {
 	if w == nil {
 		return
 	}
-	if len(w.inflight) == 0 && len(w.pending) == 0 && len(w.checks) == 0 && w.loadMax == 0 {
+	if len(w.inflight) == 0 && len(w.pending) == 0 && len(w.checks) == 0 && w.loadMax == 0 && len(w.retry) == 0 {
 		c.work = nil
 		return
 	}
@@ -708,7 +720,7 @@ func (c *Core) onAck(seq uint64) {
 		}
 	}
 	w.rd.Writes = append(w.rd.Writes, b)
-	w.pending = append(w.pending, pending{kind: pendAck, ackUpTo: seq, recv: b.Received})
+	w.pending = append(w.pending, pending{kind: pendAck, ackUpTo: seq, recv: b.Received, batch: b})
 	w.inflight = w.inflight[n:]
 	if len(w.inflight) == 0 {
 		w.inflight = nil // an idle session holds no delivery buffer
@@ -743,13 +755,28 @@ func (c *Core) committed(r store.Result) {
 			c.send(&wire.Frame{Kind: &wire.Frame_Ok{Ok: &wire.Ok{Id: p.id}}})
 		}
 	case pendAck:
-		if r.Err != nil && !errors.Is(r.Err, store.ErrClosed) {
+		switch {
+		case r.Err == nil, errors.Is(r.Err, store.ErrClosed):
+		case errors.Is(r.Err, store.ErrQueueFull), errors.Is(r.Err, store.ErrUnknownUser):
 			// The receipts were refused (a sender's queue is full or gone):
 			// erase the acked items anyway, so the recipient is not flooded
 			// with redeliveries. The refusal is the sender's loss of a tick,
 			// not of a message; the received records are still written.
-			w.rd.Writes = append(w.rd.Writes, &store.Batch{Acks: []store.Ack{{User: c.user, UpTo: p.ackUpTo}}, Received: p.recv})
-			w.pending = append(w.pending, pending{kind: pendAck, ackUpTo: p.ackUpTo, recv: p.recv})
+			b := &store.Batch{Acks: []store.Ack{{User: c.user, UpTo: p.ackUpTo}}, Received: p.recv}
+			w.rd.Writes = append(w.rd.Writes, b)
+			w.pending = append(w.pending, pending{kind: pendAck, ackUpTo: p.ackUpTo, recv: p.recv, batch: b})
+		default:
+			// The store could not write the ack now (a cluster stream
+			// between leaders, a disk error): some of it may be written
+			// (a cluster writes each partition's share on its own), so
+			// the items may be erased and the receipts not made. Write
+			// the whole of it again shortly, as often as it takes: a
+			// receipt made twice marks what is marked, an ack of erased
+			// items erases nothing. Not at once: the store fails fast
+			// while it cannot write.
+			w.retry = append(w.retry, p.batch)
+			w.retryAt = c.cfg.Now() + int64(ackRetryIn)
+			w.rd.WakeIn = ackRetryIn
 		}
 	}
 }
@@ -818,7 +845,30 @@ func (c *Core) loaded(items []store.Item, err error) {
 	c.fill()
 }
 
+// ackRetryIn is how long an ack write the store could not make waits
+// before it is tried again.
+const ackRetryIn = 500 * time.Millisecond
+
+// retryDue writes again the ack writes whose wait is over.
+func (c *Core) retryDue() {
+	w := c.work
+	if w == nil || len(w.retry) == 0 {
+		return
+	}
+	if c.cfg.Now() < w.retryAt {
+		w.rd.WakeIn = time.Duration(w.retryAt - c.cfg.Now())
+		return
+	}
+	for _, b := range w.retry {
+		w.rd.Writes = append(w.rd.Writes, b)
+		w.pending = append(w.pending, pending{kind: pendAck, ackUpTo: b.Acks[0].UpTo, recv: b.Received, batch: b})
+	}
+	clear(w.retry)
+	w.retry = w.retry[:0]
+}
+
 func (c *Core) pushed(seq uint64, data []byte) {
+	c.retryDue()
 	switch {
 	case seq < c.next:
 		// already read from the store

@@ -2,6 +2,8 @@ package session_test
 
 import (
 	"errors"
+	"fmt"
+	"math"
 	"testing"
 
 	"github.com/parleyhq/parley/session"
@@ -31,7 +33,7 @@ func item(t *testing.T, seq uint64, from string) store.Item {
 func step(c *session.Core, ev any) session.Ready {
 	c.Step(ev)
 	rd := c.Ready()
-	out := session.Ready{Frames: append([]session.Out(nil), rd.Frames...), Writes: append([]*store.Batch(nil), rd.Writes...), Load: rd.Load, Close: rd.Close}
+	out := session.Ready{Frames: append([]session.Out(nil), rd.Frames...), Writes: append([]*store.Batch(nil), rd.Writes...), Load: rd.Load, Close: rd.Close, WakeIn: rd.WakeIn}
 	c.Advance()
 	return out
 }
@@ -52,24 +54,54 @@ func TestPushDuringOutstandingReadIsNotLost(t *testing.T) {
 	}
 }
 
-// When erasing acked items fails, the retry erases the same range, every
-// time; a closed store is not retried.
+// When an ack's receipts are refused (the sender's queue is full), the
+// retry erases the same range without them, and a closed store is not
+// retried. Any other failure to write the ack (it may be written in part)
+// writes the whole ack again, receipts and all, once the session is woken
+// after Ready.WakeIn, as often as it takes.
 func TestAckRetryKeepsItsRange(t *testing.T) {
-	c := newCore(4, 0)
-	step(c, session.Start{})
-	step(c, session.Loaded{Items: []store.Item{item(t, 1, "alice"), item(t, 2, "alice")}})
-	rd := step(c, session.Received{Frame: &wire.Frame{Kind: &wire.Frame_Ack{Ack: &wire.Ack{Seq: 2}}}})
-	if len(rd.Writes) != 1 || rd.Writes[0].Acks[0].UpTo != 2 {
-		t.Fatalf("ack wrote %+v", rd.Writes)
+	var clock int64
+	ack := func() *session.Core {
+		var ids int64
+		c := session.New("bob", &session.Config{
+			Window: 4,
+			Now:    func() int64 { return clock },
+			NewID:  func() uint64 { ids++; return uint64(ids) },
+		})
+		step(c, session.Start{})
+		step(c, session.Loaded{Items: []store.Item{item(t, 1, "alice"), item(t, 2, "alice")}})
+		rd := step(c, session.Received{Frame: &wire.Frame{Kind: &wire.Frame_Ack{Ack: &wire.Ack{Seq: 2}}}})
+		if len(rd.Writes) != 1 || rd.Writes[0].Acks[0].UpTo != 2 || len(rd.Writes[0].Appends) != 1 {
+			t.Fatalf("ack wrote %+v, want an ack up to 2 with alice's receipt", rd.Writes)
+		}
+		return c
 	}
-	for i := 0; i < 2; i++ {
+	c := ack()
+	rd := step(c, session.Committed{Result: store.Result{Err: fmt.Errorf("append to alice: %w", store.ErrQueueFull)}})
+	if len(rd.Writes) != 1 || len(rd.Writes[0].Acks) != 1 || rd.Writes[0].Acks[0].UpTo != 2 || len(rd.Writes[0].Appends) != 0 {
+		t.Fatalf("after a refused receipt wrote %+v, want an ack up to 2 alone", rd.Writes)
+	}
+	if rd = step(c, session.Committed{Result: store.Result{Err: store.ErrClosed}}); len(rd.Writes) != 0 || rd.Close != nil {
+		t.Fatalf("against a closed store: writes %+v, close %v; want neither", rd.Writes, rd.Close)
+	}
+
+	c = ack()
+	for try := 1; try <= 2; try++ {
 		rd = step(c, session.Committed{Result: store.Result{Err: errors.New("disk on fire")}})
-		if len(rd.Writes) != 1 || len(rd.Writes[0].Acks) != 1 || rd.Writes[0].Acks[0].UpTo != 2 {
-			t.Fatalf("retry %d wrote %+v, want an ack up to 2", i+1, rd.Writes)
+		if len(rd.Writes) != 0 || rd.Close != nil || rd.WakeIn <= 0 {
+			t.Fatalf("failed ack %d: writes %+v, close %v, wake in %s; want no write yet and a wake-up", try, rd.Writes, rd.Close, rd.WakeIn)
+		}
+		if rd = step(c, session.Pushed{Seq: math.MaxUint64}); len(rd.Writes) != 0 {
+			t.Fatalf("woken early after failed ack %d: wrote %+v", try, rd.Writes)
+		}
+		clock += int64(rd.WakeIn)
+		rd = step(c, session.Pushed{Seq: math.MaxUint64})
+		if len(rd.Writes) != 1 || rd.Writes[0].Acks[0].UpTo != 2 || len(rd.Writes[0].Appends) != 1 {
+			t.Fatalf("woken after failed ack %d: wrote %+v, want the ack up to 2 with alice's receipt again", try, rd.Writes)
 		}
 	}
-	if rd = step(c, session.Committed{Result: store.Result{Err: store.ErrClosed}}); len(rd.Writes) != 0 {
-		t.Fatalf("retried against a closed store: %+v", rd.Writes)
+	if rd = step(c, session.Committed{}); len(rd.Writes) != 0 || rd.WakeIn != 0 {
+		t.Fatalf("after the ack was written: writes %+v, wake in %s; want nothing more", rd.Writes, rd.WakeIn)
 	}
 }
 

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"slices"
 	"strconv"
 	"strings"
@@ -87,6 +88,8 @@ type conn struct {
 	hold     bool
 	held     []*store.Batch
 	heldLoad *session.Loaded
+	// wakeAt is when the core asked to be woken (Ready.WakeIn); 0: not.
+	wakeAt int64
 }
 
 func newWorld(t *testing.T) *world {
@@ -264,7 +267,22 @@ func (w *world) run(t *testing.T, d *datadriven.TestData) string {
 		return "ok"
 	case "advance":
 		w.clock += int64(dur("d"))
-		return "ok"
+		// Wake the sessions that asked to be woken by now, as the node's
+		// timer would.
+		users := make([]string, 0, len(w.live))
+		for u := range w.live {
+			users = append(users, u)
+		}
+		slices.Sort(users)
+		for _, u := range users {
+			if c := w.live[u]; c.wakeAt != 0 && c.wakeAt <= w.clock {
+				c.wakeAt = 0
+				w.step(c, session.Pushed{Seq: math.MaxUint64})
+			}
+		}
+		if w.out.Len() == 0 {
+			return "ok"
+		}
 	case "refusals":
 		if len(w.refusals) == 0 {
 			return "none"
@@ -369,6 +387,10 @@ func (w *world) carryOut(c *conn) {
 		writes := append([]*store.Batch(nil), rd.Writes...)
 		for _, f := range rd.Frames {
 			fmt.Fprintf(&w.out, "%s <- %s\n", c.label, fmtFrame(f.Proto()))
+		}
+		if rd.WakeIn > 0 {
+			fmt.Fprintf(&w.out, "%s: wake in %s\n", c.label, rd.WakeIn)
+			c.wakeAt = w.clock + int64(rd.WakeIn)
 		}
 		if rd.Close != nil {
 			c.closed = true
