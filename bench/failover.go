@@ -44,6 +44,11 @@ type FailoverOutcome struct {
 	// seq already seen (their ack was lost with the node): a client drops
 	// them by seq, and so does the bench.
 	Redelivered int64 `json:"redelivered"`
+	// ReceiptsAgain is how many delivered receipts came a second time: an
+	// ack whose receipt was written and whose erase was not (the parts of
+	// an ack are written per partition) is made again when the receiver
+	// acks the redelivered item. Receipts are idempotent.
+	ReceiptsAgain int64 `json:"receipts_again"`
 	// Survivors* are the send->delivered latencies of the pairs with
 	// neither side on the lost node, before the signal and after it: what
 	// the node's loss (its clients' reconnect storm) costs the others.
@@ -65,6 +70,7 @@ func failoverRows(o *FailoverOutcome) []Row {
 		Row{Name: "reconnect_ms p50 / max", Value: fmt.Sprintf("%s / %s", fmtF(o.ReconnectP50, 1), fmtF(o.ReconnectMax, 1)), Note: "lost connection -> login on another node"},
 		Row{Name: "retried", Value: fmtInt(o.Retried), Note: "sends refused with a retryable error, sent again with the same id"},
 		Row{Name: "redelivered", Value: fmtInt(o.Redelivered), Note: "items delivered again after a reconnect (same seq), dropped"},
+		Row{Name: "receipts_again", Value: fmtInt(o.ReceiptsAgain), Note: "delivered receipts repeated (an ack written in part before the loss), dropped"},
 		Row{Name: "survivors p99 before / after", Value: fmt.Sprintf("%s / %s ms", fmtF(o.SurvivorsBefore.P99, 3), fmtF(o.SurvivorsAfter.P99, 3)), Note: "send -> delivered of the pairs with neither side on the lost node"},
 	)
 }
@@ -81,7 +87,7 @@ type failoverRun struct {
 	before     *survivorHist
 	after      *survivorHist
 
-	retried, redelivered atomic.Int64
+	retried, redelivered, receiptsAgain atomic.Int64
 }
 
 type survivorHist struct {
@@ -119,8 +125,10 @@ func (fo *failoverRun) relogin(u *user, cur string) (*conn, string, error) {
 			fo.mu.Unlock()
 			return c, addr, nil
 		}
+		// A login refused for a reason that passes (the account's stream
+		// has no leader for a few seconds) is tried again, as the SDK does.
 		var le *errLogin
-		if errors.As(err, &le) || fo.ctx.Err() != nil || time.Since(t0) > reconnectGiveUp {
+		if errors.As(err, &le) && !retryable(int32(le.code)) || fo.ctx.Err() != nil || time.Since(t0) > reconnectGiveUp {
 			return nil, cur, fmt.Errorf("log %s in again after losing %s: %w", u.phone, cur, err)
 		}
 		// Jittered, growing: the moved clients must not all retry in step.
@@ -226,5 +234,5 @@ func (fo *failoverRun) outcome(o *FailoverOutcome, senders []*sender, now int64)
 		o.ReconnectP50 = float64(rs[len(rs)/2]) / 1e6
 		o.ReconnectMax = float64(rs[len(rs)-1]) / 1e6
 	}
-	o.Retried, o.Redelivered = fo.retried.Load(), fo.redelivered.Load()
+	o.Retried, o.Redelivered, o.ReceiptsAgain = fo.retried.Load(), fo.redelivered.Load(), fo.receiptsAgain.Load()
 }

@@ -355,6 +355,11 @@ func (c *conn) ready(w *worker) (closeNow bool) {
 		for _, d := range rd.AckDelays {
 			w.n.mx.DeliverToAck.Observe(float64(d) / 1e9)
 		}
+		if rd.WakeIn > 0 {
+			// A write the store could not make is to be tried again.
+			pool := w.n.pool
+			time.AfterFunc(rd.WakeIn, func() { c.post(pool, event{kind: evPush, seq: wakeSeq}) })
+		}
 		load, check := rd.Load, rd.Check
 		c.core.Advance()
 		c.inflight.Store(int32(c.core.Inflight()))

@@ -726,6 +726,19 @@ func (n *Node) commit(c *conn, b *store.Batch) {
 					n.router.elsewhere(a.To, r.Seqs[i], a.Data)
 				}
 			}
+		} else if r.Dup != nil {
+			// A resend of a message stored before. The push of the first
+			// copy may never have happened: in a cluster its commit can
+			// land after the request timed out (no push), or on a node
+			// that died before routing it. Wake the recipients to read
+			// their queues; a session that had it drops nothing new.
+			for _, a := range b.Appends {
+				if to := n.router.lookup(a.To); to != nil {
+					to.postFrom(n.pool, event{kind: evPush, seq: wakeSeq}, here)
+				} else {
+					n.router.elsewhere(a.To, wakeSeq, nil)
+				}
+			}
 		}
 		c.postFrom(n.pool, event{kind: evCommitted, res: r}, here)
 	})

@@ -68,6 +68,7 @@ type clusterRouter struct {
 	shards []chan hintJob
 	bells  chan bell
 	subs   []*nats.Subscription
+	beats  beats // route_cluster_beat.go
 
 	ctx     context.Context
 	cancel  context.CancelFunc
@@ -171,6 +172,22 @@ func newClusterRouter(n *Node, local *router, cc *ClusterConfig, kv njs.KeyValue
 		return nil, err
 	}
 	r.subs = []*nats.Subscription{bellSub, kickSub, allSub, statusSub}
+	for _, sub := range []struct {
+		subj string
+		cb   nats.MsgHandler
+	}{{beatSubject, r.onBeat}, {bellAllSubject, r.onBellAll}} {
+		s, err := r.nc.Subscribe(sub.subj, sub.cb)
+		if err != nil {
+			for _, s := range r.subs {
+				s.Unsubscribe()
+			}
+			return nil, err
+		}
+		r.subs = append(r.subs, s)
+	}
+	r.beats.seen = make(map[string]time.Time)
+	r.wg.Add(1)
+	go r.beatLoop()
 	for range hintShards {
 		ch := make(chan hintJob, hintQueue)
 		r.shards = append(r.shards, ch)
@@ -551,8 +568,15 @@ func (r *clusterRouter) bellWorker() {
 			ctx, cancel := r.reqCtx()
 			e, err := r.kv.Get(ctx, hintKey(b.user))
 			cancel()
+			if errors.Is(err, njs.ErrKeyNotFound) {
+				continue // not connected anywhere: the next login reads it
+			}
 			if err != nil {
-				continue // not connected anywhere (or the bucket is down)
+				// The bucket does not answer (its stream between leaders):
+				// ring every node rather than leave the item to a read
+				// that a quiet session may not make for a long time.
+				r.ringAll(b.user, b.seq, b.data)
+				continue
 			}
 			if h, ok := decodeHint(e.Value()); ok && h.node != r.node {
 				r.ring(h, b.user, b.seq, b.data)
@@ -579,6 +603,36 @@ func (r *clusterRouter) ring(to hint, user string, seq uint64, data []byte) {
 		r.n.log.Debug("cluster: doorbell", "user", user, "node", to.node, "err", err)
 		r.publishFailed()
 	}
+}
+
+// bellAllSubject reaches every node: a doorbell for a user whose hint
+// could not be read.
+const bellAllSubject = "parley.bell.all"
+
+// ringAll rings every node's doorbell for user: a node where the user has
+// a session pushes the item to it, the others drop it.
+func (r *clusterRouter) ringAll(user string, seq uint64, data []byte) {
+	if len(user) > 255 {
+		return
+	}
+	b := make([]byte, 0, 17+len(user)+len(data))
+	b = binary.BigEndian.AppendUint64(b, 0) // no epoch: whoever holds the user
+	b = binary.BigEndian.AppendUint64(b, seq)
+	b = append(b, byte(len(user)))
+	b = append(b, user...)
+	b = append(b, data...)
+	if err := r.nc.Publish(bellAllSubject, b); err != nil {
+		r.publishFailed()
+	}
+}
+
+// onBellAll is onBell for a doorbell rung to every node.
+func (r *clusterRouter) onBellAll(m *nats.Msg) {
+	if len(m.Data) < 17 || binary.BigEndian.Uint64(m.Data) != 0 {
+		return
+	}
+	binary.BigEndian.PutUint64(m.Data, r.epoch)
+	r.onBell(m)
 }
 
 // onBell takes a doorbell from another node: it reaches the user's
