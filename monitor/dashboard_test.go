@@ -5,10 +5,13 @@ import (
 	"context"
 	"fmt"
 	"image/png"
+	"io"
 	"log/slog"
+	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -83,6 +86,20 @@ type dashboardState struct {
 	SessionRows int               `json:"session_rows"`
 	Width       int               `json:"width"`
 	ScrollWidth int               `json:"scroll_width"`
+	Cluster     clusterPanel      `json:"cluster"`
+}
+
+// clusterPanel is what the test reads of the dashboard's cluster panel.
+type clusterPanel struct {
+	Updates  int      `json:"updates"`
+	Alone    bool     `json:"alone"` // the node said it runs alone
+	Hidden   bool     `json:"hidden"`
+	Alerting bool     `json:"alerting"`
+	Seen     string   `json:"seen"`
+	Members  []string `json:"members"` // each row's cells, joined by "|"
+	Streams  []string `json:"streams"`
+	Problems []string `json:"problems"` // the highlighted ones
+	Bad      []string `json:"bad"`      // stream cells highlighted: no leader, a replica behind or offline
 }
 
 const readDashboard = `(() => {
@@ -112,6 +129,16 @@ const readDashboard = `(() => {
     alert_rows: q('#alerts tr[data-alert="mailbox_high"].firing').length,
     session_rows: q("#sessions tbody tr:not(.empty)").length,
     width: window.innerWidth, scroll_width: document.documentElement.scrollWidth,
+    cluster: {
+      updates: d.cluster ? d.cluster.updates : 0, alone: d.cluster ? d.cluster.alone : false,
+      hidden: document.getElementById("cluster").hidden,
+      alerting: document.getElementById("cluster").classList.contains("alerting"),
+      seen: document.getElementById("cluster-seen").textContent,
+      members: q("#cluster-members tbody tr").map(tr => Array.from(tr.cells, c => c.textContent).join("|")),
+      streams: q("#cluster-streams tbody tr").map(tr => Array.from(tr.cells, c => c.textContent).join("|")),
+      problems: q("#cluster-problems li.problem").map(li => li.textContent),
+      bad: q("#cluster-streams .bad").map(el => el.textContent),
+    },
   };
 })()`
 
@@ -155,7 +182,7 @@ func TestDashboardInChromium(t *testing.T) {
 
 	live := func(s dashboardState) bool {
 		return s.Updates >= 3 && s.Points["messages"] >= 3 && s.Points["connections"] >= 3 &&
-			s.Points["send_to_deliver"] >= 3 && s.Legend["messages.in"] != "" && s.AlertRows == 1
+			s.Points["send_to_deliver"] >= 3 && s.Legend["messages.in"] != "" && s.AlertRows == 1 && s.Cluster.Alone
 	}
 	first := poll(ctx, t, b, page, readDashboard, live)
 	// Two more polls later the figures have moved on: the page is live,
@@ -189,6 +216,9 @@ func TestDashboardInChromium(t *testing.T) {
 	if second.SessionRows != 4 {
 		t.Errorf("sessions table has %d rows, want 4", second.SessionRows)
 	}
+	if !second.Cluster.Hidden {
+		t.Error("the cluster panel is shown on a node alone")
+	}
 	if second.ScrollWidth > second.Width {
 		t.Errorf("page is %dpx wide in a %dpx window: it does not fit a laptop screen", second.ScrollWidth, second.Width)
 	}
@@ -209,4 +239,47 @@ func TestDashboardInChromium(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("dashboard screenshot: %s", path)
+
+	// The same monitor on a node of a troubled cluster: the panel shows
+	// and highlights what is wrong.
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /admin/cluster", func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, troubledCluster)
+	})
+	mux.Handle("/", mon.Handler())
+	troubled := httptest.NewServer(mux)
+	defer troubled.Close()
+	page = b.open(ctx, t, troubled.URL+"/#token=dash-token", width, height)
+	c := poll(ctx, t, b, page, readDashboard, func(s dashboardState) bool { return s.Cluster.Updates >= 1 }).Cluster
+	if c.Hidden || !c.Alerting || c.Seen != "as n1 sees it" {
+		t.Errorf("cluster panel hidden %v, alerting %v, %q: want it shown and marked, as n1 sees it", c.Hidden, c.Alerting, c.Seen)
+	}
+	wantMembers := []string{"n1 (this node)|v1.4.0|12|11|40|2h05", "n2|v1.4.0|3|3|0|3d2h"}
+	if strings.Join(c.Members, "\n") != strings.Join(wantMembers, "\n") {
+		t.Errorf("member rows %q, want %q", c.Members, wantMembers)
+	}
+	wantStreams := []string{"KV_parley_sessions|2|none|–", "PARLEY_Q_0|1500|n1|n2 ✓, n3 offline"}
+	if strings.Join(c.Streams, "\n") != strings.Join(wantStreams, "\n") {
+		t.Errorf("stream rows %q, want %q", c.Streams, wantStreams)
+	}
+	if strings.Join(c.Bad, ",") != "none,n3 offline" || len(c.Problems) != 2 {
+		t.Errorf("highlighted: cells %q, problems %q; want the missing leader, the offline replica and both problems", c.Bad, c.Problems)
+	}
+	shot = b.screenshot(ctx, t, page)
+	if err := os.WriteFile(filepath.Join(filepath.Dir(path), "dashboard-cluster.png"), shot, 0o644); err != nil {
+		t.Fatal(err)
+	}
 }
+
+// troubledCluster is a cluster's status with a stream without a leader
+// and a replica offline.
+const troubledCluster = `{"node":"n1","hints":14,
+ "members":[
+  {"node":"n1","epoch":1,"version":"v1.4.0","sessions":11,"connections":12,"uptime_s":7500,"queue_depth_total":40},
+  {"node":"n2","epoch":7,"version":"v1.4.0","sessions":3,"connections":3,"uptime_s":266400,"queue_depth_total":0}],
+ "streams":[
+  {"name":"KV_parley_sessions","messages":2,"leader":"","replicas":[]},
+  {"name":"PARLEY_Q_0","messages":1500,"leader":"n1","replicas":[
+   {"node":"n2","current":true,"offline":false,"lag":0},
+   {"node":"n3","current":false,"offline":true,"lag":0}]}],
+ "problems":["stream KV_parley_sessions has no leader","stream PARLEY_Q_0: replica on n3 is behind or offline"]}`

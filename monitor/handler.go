@@ -58,10 +58,10 @@ const DefaultSessionLimit = 100
 func (m *Monitor) Sessions(by SortKey, limit int) (rows []Session, total int) {
 	m.sampleMu.Lock() // the Rates are Sample's
 	defer m.sampleMu.Unlock()
-	dt, order := m.rateDT, sessionOrder(by)
+	dt, order := m.rateDT, SessionOrder(by)
 	row := func(s SessionStat, r *Rates) Session {
 		return Session{
-			User: s.User, MsgsIn: s.MsgsIn, MsgsOut: s.MsgsOut,
+			User: s.User, Node: m.node, MsgsIn: s.MsgsIn, MsgsOut: s.MsgsOut,
 			InRate: perSecond(r.dIn, dt), OutRate: perSecond(r.dOut, dt),
 			Mailbox: s.Mailbox, Inflight: s.Inflight, Queued: s.Queued,
 		}
@@ -112,9 +112,10 @@ func connName(s fmt.Stringer) string {
 	return s.String()
 }
 
-// sessionOrder compares sessions: larger figure first, then by user and
-// connection so that equal rows keep a stable order between refreshes.
-func sessionOrder(by SortKey) func(a, b Session) int {
+// SessionOrder compares sessions as /admin/sessions orders them: larger
+// figure first, then by user, connection and node, so that equal rows keep
+// a stable order between refreshes (and when merged from several nodes).
+func SessionOrder(by SortKey) func(a, b Session) int {
 	val := func(s *Session) float64 {
 		switch by {
 		case SortInRate:
@@ -130,7 +131,7 @@ func sessionOrder(by SortKey) func(a, b Session) int {
 		if c := cmp.Compare(val(&b), val(&a)); c != 0 {
 			return c
 		}
-		return cmp.Or(strings.Compare(a.User, b.User), strings.Compare(a.Conn, b.Conn))
+		return cmp.Or(strings.Compare(a.User, b.User), strings.Compare(a.Conn, b.Conn), strings.Compare(a.Node, b.Node))
 	}
 }
 

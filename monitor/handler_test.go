@@ -1,6 +1,7 @@
 package monitor_test
 
 import (
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -73,6 +74,26 @@ func TestSessionsEndpoint(t *testing.T) {
 	h.get("/admin/sessions?sort=bytes", &e)
 	if !strings.Contains(e.Error.Message, "mailbox, in_rate, out_rate or queued") {
 		t.Errorf("bad sort error %q does not list the valid sorts", e.Error.Message)
+	}
+}
+
+// A node of a cluster names itself on every row (so rows merged from
+// several nodes say where each session is); a node alone leaves the field
+// out.
+func TestSessionsNameTheNode(t *testing.T) {
+	for _, node := range []string{"n2", ""} {
+		h := newHarness(t, withNode(node))
+		h.node.session("+1555a", func(*monitor.SessionStat) {})
+		h.sample()
+		var raw json.RawMessage
+		h.get("/admin/sessions", &raw)
+		var r monitor.SessionsResponse
+		if err := json.Unmarshal(raw, &r); err != nil || len(r.Sessions) != 1 || r.Sessions[0].Node != node {
+			t.Errorf("Config.Node %q: /admin/sessions = %s, want the row on node %q", node, raw, node)
+		}
+		if node == "" && strings.Contains(string(raw), `"node"`) {
+			t.Errorf("a node alone: /admin/sessions = %s, want no node field", raw)
+		}
 	}
 }
 

@@ -159,6 +159,10 @@ func withThresholds(th monitor.Thresholds) option {
 	return func(c *monitor.Config, _ *harness) { c.Thresholds = th }
 }
 
+func withNode(name string) option {
+	return func(c *monitor.Config, _ *harness) { c.Node = name }
+}
+
 func withToken(tok string) option {
 	return func(c *monitor.Config, _ *harness) { c.AdminToken, c.RequireToken = tok, true }
 }

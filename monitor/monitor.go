@@ -107,6 +107,10 @@ type Registry interface {
 type Config struct {
 	// Source is the node being watched. Required.
 	Source Source
+	// Node is the node's name in its cluster, which every /admin/sessions
+	// row carries so that rows merged from several nodes say where each
+	// session is. Empty for a node alone.
+	Node string
 	// Metrics are the node's hot-path collectors, already registered with
 	// Registry. Default: New creates them (see Monitor.Metrics).
 	Metrics *Metrics
@@ -154,6 +158,7 @@ const (
 // results. Its methods are safe for concurrent use.
 type Monitor struct {
 	src      Source
+	node     string
 	metrics  *Metrics
 	th       Thresholds
 	log      *slog.Logger
@@ -230,6 +235,7 @@ func New(cfg Config) (*Monitor, error) {
 	}
 	m := &Monitor{
 		src:      cfg.Source,
+		node:     cfg.Node,
 		metrics:  cfg.Metrics,
 		th:       th,
 		log:      cfg.Log,

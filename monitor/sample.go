@@ -53,8 +53,11 @@ type Latency struct {
 // figures as they were when asked for, the rates over the last sample's
 // interval.
 type Session struct {
-	User     string  `json:"user"`
-	Conn     string  `json:"conn"`
+	User string `json:"user"`
+	Conn string `json:"conn"`
+	// Node is the name of the node the session is on, in a cluster (see
+	// Config.Node); empty on a node alone.
+	Node     string  `json:"node,omitempty"`
 	MsgsIn   uint64  `json:"msgs_in"`
 	MsgsOut  uint64  `json:"msgs_out"`
 	InRate   float64 `json:"in_rate"`

@@ -14,52 +14,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/parleyhq/parley/buildinfo"
+	"github.com/parleyhq/parley/monitor"
 )
-
-// ClusterStatus is what GET /admin/cluster answers on a node of a
-// cluster: the members that answered, the state of every stream the
-// cluster's store and settings use, and the size of the registry of
-// where users are connected.
-type ClusterStatus struct {
-	Node    string          `json:"node"` // the node answering
-	Members []ClusterMember `json:"members"`
-	// Streams are Parley's JetStream streams (queues, accounts, dedup,
-	// received records, the buckets) with their leaders and replicas.
-	Streams []StreamStatus `json:"streams"`
-	// Hints is the number of entries in the registry of where users are
-	// connected (one per user logged in somewhere, and stale ones a
-	// killed node left).
-	Hints uint64 `json:"hints"`
-	// Problems name what needs an operator: a stream without a leader or
-	// with a replica behind or offline, a member that did not answer.
-	Problems []string `json:"problems"`
-}
-
-// ClusterMember is one node's answer to the status request.
-type ClusterMember struct {
-	Node     string  `json:"node"`
-	Epoch    uint64  `json:"epoch"` // its run (a restart makes another)
-	Version  string  `json:"version"`
-	Sessions int     `json:"sessions"`
-	Conns    int64   `json:"connections"`
-	Uptime   float64 `json:"uptime_s"`
-}
-
-// StreamStatus is one stream's place in the cluster.
-type StreamStatus struct {
-	Name     string          `json:"name"`
-	Messages uint64          `json:"messages"`
-	Leader   string          `json:"leader"` // empty: no leader now
-	Replicas []ReplicaStatus `json:"replicas"`
-}
-
-// ReplicaStatus is a follower replica of a stream.
-type ReplicaStatus struct {
-	Node    string `json:"node"`
-	Current bool   `json:"current"`
-	Offline bool   `json:"offline"`
-	Lag     uint64 `json:"lag"`
-}
 
 // statusSubject reaches every node: a status request, answered by each
 // with its ClusterMember.
@@ -76,18 +32,19 @@ func (r *clusterRouter) onStatus(m *nats.Msg) {
 	}
 }
 
-func (r *clusterRouter) member() ClusterMember {
-	return ClusterMember{
+func (r *clusterRouter) member() monitor.ClusterMember {
+	queued, _, _ := r.n.store.QueueDepths()
+	return monitor.ClusterMember{
 		Node: r.node, Epoch: r.epoch, Version: buildinfo.Get().Version,
-		Sessions: r.router.len(), Conns: r.n.counts.open.Load(),
+		Sessions: r.router.len(), Conns: r.n.counts.open.Load(), QueueDepthTotal: queued,
 		Uptime: time.Since(r.n.started).Seconds(),
 	}
 }
 
-// status gathers the cluster's status (see ClusterStatus), each part
+// status gathers the cluster's status (see monitor.ClusterStatus), each part
 // bounded by ctx.
-func (r *clusterRouter) status(ctx context.Context) (*ClusterStatus, error) {
-	st := &ClusterStatus{Node: r.node, Members: []ClusterMember{}, Streams: []StreamStatus{}, Problems: []string{}}
+func (r *clusterRouter) status(ctx context.Context) (*monitor.ClusterStatus, error) {
+	st := &monitor.ClusterStatus{Node: r.node, Members: []monitor.ClusterMember{}, Streams: []monitor.StreamStatus{}, Problems: []string{}}
 	members, err := r.members(ctx)
 	if err != nil {
 		return nil, err
@@ -115,11 +72,11 @@ func (r *clusterRouter) status(ctx context.Context) (*ClusterStatus, error) {
 			continue
 		}
 		info := s.CachedInfo()
-		ss := StreamStatus{Name: name, Messages: info.State.Msgs, Replicas: []ReplicaStatus{}}
+		ss := monitor.StreamStatus{Name: name, Messages: info.State.Msgs, Replicas: []monitor.ReplicaStatus{}}
 		if c := info.Cluster; c != nil {
 			ss.Leader = c.Leader
 			for _, p := range c.Replicas {
-				ss.Replicas = append(ss.Replicas, ReplicaStatus{Node: p.Name, Current: p.Current, Offline: p.Offline, Lag: p.Lag})
+				ss.Replicas = append(ss.Replicas, monitor.ReplicaStatus{Node: p.Name, Current: p.Current, Offline: p.Offline, Lag: p.Lag})
 				if p.Offline || !p.Current {
 					st.Problems = append(st.Problems, "stream "+name+": replica on "+p.Name+" is behind or offline")
 				}
@@ -140,7 +97,7 @@ func (r *clusterRouter) status(ctx context.Context) (*ClusterStatus, error) {
 
 // members asks every node for its entry and gathers the answers for
 // statusWait (the cluster's size is not known here).
-func (r *clusterRouter) members(ctx context.Context) ([]ClusterMember, error) {
+func (r *clusterRouter) members(ctx context.Context) ([]monitor.ClusterMember, error) {
 	inbox := r.nc.NewRespInbox()
 	sub, err := r.nc.SubscribeSync(inbox)
 	if err != nil {
@@ -152,18 +109,18 @@ func (r *clusterRouter) members(ctx context.Context) ([]ClusterMember, error) {
 	}
 	ctx, cancel := context.WithTimeout(ctx, statusWait)
 	defer cancel()
-	var out []ClusterMember
+	var out []monitor.ClusterMember
 	for {
 		m, err := sub.NextMsgWithContext(ctx)
 		if err != nil {
 			break // the wait is over
 		}
-		var cm ClusterMember
+		var cm monitor.ClusterMember
 		if json.Unmarshal(m.Data, &cm) == nil {
 			out = append(out, cm)
 		}
 	}
-	slices.SortFunc(out, func(a, b ClusterMember) int { return strings.Compare(a.Node, b.Node) })
+	slices.SortFunc(out, func(a, b monitor.ClusterMember) int { return strings.Compare(a.Node, b.Node) })
 	return out, nil
 }
 

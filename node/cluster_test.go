@@ -15,6 +15,7 @@ import (
 
 	"github.com/parleyhq/parley/client"
 	"github.com/parleyhq/parley/internal/nodetest"
+	"github.com/parleyhq/parley/monitor"
 	"github.com/parleyhq/parley/node"
 	"github.com/parleyhq/parley/noise"
 	"github.com/parleyhq/parley/wire"
@@ -270,10 +271,10 @@ func TestClusterStatus(t *testing.T) {
 	ns := startClusterNodes(t, 2)
 	kp, reg := clRegister(t, ns[0], alicePhone)
 	clDial(t, ns[1], alicePhone, kp, reg.ServerKey)
-	var st node.ClusterStatus
+	var st monitor.ClusterStatus
 	deadline := time.Now().Add(clGuard)
 	for {
-		st = node.ClusterStatus{}
+		st = monitor.ClusterStatus{}
 		code := getJSON(t, ns[0].AdminURL()+"/admin/cluster", &st)
 		if code != http.StatusOK {
 			t.Fatalf("GET /admin/cluster: %d", code)
@@ -298,6 +299,13 @@ func TestClusterStatus(t *testing.T) {
 		if s.Leader == "" {
 			t.Errorf("stream %s shown without its leader", s.Name)
 		}
+	}
+	// Each node's sessions name it, so that rows merged from several
+	// nodes (parley top --admin A,B) say where each session is.
+	var sessions monitor.SessionsResponse
+	getJSON(t, ns[1].AdminURL()+"/admin/sessions", &sessions)
+	if len(sessions.Sessions) != 1 || sessions.Sessions[0].Node != "n2" {
+		t.Errorf("n2's /admin/sessions = %+v, want Alice's session on n2", sessions.Sessions)
 	}
 	// The metrics: the second node read the status at its start, when
 	// both nodes were up.

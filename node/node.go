@@ -312,8 +312,13 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 		OnRefused: func(limit string) { n.mx.LimitHits.WithLabelValues(limit).Inc() },
 	}
 	n.pool = newPool(n, cfg.Workers)
+	var nodeName string
+	if cfg.Cluster != nil {
+		nodeName = cfg.Cluster.Node
+	}
 	n.monitor, err = monitor.New(monitor.Config{
 		Source:       n,
+		Node:         nodeName,
 		Metrics:      n.mx,
 		Registry:     reg,
 		Thresholds:   cfg.Alerts,

@@ -1,10 +1,14 @@
 // Parley dashboard: polls the admin API once a second and draws the node's
-// figures on <canvas>. No library: a line chart is a few dozen lines, and
-// the page must work on a machine with no internet access.
+// figures on <canvas>; on a node of a cluster it also shows the cluster's
+// status, read every few seconds. No library: a line chart is a few dozen
+// lines, and the page must work on a machine with no internet access.
 "use strict";
 
 (function () {
   const POLL_MS = 1000;
+  // A cluster's status asks every node and JetStream (and waits half a
+  // second for the nodes' answers): read it less often than the node's.
+  const CLUSTER_POLL_MS = 5000;
   const WINDOW_S = 300; // the charts show the last five minutes
   const MIN_SPAN_S = 10;
 
@@ -35,6 +39,13 @@
     if (a < 1) return (v * 1e3).toFixed(a < 0.01 ? 2 : a < 0.1 ? 1 : 0) + "ms";
     if (a < 120) return v.toFixed(a < 10 ? 2 : 1) + "s";
     return (v / 60).toFixed(0) + "m";
+  }
+  function fmtUptime(s) {
+    if (s == null || isNaN(s)) return "–";
+    if (s < 60) return Math.floor(s) + "s";
+    if (s < 3600) return Math.floor(s / 60) + "m";
+    if (s < 86400) return Math.floor(s / 3600) + "h" + String(Math.floor(s / 60) % 60).padStart(2, "0");
+    return Math.floor(s / 86400) + "d" + Math.floor(s / 3600) % 24 + "h";
   }
   function fmtTime(t) {
     const d = new Date(t);
@@ -272,11 +283,80 @@
     }
   }
 
+  // setCluster draws GET /admin/cluster: the members with their
+  // connections and queues, the streams with their leaders and replicas,
+  // and the problems, which also mark the panel.
+  function setCluster(c) {
+    const panel = document.getElementById("cluster");
+    panel.hidden = false;
+    text(document.getElementById("cluster-seen"), "as " + c.node + " sees it");
+    setProblems(c.problems || []);
+
+    const members = document.querySelector("#cluster-members tbody");
+    members.replaceChildren();
+    for (const m of c.members || []) {
+      const tr = document.createElement("tr");
+      tr.dataset.node = m.node;
+      cell(tr, m.node === c.node ? m.node + " (this node)" : m.node);
+      cell(tr, m.version);
+      cell(tr, fmtCount(m.connections), "num");
+      cell(tr, fmtCount(m.sessions), "num");
+      cell(tr, fmtCount(m.queue_depth_total), "num");
+      cell(tr, fmtUptime(m.uptime_s), "num");
+      members.appendChild(tr);
+    }
+
+    const streams = document.querySelector("#cluster-streams tbody");
+    streams.replaceChildren();
+    for (const st of c.streams || []) {
+      const tr = document.createElement("tr");
+      tr.dataset.stream = st.name;
+      cell(tr, st.name);
+      cell(tr, fmtCount(st.messages), "num");
+      cell(tr, st.leader || "none", st.leader ? "" : "bad");
+      const td = document.createElement("td");
+      for (const r of st.replicas || []) {
+        const ok = r.current && !r.offline;
+        const span = document.createElement("span");
+        span.className = ok ? "replica" : "replica bad";
+        span.textContent = r.node + (r.offline ? " offline" : ok ? " ✓" : " behind " + fmtCount(r.lag));
+        if (td.childNodes.length) td.appendChild(document.createTextNode(", "));
+        td.appendChild(span);
+      }
+      if (!td.childNodes.length) td.textContent = "–";
+      tr.appendChild(td);
+      streams.appendChild(tr);
+    }
+  }
+
+  function setProblems(problems) {
+    const ul = document.getElementById("cluster-problems");
+    ul.replaceChildren();
+    for (const p of problems) {
+      const li = document.createElement("li");
+      li.className = "problem";
+      li.textContent = p;
+      ul.appendChild(li);
+    }
+    if (!problems.length) {
+      const li = document.createElement("li");
+      li.className = "ok";
+      li.textContent = "No problems.";
+      ul.appendChild(li);
+    }
+    document.getElementById("cluster").classList.toggle("alerting", problems.length > 0);
+  }
+
   // ---- polling ----------------------------------------------------------
 
   const hist = [];
   // state is read by the dashboard's browser test, and handy in a console.
-  const state = { updates: 0, errors: 0, last: null, history: hist };
+  const state = {
+    updates: 0, errors: 0, last: null, history: hist,
+    // cluster: alone once a node answered that it runs alone (then the
+    // panel stays hidden and is not asked for again).
+    cluster: { updates: 0, errors: 0, alone: false, last: null },
+  };
   window.parleyDashboard = state;
 
   function push(s) {
@@ -290,7 +370,14 @@
   async function get(path) {
     const r = await fetch(path, { headers, cache: "no-store" });
     if (r.status === 401) throw new Error("the admin listener needs its token: open this page as /#token=TOKEN");
-    if (!r.ok) throw new Error(`${path}: HTTP ${r.status}`);
+    if (!r.ok) {
+      // Parley's errors are {"error":{"code":..,"message":..}}: the
+      // message says what to do.
+      const body = await r.json().catch(() => null);
+      const e = new Error(`${path}: ` + (body && body.error ? body.error.message : `HTTP ${r.status}`));
+      e.status = r.status;
+      throw e;
+    }
     return r.json();
   }
 
@@ -326,6 +413,31 @@
     setTimeout(poll, POLL_MS);
   }
 
+  async function pollCluster() {
+    const cs = state.cluster;
+    try {
+      const c = await get("admin/cluster");
+      cs.last = c;
+      setCluster(c);
+      cs.updates++;
+    } catch (e) {
+      if (e.status === 404) { // a node alone: nothing to show, now or later
+        cs.alone = true;
+        document.getElementById("cluster").hidden = true;
+        return;
+      }
+      cs.errors++;
+      // A node of a cluster that cannot tell its status answers an error
+      // of its own (503): that is the problem to show. A lost connection
+      // is the status line's to show.
+      if (e.status) {
+        document.getElementById("cluster").hidden = false;
+        setProblems(["not updating: " + e.message]);
+      }
+    }
+    setTimeout(pollCluster, CLUSTER_POLL_MS);
+  }
+
   async function start() {
     try {
       const h = await get("admin/stats/history?n=" + WINDOW_S);
@@ -335,6 +447,7 @@
       setStatus(false, "not updating: " + e.message);
     }
     poll();
+    pollCluster();
   }
 
   window.addEventListener("resize", redraw);

@@ -22,10 +22,16 @@ type View struct {
 }
 
 // headerLines is how many lines Render writes before the session rows.
-const headerLines = 8
+func headerLines(s Snapshot) int {
+	if s.Cluster != nil || s.ClusterError != "" {
+		return 9
+	}
+	return 8
+}
 
-// Render writes one frame: node totals at the top, then sessions in the
-// order given.
+// Render writes one frame: node totals at the top (and the cluster's
+// members, on a node of one), then sessions in the order given, with a
+// NODE column when they are on named nodes.
 func Render(w io.Writer, s Snapshot, v View) {
 	var b strings.Builder
 	line := func(format string, args ...any) {
@@ -42,6 +48,12 @@ func Render(w io.Writer, s Snapshot, v View) {
 		ts = t.Time.Local().Format(time.TimeOnly)
 	}
 	line("parley top  %s  %s  sorted by %s", v.Admin, ts, sortTitle(v.Sort))
+	switch {
+	case s.Cluster != nil:
+		line("%s", clusterLine(s.Cluster))
+	case s.ClusterError != "":
+		line("cluster: not read: %s", s.ClusterError)
+	}
 	line("connections %d  sessions %d  msgs/s in %s  out %s  backlog %d  loop lag %s",
 		t.Connections, t.Sessions, rate(t.InRate), rate(t.OutRate), t.Backlog, seconds(t.LoopLagSeconds))
 	line("offline queues %d items (largest %s)  mailboxes %d events (longest %s)  inflight %d",
@@ -71,8 +83,23 @@ func Render(w io.Writer, s Snapshot, v View) {
 	}
 	line("")
 
-	hdr := fmt.Sprintf("%-16s %-21s %8s %8s %8s %9s %9s %10s %10s",
-		"USER", "CONN", col("MAILBOX", v.Sort == monitor.SortMailbox), "INFLIGHT", col("QUEUED", v.Sort == monitor.SortQueued),
+	// The NODE column only when the rows name nodes: a node alone looks
+	// as it always did.
+	nodeW := 0
+	for _, r := range s.Sessions {
+		nodeW = max(nodeW, utf8.RuneCountInString(r.Node))
+	}
+	if nodeW > 0 {
+		nodeW = min(max(nodeW, len("NODE")), 16)
+	}
+	node := func(name string) string {
+		if nodeW == 0 {
+			return ""
+		}
+		return fmt.Sprintf(" %-*s", nodeW, clip(name, nodeW))
+	}
+	hdr := fmt.Sprintf("%-16s%s %-21s %8s %8s %8s %9s %9s %10s %10s",
+		"USER", node("NODE"), "CONN", col("MAILBOX", v.Sort == monitor.SortMailbox), "INFLIGHT", col("QUEUED", v.Sort == monitor.SortQueued),
 		col("IN/s", v.Sort == monitor.SortInRate), col("OUT/s", v.Sort == monitor.SortOutRate), "MSGS IN", "MSGS OUT")
 	if v.Width > 0 {
 		hdr = clip(hdr, v.Width)
@@ -83,10 +110,35 @@ func Render(w io.Writer, s Snapshot, v View) {
 	b.WriteString(hdr)
 	b.WriteByte('\n')
 	for _, r := range s.Sessions {
-		line("%-16s %-21s %8d %8d %8d %9s %9s %10d %10d",
-			clip(r.User, 16), clip(r.Conn, 21), r.Mailbox, r.Inflight, r.Queued, rate(r.InRate), rate(r.OutRate), r.MsgsIn, r.MsgsOut)
+		line("%-16s%s %-21s %8d %8d %8d %9s %9s %10d %10d",
+			clip(r.User, 16), node(r.Node), clip(r.Conn, 21), r.Mailbox, r.Inflight, r.Queued, rate(r.InRate), rate(r.OutRate), r.MsgsIn, r.MsgsOut)
 	}
 	io.WriteString(w, b.String())
+}
+
+// clusterLine names the cluster's members with their connections, and its
+// problems: "cluster: n1 3 conns, n2 1 conn; no problems".
+func clusterLine(c *monitor.ClusterStatus) string {
+	members := make([]string, len(c.Members))
+	for i, m := range c.Members {
+		members[i] = m.Node + " " + plural(int(m.Conns), "conn")
+	}
+	l := "cluster: " + strings.Join(members, ", ")
+	if len(c.Members) == 0 {
+		l = "cluster: no member answered"
+	}
+	if len(c.Problems) == 0 {
+		return l + "; no problems"
+	}
+	return fmt.Sprintf("%s; %s: %s", l, strings.ToUpper(plural(len(c.Problems), "problem")), strings.Join(c.Problems, "; "))
+}
+
+// plural is "1 conn", "2 conns".
+func plural(n int, unit string) string {
+	if n == 1 {
+		return "1 " + unit
+	}
+	return strconv.Itoa(n) + " " + unit + "s"
 }
 
 func sortTitle(k monitor.SortKey) string {

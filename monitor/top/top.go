@@ -1,7 +1,9 @@
 // Package top is `parley top`: a live terminal view of one node, like
 // Erlang's etop — node totals at the top, sessions sorted by mailbox length
 // (or message rates, or offline queue) below, redrawn every second — read
-// from the node's admin listener.
+// from the node's admin listener. Given the admin listeners of several
+// nodes of a cluster, it merges their readings, each session naming its
+// node.
 package top
 
 import (
@@ -26,8 +28,9 @@ type Options struct {
 	Interval time.Duration
 	// Once prints one reading and exits.
 	Once bool
-	// JSON prints readings as JSON objects ({"totals":...,"sessions":[...]}),
-	// one per line.
+	// JSON prints readings as JSON objects (Snapshot:
+	// {"totals":...,"sessions":[...],"total":N}, and "cluster" on a node of
+	// one), one per line.
 	JSON bool
 }
 
@@ -41,7 +44,7 @@ const Keys = "m: sort by mailbox  i: by msgs/s in  o: by msgs/s out  q: by offli
 // terminal mode).
 const KeysNeedEnter = !rawKeys
 
-// Run shows the node behind c: a live view when out is a terminal, else
+// Run shows the nodes behind c: a live view when out is a terminal, else
 // one reading (Once) or one per interval, as text or JSON. Keys are read
 // from in. It returns when ctx ends, on the quit key, or on a fetch error
 // before the first reading.
@@ -99,18 +102,29 @@ func batch(ctx context.Context, c *Client, o Options, out io.Writer) error {
 
 // live redraws the view every interval and on every sort key.
 func live(ctx context.Context, c *Client, o Options, in io.Reader, out io.Writer, size func() (int, int, bool)) error {
-	limit := func() int {
+	// limit is how many rows fit under s's header (a node of a cluster
+	// has a line more).
+	limit := func(s Snapshot) int {
 		if o.Limit > 0 {
 			return o.Limit
 		}
 		if _, h, ok := size(); ok {
-			return max(h-headerLines-2, 1)
+			return max(h-headerLines(s)-2, 1)
 		}
 		return batchLimit
 	}
+	// fetch asks for the rows that fitted under the last header, and cuts
+	// them when this header is taller.
+	fetch := func(last Snapshot) (Snapshot, error) {
+		s, err := c.Fetch(ctx, o.Sort, limit(last))
+		if n := limit(s); err == nil && len(s.Sessions) > n {
+			s.Sessions = s.Sessions[:n]
+		}
+		return s, err
+	}
 	// Check the node answers before taking over the screen, so a wrong
 	// --admin prints its error on the normal screen.
-	snap, err := c.Fetch(ctx, o.Sort, limit())
+	snap, err := fetch(Snapshot{})
 	if err != nil {
 		return err
 	}
@@ -143,7 +157,7 @@ func live(ctx context.Context, c *Client, o Options, in io.Reader, out io.Writer
 		// On an error keep the last reading on screen, with the error
 		// above it, and try again next interval.
 		var s Snapshot
-		if s, err = c.Fetch(ctx, o.Sort, limit()); err == nil {
+		if s, err = fetch(snap); err == nil {
 			snap = s
 		} else if ctx.Err() != nil {
 			return nil

@@ -175,9 +175,74 @@ func TestNewClientAddress(t *testing.T) {
 			t.Errorf("NewClient(%q) = %v, %v; want %s", in, c, err, want)
 		}
 	}
-	for _, bad := range []string{"", "ftp://x", "http://"} {
+	for _, bad := range []string{"", "ftp://x", "http://", "127.0.0.1:9091,,127.0.0.1:9092"} {
 		if _, err := NewClient(bad, "", nil); err == nil {
 			t.Errorf("NewClient(%q) succeeded", bad)
 		}
+	}
+}
+
+// clusterNode answers as one node of a cluster: its totals, its sessions
+// (each naming it) and, when cluster is set, the cluster's status.
+func clusterNode(t *testing.T, stats, sessions, cluster string) string {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch {
+		case r.URL.Path == "/admin/stats":
+			io.WriteString(w, stats)
+		case r.URL.Path == "/admin/sessions":
+			io.WriteString(w, sessions)
+		case r.URL.Path == "/admin/cluster" && cluster != "":
+			io.WriteString(w, cluster)
+		default:
+			http.NotFound(w, r)
+		}
+	}))
+	t.Cleanup(srv.Close)
+	return srv.URL
+}
+
+// TestFetchMergesNodes: with several admin listeners top shows the first
+// rows of all the nodes' by the sort, the nodes' totals summed (maxima and
+// latencies the worst node's), and the cluster as the first node sees it.
+func TestFetchMergesNodes(t *testing.T) {
+	n1 := clusterNode(t,
+		`{"connections":2,"sessions":2,"in_rate":10,"mailbox_max":4,"mailbox_max_user":"+1555a","loop_lag_seconds":0.001,"send_to_deliver":{"count":5,"p50":0.001,"p99":0.002}}`,
+		`{"sort":"mailbox","total":2,"sessions":[{"user":"+1555a","node":"n1","conn":"c1","mailbox":4},{"user":"+1555b","node":"n1","conn":"c2","mailbox":1}]}`,
+		`{"node":"n1","members":[{"node":"n1","connections":2},{"node":"n2","connections":1}],"streams":[],"hints":3,"problems":[]}`)
+	n2 := clusterNode(t,
+		`{"connections":1,"sessions":1,"in_rate":5,"mailbox_max":7,"mailbox_max_user":"+1555c","loop_lag_seconds":0.004,"send_to_deliver":{"count":1,"p50":0.003,"p99":0.003}}`,
+		`{"sort":"mailbox","total":1,"sessions":[{"user":"+1555c","node":"n2","conn":"c3","mailbox":7}]}`,
+		"")
+	c, err := NewClient(n1+", "+n2, "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.URL() != n1+","+n2 {
+		t.Errorf("URL() = %q, want both listeners", c.URL())
+	}
+	s, err := c.Fetch(t.Context(), monitor.SortMailbox, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rows []string
+	for _, r := range s.Sessions {
+		rows = append(rows, r.User+"@"+r.Node)
+	}
+	if strings.Join(rows, " ") != "+1555c@n2 +1555a@n1" || s.Total != 3 {
+		t.Errorf("rows %v of %d, want +1555c@n2 +1555a@n1 of 3", rows, s.Total)
+	}
+	tt := s.Totals
+	if tt.Connections != 3 || tt.Sessions != 3 || tt.InRate != 15 || tt.MailboxMax != 7 || tt.MailboxMaxUser != "+1555c" ||
+		tt.LoopLagSeconds != 0.004 || tt.SendToDeliver != (monitor.Latency{Count: 6, P50: 0.003, P99: 0.003}) {
+		t.Errorf("totals = %+v, want the two nodes' summed, maxima and latencies n2's", tt)
+	}
+	if s.Cluster == nil || len(s.Cluster.Members) != 2 || s.ClusterError != "" {
+		t.Errorf("cluster = %+v (error %q), want n1's view of two members", s.Cluster, s.ClusterError)
+	}
+
+	// A node alone (its /admin/cluster is 404) has no cluster.
+	c, _ = NewClient(n2, "", nil)
+	if s, err := c.Fetch(t.Context(), monitor.SortMailbox, 2); err != nil || s.Cluster != nil || s.ClusterError != "" {
+		t.Errorf("a node alone: cluster %+v, error %q, fetch error %v; want none", s.Cluster, s.ClusterError, err)
 	}
 }
