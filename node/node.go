@@ -436,15 +436,21 @@ func (n *Node) startLoop() error {
 			c = &conn{nc: nc, peer: makePeerAddr(nc.RemoteAddr())}
 			nc.SetSession(c)
 		}
-		if limit := n.admission.admit(c.peer.AddrPort().Addr()); limit != "" {
+		takenOver := c.stage.Load() == stageLoggedIn // in a live upgrade
+		if limit := n.admission.admit(c.peer.AddrPort().Addr(), !takenOver); limit != "" {
 			// Over a limit: closed before it costs a handshake. The close
 			// callback sees stageUncounted and leaves the counts alone.
 			c.stage.Store(stageUncounted)
 			n.mx.LimitHits.WithLabelValues(limit).Inc()
+			// Reset, not a FIN: the client learns that its handshake was
+			// never read (so it keeps its resumption ticket and retries,
+			// where a FIN after reading says "wrong server key"), and the
+			// socket leaves no TIME_WAIT behind in a storm.
+			nc.SetLinger(1, 0)
 			nc.Close()
 			return
 		}
-		if c.stage.Load() == stageLoggedIn { // taken over in a live upgrade
+		if takenOver {
 			n.admission.loggedIn()
 			if c.partial != nil {
 				nc.SetReadDeadline(time.Now().Add(n.cfg.Limits.FrameTimeout))
