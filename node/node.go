@@ -431,24 +431,24 @@ func (n *Node) startLoop() error {
 		n.mx.Accepted.Inc()
 		n.mx.ConnectionsOpen.Inc()
 		n.counts.open.Add(1)
-		c, ok := nc.Session().(*conn)
-		if !ok { // not adopted (see adopt)
+		c, adopted := nc.Session().(*conn)
+		if !adopted { // where nbio converts connections itself (see adopt)
 			c = &conn{nc: nc, peer: makePeerAddr(nc.RemoteAddr())}
 			nc.SetSession(c)
 		}
 		takenOver := c.stage.Load() == stageLoggedIn // in a live upgrade
-		if limit := n.admission.admit(c.peer.AddrPort().Addr(), !takenOver); limit != "" {
-			// Over a limit: closed before it costs a handshake. The close
-			// callback sees stageUncounted and leaves the counts alone.
-			c.stage.Store(stageUncounted)
-			n.mx.LimitHits.WithLabelValues(limit).Inc()
-			// Reset, not a FIN: the client learns that its handshake was
-			// never read (so it keeps its resumption ticket and retries,
-			// where a FIN after reading says "wrong server key"), and the
-			// socket leaves no TIME_WAIT behind in a storm.
-			nc.SetLinger(1, 0)
-			nc.Close()
-			return
+		// One adopted at accept was admitted there (see adopt).
+		if !adopted || takenOver {
+			if limit := n.admission.admit(c.peer.AddrPort().Addr(), !takenOver); limit != "" {
+				// Over a limit: closed before it costs a handshake. The
+				// close callback sees stageUncounted and leaves the counts
+				// alone.
+				c.stage.Store(stageUncounted)
+				n.mx.LimitHits.WithLabelValues(limit).Inc()
+				nc.SetLinger(1, 0) // a reset, as in refuseAccepted
+				nc.Close()
+				return
+			}
 		}
 		if takenOver {
 			n.admission.loggedIn()
