@@ -267,10 +267,12 @@ func (c *Client) connectAny(ctx context.Context) (*conn, error) {
 
 // transient reports whether a failure to log in, after attempt tries
 // again, may pass by itself: not a refused login that would be refused
-// again. A handshake the server closed unanswered is what a wrong server
-// key gets, but also what a node dying or shedding load does: it is tried
-// a few times (handshakeTries), then reported, so that a wrong key does
-// not keep Dial waiting.
+// again. A handshake the server closed unanswered after reading it is
+// what a wrong server key gets (ErrHandshake), but also what a node
+// dying may do: it is tried a few times (handshakeTries), then reported,
+// so that a wrong key does not keep Dial waiting. A connection reset
+// unread (a node shedding load: a reconnect storm paced) is not
+// ErrHandshake, and is tried until it passes.
 func transient(err error, attempt int) bool {
 	var le *LoginError
 	if errors.As(err, &le) && le.permanent() {

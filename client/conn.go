@@ -125,8 +125,11 @@ func (c *Client) connect(parent context.Context, addr string) (*conn, error) {
 	var d net.Dialer
 	nc, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
-		if parent.Err() != nil {
+		switch {
+		case parent.Err() != nil:
 			return nil, fmt.Errorf("connect to %s: %w", addr, parent.Err())
+		case errors.Is(err, syscall.ECONNRESET): // accepted, then reset unread
+			return nil, fmt.Errorf("connect to %s: %w (the server is busy or going away: try again later)", addr, err)
 		}
 		return nil, fmt.Errorf("connect to %s: %w (is the server running, and is this its native address?)", addr, err)
 	}
@@ -197,11 +200,15 @@ func (c *Client) exchange(nc net.Conn, br *bufio.Reader, hs *noise.Client, first
 	reply, err := wire.ReadMessage(br, nil)
 	if err != nil {
 		// The server answers a first message it cannot decrypt by closing
-		// the connection; nothing else ends a handshake this way.
-		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET) {
+		// the connection after reading it; nothing else ends a handshake
+		// this way. A reset is not that: the server closed the connection
+		// with the message unread, as a node over a limit (a reconnect
+		// storm paced) or a dying one does. That may pass, and says
+		// nothing against a resumption ticket.
+		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
 			return nil, fmt.Errorf("%w (%s closed the connection)", ErrHandshake, nc.RemoteAddr())
 		}
-		return nil, fmt.Errorf("read handshake reply from %s: %w", nc.RemoteAddr(), err)
+		return nil, fmt.Errorf("read handshake reply from %s: %w (the server is busy or going away: try again later)", nc.RemoteAddr(), err)
 	}
 	payload, tx, rx, err := hs.Finish(reply)
 	if errors.Is(err, noise.ErrTicketRefused) {

@@ -126,6 +126,8 @@ func TestAdminLimits(t *testing.T) {
 	for k, want := range map[string]any{
 		"max_conns_per_addr":  float64(7),
 		"max_handshakes":      float64(def.MaxHandshakes),
+		"accept_rate":         float64(def.AcceptRate),
+		"accept_burst":        float64(def.AcceptBurst),
 		"handshake_timeout":   def.HandshakeTimeout.String(),
 		"max_mailbox":         float64(def.MaxMailbox),
 		"http_conns_per_addr": float64(def.HTTPConnsPerAddr),

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"runtime"
 	"time"
 
 	"github.com/parleyhq/parley/wire"
@@ -32,6 +33,25 @@ type Limits struct {
 	// (handshakes in flight, including logins waiting for their proof).
 	// Default 10,000.
 	MaxHandshakes int
+	// AcceptRate and AcceptBurst pace new native connections: a token
+	// bucket of AcceptBurst connections, refilled at AcceptRate a second.
+	// A connection past it is reset at once, unread, as past the limits
+	// above (the SDK tries again after a jittered backoff, keeping its
+	// resumption ticket); connections taken over in a live upgrade are not
+	// paced.
+	// It is what keeps a reconnect storm (a node of a cluster stopped or
+	// dead, its clients all coming to the survivors) from taking the CPU
+	// from the users already here: a login costs about 200 us of server
+	// CPU with a resumption ticket and 330 us without (BENCHMARKS.md), so
+	// 1,000 a second per CPU keeps a storm's logins to a fifth to a third
+	// of the machine, and AcceptBurst lets at most half a second's worth
+	// through at full speed. No normal server comes near
+	// it: a million connections that each reconnect every ten minutes are
+	// 1,700 a second, on a machine with many CPUs.
+	// Defaults 1,000 and 500 per CPU the process may use (GOMAXPROCS at
+	// the start); a negative AcceptRate turns the pacing off (benchmarks
+	// that log thousands in at once).
+	AcceptRate, AcceptBurst int
 	// HandshakeTimeout closes connections that have not logged in (sent
 	// their proof included) in time. Default 10s.
 	HandshakeTimeout time.Duration
@@ -115,12 +135,16 @@ type Limits struct {
 	HTTPConnsPerAddr int
 }
 
-// DefaultLimits returns the defaults of every limit.
+// DefaultLimits returns the defaults of every limit (those that scale with
+// the machine, for this process's GOMAXPROCS).
 func DefaultLimits() Limits {
+	cpus := runtime.GOMAXPROCS(0)
 	return Limits{
 		MaxConnections:        1_000_000,
 		MaxConnsPerAddr:       10_000,
 		MaxHandshakes:         10_000,
+		AcceptRate:            1000 * cpus,
+		AcceptBurst:           500 * cpus,
 		HandshakeTimeout:      10 * time.Second,
 		FrameTimeout:          30 * time.Second,
 		KeepAlive:             2 * time.Minute,
@@ -165,6 +189,10 @@ func (l Limits) withDefaults() Limits {
 	zi(&l.MaxConnections, d.MaxConnections)
 	zi(&l.MaxConnsPerAddr, d.MaxConnsPerAddr)
 	zi(&l.MaxHandshakes, d.MaxHandshakes)
+	if l.AcceptRate == 0 { // negative: off
+		l.AcceptRate = d.AcceptRate
+	}
+	zi(&l.AcceptBurst, d.AcceptBurst)
 	zd(&l.HandshakeTimeout, d.HandshakeTimeout)
 	zd(&l.FrameTimeout, d.FrameTimeout)
 	zd(&l.KeepAlive, d.KeepAlive)
@@ -201,6 +229,8 @@ func (l Limits) MarshalJSON() ([]byte, error) {
 		"max_connections":          l.MaxConnections,
 		"max_conns_per_addr":       l.MaxConnsPerAddr,
 		"max_handshakes":           l.MaxHandshakes,
+		"accept_rate":              l.AcceptRate,
+		"accept_burst":             l.AcceptBurst,
 		"handshake_timeout":        d(l.HandshakeTimeout),
 		"frame_timeout":            d(l.FrameTimeout),
 		"keep_alive":               d(l.KeepAlive),

@@ -2,6 +2,7 @@ package node
 
 import (
 	"encoding/binary"
+	"errors"
 	"net"
 	"net/netip"
 )
@@ -24,8 +25,37 @@ func (l adoptingListener) Accept() (net.Conn, error) {
 			}
 			return nil, err
 		}
-		return l.n.adopt(c)
+		nc, err := l.n.adopt(c)
+		if err == errRefused {
+			continue
+		}
+		return nc, err
 	}
+}
+
+// errRefused: adopt refused the connection for a limit and closed it.
+var errRefused = errors.New("connection refused at accept for a limit")
+
+// admitAccepted admits a connection just accepted from ip, or closes it
+// and reports false. A refused connection is counted (as accepted and
+// closed, and as its limit's hit) and reset, not closed with a FIN: its
+// client learns that its handshake was never read (the SDK keeps its
+// resumption ticket and retries, where a FIN after the handshake was read
+// says "wrong server key"), and the server keeps no TIME_WAIT socket for
+// each connection a storm has refused.
+func (n *Node) admitAccepted(c net.Conn, ip netip.Addr) bool {
+	limit := n.admission.admit(ip, true)
+	if limit == "" {
+		return true
+	}
+	n.mx.Accepted.Inc()
+	n.mx.Closed.Inc()
+	n.mx.LimitHits.WithLabelValues(limit).Inc()
+	if tc, ok := c.(interface{ SetLinger(int) error }); ok {
+		tc.SetLinger(0)
+	}
+	c.Close()
+	return false
 }
 
 // peerAddr is a client's address in 18 bytes (the IP as 16, IPv4 mapped,

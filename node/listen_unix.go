@@ -11,8 +11,12 @@ import (
 	"github.com/lesismal/nbio"
 )
 
-// adopt converts an accepted connection for nbio itself and gives it its
-// conn.
+// adopt admits an accepted connection (see admission), converts it for
+// nbio itself and gives it its conn. A connection refused for a limit is
+// closed here (errRefused), before nbio has it: it costs no dup, no
+// nbio.Conn and no epoll registration, and nbio's accept loop never adds
+// a descriptor that its OnOpen has closed (which it would log as an error
+// each time, and whose number may already be another file's).
 //
 // It marks the descriptor close-on-exec: nbio's own conversion dup(2)s the
 // socket without FD_CLOEXEC, so every child process the server starts would
@@ -22,6 +26,9 @@ import (
 // already returns an *nbio.Conn.)
 func (n *Node) adopt(c net.Conn) (net.Conn, error) {
 	peer := makePeerAddr(c.RemoteAddr())
+	if !n.admitAccepted(c, peer.AddrPort().Addr()) {
+		return nil, errRefused
+	}
 	// No fork may happen between the dup and the flag.
 	syscall.ForkLock.RLock()
 	nc, err := nbio.NBConn(c)
@@ -31,6 +38,7 @@ func (n *Node) adopt(c net.Conn) (net.Conn, error) {
 	syscall.ForkLock.RUnlock()
 	if err != nil {
 		c.Close()
+		n.admission.closed(peer.AddrPort().Addr(), true)
 		return nil, err
 	}
 	cn := &conn{nc: nc, peer: peer}

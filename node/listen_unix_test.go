@@ -15,7 +15,8 @@ func TestAdoptedConnKeepsNoAddresses(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ln.Close()
-	n := &Node{nativeLn: ln, addrs: findNbioAddrs()}
+	lim := DefaultLimits()
+	n := &Node{nativeLn: ln, addrs: findNbioAddrs(), admission: newAdmission(&lim)}
 	if !n.addrs.ok {
 		t.Fatal("nbio.Conn has no lAddr and rAddr net.Addr fields any more: update nbioAddrs for this nbio version")
 	}

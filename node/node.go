@@ -436,20 +436,26 @@ func (n *Node) startLoop() error {
 		n.mx.Accepted.Inc()
 		n.mx.ConnectionsOpen.Inc()
 		n.counts.open.Add(1)
-		c, ok := nc.Session().(*conn)
-		if !ok { // not adopted (see adopt)
+		c, adopted := nc.Session().(*conn)
+		if !adopted { // where nbio converts connections itself (see adopt)
 			c = &conn{nc: nc, peer: makePeerAddr(nc.RemoteAddr())}
 			nc.SetSession(c)
 		}
-		if limit := n.admission.admit(c.peer.AddrPort().Addr()); limit != "" {
-			// Over a limit: closed before it costs a handshake. The close
-			// callback sees stageUncounted and leaves the counts alone.
-			c.stage.Store(stageUncounted)
-			n.mx.LimitHits.WithLabelValues(limit).Inc()
-			nc.Close()
-			return
+		takenOver := c.stage.Load() == stageLoggedIn // in a live upgrade
+		// One adopted at accept was admitted there (see adopt).
+		if !adopted || takenOver {
+			if limit := n.admission.admit(c.peer.AddrPort().Addr(), !takenOver); limit != "" {
+				// Over a limit: closed before it costs a handshake. The
+				// close callback sees stageUncounted and leaves the counts
+				// alone.
+				c.stage.Store(stageUncounted)
+				n.mx.LimitHits.WithLabelValues(limit).Inc()
+				nc.SetLinger(1, 0) // a reset, as in refuseAccepted
+				nc.Close()
+				return
+			}
 		}
-		if c.stage.Load() == stageLoggedIn { // taken over in a live upgrade
+		if takenOver {
 			n.admission.loggedIn()
 			if c.partial != nil {
 				nc.SetReadDeadline(time.Now().Add(n.cfg.Limits.FrameTimeout))

@@ -130,6 +130,8 @@ SMS gateways (--sms):
 	f.IntVar(&cfg.Limits.MaxConnections, "max-connections", lim.MaxConnections, "most native connections in all (also raise ulimit -n)")
 	f.IntVar(&cfg.Limits.MaxConnsPerAddr, "max-conns-per-addr", lim.MaxConnsPerAddr, "most native connections from one IP address")
 	f.IntVar(&cfg.Limits.MaxHandshakes, "max-handshakes", lim.MaxHandshakes, "most connections accepted and not yet logged in")
+	f.IntVar(&cfg.Limits.AcceptRate, "accept-rate", lim.AcceptRate, "new native connections admitted per second, past --accept-burst (paces reconnect storms; negative: off)")
+	f.IntVar(&cfg.Limits.AcceptBurst, "accept-burst", lim.AcceptBurst, "new native connections admitted at once before --accept-rate paces them")
 	f.DurationVar(&cfg.Limits.KeepAlive, "keep-alive", lim.KeepAlive, "TCP keep-alive idle time that finds peers gone without a FIN (negative: off)")
 	f.IntVar(&cfg.Limits.MaxWriteBuffer, "max-write-buffer", lim.MaxWriteBuffer, "bytes held for a client that does not read before it is cut off")
 	f.IntVar(&cfg.Limits.MaxMailbox, "max-mailbox", lim.MaxMailbox, "events waiting for one session before its client is cut off")

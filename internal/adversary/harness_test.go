@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -201,9 +202,29 @@ func httpFrom(ip string) *http.Client {
 	return &http.Client{Timeout: ioGuard, Transport: &http.Transport{DialContext: from(ip).DialContext}}
 }
 
+// dialRefusable dials addr from ip, for a connection the server may
+// refuse at accept. It resets those, and a reset can come before the dial
+// returns: the result is then nil, which closedSoon takes as closed.
+func dialRefusable(t *testing.T, ip, addr string) net.Conn {
+	t.Helper()
+	c, err := from(ip).Dial("tcp", addr)
+	if errors.Is(err, syscall.ECONNRESET) {
+		return nil
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
 // closedSoon reports whether the server closes nc (after whatever it
-// sends) within ioGuard; it reads and drops what comes.
+// sends) within ioGuard; it reads and drops what comes. A nil nc was
+// reset while dialling (see dialRefusable).
 func closedSoon(nc net.Conn) bool {
+	if nc == nil {
+		return true
+	}
 	nc.SetReadDeadline(time.Now().Add(ioGuard))
 	_, err := io.Copy(io.Discard, nc)
 	var ne net.Error

@@ -116,11 +116,7 @@ func TestConnectionsPerAddr(t *testing.T) {
 	before := e.metric(t, limitHits("max_conns_per_addr"))
 	var extra []net.Conn
 	for i := range 3 * perAddr {
-		c, err := from("127.0.0.2").Dial("tcp", e.NativeAddr())
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
+		c := dialRefusable(t, "127.0.0.2", e.NativeAddr())
 		if i >= perAddr {
 			extra = append(extra, c)
 		}
@@ -156,11 +152,7 @@ func TestHandshakesInFlight(t *testing.T) {
 		defer c.Close()
 		silent = append(silent, c)
 	}
-	over, err := from("127.0.0.4").Dial("tcp", e.NativeAddr())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer over.Close()
+	over := dialRefusable(t, "127.0.0.4", e.NativeAddr())
 	// Logged-in sessions do not hold handshake slots: they go on.
 	if err := roundTrip(t.Context(), a.Client, b.Client, b.phone); err != nil {
 		t.Errorf("a logged-in user while the handshakes are full: %v", err)
