@@ -61,6 +61,15 @@ func (d *dialer) prepare(u *user) (hello, error) {
 	return h, nil
 }
 
+// errShed is a connection the server reset before reading its handshake:
+// it is shedding load (its accept rate, or another admission limit), and
+// a later try may pass.
+type errShed struct{ phone string }
+
+func (e *errShed) Error() string {
+	return fmt.Sprintf("the server reset the connection of %s unread (its accept rate or another admission limit: see /admin/limits; `parley serve --accept-rate -1` lifts the pacing for a benchmark)", e.phone)
+}
+
 // errLogin is a login the server refused: retrying cannot help.
 type errLogin struct {
 	phone string
@@ -116,6 +125,9 @@ func (d *dialer) dialLazy(ctx context.Context, addr string, u *user, h hello, rb
 		nd.LocalAddr = &net.TCPAddr{IP: d.src[u.index%len(d.src)].AsSlice()}
 	}
 	nc, err := nd.DialContext(ctx, "tcp", addr)
+	if errors.Is(err, syscall.ECONNRESET) {
+		return nil, &errShed{phone: u.phone}
+	}
 	if errors.Is(err, syscall.EADDRNOTAVAIL) {
 		return nil, fmt.Errorf("connect to %s: %w: out of local ports (connections in TIME_WAIT from other programs?): spread connections over source addresses with --src 127.0.0.2-127.0.0.20, or wait a minute", addr, err)
 	}
@@ -162,7 +174,10 @@ func (c *conn) login(u *user, h hello, timeout time.Duration) error {
 	}
 	reply, err := c.nextRaw()
 	if err != nil {
-		if errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET) {
+		if errors.Is(err, syscall.ECONNRESET) {
+			return &errShed{phone: u.phone}
+		}
+		if errors.Is(err, io.EOF) {
 			return fmt.Errorf("the server closed the connection of %s during the handshake: its key may have changed since setup (new --data?): run `parley bench setup` again", u.phone)
 		}
 		return fmt.Errorf("read handshake reply for %s: %w", u.phone, err)

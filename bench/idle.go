@@ -30,6 +30,7 @@ type IdleResult struct {
 	LoginServerCPUS     float64 `json:"login_server_cpu_s"`
 	LoginsPerServerCPUS float64 `json:"logins_per_server_cpu_s"`
 	LoginRetries        int64   `json:"login_retries"`
+	LoginsShed          int64   `json:"logins_shed"`       // tries the server reset unread (its accept rate) and the bench made again
 	LoginsResumed       int64   `json:"logins_resumed"`    // with a resumption ticket (from --warm), not a full handshake
 	LoginBenchCPUS      float64 `json:"login_bench_cpu_s"` // this process's CPU during the logins
 	ExchangeSeconds     float64 `json:"exchange_seconds"`
@@ -67,7 +68,7 @@ type IdleResult struct {
 func (r *IdleResult) Rows() []Row {
 	rows := []Row{
 		{Name: "conns", Value: fmtInt(int64(r.Conns)), Note: fmt.Sprintf("%s connected, %s exchanged a message", fmtInt(int64(r.Connected)), fmtInt(int64(r.Exchanged)))},
-		{Name: "logins_per_s", Value: fmtF(r.LoginsPerS, 0), Note: fmt.Sprintf("%.2f s for all, %d retries", r.LoginSeconds, r.LoginRetries)},
+		{Name: "logins_per_s", Value: fmtF(r.LoginsPerS, 0), Note: fmt.Sprintf("%.2f s for all, %d retries, %d shed by the server's accept rate and tried again", r.LoginSeconds, r.LoginRetries, r.LoginsShed)},
 		{Name: "logins_per_server_cpu_s", Value: fmtF(r.LoginsPerServerCPUS, 0), Note: fmt.Sprintf("%.2f server CPU-seconds (the bench used %.2f); %s of the logins resumed with a ticket, the rest full handshakes", r.LoginServerCPUS, r.LoginBenchCPUS, fmtInt(r.LoginsResumed))},
 		{Name: "measured_conns", Value: fmtInt(int64(r.MeasuredConns)), Note: "N below: sessions the server gained between the two readings"},
 		{Name: "warm", Value: fmt.Sprint(r.Warm), Note: "true: every user logged in and out once first, so store caches do not count as connection memory"},
@@ -166,7 +167,7 @@ func Idle(ctx context.Context, cfg Config, progress io.Writer) (*IdleResult, err
 		return nil, err
 	}
 	res.Connected = int(ls.done.Load())
-	res.LoginRetries = ls.retries.Load()
+	res.LoginRetries, res.LoginsShed = ls.retries.Load(), ls.shed.Load()
 	res.LoginsResumed = ls.resumed.Load()
 	res.LoginSeconds = loginTime.Seconds()
 	res.LoginsPerS = rate(ls.done.Load(), loginTime)

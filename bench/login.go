@@ -3,6 +3,7 @@ package bench
 import (
 	"context"
 	"errors"
+	"math/rand/v2"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -20,6 +21,7 @@ func (e *env) prepareAll(us []*user) ([]hello, error) {
 type loginStats struct {
 	done    atomic.Int64
 	retries atomic.Int64
+	shed    atomic.Int64 // tries the server reset unread (its accept rate), tried again
 	resumed atomic.Int64 // done with a resumption ticket, not a full handshake
 	errs    tally
 }
@@ -27,7 +29,9 @@ type loginStats struct {
 // loginAll logs every user in, at most cfg.Concurrency at a time, using
 // the prepared hellos (consumed). A connection that fails for a reason other
 // than a refused login is tried again, up to 3 times, with a fresh
-// handshake. Failed users have a nil conn.
+// handshake; one the server sheds (reset unread: its accept rate) is tried
+// again after a jittered, growing wait for up to shedGiveUp, as the SDK
+// does, and counted in st.shed. Failed users have a nil conn.
 func (e *env) loginAll(ctx context.Context, us []*user, hellos []hello, rbuf int, st *loginStats) []*conn {
 	conns := make([]*conn, len(us))
 	var next atomic.Int64
@@ -45,6 +49,7 @@ func (e *env) loginAll(ctx context.Context, us []*user, hellos []hello, rbuf int
 				if hellos != nil {
 					h, hellos[i] = hellos[i], hello{}
 				}
+				var shedSince time.Time
 				for attempt := 0; ; attempt++ {
 					c, err := e.d.dial(ctx, us[i], h, rbuf)
 					if err == nil {
@@ -55,8 +60,22 @@ func (e *env) loginAll(ctx context.Context, us []*user, hellos []hello, rbuf int
 						}
 						break
 					}
+					var shed *errShed
+					if errors.As(err, &shed) && ctx.Err() == nil {
+						if shedSince.IsZero() {
+							shedSince = time.Now()
+						}
+						if time.Since(shedSince) < shedGiveUp {
+							st.shed.Add(1)
+							h = hello{}
+							d := min(50*time.Millisecond<<min(attempt, 5), time.Second)
+							time.Sleep(d/2 + rand.N(d/2+1))
+							attempt--
+							continue
+						}
+					}
 					var le *errLogin
-					if attempt == 3 || ctx.Err() != nil || errors.As(err, &le) {
+					if attempt == 3 || ctx.Err() != nil || errors.As(err, &le) || shed != nil {
 						st.errs.add(err)
 						break
 					}
@@ -70,6 +89,9 @@ func (e *env) loginAll(ctx context.Context, us []*user, hellos []hello, rbuf int
 	wg.Wait()
 	return conns
 }
+
+// shedGiveUp bounds how long a login the server keeps shedding is tried.
+const shedGiveUp = time.Minute
 
 // interruptOnDone unblocks every read and write on conns when ctx ends
 // (Ctrl-C), since a blocked net.Conn sees no context; call the result to

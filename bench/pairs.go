@@ -190,7 +190,9 @@ type sender struct {
 	connHigh, ackSent   uint64 // highest delivery seq seen on c, and acked
 	maxAckWait          int64  // longest first write -> SendAck, ns
 	down                bool   // failover: c is lost, the reader logs in again
-	retryAt             int64  // failover: r.now() when a refused send goes again; 0: none
+	refused             int    // sends the server refused
+	lastRefusal         string
+	retryAt             int64 // failover: r.now() when a refused send goes again; 0: none
 	stale               int64
 	lastRcpt            int64 // r.now() at the last receipt
 	sendingDone         bool
@@ -246,6 +248,8 @@ func (s *sender) handle(f *frame, now int64) error {
 		}
 	case fError:
 		if k := int64(f.id - s.base); f.id > s.base && k <= s.sent {
+			s.refused++
+			s.lastRefusal = string(f.text)
 			if s.r.fo != nil && retryable(f.code) {
 				s.retryAt = now + retryDelay()
 				s.r.fo.retried.Add(1)
@@ -408,11 +412,43 @@ func pace(senders []*sender, rate float64, tick time.Duration, stop <-chan struc
 	t := time.NewTicker(tick)
 	defer t.Stop()
 	live := len(senders)
+	stopped := false
 	for live > 0 {
 		select {
 		case <-stop:
-			return
+			if senders[0].r.fo == nil {
+				return
+			}
+			// A failover run still sends again, after the sending
+			// stopped, what the nodes refused for a while, until the
+			// grace is over.
+			stop, stopped = nil, true
+			for _, s := range senders {
+				s.mu.Lock()
+				s.sendingDone = true
+				if s.outstanding() == 0 {
+					s.c.nc.SetReadDeadline(time.Now())
+				}
+				s.mu.Unlock()
+			}
+			continue
 		case <-t.C:
+		}
+		if stopped {
+			live = 0
+			for _, s := range senders {
+				s.mu.Lock()
+				if !s.r.ending.Load() && s.err == nil && s.outstanding() > 0 {
+					live++
+					if !s.down && s.retryAt != 0 && s.r.now() >= s.retryAt {
+						if err := s.resend(); err == nil {
+							_ = s.c.flush()
+						}
+					}
+				}
+				s.mu.Unlock()
+			}
+			continue
 		}
 		elapsed := time.Since(start).Seconds()
 		live = 0
@@ -871,7 +907,13 @@ func Pairs(ctx context.Context, cfg Config, progress io.Writer) (*PairsResult, e
 			r.errs.add(fmt.Errorf("%d messages of %s had their delivered receipt and never a SendAck", n, e.users[2*i].phone))
 		}
 		if o := s.outstanding(); o > 0 {
-			r.errs.add(fmt.Errorf("%d messages of %s had no delivered receipt %s after the sending stopped", o, e.users[2*i].phone, drainGrace))
+			unacked := 0
+			for k := int64(s.rcptHigh) + 1; k <= s.sent; k++ {
+				if s.ackSID[(k-1)%int64(len(s.ackSID))] == 0 {
+					unacked++
+				}
+			}
+			r.errs.add(fmt.Errorf("%d messages of %s (on %s) had no delivered receipt %s after the sending stopped; %d of them no SendAck either (%d sends refused in all, the last: %q)", o, e.users[2*i].phone, s.addr, drainGrace, unacked, s.refused, s.lastRefusal))
 		}
 		expected := s.sent - s.failed
 		missing := expected - v.unique

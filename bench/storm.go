@@ -22,6 +22,7 @@ type StormResult struct {
 	LoginsPerServerCPUS float64 `json:"logins_per_server_cpu_s"`
 	BenchCPUS           float64 `json:"bench_cpu_s"` // this process's CPU during the storm
 	Retries             int64   `json:"retries"`
+	Shed                int64   `json:"shed"`    // tries the server reset unread (its accept rate) and the bench made again
 	Resumed             int64   `json:"resumed"` // logins again with a resumption ticket, not a full handshake
 	Concurrency         int     `json:"concurrency"`
 
@@ -34,7 +35,7 @@ func (r *StormResult) Rows() []Row {
 	rows := []Row{
 		{Name: "conns", Value: fmtInt(int64(r.Conns)), Note: fmt.Sprintf("%s logged in before the drop, %s after", fmtInt(int64(r.Connected)), fmtInt(int64(r.Reconnected)))},
 		{Name: "seconds", Value: fmtF(r.Seconds, 3), Note: fmt.Sprintf("from the drop until all are logged in again (closing took %.3f s)", r.DropSeconds)},
-		{Name: "logins_per_s", Value: fmtF(r.LoginsPerS, 0), Note: fmt.Sprintf("%d logins in flight at most, %d retries", r.Concurrency, r.Retries)},
+		{Name: "logins_per_s", Value: fmtF(r.LoginsPerS, 0), Note: fmt.Sprintf("%d logins in flight at most, %d retries, %d shed by the server's accept rate and tried again", r.Concurrency, r.Retries, r.Shed)},
 		{Name: "logins_per_server_cpu_s", Value: fmtF(r.LoginsPerServerCPUS, 0), Note: fmt.Sprintf("%.2f server CPU-seconds; %s resumed with a ticket, the rest full handshakes", r.ServerCPUS, fmtInt(r.Resumed))},
 		{Name: "bench_cpu_s", Value: fmtF(r.BenchCPUS, 2), Note: "this load generator's CPU during the storm (it shares the machine)"},
 	}
@@ -104,6 +105,7 @@ func Storm(ctx context.Context, cfg Config, progress io.Writer) (*StormResult, e
 	res.ServerCPUS = p1.CPUSeconds - p0.CPUSeconds
 	res.LoginsPerServerCPUS = loginsPerCPU(p0, p1, res.Reconnected)
 	res.Retries = ls.retries.Load() + ls2.retries.Load()
+	res.Shed = ls.shed.Load() + ls2.shed.Load()
 	res.Resumed = ls2.resumed.Load()
 	for _, t := range []*tally{&ls.errs, &ls2.errs} {
 		res.Errors += t.count()
