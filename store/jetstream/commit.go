@@ -41,6 +41,9 @@ type request struct {
 	// tries counts the times the request was decided again after a
 	// conflict with another writer.
 	tries int
+	// ord is the request's place in commit order, from 1 (see
+	// committer.number); 0 until its first group.
+	ord uint64
 }
 
 // maxTries bounds how often a request refused by a compare-and-set is
@@ -212,8 +215,13 @@ type committer struct {
 	unwritten [][]partFailure
 	dupOf     []int // by request index: the request whose unwritten record its Dup names, or -1
 	retry     []request
-	touched   []touchedQueue
-	targets   []int
+	requeued  []bool // by request index: decided again in a later group
+	// answers are the requests taken and not yet answered, in commit
+	// order; answers[k] is request number answerBase+k (request.ord-1).
+	answers    []answerSlot
+	answerBase uint64
+	touched    []touchedQueue
+	targets    []int
 }
 
 func (c *committer) run() {
@@ -233,6 +241,7 @@ func (c *committer) run() {
 
 func (c *committer) commitGroup(group []request) {
 	s := c.s
+	c.number(group)
 	ctx, cancel := context.WithTimeout(s.ctx, s.opts.Timeout*4)
 	defer cancel()
 	now := time.Now().UnixNano()
@@ -289,6 +298,7 @@ func (c *committer) commitGroup(group []request) {
 	}
 	anyFailed := false
 	c.retry = c.retry[:0]
+	c.requeued = append(c.requeued[:0], make([]bool, len(group))...)
 	for i := range group {
 		err := c.failed[i]
 		if err == nil {
@@ -302,7 +312,7 @@ func (c *committer) commitGroup(group []request) {
 			group[i].tries++
 			group[i].res = store.Result{}
 			c.retry = append(c.retry, group[i])
-			group[i].done = nil
+			c.requeued[i] = true
 			continue
 		}
 		// Written in part (a batch across partitions, one of which was
@@ -310,7 +320,7 @@ func (c *committer) commitGroup(group []request) {
 		// (see retryRest).
 		if rest, ok := c.retryRest(&group[i], c.unwritten[i]); ok {
 			c.retry = append(c.retry, rest)
-			group[i].done = nil
+			c.requeued[i] = true
 			continue
 		}
 		group[i].res = store.Result{Err: err}
@@ -325,10 +335,52 @@ func (c *committer) commitGroup(group []request) {
 	if f := s.opts.Store.OnGroup; f != nil {
 		f(len(group))
 	}
+	c.finish(group)
+}
+
+// answerSlot is a request waiting to be answered (finish).
+type answerSlot struct {
+	done     func(store.Result)
+	res      store.Result
+	finished bool
+}
+
+// number gives each request of a new group its place in commit order;
+// a retry keeps the place of the request it repeats.
+func (c *committer) number(group []request) {
 	for i := range group {
-		if done := group[i].done; done != nil {
-			done(group[i].res)
+		if group[i].ord == 0 {
+			c.answers = append(c.answers, answerSlot{})
+			group[i].ord = c.answerBase + uint64(len(c.answers))
 		}
+	}
+}
+
+// finish answers the group's requests in commit order, which the Store
+// contract promises each caller (a session matches results to its writes
+// by their order). A request decided again (requeued at the head of the
+// queue) is answered in a later group, and every request committed after
+// it waits for it, whichever group it was decided in.
+func (c *committer) finish(group []request) {
+	for i := range group {
+		if c.requeued[i] {
+			continue
+		}
+		a := &c.answers[group[i].ord-1-c.answerBase]
+		a.done, a.res, a.finished = group[i].done, group[i].res, true
+	}
+	n := 0
+	for n < len(c.answers) && c.answers[n].finished {
+		if done := c.answers[n].done; done != nil {
+			done(c.answers[n].res)
+		}
+		n++
+	}
+	if n > 0 {
+		c.answerBase += uint64(n)
+		m := copy(c.answers, c.answers[n:])
+		clear(c.answers[m:])
+		c.answers = c.answers[:m]
 	}
 }
 
@@ -416,7 +468,7 @@ func (c *committer) retryRest(r *request, failures []partFailure) (request, bool
 	}
 	seqs := append([]uint64(nil), r.res.Seqs...)
 	done := r.done
-	return request{b: rest, tries: r.tries + 1, done: func(res store.Result) {
+	return request{b: rest, tries: r.tries + 1, ord: r.ord, done: func(res store.Result) {
 		if done == nil {
 			return
 		}

@@ -80,7 +80,20 @@
 // for the stream, or NATS unreachable); it may or may not have happened,
 // so a send is retried with its Dedup. ErrConflict: a batch kept losing
 // compare-and-sets to other nodes. Both are retryable. The node clears
-// its cached state after any failed write and recovers by itself.
+// the cached state of the partitions where a write failed and recovers by
+// itself.
+//
+// Every request waits at most Options.Timeout (2 s). A stream that did not
+// answer (its leader died: JetStream elects another in 4-9 s) has its gate
+// shut (gate.go): its requests fail at once with ErrUnavailable, so that
+// one leaderless partition does not hold up the committer's groups and
+// every other partition's users, until a probe gets through. A queue
+// partition's probe is a barrier write through the (new) leader, which
+// acknowledges it only after applying every earlier entry: a write the
+// dead leader proposed and its successor commits late is in the stream
+// before any resend of it is decided, so the resend finds its dedup
+// record. Resync shuts every partition's gate the same way; the node calls
+// it when a member of the cluster stops beating.
 //
 // # Costs
 //

@@ -1,0 +1,59 @@
+package jetstream_test
+
+import (
+	"testing"
+	"time"
+
+	"github.com/parleyhq/parley/store"
+	"github.com/parleyhq/parley/store/jetstream"
+)
+
+// A batch refused by a compare-and-set (another node wrote its queue) is
+// decided again in a later group; a batch committed after it by the same
+// caller, written in the first group, must still be answered after it:
+// a session matches results to its writes by their order.
+func TestResultsKeepCommitOrderThroughARetry(t *testing.T) {
+	const parts = 2
+	ns := nodes(t, 2, jetstream.Options{Partitions: parts})
+	a, b := ns[0], ns[1]
+	u0, u1 := userIn(t, 0, parts), userIn(t, 1, parts)
+	putAccounts(t, a, u0, u1)
+	appendTo := func(u, body string) *store.Batch {
+		return &store.Batch{Appends: []store.Append{{To: u, Data: []byte(body)}}}
+	}
+	if r := commit(t, a, appendTo(u0, "first")); r.Err != nil { // a caches u0's queue
+		t.Fatal(r.Err)
+	}
+	if r := commit(t, b, appendTo(u0, "elsewhere")); r.Err != nil { // a's view is stale now
+		t.Fatal(r.Err)
+	}
+	type answer struct {
+		name string
+		res  store.Result
+	}
+	answers := make(chan answer, 2)
+	// Committed from a done callback, which runs on a's committer: both
+	// wait in the queue until it returns, and are taken as one group.
+	a.Commit(appendTo(u1, "warm"), func(store.Result) {
+		a.Commit(appendTo(u0, "x"), func(r store.Result) { answers <- answer{"x", r} })
+		a.Commit(appendTo(u1, "y"), func(r store.Result) { answers <- answer{"y", r} })
+	})
+	var got []string
+	for range 2 {
+		select {
+		case an := <-answers:
+			if an.res.Err != nil {
+				t.Fatalf("%s: %v", an.name, an.res.Err)
+			}
+			got = append(got, an.name)
+		case <-time.After(time.Minute):
+			t.Fatalf("answers so far %v", got)
+		}
+	}
+	if got[0] != "x" || got[1] != "y" {
+		t.Fatalf("answered %v; want x (retried after a conflict) before y, the order they were committed in", got)
+	}
+	if items, err := a.ReadQueue(u0, 0, 10); err != nil || len(items) != 3 || string(items[2].Data) != "x" || items[2].Seq != 3 {
+		t.Fatalf("u0's queue: %+v, %v; want first, elsewhere, x at seq 3", items, err)
+	}
+}
