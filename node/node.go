@@ -657,6 +657,12 @@ func (n *Node) Totals() monitor.Totals {
 	}
 }
 
+// queueLenCacher is a store whose QueueLen is a request (a cluster's) and
+// that can say a queue's length from what it has seen, for the monitor.
+type queueLenCacher interface {
+	QueueLenCached(user string) (int, bool)
+}
+
 // EachSession implements monitor.Source: f sees every logged-in session.
 //
 // Mailbox is what an Erlang process's mailbox would hold: everything sent
@@ -674,7 +680,12 @@ func (n *Node) EachSession(f func(monitor.SessionStat, *monitor.Rates)) {
 		}
 		c.mu.Unlock()
 		user := c.core.User() // set before the router could hand out c
-		queued, _ := n.store.QueueLen(user)
+		var queued int
+		if q, ok := n.store.(queueLenCacher); ok {
+			queued, _ = q.QueueLenCached(user) // no request per session per sample
+		} else {
+			queued, _ = n.store.QueueLen(user)
+		}
 		inflight := int(c.inflight.Load())
 		f(monitor.SessionStat{
 			User: user, Conn: &c.peer,

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -326,7 +327,7 @@ func (c *committer) commitGroup(group []request) {
 		group[i].res = store.Result{Err: err}
 	}
 	if anyFailed {
-		c.forgetFailedParts(group)
+		c.forgetFailed(group)
 	}
 	if len(c.retry) > 0 {
 		s.q.requeue(c.retry)
@@ -396,40 +397,42 @@ func (c *committer) noteUnwritten(i, p int, err error, none bool) {
 	c.unwritten[i] = append(c.unwritten[i], partFailure{part: p, err: err, none: none})
 }
 
-// forgetFailedParts drops the cached states of the partitions where a
-// write of the group failed: they ran ahead of what was written, and are
-// reloaded on use. The other partitions' states are what was written (a
-// batch refused before its writes, in decide, changed no state), so a
-// stream without a leader does not cost every other partition its cache.
-func (c *committer) forgetFailedParts(group []request) {
-	var failed [maxFailedParts]bool
-	all := false
-	for i := range group {
-		for _, f := range c.unwritten[i] {
-			if f.part < 0 || f.part >= len(failed) {
-				all = true
-				continue
-			}
-			failed[f.part] = true
-		}
-	}
+// forgetFailed drops the cached states of the queues that a failed write
+// of the group touched: they ran ahead of what was written, and are
+// reloaded on use. A write that fails in a partition fails every later
+// write of the group there (they may rest on it), and each of them is
+// noted unwritten, so these are all the states that ran ahead; every
+// other state is what was written (a batch refused before its writes, in
+// decide, changed none). Forgetting no more than that matters in a
+// cluster, where two nodes take turns writing most queues (a receipt
+// from the recipient's node, the ack of it from the sender's) and a
+// compare-and-set fails on most messages: a whole partition forgotten
+// each time would be reloaded a queue at a time.
+func (c *committer) forgetFailed(group []request) {
 	s := c.s
 	s.stMu.Lock()
 	defer s.stMu.Unlock()
-	if all {
-		clear(s.states)
-		return
+	forget := func(st *userState) {
+		if cur := s.states[st.user]; cur == st {
+			delete(s.states, st.user)
+		}
 	}
-	for user, st := range s.states {
-		if failed[st.part] {
-			delete(s.states, user)
+	for i := range group {
+		for _, f := range c.unwritten[i] {
+			pl := &c.plans[f.part]
+			for k := range pl.ops {
+				if o := &pl.ops[k]; o.req == i && o.st != nil {
+					forget(o.st)
+				}
+			}
+			for st, reqs := range pl.purgeReqs {
+				if slices.Contains(reqs, i) {
+					forget(st)
+				}
+			}
 		}
 	}
 }
-
-// maxFailedParts bounds the partitions forgetFailedParts tracks one by
-// one; a store with more forgets every state on a failure.
-const maxFailedParts = 256
 
 // retryRest makes the request that decides again the part of r not
 // written, when r was written in part and every partition that failed was

@@ -457,6 +457,21 @@ func (s *Store) QueueLen(user string) (int, error) {
 	return int(b.tail + 1 - b.head), nil
 }
 
+// QueueLenCached is user's queue length as the committer last saw it,
+// without a request: ok is false when it has no view of the queue. Another
+// node's writes since are not in it. It is for the monitor, which reads
+// every session's queue length every second: one request per session per
+// second would cost the cluster more than the messages.
+func (s *Store) QueueLenCached(user string) (n int, ok bool) {
+	s.stMu.Lock()
+	defer s.stMu.Unlock()
+	st := s.states[user]
+	if st == nil {
+		return 0, false
+	}
+	return int(st.tail + 1 - st.head), true
+}
+
 // bounds is what the stream says of one queue.
 type bounds struct {
 	head, tail uint64 // head = tail+1 when empty
