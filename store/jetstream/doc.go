@@ -76,11 +76,16 @@
 //
 // # Errors
 //
-// ErrUnavailable: a write JetStream did not acknowledge in time (no quorum
-// for the stream, or NATS unreachable); it may or may not have happened,
-// so a send is retried with its Dedup. ErrConflict: a batch kept losing
-// compare-and-sets to other nodes. Both are retryable. The node clears
-// its cached state after any failed write and recovers by itself.
+// ErrUnavailable (a store.ErrUnavailable): a request JetStream did not
+// answer in time, each bounded by Options.Timeout, or answered that it
+// cannot now (no quorum for the stream, or NATS unreachable). A write may
+// or may not have happened, so a send is retried with its Dedup. A leader
+// cut off from its quorum keeps such a write pending and refuses the next
+// compare-and-sets against it: until a write to that partition is
+// acknowledged again, such a refusal is ErrUnavailable too, not decided
+// again. ErrConflict: a batch kept losing compare-and-sets to other
+// nodes. Both are retryable. The node clears its cached state after any
+// failed write and recovers by itself.
 //
 // # Costs
 //
