@@ -105,7 +105,7 @@ func (p *proc) signal(t *testing.T, sig syscall.Signal) {
 func receiveAll(t *testing.T, c *client.Client) chan string {
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
-	out := make(chan string, 1000)
+	out := make(chan string, 10000)
 	go func() {
 		for {
 			in, err := c.Recv(ctx)
@@ -200,6 +200,9 @@ func readStatus(p *proc) (clusterStatus, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
 	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, p.admin+"/admin/cluster", nil)
+	if p.token != "" {
+		req.Header.Set("Authorization", "Bearer "+p.token)
+	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		return st, err
