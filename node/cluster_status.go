@@ -252,6 +252,9 @@ func (n *Node) sampleCluster(ctx context.Context, cr *clusterRouter) {
 		n.log.Warn("cluster: status not read", "err", err)
 		return
 	}
+	if !st.Quorum {
+		n.log.Warn("cluster: no quorum: sends are refused (UNAVAILABLE) until this node reaches a majority of the nodes", "members", len(st.Members), "problem", st.Problems[0])
+	}
 	leaderless, behind := 0, 0
 	for _, s := range st.Streams {
 		if s.Leader == "" {
