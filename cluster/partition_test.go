@@ -6,7 +6,9 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"strings"
@@ -317,6 +319,13 @@ func TestClusterPartitionMinorityRefusesAndHeals(t *testing.T) {
 	token := rand.Text()
 	ps := startClusterOn(t, bin, clusterPlaces{hosts: nn.hosts, routes: routes, wrap: nn.exec, adminToken: token})
 	t.Logf("three nodes serving in namespaces %s in %s", strings.Join(nn.names, ", "), time.Since(began).Round(time.Millisecond))
+	t.Cleanup(func() {
+		if t.Failed() {
+			for _, p := range ps {
+				t.Logf("%s's log:\n%s", p.name, tail(p.log))
+			}
+		}
+	})
 
 	began = time.Now()
 	ctx, cancel := context.WithTimeout(context.Background(), partitionGuard)
@@ -421,7 +430,9 @@ func TestClusterPartitionMinorityRefusesAndHeals(t *testing.T) {
 		case b := <-received:
 			got = append(got, b)
 		case <-ctx.Done():
-			t.Fatalf("Bob has %d messages, not the last, after %s", len(got), partitionGuard)
+			st, err := readStatus(ps[1])
+			t.Fatalf("Bob has %d messages, not the last, after %s (his client's end: %v; the last he has: %q; acked: %d of Alice's, %d of Carol's); node 2's /admin/cluster: %+v %v; sessions: %s",
+				len(got), partitionGuard, bob.Err(), got[max(0, len(got)-6):], len(a.acks), len(c.acks), st, err, adminGet(ps[1], "/admin/sessions?limit=10"))
 		}
 	}
 	t.Logf("all delivered %s after the heal; %s in all", time.Since(healed).Round(time.Millisecond), time.Since(began).Round(time.Millisecond))
@@ -482,4 +493,19 @@ func keys(m map[string]bool) []string {
 		out = append(out, k)
 	}
 	return out
+}
+
+// adminGet is the body of p's admin answer to path, or why there is none.
+func adminGet(p *proc, path string) string {
+	req, _ := http.NewRequest(http.MethodGet, p.admin+path, nil)
+	if p.token != "" {
+		req.Header.Set("Authorization", "Bearer "+p.token)
+	}
+	resp, err := (&http.Client{Timeout: 10 * time.Second}).Do(req)
+	if err != nil {
+		return err.Error()
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return string(b)
 }
