@@ -141,7 +141,7 @@ func (fo *failoverRun) relogin(u *user, cur string) (*conn, string, error) {
 // (with the same id) after a moment: the store could not write it now.
 func retryable(code int32) bool {
 	switch wire.Error_Code(code) {
-	case wire.Error_INTERNAL, wire.Error_SHUTTING_DOWN:
+	case wire.Error_INTERNAL, wire.Error_SHUTTING_DOWN, wire.Error_UNAVAILABLE:
 		return true
 	}
 	return false

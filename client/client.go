@@ -319,9 +319,11 @@ func (c *Client) NewID() uint64 {
 
 // Send sends body to the account to and returns once the server has stored
 // it durably in the recipient's queue. Errors: *ServerError when the server
-// refuses it (UNKNOWN_RECIPIENT, QUEUE_FULL, ...), ctx's error, or why the
-// client ended. When ctx ends first the message may or may not have been
-// stored; SendWithID with the same id finds out without storing it twice.
+// refuses it (UNKNOWN_RECIPIENT, QUEUE_FULL, UNAVAILABLE when its cluster
+// has no quorum, ...; Retryable says which may pass later), ctx's error,
+// or why the client ended. When ctx ends first, or the refusal is
+// retryable, the message may or may not have been stored; SendWithID with
+// the same id finds out without storing it twice.
 func (c *Client) Send(ctx context.Context, to string, body []byte) (SendAck, error) {
 	return c.send(ctx, c.NewID(), false, to, body, nil)
 }

@@ -136,3 +136,30 @@ func (e *APIError) Error() string {
 	}
 	return msg
 }
+
+// Retryable reports whether err is the server's refusal of a request that
+// the same request, sent again later, may get past; a Send is sent again
+// with SendWithID and the same id, so that it is stored once whatever
+// happened before:
+//
+//   - UNAVAILABLE: the server cannot store it now (a node of a cluster
+//     that cannot reach a quorum of its nodes); it recovers by itself.
+//   - SHUTTING_DOWN: the server is stopping (with Config.Reconnect the
+//     client resends by itself and never returns it).
+//   - INTERNAL: the server failed to store it.
+//   - QUEUE_FULL: the recipient's queue is full until they read it.
+//
+// Every other refusal (UNKNOWN_RECIPIENT, TOO_LARGE, ...) would be
+// refused again, as would errors that are not the server's (the client's
+// end, a cancelled context: for those, see Err and the context).
+func Retryable(err error) bool {
+	var se *ServerError
+	if !errors.As(err, &se) {
+		return false
+	}
+	switch se.Code {
+	case wire.Error_UNAVAILABLE, wire.Error_SHUTTING_DOWN, wire.Error_INTERNAL, wire.Error_QUEUE_FULL:
+		return true
+	}
+	return false
+}

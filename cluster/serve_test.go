@@ -79,6 +79,7 @@ type proc struct {
 	native  string
 	httpURL string
 	admin   string
+	token   string // the admin listener's, when it needs one
 	codes   string // the file its SMS gateway writes codes to
 	log     string
 	exited  chan struct{}
@@ -91,23 +92,57 @@ var servingLine = regexp.MustCompile(`^parley serving: native (\S+), http (\S+),
 func startCluster(t *testing.T, bin string) []*proc {
 	t.Helper()
 	routes := freeAddrs(t, 3)
+	return startClusterOn(t, bin, clusterPlaces{hosts: []string{"127.0.0.1", "127.0.0.1", "127.0.0.1"}, routes: routes})
+}
+
+// clusterPlaces says where startClusterOn's nodes listen and how each is
+// run.
+type clusterPlaces struct {
+	hosts  []string // each node's address, for all its listeners (free ports)
+	routes []string // each node's route address, HOST:PORT
+	// wrap, if set, is the command line that runs node i's argv (in a
+	// network namespace, say); it must exec argv in the same process.
+	wrap func(i int, argv []string) []string
+	// adminToken, if set, is required by the admin listeners (which need
+	// one when they do not listen on loopback).
+	adminToken string
+}
+
+// startClusterOn starts three `parley serve` processes placed as pl says,
+// each with its own data directory, given the same peer list.
+func startClusterOn(t *testing.T, bin string, pl clusterPlaces) []*proc {
+	t.Helper()
+	routes := pl.routes
 	ps := make([]*proc, 3)
 	lines := make([]chan string, 3)
 	for i := range ps {
 		dir := t.TempDir()
 		p := &proc{
 			name:   fmt.Sprintf("n%d", i+1),
+			token:  pl.adminToken,
 			codes:  filepath.Join(dir, "codes.jsonl"),
 			log:    filepath.Join(dir, "log.txt"),
 			exited: make(chan struct{}),
 		}
-		p.cmd = exec.Command(bin, "serve",
+		anyPort := net.JoinHostPort(pl.hosts[i], "0")
+		argv := []string{bin, "serve",
 			"--data", filepath.Join(dir, "data"),
-			"--listen", "127.0.0.1:0", "--http", "127.0.0.1:0", "--admin", "127.0.0.1:0",
-			"--sms", "file:"+p.codes, "--log-level", "warn",
+			"--listen", anyPort, "--http", anyPort, "--admin", anyPort,
+			"--sms", "file:" + p.codes, "--log-level", "warn",
 			"--cluster", "test", "--node", p.name,
 			"--cluster-listen", routes[i], "--peers", strings.Join(routes, ","),
-			"--partitions", "4")
+			"--partitions", "4"}
+		if pl.adminToken != "" {
+			tf := filepath.Join(dir, "admin.token")
+			if err := os.WriteFile(tf, []byte(pl.adminToken), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			argv = append(argv, "--admin-token-file", tf)
+		}
+		if pl.wrap != nil {
+			argv = pl.wrap(i, argv)
+		}
+		p.cmd = exec.Command(argv[0], argv[1:]...)
 		for _, kv := range os.Environ() {
 			if !strings.HasPrefix(kv, "PARLEY_") { // the test sets every flag it cares about
 				p.cmd.Env = append(p.cmd.Env, kv)

@@ -6,7 +6,13 @@ package monitor
 // cluster's store and settings use, and the size of the registry of
 // where users are connected.
 type ClusterStatus struct {
-	Node    string          `json:"node"` // the node answering
+	Node string `json:"node"` // the node answering
+	// Quorum says whether this node reaches a quorum of the cluster's
+	// JetStream (its meta leader answers). Without one the node refuses
+	// sends with UNAVAILABLE, a retryable error, until it is back; the
+	// streams and the registry are not read then (they would not answer
+	// either), and Problems says so first.
+	Quorum  bool            `json:"quorum"`
 	Members []ClusterMember `json:"members"`
 	// Streams are Parley's JetStream streams (queues, accounts, dedup,
 	// received records, the buckets) with their leaders and replicas.
@@ -15,8 +21,8 @@ type ClusterStatus struct {
 	// connected (one per user logged in somewhere, and stale ones a
 	// killed node left).
 	Hints uint64 `json:"hints"`
-	// Problems name what needs an operator: a stream without a leader or
-	// with a replica behind or offline, a member that did not answer.
+	// Problems name what needs an operator: no quorum, a stream without
+	// a leader or with a replica behind or offline.
 	Problems []string `json:"problems"`
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 	"slices"
 	"strings"
@@ -23,6 +24,9 @@ const statusSubject = "parley.status"
 
 // statusWait is how long a status request gathers the members' answers.
 const statusWait = 500 * time.Millisecond
+
+// quorumWait is how long the status waits for JetStream's meta leader.
+const quorumWait = 2 * time.Second
 
 // onStatus answers a status request with this node's member entry.
 func (r *clusterRouter) onStatus(m *nats.Msg) {
@@ -54,6 +58,20 @@ func (r *clusterRouter) status(ctx context.Context) (*monitor.ClusterStatus, err
 	if err != nil {
 		return nil, err
 	}
+	// The account info is answered by the meta leader, or, by a node that
+	// has known for a while that there is none, with an error.
+	qctx, cancel := context.WithTimeout(ctx, quorumWait)
+	_, err = js.AccountInfo(qctx)
+	cancel()
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		st.Problems = append(st.Problems, fmt.Sprintf("no quorum: this node does not reach a majority of the cluster's nodes (%d answered; JetStream: %v): "+
+			"it refuses sends (UNAVAILABLE, retryable) until it does; check that the other nodes run and that this one reaches their route ports", len(members), err))
+		return st, nil
+	}
+	st.Quorum = true
 	names := js.StreamNames(ctx)
 	var streams []string
 	for name := range names.Name() {
@@ -145,8 +163,8 @@ func (n *Node) handleCluster(w http.ResponseWriter, r *http.Request) {
 // clusterSampleEvery), for Prometheus and the alert rules in
 // deploy/prometheus/parley-cluster-alerts.yml.
 type clusterMetrics struct {
-	members, leaderless, behind, hints prometheus.Gauge
-	publishErrors                      prometheus.Counter
+	quorum, members, leaderless, behind, hints prometheus.Gauge
+	publishErrors                              prometheus.Counter
 }
 
 // clusterSampleEvery is how often a node of a cluster reads its status.
@@ -154,6 +172,7 @@ const clusterSampleEvery = 15 * time.Second
 
 func newClusterMetrics(reg prometheus.Registerer) (*clusterMetrics, error) {
 	m := &clusterMetrics{
+		quorum:     prometheus.NewGauge(prometheus.GaugeOpts{Name: "parley_cluster_quorum", Help: "1 if this node reached a quorum of the cluster's JetStream at the last status read; 0 if not: it refuses sends (UNAVAILABLE) meanwhile."}),
 		members:    prometheus.NewGauge(prometheus.GaugeOpts{Name: "parley_cluster_members", Help: "Nodes of the cluster that answered this node's last status request."}),
 		leaderless: prometheus.NewGauge(prometheus.GaugeOpts{Name: "parley_cluster_streams_leaderless", Help: "Parley's JetStream streams without a leader at the last status read: their writes fail."}),
 		behind:     prometheus.NewGauge(prometheus.GaugeOpts{Name: "parley_cluster_replicas_behind", Help: "Stream replicas behind or offline at the last status read: fewer copies than asked for."}),
@@ -161,7 +180,7 @@ func newClusterMetrics(reg prometheus.Registerer) (*clusterMetrics, error) {
 		publishErrors: prometheus.NewCounter(prometheus.CounterOpts{Name: "parley_cluster_publish_errors_total",
 			Help: "Doorbells, kicks and status reads this node could not send to the cluster."}),
 	}
-	for _, c := range []prometheus.Collector{m.members, m.leaderless, m.behind, m.hints, m.publishErrors} {
+	for _, c := range []prometheus.Collector{m.quorum, m.members, m.leaderless, m.behind, m.hints, m.publishErrors} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
@@ -183,6 +202,9 @@ func (n *Node) sampleCluster(ctx context.Context, cr *clusterRouter) {
 		n.log.Warn("cluster: status not read", "err", err)
 		return
 	}
+	if !st.Quorum {
+		n.log.Warn("cluster: no quorum: sends are refused (UNAVAILABLE) until this node reaches a majority of the nodes", "members", len(st.Members), "problem", st.Problems[0])
+	}
 	leaderless, behind := 0, 0
 	for _, s := range st.Streams {
 		if s.Leader == "" {
@@ -193,6 +215,11 @@ func (n *Node) sampleCluster(ctx context.Context, cr *clusterRouter) {
 				behind++
 			}
 		}
+	}
+	if st.Quorum {
+		m.quorum.Set(1)
+	} else {
+		m.quorum.Set(0)
 	}
 	m.members.Set(float64(len(st.Members)))
 	m.leaderless.Set(float64(leaderless))

@@ -264,9 +264,9 @@ func TestClusterServerInfoListsEveryNode(t *testing.T) {
 	}
 }
 
-// GET /admin/cluster on any node shows every node with its sessions,
-// Parley's streams with their leaders, and the registry's size; a lone
-// node says it is not in a cluster.
+// GET /admin/cluster on any node shows that it has a quorum, every node
+// with its sessions, Parley's streams with their leaders, and the
+// registry's size; a lone node says it is not in a cluster.
 func TestClusterStatus(t *testing.T) {
 	ns := startClusterNodes(t, 2)
 	kp, reg := clRegister(t, ns[0], alicePhone)
@@ -288,6 +288,9 @@ func TestClusterStatus(t *testing.T) {
 	}
 	if st.Node != "n1" || len(st.Members) != 2 || st.Members[0].Node != "n1" || st.Members[1].Node != "n2" {
 		t.Fatalf("answered by %q, members %+v: want n1 answering, n1 and n2", st.Node, st.Members)
+	}
+	if !st.Quorum {
+		t.Errorf("quorum false with every node up (problems %q)", st.Problems)
 	}
 	if st.Members[0].Sessions != 0 || st.Members[1].Sessions != 1 {
 		t.Errorf("sessions %d and %d, want Alice's one on n2", st.Members[0].Sessions, st.Members[1].Sessions)
@@ -311,7 +314,7 @@ func TestClusterStatus(t *testing.T) {
 	// both nodes were up.
 	for deadline := time.Now().Add(clGuard); ; {
 		body := getText(t, ns[1].AdminURL()+"/metrics")
-		if strings.Contains(body, "\nparley_cluster_members 2\n") && strings.Contains(body, "\nparley_cluster_streams_leaderless 0\n") &&
+		if strings.Contains(body, "\nparley_cluster_quorum 1\n") && strings.Contains(body, "\nparley_cluster_members 2\n") && strings.Contains(body, "\nparley_cluster_streams_leaderless 0\n") &&
 			strings.Contains(body, "\nparley_cluster_publish_errors_total 0\n") {
 			break
 		}

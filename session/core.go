@@ -789,6 +789,8 @@ func storeErrCode(err error) wire.Error_Code {
 		return wire.Error_QUEUE_FULL
 	case errors.Is(err, store.ErrClosed):
 		return wire.Error_SHUTTING_DOWN
+	case errors.Is(err, store.ErrUnavailable):
+		return wire.Error_UNAVAILABLE
 	}
 	return wire.Error_INTERNAL
 }
@@ -801,6 +803,8 @@ func storeErrText(err error) string {
 		return "the recipient has too many undelivered messages: try again later"
 	case wire.Error_SHUTTING_DOWN:
 		return "the server is shutting down: reconnect and send again with the same id"
+	case wire.Error_UNAVAILABLE:
+		return "the server cannot store messages now (its cluster has no quorum): send again later with the same id"
 	}
 	return "internal error: send again with the same id"
 }

@@ -41,7 +41,7 @@ import (
 //	upload u id=N | ping u id=N | bogus u | kick u
 //	ack u seq | read u to id=N ids...
 //	hold u / release u             u's writes and queue reads wait (the read's snapshot is taken at once)
-//	fail-commits n=N err=internal|closed   the next N commits fail so, writing nothing
+//	fail-commits n=N err=internal|closed|unavailable   the next N commits fail so, writing nothing
 //	fail-reads u n=N               u's next N queue reads fail (u need not be logged in)
 //	fail-checks n=N                the next N received-from checks fail
 //	advance d=D                    the sessions' clock moves on
@@ -254,8 +254,10 @@ func (w *world) run(t *testing.T, d *datadriven.TestData) string {
 			w.failErr = fmt.Errorf("commit: %w", store.ErrClosed)
 		case "internal":
 			w.failErr = errors.New("commit: disk on fire")
+		case "unavailable":
+			w.failErr = fmt.Errorf("commit: %w", store.ErrUnavailable)
 		default:
-			d.Fatalf(t, "err must be closed or internal")
+			d.Fatalf(t, "err must be closed, internal or unavailable")
 		}
 		return "ok"
 	case "fail-checks":

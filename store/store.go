@@ -41,6 +41,12 @@ var (
 	ErrQueueFull = errors.New("queue full")
 	// ErrClosed: the store was closed.
 	ErrClosed = errors.New("store closed")
+	// ErrUnavailable: the store cannot answer now (a cluster store whose
+	// node has no quorum, or cannot reach its cluster). A write it reports
+	// may or may not have happened: a send retried with its Dedup is safe.
+	// It passes by itself once the cluster is reachable again. Pebble
+	// never reports it.
+	ErrUnavailable = errors.New("store unavailable: retry later")
 )
 
 // Account is a registered phone number and the device key bound to it.

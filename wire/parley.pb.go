@@ -90,6 +90,7 @@ const (
 	Error_REPLACED             Error_Code = 9 // the same account logged in on a newer connection
 	Error_SHUTTING_DOWN        Error_Code = 10
 	Error_UNSUPPORTED_VERSION  Error_Code = 11
+	Error_UNAVAILABLE          Error_Code = 12 // the store cannot take it now (a cluster node without quorum): send again later, same id
 )
 
 // Enum value maps for Error_Code.
@@ -107,6 +108,7 @@ var (
 		9:  "REPLACED",
 		10: "SHUTTING_DOWN",
 		11: "UNSUPPORTED_VERSION",
+		12: "UNAVAILABLE",
 	}
 	Error_Code_value = map[string]int32{
 		"CODE_UNSPECIFIED":     0,
@@ -121,6 +123,7 @@ var (
 		"REPLACED":             9,
 		"SHUTTING_DOWN":        10,
 		"UNSUPPORTED_VERSION":  11,
+		"UNAVAILABLE":          12,
 	}
 )
 
@@ -1654,11 +1657,11 @@ const file_parley_proto_rawDesc = "" +
 	"\x04Kind\x12\x14\n" +
 	"\x10KIND_UNSPECIFIED\x10\x00\x12\r\n" +
 	"\tDELIVERED\x10\x01\x12\b\n" +
-	"\x04READ\x10\x02\"\xbf\x02\n" +
+	"\x04READ\x10\x02\"\xd0\x02\n" +
 	"\x05Error\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12)\n" +
 	"\x04code\x18\x02 \x01(\x0e2\x15.parley.v1.Error.CodeR\x04code\x12\x12\n" +
-	"\x04text\x18\x03 \x01(\tR\x04text\"\xe6\x01\n" +
+	"\x04text\x18\x03 \x01(\tR\x04text\"\xf7\x01\n" +
 	"\x04Code\x12\x14\n" +
 	"\x10CODE_UNSPECIFIED\x10\x00\x12\r\n" +
 	"\tBAD_FRAME\x10\x01\x12\x10\n" +
@@ -1673,7 +1676,8 @@ const file_parley_proto_rawDesc = "" +
 	"\bREPLACED\x10\t\x12\x11\n" +
 	"\rSHUTTING_DOWN\x10\n" +
 	"\x12\x17\n" +
-	"\x13UNSUPPORTED_VERSION\x10\v\"F\n" +
+	"\x13UNSUPPORTED_VERSION\x10\v\x12\x0f\n" +
+	"\vUNAVAILABLE\x10\f\"F\n" +
 	"\x05Close\x12)\n" +
 	"\x04code\x18\x01 \x01(\x0e2\x15.parley.v1.Error.CodeR\x04code\x12\x12\n" +
 	"\x04text\x18\x02 \x01(\tR\x04textB&Z$github.com/parleyhq/parley/wire;wireb\x06proto3"

@@ -324,9 +324,11 @@ func TestNodesOpeningTogether(t *testing.T) {
 	}
 }
 
-// A node that cannot reach a quorum refuses writes with ErrUnavailable,
-// a retryable error, rather than hanging or acking what it cannot
-// replicate.
+// A node that cannot reach a quorum refuses writes with ErrUnavailable
+// (a store.ErrUnavailable: retryable), rather than hanging or acking what
+// it cannot replicate, whether the write needs a read first (a resend's
+// dedup lookup, a queue the node has not cached) or not. Each is refused
+// within a few request timeouts, not the committer's whole group time.
 func TestNoQuorumIsErrUnavailable(t *testing.T) {
 	if testing.Short() {
 		t.Skip("-short: needs a three-node cluster")
@@ -339,12 +341,14 @@ func TestNoQuorumIsErrUnavailable(t *testing.T) {
 	defer nc.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	s, err := jetstream.Open(ctx, nc, jetstream.Options{Partitions: 1, Replicas: 3, Timeout: time.Second})
+	const timeout = time.Second
+	s, err := jetstream.Open(ctx, nc, jetstream.Options{Partitions: 1, Replicas: 3, Timeout: timeout})
 	if err != nil {
 		t.Fatalf("Open: %v", err)
 	}
 	defer s.Close()
-	putAccounts(t, s, bob)
+	const carol = "+15550000003"
+	putAccounts(t, s, bob, carol)
 	if r := commit(t, s, &store.Batch{Appends: []store.Append{{To: bob}}}); r.Err != nil {
 		t.Fatalf("append with all nodes up: %v", r.Err)
 	}
@@ -352,8 +356,26 @@ func TestNoQuorumIsErrUnavailable(t *testing.T) {
 		ns.Shutdown()
 		ns.WaitForShutdown()
 	}
-	r := commit(t, s, &store.Batch{Appends: []store.Append{{To: bob}}})
-	if !errors.Is(r.Err, jetstream.ErrUnavailable) {
-		t.Fatalf("append with 2 of 3 nodes down = %+v, want ErrUnavailable", r)
+	for _, tc := range []struct {
+		name string
+		b    *store.Batch
+	}{
+		{"append to a cached queue", &store.Batch{Appends: []store.Append{{To: bob}}}},
+		{"resend (dedup lookup)", &store.Batch{
+			Dedup:   &store.Dedup{Sender: alice, ClientID: 9, ServerID: 300, TS: time.Now().UnixNano()},
+			Appends: []store.Append{{To: bob}},
+		}},
+		{"append to a queue not cached", &store.Batch{Appends: []store.Append{{To: carol}}}},
+	} {
+		start := time.Now()
+		r := commit(t, s, tc.b)
+		took := time.Since(start)
+		if !errors.Is(r.Err, jetstream.ErrUnavailable) || !errors.Is(r.Err, store.ErrUnavailable) {
+			t.Errorf("%s with 2 of 3 nodes down = %+v, want ErrUnavailable", tc.name, r)
+		}
+		if took > 3*timeout {
+			t.Errorf("%s with 2 of 3 nodes down refused after %s, want within a few request timeouts (%s)", tc.name, took, timeout)
+		}
+		t.Logf("%s: refused after %s: %v", tc.name, took.Round(time.Millisecond), r.Err)
 	}
 }

@@ -76,24 +76,28 @@
 //
 // # Errors
 //
-// ErrUnavailable: a write JetStream did not acknowledge in time (no quorum
-// for the stream, or NATS unreachable); it may or may not have happened,
-// so a send is retried with its Dedup. ErrConflict: a batch kept losing
-// compare-and-sets to other nodes. Both are retryable. The node clears
-// the cached state of the partitions where a write failed and recovers by
-// itself.
+// ErrUnavailable (a store.ErrUnavailable): a request JetStream did not
+// answer in time, each bounded by Options.Timeout (2 s), or answered that
+// it cannot now (no quorum for the stream, or NATS unreachable). A write
+// may or may not have happened, so a send is retried with its Dedup. A
+// leader cut off from its quorum keeps such a write pending and refuses
+// the next compare-and-sets against it: until a write to that partition is
+// acknowledged again, such a refusal is ErrUnavailable too, not decided
+// again. ErrConflict: a batch kept losing compare-and-sets to other
+// nodes. Both are retryable. The node forgets the cached state of the
+// queues a failed write touched and recovers by itself.
 //
-// Every request waits at most Options.Timeout (2 s). A stream that did not
-// answer (its leader died: JetStream elects another in 4-9 s) has its gate
-// shut (gate.go): its requests fail at once with ErrUnavailable, so that
-// one leaderless partition does not hold up the committer's groups and
-// every other partition's users, until a probe gets through. A queue
-// partition's probe is a barrier write through the (new) leader, which
-// acknowledges it only after applying every earlier entry: a write the
-// dead leader proposed and its successor commits late is in the stream
-// before any resend of it is decided, so the resend finds its dedup
-// record. Resync shuts every partition's gate the same way; the node calls
-// it when a member of the cluster stops beating.
+// A stream that did not answer (its leader died: JetStream elects another
+// in 4-9 s; or it has no quorum) has its gate shut (gate.go): its requests
+// fail at once with ErrUnavailable, so that one leaderless partition does
+// not hold up the committer's groups and every other partition's users,
+// until a probe gets through. A queue partition's probe is a barrier write
+// through the (new) leader, which acknowledges it only after applying
+// every earlier entry: a write the dead leader proposed and its successor
+// commits late is in the stream before any resend of it is decided, so
+// the resend finds its dedup record. Resync shuts every partition's gate
+// the same way; the node calls it when a member of the cluster stops
+// beating.
 //
 // # Costs
 //

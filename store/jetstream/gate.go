@@ -79,18 +79,16 @@ func (g *gates) enter(i int) error {
 	return nil
 }
 
-// unavailable reports whether err says the stream did not answer: a
-// request that timed out or found no one to answer it.
-func unavailable(err error) bool {
-	return errors.Is(err, ErrUnavailable) || errors.Is(err, context.DeadlineExceeded) ||
-		errors.Is(err, nats.ErrTimeout) || errors.Is(err, nats.ErrNoResponders) ||
-		errors.Is(err, njs.ErrNoStreamResponse)
+// isUnavailable reports whether err says the stream did not answer, or
+// cannot now (see unavailable).
+func isUnavailable(err error) bool {
+	return errors.Is(unavailable(err), ErrUnavailable) || errors.Is(err, njs.ErrNoStreamResponse)
 }
 
 // done records the outcome of a request to stream i: a stream that did
 // not answer closes its gate (and starts its prober).
 func (g *gates) done(i int, err error) {
-	if err == nil || !unavailable(err) || g.s.ctx.Err() != nil {
+	if err == nil || !isUnavailable(err) || g.s.ctx.Err() != nil {
 		return
 	}
 	g.close(i, "a request was not answered", err)

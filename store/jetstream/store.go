@@ -38,12 +38,30 @@ const (
 // the caller may retry the batch (a send retried with its Dedup is safe).
 var ErrConflict = errors.New("concurrent write to the same queue: retry")
 
-// ErrUnavailable reports that JetStream did not acknowledge a write in
-// time: no quorum for the stream (this node is cut off, or replicas are
-// down), or the NATS system is unreachable. The write may or may not have
-// happened; a send retried with its Dedup is safe. It clears by itself
-// once a quorum is back.
-var ErrUnavailable = errors.New("JetStream unavailable (no quorum or unreachable): retry")
+// ErrUnavailable reports that JetStream did not answer a request in time,
+// or answered that it cannot now: no quorum for the stream (this node is
+// cut off, or replicas are down), or the NATS system is unreachable. A
+// write may or may not have happened; a send retried with its Dedup is
+// safe. It clears by itself once a quorum is back. It is a
+// store.ErrUnavailable (errors.Is matches either), so the session tells
+// the client to send again.
+var ErrUnavailable = fmt.Errorf("JetStream unavailable (no quorum or unreachable): %w", store.ErrUnavailable)
+
+// unavailable marks err as ErrUnavailable when it says JetStream did not
+// answer in time or cannot answer now.
+func unavailable(err error) error {
+	var apiErr *njs.APIError
+	switch {
+	case err == nil || errors.Is(err, ErrUnavailable):
+		return err
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled),
+		errors.Is(err, nats.ErrTimeout), errors.Is(err, nats.ErrNoResponders),
+		errors.Is(err, nats.ErrConnectionClosed), errors.Is(err, nats.ErrConnectionReconnecting),
+		errors.As(err, &apiErr) && apiErr.Code == 503: // a leaderless stream or meta group
+		return fmt.Errorf("%w (%w)", ErrUnavailable, err)
+	}
+	return err
+}
 
 // Options configure a JetStream store.
 type Options struct {
@@ -380,9 +398,9 @@ func (s *Store) gotMsg(gi int, m *njs.RawStreamMsg, err error) (*njs.RawStreamMs
 		return m, nil
 	case errors.Is(err, njs.ErrMsgNotFound):
 		return nil, nil
-	case unavailable(err):
+	}
+	if err = unavailable(err); errors.Is(err, ErrUnavailable) {
 		s.gates.done(gi, err)
-		return nil, fmt.Errorf("%w (%w)", ErrUnavailable, err)
 	}
 	return nil, err
 }
@@ -639,15 +657,14 @@ type pubAck struct {
 	Count uint64        `json:"count,omitempty"`
 }
 
-// publish sends msg and waits for its PubAck; a failed compare-and-set is
-// reported as ErrConflict.
+// publish sends msg and waits for its PubAck, at most Options.Timeout; a
+// failed compare-and-set is reported as ErrConflict.
 func (s *Store) publish(ctx context.Context, msg *nats.Msg) (pubAck, error) {
+	ctx, cancel := context.WithTimeout(ctx, s.opts.Timeout)
+	defer cancel()
 	resp, err := s.nc.RequestMsgWithContext(ctx, msg)
 	if err != nil {
-		if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) || errors.Is(err, nats.ErrTimeout) || errors.Is(err, nats.ErrNoResponders) {
-			err = fmt.Errorf("%w (%w)", ErrUnavailable, err)
-		}
-		return pubAck{}, fmt.Errorf("publish to %s: %w", msg.Subject, err)
+		return pubAck{}, fmt.Errorf("publish to %s: %w", msg.Subject, unavailable(err))
 	}
 	var pa pubAck
 	if err := json.Unmarshal(resp.Data, &pa); err != nil {
