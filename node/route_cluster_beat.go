@@ -1,6 +1,7 @@
 package node
 
 import (
+	"fmt"
 	"slices"
 	"strconv"
 	"strings"
@@ -27,10 +28,10 @@ const (
 	beatLost    = 2 * time.Second
 )
 
-// resyncer is a store that can wait, after a member is lost, until each
-// of its streams' (new) leaders has applied what the lost member wrote
+// resyncer is a store that can wait, after the members change, until each
+// of its streams' (new) leaders has applied what the old ones wrote
 // (store/jetstream.Store.Resync).
-type resyncer interface{ Resync() }
+type resyncer interface{ Resync(why string) }
 
 // beats is what a node knows of the others' heartbeats.
 type beats struct {
@@ -58,6 +59,7 @@ func (r *clusterRouter) beatLoop() {
 	defer r.wg.Done()
 	t := time.NewTicker(beatEvery)
 	defer t.Stop()
+	settled := false // the members at the start are no change to resync for
 	for {
 		select {
 		case <-r.stop:
@@ -66,9 +68,11 @@ func (r *clusterRouter) beatLoop() {
 		}
 		_ = r.nc.Publish(beatSubject, r.beatPayload()) // a lost beat is the next one's to make up
 		if lost, joined, changed := r.beats.check(time.Now()); changed {
-			if rs, ok := r.n.store.(resyncer); ok && len(lost) > 0 {
-				rs.Resync()
+			if rs, ok := r.n.store.(resyncer); ok && (len(lost) > 0 || settled) {
+				// A node lost, or one back (it forces elections).
+				rs.Resync(fmt.Sprintf("cluster members changed: lost %v, joined %v", lost, joined))
 			}
+			settled = true
 			n := r.router.len()
 			r.n.log.Warn("cluster members changed: every session reads its queue again, for what a lost doorbell left", "lost", lost, "joined", joined, "sessions", n)
 			r.router.each(func(c *conn) { c.post(r.n.pool, event{kind: evPush, seq: wakeSeq}) })

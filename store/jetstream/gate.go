@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -163,16 +164,35 @@ func (g *gates) close(i int, why string, err error) {
 }
 
 // Resync shuts every queue partition's gate until a barrier write through
-// its leader succeeds (see gate). The node calls it when a member of the
-// cluster is lost: a stream whose leader was there may commit that
-// node's last writes late, after a resend of them was decided elsewhere.
+// its leader succeeds (see gate). The node calls it when the cluster's
+// members change: a stream whose leader was on a node lost may commit
+// that node's last writes late, after a resend of them was decided
+// elsewhere, and a node that comes back forces elections. why is logged.
 // Partitions whose leader lives answer within a round trip.
-func (s *Store) Resync() {
+func (s *Store) Resync(why string) {
 	if s.ctx.Err() != nil {
 		return
 	}
-	s.log.Warn("store: a cluster member was lost: every partition waits for a write through its leader before it serves again")
+	s.log.Warn("store: every partition waits for a write through its leader before it serves again", "why", why)
 	for p := range s.parts {
-		s.gates.close(p, "resync", nil)
+		s.gates.close(p, why, nil)
 	}
+}
+
+// watchLeaders shuts a partition's gate whenever JetStream elects a leader
+// for its stream: the new leader checks compare-and-sets against what it
+// has applied, which may not yet hold the last writes of the leader before
+// it, so no write is decided there until a barrier through it has gone
+// through (see gate).
+func (s *Store) watchLeaders() (*nats.Subscription, error) {
+	byName := make(map[string]int, len(s.parts))
+	for p := range s.parts {
+		byName[s.lay.queueStream(p)] = p
+	}
+	return s.nc.Subscribe("$JS.EVENT.ADVISORY.STREAM.LEADER_ELECTED.*", func(m *nats.Msg) {
+		name := m.Subject[strings.LastIndexByte(m.Subject, '.')+1:]
+		if p, ok := byName[name]; ok && s.ctx.Err() == nil {
+			s.gates.close(p, "a new leader was elected", nil)
+		}
+	})
 }

@@ -59,7 +59,7 @@ func TestResyncRefusesUntilEachLeaderAnswers(t *testing.T) {
 	if r := commit(t, s, &store.Batch{Appends: []store.Append{{To: bob, Data: []byte("before")}}}); r.Err != nil {
 		t.Fatalf("commit: %v", r.Err)
 	}
-	s.Resync()
+	s.Resync("a test")
 	r := commit(t, s, &store.Batch{Appends: []store.Append{{To: bob, Data: []byte("during")}}})
 	if !errors.Is(r.Err, jetstream.ErrUnavailable) || !strings.Contains(r.Err.Error(), "no leader right now") {
 		t.Fatalf("commit right after Resync: %v; want ErrUnavailable from a shut gate", r.Err)

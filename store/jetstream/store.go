@@ -134,6 +134,8 @@ type Store struct {
 	meta  njs.Stream
 	recv  njs.Stream // received records (received.go)
 	gates gates      // one per stream: see gate.go
+	// leaderSub takes JetStream's leader-elected advisories (watchLeaders).
+	leaderSub *nats.Subscription
 
 	// ctx is cancelled by Close once the committer and sweeper are done,
 	// which ends any request still waiting.
@@ -247,6 +249,9 @@ func Open(ctx context.Context, nc *nats.Conn, opts Options) (*Store, error) {
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.gates = gates{s: s, list: make([]gate, len(s.parts)+2)}
+	if s.leaderSub, err = s.watchLeaders(); err != nil {
+		return nil, fmt.Errorf("open jetstream store: watch leader elections: %w", err)
+	}
 	s.q.init()
 	c := &committer{s: s, overlay: make(map[string]dedupSlot)}
 	go c.run()
@@ -320,6 +325,15 @@ func (s *Store) partitionCount(ctx context.Context, want int) (int, error) {
 		if err != nil && !errors.Is(err, ErrConflict) && !(errors.Is(err, ErrUnavailable) && ctx.Err() == nil) {
 			return 0, fmt.Errorf("open jetstream store: record partition count: %w", err)
 		}
+		if errors.Is(err, ErrUnavailable) {
+			// The meta stream just created may have no leader yet (no
+			// responders at once): not a change, wait a moment.
+			changes--
+			select {
+			case <-ctx.Done():
+			case <-time.After(50 * time.Millisecond):
+			}
+		}
 		// Written, or another node wrote it first: read it back.
 	}
 	return 0, errors.New("open jetstream store: partition count keeps changing")
@@ -358,6 +372,7 @@ func (s *Store) Close() error {
 		<-s.committed
 		s.closed.Store(true)
 		s.cancel()
+		_ = s.leaderSub.Unsubscribe()
 	})
 	return nil
 }
