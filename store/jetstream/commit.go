@@ -223,16 +223,11 @@ type committer struct {
 	answerBase uint64
 	touched    []touchedQueue
 	targets    []int
-	// unacked is set, by partition, when a write there was not
-	// acknowledged (ErrUnavailable), and cleared by the next that is.
-	// Each partition's writer touches only its own entry.
-	unacked []bool
 }
 
 func (c *committer) run() {
 	defer close(c.s.committed)
 	c.plans = make([]partPlan, c.s.lay.parts)
-	c.unacked = make([]bool, c.s.lay.parts)
 	var group []request
 	for {
 		var ok bool
@@ -818,21 +813,12 @@ func (c *committer) publishChunk(ctx context.Context, p int, ops []op) error {
 		}
 		msgs[k] = m
 	}
+	// A stream leader cut off from its quorum keeps the write it could
+	// not acknowledge pending, and would check the next compare-and-sets
+	// against it; no write gets there: the first ErrUnavailable shuts
+	// the partition's gate (gate.go), and only a write acknowledged
+	// through a leader with its quorum opens it again.
 	last, err := s.publishBatch(ctx, p, msgs)
-	switch {
-	case err == nil:
-		c.unacked[p] = false
-	case errors.Is(err, ErrUnavailable):
-		c.unacked[p] = true
-	case errors.Is(err, ErrConflict) && c.unacked[p]:
-		// A stream leader cut off from its quorum keeps the write it
-		// could not acknowledge pending, and checks the next ones
-		// against it: the refusal may be this node's own write, not
-		// another node's, and deciding again would only be refused
-		// again at once. Until a write here is acknowledged, it is
-		// the quorum that is missing.
-		err = fmt.Errorf("%w (refused by a compare-and-set, perhaps against this node's own unacknowledged write: %v)", ErrUnavailable, err)
-	}
 	if err != nil {
 		return fmt.Errorf("write %d messages to partition %d: %w", len(msgs), p, err)
 	}

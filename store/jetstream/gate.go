@@ -111,7 +111,7 @@ func (g *gates) probe(i int) {
 		case <-t.C:
 		}
 		ctx, cancel := context.WithTimeout(g.s.ctx, gateProbeTimeout)
-		err := g.try(ctx, i)
+		err := g.try(ctx, i, true)
 		cancel()
 		if err == nil {
 			gt.probing.Store(false)
@@ -122,10 +122,10 @@ func (g *gates) probe(i int) {
 	}
 }
 
-// try is one probe of stream i: a barrier write to a queue partition, a
-// read of the first message elsewhere.
-func (g *gates) try(ctx context.Context, i int) error {
-	if i < len(g.s.parts) {
+// try is one probe of stream i: a barrier write to a queue partition
+// (barrier), else a read of the first message.
+func (g *gates) try(ctx context.Context, i int, barrier bool) error {
+	if barrier && i < len(g.s.parts) {
 		m := nats.NewMsg(g.s.lay.barrierSubject(i))
 		m.Header.Set(njs.MsgRollup, njs.MsgRollupSubject)
 		m.Header.Set(njs.MsgTTLHeader, "60")
@@ -139,6 +139,27 @@ func (g *gates) try(ctx context.Context, i int) error {
 		return nil
 	}
 	return err
+}
+
+// ready waits until every stream's leader answers a read, or ctx ends.
+// (No barrier: a store opening has no earlier write of its own in doubt.)
+func (g *gates) ready(ctx context.Context) error {
+	for i := range g.list {
+		for {
+			tctx, cancel := context.WithTimeout(ctx, gateProbeTimeout)
+			err := g.try(tctx, i, false)
+			cancel()
+			if err == nil {
+				break
+			}
+			select {
+			case <-ctx.Done():
+				return fmt.Errorf("stream %s does not answer: %w", g.name(i), err)
+			case <-time.After(50 * time.Millisecond):
+			}
+		}
+	}
+	return nil
 }
 
 func (g *gates) name(i int) string {

@@ -252,6 +252,13 @@ func Open(ctx context.Context, nc *nats.Conn, opts Options) (*Store, error) {
 	if s.leaderSub, err = s.watchLeaders(); err != nil {
 		return nil, fmt.Errorf("open jetstream store: watch leader elections: %w", err)
 	}
+	// A stream just created may not have its leader yet (its writes find
+	// no responders): the store is open once every stream answers.
+	if err := s.gates.ready(ctx); err != nil {
+		s.leaderSub.Unsubscribe()
+		s.cancel()
+		return nil, fmt.Errorf("open jetstream store: %w", err)
+	}
 	s.q.init()
 	c := &committer{s: s, overlay: make(map[string]dedupSlot)}
 	go c.run()
