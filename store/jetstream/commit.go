@@ -219,6 +219,9 @@ type committer struct {
 	requeued  []bool // by request index: decided again in a later group
 	// answers are the requests taken and not yet answered, in commit
 	// order; answers[k] is request number answerBase+k (request.ord-1).
+	// recentRecv remembers when this committer wrote each received
+	// record (received.go).
+	recentRecv map[string]int64
 	answers    []answerSlot
 	answerBase uint64
 	touched    []touchedQueue
@@ -275,7 +278,7 @@ func (c *committer) commitGroup(group []request) {
 		}
 	}
 
-	waitReceived := c.writeReceived(ctx, group)
+	waitReceived := c.writeReceived(ctx, group, now)
 	var wg sync.WaitGroup
 	for p := range c.plans {
 		if len(c.plans[p].ops) == 0 && len(c.plans[p].purge) == 0 && len(c.plans[p].dels) == 0 {

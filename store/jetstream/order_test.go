@@ -1,8 +1,11 @@
 package jetstream_test
 
 import (
+	"context"
 	"testing"
 	"time"
+
+	njs "github.com/nats-io/nats.go/jetstream"
 
 	"github.com/parleyhq/parley/store"
 	"github.com/parleyhq/parley/store/jetstream"
@@ -55,5 +58,49 @@ func TestResultsKeepCommitOrderThroughARetry(t *testing.T) {
 	}
 	if items, err := a.ReadQueue(u0, 0, 10); err != nil || len(items) != 3 || string(items[2].Data) != "x" || items[2].Seq != 3 {
 		t.Fatalf("u0's queue: %+v, %v; want first, elsewhere, x at seq 3", items, err)
+	}
+}
+
+// A chat's acks name the same reader and sender again and again: the
+// received record is written once per receivedRefresh, not per ack, and
+// ReceivedFrom still says yes.
+func TestReceivedRecordWrittenOncePerRefresh(t *testing.T) {
+	nc, _ := startServer(t, t.TempDir())
+	s, err := jetstream.Open(context.Background(), nc, jetstream.Options{Partitions: 1})
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	defer s.Close()
+	putAccounts(t, s, alice, bob)
+	js, err := njs.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lastRFSeq := func() uint64 {
+		t.Helper()
+		st, err := js.Stream(context.Background(), "PARLEY_RF")
+		if err != nil {
+			t.Fatal(err)
+		}
+		info, err := st.Info(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return info.State.LastSeq
+	}
+	for i := range 3 {
+		r := commit(t, s, &store.Batch{Appends: []store.Append{{To: bob, Data: []byte("m")}}})
+		if r.Err != nil {
+			t.Fatal(r.Err)
+		}
+		if r = commit(t, s, &store.Batch{Acks: []store.Ack{{User: bob, UpTo: r.Seqs[0]}}, Received: []string{alice}}); r.Err != nil {
+			t.Fatal(r.Err)
+		}
+		if got := lastRFSeq(); got != 1 {
+			t.Fatalf("after ack %d the received stream's last seq is %d, want 1 (one record for the pair)", i+1, got)
+		}
+	}
+	if ok, err := s.ReceivedFrom(bob, alice); !ok || err != nil {
+		t.Fatalf("ReceivedFrom = %v, %v; want true", ok, err)
 	}
 }

@@ -28,8 +28,25 @@ import (
 // anyway: the records name senders whose messages were delivered. Or an
 // ack without its record, whose reader's later read receipts to that
 // sender are refused until its next ack from them.
+//
+// A chat writes the same pair's record on every ack: one replicated write
+// of five per message. The committer skips a record it wrote itself less
+// than receivedRefresh ago (MaxAge/64, at most an hour): the record then
+// dates from the pair's first ack in that window, so ReceivedFrom may
+// answer false up to receivedRefresh before MaxAge after the pair's last
+// ack, instead of at MaxAge.
 
 func (l layout) receivedStream() string { return l.name + "_RF" }
+
+// receivedRefresh is how long a record this node wrote stands for the
+// pair's acks after it (see above).
+func (s *Store) receivedRefresh() time.Duration {
+	return min(s.opts.Store.MaxAge/64, time.Hour)
+}
+
+// maxRecentReceived bounds the committer's memory of the records it wrote;
+// past it the memory is dropped (records are written again).
+const maxRecentReceived = 1 << 17
 
 func (l layout) receivedSubject(reader, sender string) string {
 	return l.prefix + ".rf." + token(reader) + "." + token(sender)
@@ -86,7 +103,7 @@ type recvRec struct {
 // writeReceived starts publishing the received records of group's
 // accepted batches (decided, not yet written) and returns a function that
 // waits for that and marks the requests whose records failed.
-func (c *committer) writeReceived(ctx context.Context, group []request) (wait func()) {
+func (c *committer) writeReceived(ctx context.Context, group []request, now int64) (wait func()) {
 	var recs []recvRec
 	for i := range group {
 		r := &group[i]
@@ -95,7 +112,11 @@ func (c *committer) writeReceived(ctx context.Context, group []request) (wait fu
 		}
 		for _, a := range r.b.Acks {
 			for _, sender := range r.b.Received {
-				recs = append(recs, recvRec{subj: c.s.lay.receivedSubject(a.User, sender), req: i})
+				subj := c.s.lay.receivedSubject(a.User, sender)
+				if at, ok := c.recentRecv[subj]; ok && now-at < int64(c.s.receivedRefresh()) {
+					continue // written a moment ago: it stands for this ack too
+				}
+				recs = append(recs, recvRec{subj: subj, req: i})
 			}
 		}
 	}
@@ -105,14 +126,16 @@ func (c *committer) writeReceived(ctx context.Context, group []request) (wait fu
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		c.publishReceived(ctx, recs)
+		c.publishReceived(ctx, recs, now)
 	}()
 	return func() { <-done }
 }
 
 // publishReceived writes recs, one message per distinct subject, in atomic
 // batches of up to maxAtomic.
-func (c *committer) publishReceived(ctx context.Context, recs []recvRec) {
+// The records written are remembered in c.recentRecv (this goroutine is
+// the committer's only user of it until the group's wait returns).
+func (c *committer) publishReceived(ctx context.Context, recs []recvRec, now int64) {
 	slices.SortFunc(recs, func(a, b recvRec) int {
 		if a.subj < b.subj {
 			return -1
@@ -146,6 +169,13 @@ func (c *committer) publishReceived(ctx context.Context, recs []recvRec) {
 				}
 			}
 			c.resMu.Unlock()
+		} else {
+			if len(c.recentRecv) >= maxRecentReceived {
+				clear(c.recentRecv)
+			}
+			for _, r := range recs[start:end] {
+				c.recentRecv[r.subj] = now
+			}
 		}
 		start = end
 	}

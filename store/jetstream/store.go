@@ -260,7 +260,7 @@ func Open(ctx context.Context, nc *nats.Conn, opts Options) (*Store, error) {
 		return nil, fmt.Errorf("open jetstream store: %w", err)
 	}
 	s.q.init()
-	c := &committer{s: s, overlay: make(map[string]dedupSlot)}
+	c := &committer{s: s, overlay: make(map[string]dedupSlot), recentRecv: make(map[string]int64)}
 	go c.run()
 	go s.sweepLoop()
 	return s, nil
