@@ -103,12 +103,14 @@ func (g *gates) probe(i int) {
 	t := time.NewTicker(gateProbeEvery)
 	defer t.Stop()
 	start := time.Now()
-	for {
-		select {
-		case <-g.s.ctx.Done():
-			gt.probing.Store(false)
-			return
-		case <-t.C:
+	for first := true; ; first = false {
+		if !first { // the first try at once: after an election the leader is there
+			select {
+			case <-g.s.ctx.Done():
+				gt.probing.Store(false)
+				return
+			case <-t.C:
+			}
 		}
 		ctx, cancel := context.WithTimeout(g.s.ctx, gateProbeTimeout)
 		err := g.try(ctx, i, true)
@@ -116,7 +118,7 @@ func (g *gates) probe(i int) {
 		if err == nil {
 			gt.probing.Store(false)
 			gt.closed.Store(false)
-			g.s.log.Warn("store stream answers again", "stream", g.name(i), "after", time.Since(start).Round(time.Millisecond))
+			g.s.log.Info("store stream answers again", "stream", g.name(i), "after", time.Since(start).Round(time.Millisecond))
 			return
 		}
 	}
