@@ -92,6 +92,9 @@ type conn struct {
 	live      bool         // actor: core is a running session, from evStart until evClosed
 	scheduled bool         // under mu
 	dead      bool         // under mu
+	// rereading: a read the store failed is to be made again (one timer
+	// at a time, however many wake-ups find the store still failing).
+	rereading bool // under mu
 
 	peer peerAddr // the client's address, set before the event loop sees c
 	// gen16 is the account's generation this login was checked against,
@@ -386,9 +389,20 @@ func (c *conn) ready(w *worker) (closeNow bool) {
 			// having read nothing, and reads again a moment later. Its
 			// client waits for the deliveries; nothing is lost, since
 			// every item stays in the queue until acked.
-			w.n.log.Warn("read queue failed; reading again shortly", "user", c.core.User(), "err", err)
-			pool := w.n.pool
-			time.AfterFunc(readRetryIn, func() { c.post(pool, event{kind: evPush, seq: wakeSeq}) })
+			c.mu.Lock()
+			again := !c.rereading
+			c.rereading = true
+			c.mu.Unlock()
+			if again {
+				w.n.log.Warn("read queue failed; reading again shortly", "user", c.core.User(), "err", err)
+				pool := w.n.pool
+				time.AfterFunc(readRetryIn, func() {
+					c.mu.Lock()
+					c.rereading = false
+					c.mu.Unlock()
+					c.post(pool, event{kind: evPush, seq: wakeSeq})
+				})
+			}
 			items, err = nil, nil
 		} else if err != nil {
 			w.n.log.Error("read queue", "user", c.core.User(), "err", err)

@@ -333,6 +333,14 @@ func runServer(cmd *cobra.Command, cfg node.Config, join clusterJoin) error {
 	u.onSignal(ctx)
 	select {
 	case <-ctx.Done():
+		if cl != nil {
+			// Before the clients move: no request of theirs, or of the
+			// other nodes, goes to a leader here that is about to vanish.
+			sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			moved, err := cl.StepDown(sctx)
+			cancel()
+			log.Info("stopping: stream leaderships handed to the other nodes", "streams", moved, "err", err)
+		}
 		log.Info("shutting down: finishing in-flight commits")
 		return n.Close()
 	case <-u.retired:
