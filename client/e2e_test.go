@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -221,6 +222,8 @@ type proxy struct {
 	target string
 	mu     sync.Mutex
 	conns  []net.Conn
+	// refuse closes new connections at once while set.
+	refuse atomic.Bool
 }
 
 func newProxy(t *testing.T, target string) *proxy {
@@ -245,6 +248,10 @@ func (p *proxy) serve() {
 		c, err := p.ln.Accept()
 		if err != nil {
 			return
+		}
+		if p.refuse.Load() {
+			c.Close()
+			continue
 		}
 		s, err := net.Dial("tcp", p.target)
 		if err != nil {
@@ -325,6 +332,37 @@ func TestE2EReconnect(t *testing.T) {
 	if got := metric(t, tn.n.AdminURL(), `parley_resumptions_total{result="resumed"}`); got < 2 {
 		t.Errorf("%v resumed logins after two reconnects, want 2", got)
 	}
+}
+
+// An item the application acked, whose ack was lost with the connection,
+// comes again after the reconnect: the client drops it (the application
+// has it) and acks it again, or the server would keep it unacked for ever
+// in a quiet conversation, and its sender would never get the receipt.
+func TestE2EAckLostWithTheConnectionIsSentAgain(t *testing.T) {
+	t.Parallel()
+	tn := startNode(t)
+	aKey, bKey := newKey(t), newKey(t)
+	tn.register(t, alice, aKey)
+	tn.register(t, bob, bKey)
+	bp := newProxy(t, tn.n.NativeAddr())
+	bcfg := tn.config(t, bob, bKey)
+	bcfg.Addr, bcfg.Reconnect = bp.addr(), true
+	a, b := dial(t, tn.config(t, alice, aKey)), dial(t, bcfg)
+
+	m, err := a.Send(testCtx(t), bob, []byte("once"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	in := recvN(t, b, 1)[0]
+	bp.refuse.Store(true) // no new connection until the ack is made
+	bp.cut()              // the ack below goes out on a dead connection, or none
+	if err := b.Ack(in.Seq); err != nil {
+		t.Fatal(err)
+	}
+	bp.refuse.Store(false)
+	// The server delivers it again on the new connection; only the
+	// client's ack of the dropped redelivery makes the receipt.
+	receiptIDs(t, a, wire.Receipt_DELIVERED, bob, []uint64{m.ID})
 }
 
 // metric reads one sample from the node's /metrics.
