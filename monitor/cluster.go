@@ -21,8 +21,9 @@ type ClusterStatus struct {
 	// connected (one per user logged in somewhere, and stale ones a
 	// killed node left).
 	Hints uint64 `json:"hints"`
-	// Problems name what needs an operator: no quorum, a stream without
-	// a leader or with a replica behind or offline.
+	// Problems name what needs an operator: no quorum, a node that
+	// stopped beating, a stream without a leader or with a replica
+	// behind or offline.
 	Problems []string `json:"problems"`
 }
 

@@ -54,6 +54,7 @@ func (r *clusterRouter) status(ctx context.Context) (*monitor.ClusterStatus, err
 		return nil, err
 	}
 	st.Members = members
+	st.Problems = append(st.Problems, r.beats.silent(time.Now())...)
 	js, err := njs.New(r.nc)
 	if err != nil {
 		return nil, err

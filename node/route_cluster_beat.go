@@ -2,6 +2,7 @@ package node
 
 import (
 	"fmt"
+	"maps"
 	"slices"
 	"strconv"
 	"strings"
@@ -38,6 +39,9 @@ type beats struct {
 	mu    sync.Mutex
 	seen  map[string]time.Time // "node epoch" -> last beat
 	alive []string             // the members alive at the last check, sorted
+	// gone are the members lost, by node name, with when they were last
+	// heard, until a run of the same node beats again (see silent).
+	gone map[string]time.Time
 }
 
 func (r *clusterRouter) beatPayload() []byte {
@@ -80,6 +84,18 @@ func (r *clusterRouter) beatLoop() {
 	}
 }
 
+// silent names, for /admin/cluster's problems, the members that stopped
+// beating and have not come back.
+func (b *beats) silent(now time.Time) []string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	var out []string
+	for _, name := range slices.Sorted(maps.Keys(b.gone)) {
+		out = append(out, fmt.Sprintf("node %s stopped beating %s ago: down, or cut off from this node", name, now.Sub(b.gone[name]).Round(time.Second)))
+	}
+	return out
+}
+
 // check compares the members beating now with those at the last check.
 func (b *beats) check(now time.Time) (lost, joined []string, changed bool) {
 	b.mu.Lock()
@@ -96,12 +112,19 @@ func (b *beats) check(now time.Time) (lost, joined []string, changed bool) {
 	for _, m := range b.alive {
 		if _, ok := slices.BinarySearch(alive, m); !ok {
 			lost = append(lost, m)
+			if b.gone == nil {
+				b.gone = make(map[string]time.Time)
+			}
+			name, _, _ := strings.Cut(m, " ")
+			b.gone[name] = now.Add(-beatLost)
 		}
 	}
 	for _, m := range alive {
 		if _, ok := slices.BinarySearch(b.alive, m); !ok {
 			joined = append(joined, m)
 		}
+		name, _, _ := strings.Cut(m, " ")
+		delete(b.gone, name)
 	}
 	b.alive = alive
 	return lost, joined, len(lost)+len(joined) > 0

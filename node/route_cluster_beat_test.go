@@ -2,6 +2,7 @@ package node
 
 import (
 	"slices"
+	"strings"
 	"testing"
 	"time"
 )
@@ -30,11 +31,17 @@ func TestBeatsReportEachChangeOnce(t *testing.T) {
 	if _, _, changed = b.check(t0.Add(beatLost + time.Second)); changed {
 		t.Fatal("the same loss reported twice")
 	}
+	if got := b.silent(t0.Add(beatLost + 2*time.Second)); len(got) != 1 || !strings.HasPrefix(got[0], "node n3 stopped beating") {
+		t.Fatalf("silent members: %q; want n3", got)
+	}
 	// n3 comes back as a new run.
 	b.seen["n3 2"] = t0.Add(beatLost + 2*time.Second)
 	b.seen["n2 1"] = t0.Add(beatLost + 2*time.Second)
 	lost, joined, changed = b.check(t0.Add(beatLost + 2*time.Second))
 	if !changed || len(lost) != 0 || !slices.Equal(joined, []string{"n3 2"}) {
 		t.Fatalf("n3 back: lost %v joined %v changed %v; want n3's new run joined", lost, joined, changed)
+	}
+	if got := b.silent(t0.Add(beatLost + 2*time.Second)); len(got) != 0 {
+		t.Fatalf("silent members after n3 came back: %q", got)
 	}
 }
