@@ -309,7 +309,7 @@ func TestClusterPartitionMinorityRefusesAndHeals(t *testing.T) {
 	if testing.Short() {
 		t.Skip("-short: builds the server and runs three of it")
 	}
-	// Opt-in while a rare stall is open: in 1 run of the last 12 (stop
+	// Opt-in while a rare stall is open: in 1 run of the last 11 (stop
 	// 17) the recipient's session held 5 deliveries unacked after the heal
 	// and took no more, so the last message never came out. A failing
 	// run prints the three nodes' logs and the session.
