@@ -117,6 +117,10 @@ type Config struct {
 	// FailoverSignal is KILL (a crash) or TERM (a planned stop: the node
 	// drains). Default KILL.
 	FailoverSignal string
+	// Grace (pairs, failover) is how long the senders get, after the
+	// sending stopped, for their last receipts; what has not come by then
+	// counts as lost. Default 10s.
+	Grace time.Duration
 }
 
 func (c *Config) setDefaults() {

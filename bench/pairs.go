@@ -670,8 +670,9 @@ func (v *receiver) batch(f *frame) error {
 	return nil
 }
 
-// drainGrace is how long senders get, after the sending stopped, for their
-// last receipts; what has not come by then counts as lost.
+// drainGrace is Config.Grace's default: how long senders get, after the
+// sending stopped, for their last receipts; what has not come by then
+// counts as lost.
 const drainGrace = 10 * time.Second
 
 // Pairs runs cfg.Pairs sender->receiver pairs, each sender keeping at most
@@ -838,7 +839,11 @@ func Pairs(ctx context.Context, cfg Config, progress io.Writer) (*PairsResult, e
 	}
 	r.stopping.Store(true)
 	close(stop)
-	grace := time.NewTimer(drainGrace)
+	graceFor := cfg.Grace
+	if graceFor <= 0 {
+		graceFor = drainGrace
+	}
+	grace := time.NewTimer(graceFor)
 	defer grace.Stop()
 	select {
 	case <-sendersDone:
@@ -876,7 +881,7 @@ func Pairs(ctx context.Context, cfg Config, progress io.Writer) (*PairsResult, e
 	// stray is still queued, and counts as lost.
 	late := make([]int64, cfg.Pairs)
 	for i, s := range senders {
-		n, err := proveDrained(s.c, receivers[i].c, e.users[2*i].phone, e.users[2*i+1].phone, base+uint64(s.sent)+1, time.Now().Add(drainGrace))
+		n, err := proveDrained(s.c, receivers[i].c, e.users[2*i].phone, e.users[2*i+1].phone, base+uint64(s.sent)+1, time.Now().Add(graceFor))
 		if err != nil {
 			r.errs.add(fmt.Errorf("prove the queue of %s empty: %w", e.users[2*i+1].phone, err))
 		}
@@ -913,7 +918,7 @@ func Pairs(ctx context.Context, cfg Config, progress io.Writer) (*PairsResult, e
 					unacked++
 				}
 			}
-			r.errs.add(fmt.Errorf("%d messages of %s (on %s) had no delivered receipt %s after the sending stopped; %d of them no SendAck either (%d sends refused in all, the last: %q)", o, e.users[2*i].phone, s.addr, drainGrace, unacked, s.refused, s.lastRefusal))
+			r.errs.add(fmt.Errorf("%d messages of %s (on %s) had no delivered receipt %s after the sending stopped; %d of them no SendAck either (%d sends refused in all, the last: %q)", o, e.users[2*i].phone, s.addr, graceFor, unacked, s.refused, s.lastRefusal))
 		}
 		expected := s.sent - s.failed
 		missing := expected - v.unique

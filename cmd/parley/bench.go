@@ -324,6 +324,7 @@ and the loss check: every message accepted arrives exactly once, in order
 	f.DurationVar(&mc.FailoverAt, "at", 5*time.Second, "signal the node this long into the run")
 	f.IntVar(&mc.FailoverNode, "node", 1, "the node to signal: 1-based, in the order of --admin and --addr")
 	f.StringVar(&mc.FailoverSignal, "signal", "KILL", "KILL (a crash) or TERM (a planned stop: the node drains)")
+	f.DurationVar(&mc.Grace, "grace", 10*time.Second, "after the sending stops, how long the last receipts may take before they count as lost")
 	return cmd
 }
 
