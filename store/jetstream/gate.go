@@ -24,7 +24,9 @@ import (
 // stream's gate (so does Resync, for every partition); while it is
 // closed, requests to the stream fail at once with ErrUnavailable
 // (retryable: a client sends again, same id) and a prober tries the
-// stream every gateProbeEvery, each try bounded by gateProbeTimeout, until
+// stream every gateProbeEvery, each try bounded by twice Options.Timeout
+// (a loaded cluster may take longer than one request's timeout to answer
+// a write, and the gate must not stay shut for that), until
 // it answers; then the gate opens. Requests never probe, so the committer
 // is held up once per loss (the first request's Timeout), not once per
 // probe.
@@ -112,7 +114,7 @@ func (g *gates) probe(i int) {
 			case <-t.C:
 			}
 		}
-		ctx, cancel := context.WithTimeout(g.s.ctx, gateProbeTimeout)
+		ctx, cancel := context.WithTimeout(g.s.ctx, 2*g.s.opts.Timeout)
 		err := g.try(ctx, i, true)
 		cancel()
 		if err == nil {
