@@ -14,6 +14,7 @@ import (
 
 	hdrhistogram "github.com/HdrHistogram/hdrhistogram-go"
 
+	"github.com/parleyhq/parley/client"
 	"github.com/parleyhq/parley/node"
 	"github.com/parleyhq/parley/wire"
 )
@@ -138,14 +139,8 @@ func (fo *failoverRun) relogin(u *user, cur string) (*conn, string, error) {
 }
 
 // retryable says whether a send refused with code is worth sending again
-// (with the same id) after a moment: the store could not write it now.
-func retryable(code int32) bool {
-	switch wire.Error_Code(code) {
-	case wire.Error_INTERNAL, wire.Error_SHUTTING_DOWN, wire.Error_UNAVAILABLE:
-		return true
-	}
-	return false
-}
+// (with the same id) after a moment: the SDK's rule.
+func retryable(code int32) bool { return client.RetryableCode(wire.Error_Code(code)) }
 
 // retryDelay is how long a sender waits before sending a refused message
 // again.

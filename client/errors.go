@@ -154,10 +154,13 @@ func (e *APIError) Error() string {
 // end, a cancelled context: for those, see Err and the context).
 func Retryable(err error) bool {
 	var se *ServerError
-	if !errors.As(err, &se) {
-		return false
-	}
-	switch se.Code {
+	return errors.As(err, &se) && RetryableCode(se.Code)
+}
+
+// RetryableCode is Retryable for a refusal's code, for a client that reads
+// the frames itself (parley bench).
+func RetryableCode(code wire.Error_Code) bool {
+	switch code {
 	case wire.Error_UNAVAILABLE, wire.Error_SHUTTING_DOWN, wire.Error_INTERNAL, wire.Error_QUEUE_FULL:
 		return true
 	}

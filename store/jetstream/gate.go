@@ -72,7 +72,7 @@ func (g *gates) stream(i int) njs.Stream {
 }
 
 // errGateClosed is what a request to a stream whose gate is closed gets.
-var errGateClosed = fmt.Errorf("the stream has no leader right now (a node was lost; JetStream is electing another): %w", ErrUnavailable)
+var errGateClosed = fmt.Errorf("the stream is between leaders, or did not answer the last request: waiting for a write through its leader: %w", ErrUnavailable)
 
 // enter says whether a request may go to stream i now.
 func (g *gates) enter(i int) error {
@@ -85,7 +85,7 @@ func (g *gates) enter(i int) error {
 // isUnavailable reports whether err says the stream did not answer, or
 // cannot now (see unavailable).
 func isUnavailable(err error) bool {
-	return errors.Is(unavailable(err), ErrUnavailable) || errors.Is(err, njs.ErrNoStreamResponse)
+	return errors.Is(unavailable(err), ErrUnavailable)
 }
 
 // done records the outcome of a request to stream i: a stream that did

@@ -61,7 +61,7 @@ func TestResyncRefusesUntilEachLeaderAnswers(t *testing.T) {
 	}
 	s.Resync("a test")
 	r := commit(t, s, &store.Batch{Appends: []store.Append{{To: bob, Data: []byte("during")}}})
-	if !errors.Is(r.Err, jetstream.ErrUnavailable) || !strings.Contains(r.Err.Error(), "no leader right now") {
+	if !errors.Is(r.Err, jetstream.ErrUnavailable) || !strings.Contains(r.Err.Error(), "between leaders") {
 		t.Fatalf("commit right after Resync: %v; want ErrUnavailable from a shut gate", r.Err)
 	}
 	eventually(t, s, "commit after Resync", func() *store.Batch {

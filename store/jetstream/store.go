@@ -57,6 +57,7 @@ func unavailable(err error) error {
 	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled),
 		errors.Is(err, nats.ErrTimeout), errors.Is(err, nats.ErrNoResponders),
 		errors.Is(err, nats.ErrConnectionClosed), errors.Is(err, nats.ErrConnectionReconnecting),
+		errors.Is(err, njs.ErrNoStreamResponse),
 		errors.As(err, &apiErr) && apiErr.Code == 503: // a leaderless stream or meta group
 		return fmt.Errorf("%w (%w)", ErrUnavailable, err)
 	}
