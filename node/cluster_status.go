@@ -16,6 +16,7 @@ import (
 
 	"github.com/parleyhq/parley/buildinfo"
 	"github.com/parleyhq/parley/monitor"
+	"github.com/parleyhq/parley/store/jetstream"
 )
 
 // statusSubject reaches every node: a status request, answered by each
@@ -187,6 +188,32 @@ func newClusterMetrics(reg prometheus.Registerer) (*clusterMetrics, error) {
 		}
 	}
 	return m, nil
+}
+
+// registerStoreCounters exports the cluster store's JetStream requests:
+// writes, the messages in them, compare-and-set conflicts, reads and
+// purges. Conflicts are what two nodes writing one queue cost.
+func registerStoreCounters(reg prometheus.Registerer, st *jetstream.Store) error {
+	for _, c := range []struct {
+		kind string
+		get  func(jetstream.Counters) uint64
+	}{
+		{"write", func(c jetstream.Counters) uint64 { return c.Writes }},
+		{"message", func(c jetstream.Counters) uint64 { return c.Msgs }},
+		{"conflict", func(c jetstream.Counters) uint64 { return c.Conflicts }},
+		{"read", func(c jetstream.Counters) uint64 { return c.Reads }},
+		{"purge", func(c jetstream.Counters) uint64 { return c.Purges }},
+	} {
+		get := c.get
+		f := prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "parley_cluster_store_requests_total",
+			Help:        "JetStream requests of this node's store, by kind: write (a publish or an atomic batch), message (in the writes), conflict (a write refused because another node wrote one of its queues first), read, purge.",
+			ConstLabels: prometheus.Labels{"kind": c.kind}},
+			func() float64 { return float64(get(st.Counters())) })
+		if err := reg.Register(f); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // sampleCluster reads the cluster's status into the metrics.

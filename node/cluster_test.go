@@ -315,7 +315,7 @@ func TestClusterStatus(t *testing.T) {
 	for deadline := time.Now().Add(clGuard); ; {
 		body := getText(t, ns[1].AdminURL()+"/metrics")
 		if strings.Contains(body, "\nparley_cluster_quorum 1\n") && strings.Contains(body, "\nparley_cluster_members 2\n") && strings.Contains(body, "\nparley_cluster_streams_leaderless 0\n") &&
-			strings.Contains(body, "\nparley_cluster_publish_errors_total 0\n") {
+			strings.Contains(body, "\nparley_cluster_publish_errors_total 0\n") && strings.Contains(body, "\nparley_cluster_store_requests_total{kind=\"write\"} ") {
 			break
 		}
 		if time.Now().After(deadline) {

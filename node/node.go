@@ -41,6 +41,7 @@ import (
 	"github.com/parleyhq/parley/noise"
 	"github.com/parleyhq/parley/session"
 	"github.com/parleyhq/parley/store"
+	"github.com/parleyhq/parley/store/jetstream"
 	"github.com/parleyhq/parley/wire"
 )
 
@@ -274,6 +275,11 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 		}
 		if err := n.joinCluster(ctx); err != nil {
 			return nil, err
+		}
+		if st, ok := n.store.(*jetstream.Store); ok {
+			if err := registerStoreCounters(reg, st); err != nil {
+				return nil, err
+			}
 		}
 	}
 	if n.static, err = noise.NewStatic(n.key); err != nil {

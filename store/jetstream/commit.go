@@ -894,6 +894,7 @@ func (c *committer) purgeBelow(ctx context.Context, p int, st *userState, head u
 		return err
 	}
 	pctx, cancel := context.WithTimeout(ctx, s.opts.Timeout)
+	s.n.purges.Add(1)
 	err := s.parts[p].Purge(pctx, njs.WithPurgeSubject(st.subj), njs.WithPurgeSequence(sseq))
 	cancel()
 	if err != nil {
@@ -954,6 +955,7 @@ func (c *committer) deleteEach(ctx context.Context, p int, st *userState, from, 
 			return err
 		}
 		dctx, cancel := context.WithTimeout(ctx, s.opts.Timeout)
+		s.n.purges.Add(1)
 		err := s.parts[p].DeleteMsg(dctx, seq)
 		cancel()
 		if err != nil && !isNotFound(err) {
@@ -991,6 +993,7 @@ func (s *Store) publishBatchTo(ctx context.Context, msgs []*nats.Msg) (uint64, e
 		pa, err := s.publish(ctx, msgs[0])
 		return pa.Seq, err
 	}
+	s.n.msgs.Add(uint64(len(msgs) - 1)) // publish counts the last
 	id := nuid.Next()
 	for k, m := range msgs {
 		m.Header.Set(hdrBatchID, id)

@@ -59,6 +59,9 @@ func TestResultsKeepCommitOrderThroughARetry(t *testing.T) {
 	if items, err := a.ReadQueue(u0, 0, 10); err != nil || len(items) != 3 || string(items[2].Data) != "x" || items[2].Seq != 3 {
 		t.Fatalf("u0's queue: %+v, %v; want first, elsewhere, x at seq 3", items, err)
 	}
+	if c := a.Counters(); c.Conflicts != 1 || c.Writes < 4 || c.Msgs < c.Writes || c.Reads == 0 {
+		t.Fatalf("a's counters %+v; want the one conflict, at least 4 writes and the reads that decided them", c)
+	}
 }
 
 // A chat's acks name the same reader and sender again and again: the

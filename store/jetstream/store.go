@@ -167,6 +167,26 @@ type Store struct {
 	// DedupTTL: their Nats-TTL cannot honour TS, so Sweep deletes them.
 	beMu        sync.Mutex
 	bornExpired []dedupRef
+
+	// n counts the requests this store made, for Counters.
+	n struct{ writes, msgs, conflicts, reads, purges atomic.Uint64 }
+}
+
+// Counters are the JetStream requests a store made since it was opened.
+// Conflicts over Writes is the share of writes refused because another
+// node wrote one of their queues first (each costs a read and a retry).
+type Counters struct {
+	Writes    uint64 // publishes and atomic batches
+	Msgs      uint64 // messages in them
+	Conflicts uint64 // writes refused by a compare-and-set
+	Reads     uint64 // MSG.GET requests
+	Purges    uint64 // purge and delete requests
+}
+
+// Counters reports the requests made so far.
+func (s *Store) Counters() Counters {
+	return Counters{Writes: s.n.writes.Load(), Msgs: s.n.msgs.Load(), Conflicts: s.n.conflicts.Load(),
+		Reads: s.n.reads.Load(), Purges: s.n.purges.Load()}
 }
 
 type dedupRef struct {
@@ -416,6 +436,7 @@ func (s *Store) getLast(ctx context.Context, gi int, subject string) (*njs.RawSt
 // gotMsg reads a MSG.GET's outcome: not found is nil, no answer is
 // ErrUnavailable (and closes the stream's gate).
 func (s *Store) gotMsg(gi int, m *njs.RawStreamMsg, err error) (*njs.RawStreamMsg, error) {
+	s.n.reads.Add(1)
 	switch {
 	case err == nil:
 		return m, nil
@@ -685,6 +706,8 @@ type pubAck struct {
 func (s *Store) publish(ctx context.Context, msg *nats.Msg) (pubAck, error) {
 	ctx, cancel := context.WithTimeout(ctx, s.opts.Timeout)
 	defer cancel()
+	s.n.writes.Add(1)
+	s.n.msgs.Add(1)
 	resp, err := s.nc.RequestMsgWithContext(ctx, msg)
 	if err != nil {
 		return pubAck{}, fmt.Errorf("publish to %s: %w", msg.Subject, unavailable(err))
@@ -695,6 +718,7 @@ func (s *Store) publish(ctx context.Context, msg *nats.Msg) (pubAck, error) {
 	}
 	if pa.Error != nil {
 		if pa.Error.ErrorCode == njs.JSErrCodeStreamWrongLastSequence || pa.Error.ErrorCode == njs.JSErrCodeStreamWrongLastSequenceConstant {
+			s.n.conflicts.Add(1)
 			return pa, fmt.Errorf("publish to %s: %s: %w", msg.Subject, pa.Error.Description, ErrConflict)
 		}
 		if pa.Error.Code == 503 {
