@@ -222,7 +222,7 @@ func (n *Node) publishNativeAddr(ctx context.Context) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, n.cfg.Cluster.Timeout)
 	defer cancel()
-	if _, err := n.cluster.settings.PutString(ctx, nativeKeyPrefix+n.cfg.Cluster.Node, n.NativeAddr()); err != nil {
+	if _, err := n.cluster.settings.PutString(ctx, nativeKeyPrefix+n.cfg.Cluster.Node, n.AdvertisedAddr()); err != nil {
 		return fmt.Errorf("cluster: publish the native address: %w", err)
 	}
 	return nil
@@ -233,7 +233,7 @@ func (n *Node) publishNativeAddr(ctx context.Context) error {
 // left the cluster stays listed: clients move on from an address that
 // does not answer.
 func (n *Node) nativeAddrs(ctx context.Context) []string {
-	own := []string{n.NativeAddr()}
+	own := []string{n.AdvertisedAddr()}
 	if n.cluster == nil {
 		return own
 	}

@@ -28,7 +28,7 @@ const clGuard = 30 * time.Second
 // (one replica: what is tested here is the nodes' routing between each
 // other, not JetStream's replication, which store/jetstream and the
 // cluster package test).
-func startClusterNodes(t *testing.T, n int) []*nodetest.Node {
+func startClusterNodes(t *testing.T, n int, edit ...func(i int, c *node.Config)) []*nodetest.Node {
 	t.Helper()
 	ns := node.StartJetStream(t)
 	var out []*nodetest.Node
@@ -40,6 +40,9 @@ func startClusterNodes(t *testing.T, n int) []*nodetest.Node {
 		t.Cleanup(nc.Close) // after the node's Close (cleanups run last first)
 		out = append(out, nodetest.Start(t, func(c *node.Config) {
 			c.Cluster = &node.ClusterConfig{Conn: nc, Node: fmt.Sprintf("n%d", i+1), Partitions: 2}
+			for _, f := range edit {
+				f(i, c)
+			}
 		}))
 	}
 	return out
@@ -260,6 +263,46 @@ func TestClusterServerInfoListsEveryNode(t *testing.T) {
 		}
 		if si.NativeAddr != n.NativeAddr() || !slices.Equal(si.NativeAddrs, want) {
 			t.Errorf("GET /v1/server of %s: native_addr %s, native_addrs %v; want %s and %v", n.NativeAddr(), si.NativeAddr, si.NativeAddrs, n.NativeAddr(), want)
+		}
+	}
+}
+
+// A node behind a wildcard listener, NAT or load balancer is listed by
+// the address it advertises; a cluster node listening on every interface
+// without one, or advertising something no client can dial, does not start.
+func TestClusterAdvertisedAddresses(t *testing.T) {
+	const far = "chat2.example.net:5222"
+	nodes := startClusterNodes(t, 2, func(i int, c *node.Config) {
+		if i == 1 {
+			c.Advertise = far
+		}
+	})
+	want := []string{nodes[0].NativeAddr(), far}
+	slices.Sort(want)
+	ctx, cancel := context.WithTimeout(context.Background(), clGuard)
+	defer cancel()
+	for _, n := range nodes {
+		si, err := client.ServerInfo(ctx, nil, n.HTTPURL())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Equal(si.NativeAddrs, want) {
+			t.Errorf("GET /v1/server of %s: native_addrs %v; want %v", n.NativeAddr(), si.NativeAddrs, want)
+		}
+	}
+	if si, err := client.ServerInfo(ctx, nil, nodes[1].HTTPURL()); err != nil || si.NativeAddr != far {
+		t.Errorf("node 2's native_addr %q (%v), want %s", si.NativeAddr, err, far)
+	}
+	for _, c := range []struct{ listen, advertise, want string }{
+		{"0.0.0.0:0", "", "--advertise HOST:PORT"},
+		{"[::]:0", "", "--advertise HOST:PORT"},
+		{"127.0.0.1:0", "chat3.example.net", "give HOST:PORT"},
+		{"127.0.0.1:0", "chat3.example.net:0", "port 1-65535"},
+	} {
+		_, err := node.Start(ctx, node.Config{DataDir: t.TempDir(), Listen: c.listen, Advertise: c.advertise,
+			HTTP: "127.0.0.1:0", Admin: "127.0.0.1:0", Cluster: &node.ClusterConfig{Node: "n9"}})
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("listen %s, advertise %q: Start said %v; want an error saying %q", c.listen, c.advertise, err, c.want)
 		}
 	}
 }

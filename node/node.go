@@ -25,6 +25,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -53,6 +54,13 @@ type Config struct {
 	// Listen is the native protocol's TCP address. Default "127.0.0.1:5222";
 	// port 0 picks a free port (see NativeAddr).
 	Listen string
+	// Advertise is the native address clients are told to dial (at
+	// registration, in GET /v1/server, and to the other nodes of a
+	// cluster), when it differs from Listen: a wildcard listen address
+	// (0.0.0.0:5222), a NAT or a load balancer. Default: the address the
+	// native listener is bound to. A cluster node whose Listen has no host
+	// must set it.
+	Advertise string
 	// HTTP is the public HTTP API's address (registration). Default
 	// "127.0.0.1:8080".
 	HTTP string
@@ -244,6 +252,9 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 	cfg.setDefaults()
 	if !monitor.Loopback(cfg.Admin) && cfg.AdminToken == "" {
 		return nil, fmt.Errorf("admin listener %s is not on loopback: set an admin token (--admin-token) so that only operators reach it", cfg.Admin)
+	}
+	if err := CheckAdvertise(cfg.Listen, cfg.Advertise, cfg.Cluster != nil); err != nil {
+		return nil, err
 	}
 	reg := prometheus.NewRegistry()
 	n := &Node{cfg: cfg, log: cfg.Log, router: newRouter(), mx: monitor.NewMetrics(reg), started: time.Now()}
@@ -545,7 +556,7 @@ func (n *Node) startHTTP() error {
 		PerNumber:     n.cfg.PerNumber,
 		PerAddr:       n.cfg.PerAddr,
 		ServerKey:     n.key.Public,
-		NativeAddr:    n.NativeAddr(),
+		NativeAddr:    n.AdvertisedAddr(),
 		NativeAddrs:   n.nativeAddrs,
 		Log:           n.log,
 		OnRegistered: func(phone string, old, _ store.Account) {
@@ -626,6 +637,45 @@ func (n *Node) smsGateway() account.Gateway {
 
 // NativeAddr is the native listener's address.
 func (n *Node) NativeAddr() string { return n.nativeLn.Addr().String() }
+
+// AdvertisedAddr is the native address clients are told to dial:
+// Config.Advertise, else NativeAddr.
+func (n *Node) AdvertisedAddr() string {
+	if n.cfg.Advertise != "" {
+		return n.cfg.Advertise
+	}
+	return n.NativeAddr()
+}
+
+// CheckAdvertise refuses, before anything starts, a native address no
+// client could dial: an advertise that is not HOST:PORT with a port, or,
+// in a cluster (whose nodes hand each other's addresses to clients), no
+// advertise and a listen address without a host (":5222",
+// "0.0.0.0:5222": the listener takes every interface). Start checks it;
+// parley serve checks it before joining a cluster, which takes longer.
+func CheckAdvertise(listen, advertise string, cluster bool) error {
+	if advertise != "" {
+		host, port, err := net.SplitHostPort(advertise)
+		if err != nil {
+			return fmt.Errorf("--advertise %q: %w; give HOST:PORT", advertise, err)
+		}
+		if p, err := strconv.Atoi(port); err != nil || p <= 0 || p > 65535 || host == "" {
+			return fmt.Errorf("--advertise %q: want HOST:PORT with a host and a port 1-65535", advertise)
+		}
+		return nil
+	}
+	if !cluster {
+		return nil
+	}
+	host, _, err := net.SplitHostPort(listen)
+	if err != nil {
+		return nil // the listener reports it
+	}
+	if ip := net.ParseIP(host); host == "" || ip != nil && ip.IsUnspecified() {
+		return fmt.Errorf("--listen %q takes every interface, and the cluster would hand clients an address they cannot dial: give --advertise HOST:PORT (PARLEY_ADVERTISE), the address clients reach this node at", listen)
+	}
+	return nil
+}
 
 // HTTPURL is the public HTTP API's base URL.
 func (n *Node) HTTPURL() string { return "http://" + n.httpLn.Addr().String() }

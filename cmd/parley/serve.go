@@ -91,6 +91,9 @@ SMS gateways (--sms):
 			if err := clusterFl.check(); err != nil {
 				return err
 			}
+			if err := node.CheckAdvertise(cfg.Listen, cfg.Advertise, clusterFl.enabled()); err != nil {
+				return err
+			}
 			return runServer(cmd, cfg, func(ctx context.Context) (*cluster.Cluster, *node.ClusterConfig, error) {
 				return clusterFl.join(ctx, cfg.DataDir, log, cmd.OutOrStdout())
 			})
@@ -107,6 +110,7 @@ SMS gateways (--sms):
 	// 11, BENCHMARKS.md). GOGC in the environment wins over the flag.
 	f.IntVar(&gcPercent, "gc-percent", 200, "Go GC target percentage (GOGC); lower saves memory, higher saves CPU; -1 turns the collector off")
 	f.StringVar(&cfg.Listen, "listen", "127.0.0.1:5222", "native protocol listen address")
+	f.StringVar(&cfg.Advertise, "advertise", "", "native address clients are told to dial, HOST:PORT, when --listen is not it (a wildcard, NAT or load balancer); a cluster node listening on every interface must set it (default: the --listen address)")
 	f.StringVar(&cfg.HTTP, "http", "127.0.0.1:8080", "public HTTP API listen address")
 	f.StringVar(&cfg.Admin, "admin", "127.0.0.1:9090", "admin listen address, HOST:PORT or http://HOST:PORT: metrics, dashboard, pprof, limits, account provisioning (keep on loopback)")
 	f.StringVar(&sms, "sms", "log", "SMS gateway: log, file:PATH or http")

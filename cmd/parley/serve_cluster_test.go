@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"log/slog"
+	"os"
 	"strings"
 	"testing"
 
@@ -56,5 +57,33 @@ func TestClusterFlagsFromEnv(t *testing.T) {
 	}
 	if f.name != "demo" || f.node != "n2" || f.listen != "127.0.0.1:6222" || len(f.peers) != 2 || f.natsListen != "127.0.0.1:4223" || f.replicas != 1 || f.partitions != 8 {
 		t.Fatalf("flags from the environment: %+v", f)
+	}
+}
+
+// The three-machine example's settings are all flags of parley serve,
+// with values it accepts: a renamed flag breaks this test, not a
+// deployment.
+func TestClusterDeployExampleSettingsAreFlags(t *testing.T) {
+	b, err := os.ReadFile("../../deploy/cluster/parley.env")
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := map[string]string{}
+	for i, line := range strings.Split(string(b), "\n") {
+		if line = strings.TrimSpace(line); line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		k, v, ok := strings.Cut(line, "=")
+		if !ok || !strings.HasPrefix(k, "PARLEY_") || strings.Contains(v, "#") {
+			t.Fatalf("line %d %q: want PARLEY_NAME=value, comments on their own lines (systemd keeps a trailing # in the value)", i+1, line)
+		}
+		env[k] = v
+	}
+	fs := newServeCmd().Flags()
+	if err := flagsFromEnv(fs, func(k string) (string, bool) { v, ok := env[k]; delete(env, k); return v, ok }); err != nil {
+		t.Fatal(err)
+	}
+	if len(env) > 0 {
+		t.Fatalf("settings that are no flag of parley serve: %v", env)
 	}
 }
