@@ -25,18 +25,28 @@
 //     voice note), else into a temporary file under SpoolDir, unlinked at
 //     once so that nothing is left when it is closed or the process dies.
 //     Why not stream: range requests (media/ranges.go, http.ServeContent)
-//     seek, and an object store is read in order from its first chunk; and
-//     the object's SHA-256 digest is checked when the last chunk is read,
-//     so a damaged blob is refused before its first byte is served. What it
-//     costs: a download starts once the node has the whole blob (64 MiB at
-//     most by default; tens of milliseconds on a LAN), and each download in
-//     progress holds a copy on the node's disk.
-//   - Reads go to the bucket stream's leader (the stream is made with
-//     direct gets off, as the cluster's key-value buckets are), so a blob
-//     committed on one node is seen at once by every other.
+//     seek, and an object's chunks are read in order from the first; and
+//     the object's SHA-256 digest can only be checked once the last chunk
+//     is in, so a damaged blob is refused before its first byte is served.
+//     What it costs: a download starts once the node has the whole blob
+//     (64 MiB at most by default), and each download in progress holds a
+//     copy in memory or on the node's disk.
+//   - Every read goes to the bucket stream's leader (the stream is made
+//     with direct gets off, as the cluster's key-value buckets are), so a
+//     blob committed on one node is seen at once by every other. Open
+//     reads the chunks itself, one MSG.GET each, not with nats.go's Get,
+//     which makes an ordered consumer per read: consumers are created by
+//     the cluster's meta leader, and right after a node was killed a
+//     download waited for it (see copyContent).
 //
-// Every request is bounded: Options.Timeout for each metadata request,
-// Options.TransferTimeout for one blob's Put or Get, or one List.
+// Every request is bounded: Options.Timeout for each metadata request and
+// each chunk read; moving a blob's content (Commit's Put, Open's reads)
+// as long as it takes at Options.MinRate, plus Timeout; one List,
+// Options.ListTimeout. A request that reaches a stream whose leader has
+// just died is not answered at all (the new leader does not answer the
+// old one's requests), so these bounds are what ends it: a download
+// during an election is refused within Timeout, and the client tries
+// again.
 //
 // What is not guaranteed: a Commit that fails after its deadline may yet
 // have stored the blob (the object's info was sent and lands later); the
@@ -50,6 +60,7 @@ package objstore
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -67,10 +78,11 @@ import (
 
 // Defaults of the Options fields left zero.
 const (
-	DefaultBucket          = "parley_media"
-	DefaultMemoryMax       = 1 << 20
-	DefaultTimeout         = 2 * time.Second
-	DefaultTransferTimeout = 2 * time.Minute
+	DefaultBucket      = "parley_media"
+	DefaultMemoryMax   = 1 << 20
+	DefaultTimeout     = 2 * time.Second
+	DefaultMinRate     = 1 << 20 // bytes a second
+	DefaultListTimeout = time.Minute
 )
 
 // metaKey names the object metadata entry that holds the blob's Meta.
@@ -98,16 +110,21 @@ type Options struct {
 	// Timeout bounds each metadata request (a blob's info, a delete, one
 	// try at making the bucket).
 	Timeout time.Duration
-	// TransferTimeout bounds moving one blob's content (Commit's Put,
-	// Open's Get) and one List of the whole bucket.
-	TransferTimeout time.Duration
+	// MinRate is the slowest, in bytes a second, that a blob's content
+	// may move (Commit's Put, Open's Get): a blob of n bytes is given
+	// Timeout + n/MinRate. The default, 1 MiB/s, gives the largest upload
+	// by default (64 MiB) 66 s.
+	MinRate int64
+	// ListTimeout bounds one List of the whole bucket.
+	ListTimeout time.Duration
 }
 
 // Store is a media.BlobStore in a JetStream object store bucket. It is
 // safe for concurrent use.
 type Store struct {
-	obs  njs.ObjectStore
-	opts Options
+	obs    njs.ObjectStore
+	stream njs.Stream // the bucket's, for reading chunks (see copyContent)
+	opts   Options
 }
 
 var _ media.BlobStore = (*Store)(nil)
@@ -132,8 +149,11 @@ func Open(ctx context.Context, js njs.JetStream, opts Options) (*Store, error) {
 	if opts.Timeout <= 0 {
 		opts.Timeout = DefaultTimeout
 	}
-	if opts.TransferTimeout <= 0 {
-		opts.TransferTimeout = DefaultTransferTimeout
+	if opts.MinRate <= 0 {
+		opts.MinRate = DefaultMinRate
+	}
+	if opts.ListTimeout <= 0 {
+		opts.ListTimeout = DefaultListTimeout
 	}
 	if err := os.MkdirAll(opts.SpoolDir, 0o700); err != nil {
 		return nil, fmt.Errorf("media objstore: spool directory: %w", err)
@@ -144,7 +164,7 @@ func Open(ctx context.Context, js njs.JetStream, opts Options) (*Store, error) {
 	// a link sent in a message must work on every node at once.
 	// EnsureStream tries again while nodes started together race to make
 	// it.
-	_, err := jetstream.EnsureStream(ctx, js, njs.StreamConfig{
+	stream, err := jetstream.EnsureStream(ctx, js, njs.StreamConfig{
 		Name:        "OBJ_" + opts.Bucket,
 		Description: "Parley media",
 		Subjects:    []string{"$O." + opts.Bucket + ".C.>", "$O." + opts.Bucket + ".M.>"},
@@ -162,7 +182,12 @@ func Open(ctx context.Context, js njs.JetStream, opts Options) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("media objstore: bucket %s: %w", opts.Bucket, err)
 	}
-	return &Store{obs: obs, opts: opts}, nil
+	return &Store{obs: obs, stream: stream, opts: opts}, nil
+}
+
+// transfer is how long moving n bytes of content may take.
+func (s *Store) transfer(n int64) time.Duration {
+	return s.opts.Timeout + time.Duration(float64(n)/float64(s.opts.MinRate)*float64(time.Second))
 }
 
 func checkKey(key string) error {
@@ -171,14 +196,6 @@ func checkKey(key string) error {
 		return fmt.Errorf("media objstore: malformed key %q", key)
 	}
 	return nil
-}
-
-// notFound turns the object store's "no such object" into media's.
-func notFound(err error) error {
-	if errors.Is(err, njs.ErrObjectNotFound) {
-		return media.ErrNotFound
-	}
-	return err
 }
 
 // metaOf reads the Meta kept with an object.
@@ -250,7 +267,7 @@ func (w *writer) Commit(ctx context.Context, m media.Meta) (err error) {
 	if _, err := w.f.Seek(0, io.SeekStart); err != nil {
 		return fmt.Errorf("media objstore: spool of %s: %w", w.key, err)
 	}
-	pctx, cancel := context.WithTimeout(ctx, w.s.opts.TransferTimeout)
+	pctx, cancel := context.WithTimeout(ctx, w.s.transfer(w.n))
 	defer cancel()
 	_, err = w.s.obs.Put(pctx, njs.ObjectMeta{Name: w.key, Metadata: map[string]string{metaKey: string(meta)}}, w.f)
 	if err != nil {
@@ -294,34 +311,23 @@ func (s *Store) Open(ctx context.Context, key string) (io.ReadSeekCloser, media.
 	if err := checkKey(key); err != nil {
 		return nil, media.Meta{}, err
 	}
-	ctx, cancel := context.WithTimeout(ctx, s.opts.TransferTimeout)
-	defer cancel()
-	res, err := s.obs.Get(ctx, key)
+	info, err := s.info(ctx, key)
 	if err != nil {
-		return nil, media.Meta{}, fmt.Errorf("media objstore: get %s: %w", key, notFound(err))
-	}
-	defer res.Close()
-	info, err := res.Info()
-	if err != nil {
-		return nil, media.Meta{}, fmt.Errorf("media objstore: get %s: %w", key, err)
+		return nil, media.Meta{}, err
 	}
 	m, err := metaOf(info)
 	if err != nil {
 		return nil, media.Meta{}, err
 	}
-	// The reader checks the object's digest once it has read info.Size
-	// bytes and finds the end: read to the end, never past what the info
-	// promises.
-	limited := io.LimitReader(res, int64(info.Size)+1)
+	ctx, cancel := context.WithTimeout(ctx, s.transfer(m.Size))
+	defer cancel()
 	if s.opts.MemoryMax >= 0 && m.Size <= s.opts.MemoryMax {
-		b, err := io.ReadAll(limited)
-		if err == nil && int64(len(b)) != m.Size {
-			err = fmt.Errorf("%d bytes, want %d", len(b), m.Size)
+		var b bytes.Buffer
+		b.Grow(int(m.Size))
+		if err := s.copyContent(ctx, info, &b); err != nil {
+			return nil, media.Meta{}, err
 		}
-		if err != nil {
-			return nil, media.Meta{}, fmt.Errorf("media objstore: read %s: %w", key, err)
-		}
-		return nopCloser{bytes.NewReader(b)}, m, nil
+		return nopCloser{bytes.NewReader(b.Bytes())}, m, nil
 	}
 	f, err := os.CreateTemp(s.opts.SpoolDir, downloadPrefix+"*")
 	if err != nil {
@@ -330,18 +336,60 @@ func (s *Store) Open(ctx context.Context, key string) (io.ReadSeekCloser, media.
 	// Unlinked at once: the open file is all there is, and it goes with
 	// Close or with the process.
 	os.Remove(f.Name())
-	n, err := io.Copy(f, limited)
-	if err == nil && n != m.Size {
-		err = fmt.Errorf("%d bytes, want %d", n, m.Size)
-	}
+	err = s.copyContent(ctx, info, f)
 	if err == nil {
-		_, err = f.Seek(0, io.SeekStart)
+		if _, err = f.Seek(0, io.SeekStart); err != nil {
+			err = fmt.Errorf("media objstore: spool %s: %w", key, err)
+		}
 	}
 	if err != nil {
 		f.Close()
-		return nil, media.Meta{}, fmt.Errorf("media objstore: read %s into the spool: %w", key, err)
+		return nil, media.Meta{}, err
 	}
 	return f, m, nil
+}
+
+// copyContent writes an object's content to w and checks it against the
+// object's size and digest. It reads the chunks one MSG.GET at a time
+// (the next message on the object's chunk subject), each answered by the
+// stream's leader and bounded by Timeout. nats.go's own Get makes an
+// ordered consumer per read instead, which the cluster's meta leader must
+// create: right after a node is killed that waited out the whole
+// transfer's bound, and a consumer per download is work for the meta
+// leader that a read does not need.
+func (s *Store) copyContent(ctx context.Context, info *njs.ObjectInfo, w io.Writer) error {
+	subj := "$O." + s.opts.Bucket + ".C." + info.NUID
+	h := sha256.New()
+	var got uint64
+	for seq := uint64(1); got < info.Size; {
+		rctx, cancel := context.WithTimeout(ctx, s.opts.Timeout)
+		msg, err := s.stream.GetMsg(rctx, seq, njs.WithGetMsgSubject(subj))
+		cancel()
+		if errors.Is(err, njs.ErrMsgNotFound) {
+			// Deleted while it was read: the chunks are purged after
+			// the info is marked deleted.
+			return fmt.Errorf("media objstore: read %s: chunks gone at byte %d: %w", info.Name, got, media.ErrNotFound)
+		}
+		if err != nil {
+			return fmt.Errorf("media objstore: read %s at byte %d: %w", info.Name, got, err)
+		}
+		if got += uint64(len(msg.Data)); got > info.Size {
+			return fmt.Errorf("media objstore: read %s: more than its %d bytes", info.Name, info.Size)
+		}
+		h.Write(msg.Data)
+		if _, err := w.Write(msg.Data); err != nil {
+			return fmt.Errorf("media objstore: read %s: %w", info.Name, err)
+		}
+		seq = msg.Sequence + 1
+	}
+	want, err := njs.DecodeObjectDigest(info.Digest)
+	if err != nil {
+		return fmt.Errorf("media objstore: read %s: digest %q: %w", info.Name, info.Digest, err)
+	}
+	if !bytes.Equal(h.Sum(nil), want) {
+		return fmt.Errorf("media objstore: read %s: its content does not match its digest", info.Name)
+	}
+	return nil
 }
 
 type nopCloser struct{ *bytes.Reader }
@@ -356,16 +404,25 @@ func (s *Store) Stat(ctx context.Context, key string) (media.Meta, error) {
 	if err := checkKey(key); err != nil {
 		return media.Meta{}, err
 	}
+	info, err := s.info(ctx, key)
+	if err != nil {
+		return media.Meta{}, err
+	}
+	return metaOf(info)
+}
+
+// info reads an object's info from the stream's leader, under Timeout.
+func (s *Store) info(ctx context.Context, key string) (*njs.ObjectInfo, error) {
 	ctx, cancel := context.WithTimeout(ctx, s.opts.Timeout)
 	defer cancel()
 	info, err := s.obs.GetInfo(ctx, key)
-	if err != nil {
-		if errors.Is(err, njs.ErrObjectNotFound) {
-			return media.Meta{}, media.ErrNotFound
-		}
-		return media.Meta{}, fmt.Errorf("media objstore: stat %s: %w", key, err)
+	if errors.Is(err, njs.ErrObjectNotFound) {
+		return nil, media.ErrNotFound
 	}
-	return metaOf(info)
+	if err != nil {
+		return nil, fmt.Errorf("media objstore: info of %s: %w", key, err)
+	}
+	return info, nil
 }
 
 // Delete implements media.BlobStore. The object store's own Delete of a
@@ -407,7 +464,7 @@ func (s *Store) List(ctx context.Context, fn func(key string, m media.Meta) erro
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(ctx, s.opts.TransferTimeout)
+	ctx, cancel := context.WithTimeout(ctx, s.opts.ListTimeout)
 	defer cancel()
 	w, err := s.obs.Watch(ctx, njs.IgnoreDeletes())
 	if err != nil {
