@@ -40,7 +40,8 @@ type BlobStore interface {
 	// Delete removes a blob, or returns ErrNotFound.
 	Delete(ctx context.Context, key string) error
 	// List calls fn for every committed blob, for the sweep and to count
-	// each account's usage at start; an error from fn stops it.
+	// each account's usage (at start and at each sweep); an error from fn
+	// stops it.
 	List(ctx context.Context, fn func(key string, m Meta) error) error
 }
 
