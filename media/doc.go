@@ -9,9 +9,10 @@
 // ([Service.IssueUploadToken]: HMAC-SHA256 over the account and an expiry,
 // five minutes by default), then POSTs the raw file to /v1/media with
 // "Authorization: Bearer <token>". The body is streamed to a temporary file
-// beside its final place, hashed on the way, and renamed into place only
-// once complete and fsynced; an upload cut off or refused midway leaves
-// nothing. The type is sniffed from the first bytes, never taken from the
+// (FSStore: beside its final place; media/objstore: in a spool directory),
+// hashed on the way, and made visible only once complete and durable
+// (renamed into place after an fsync; put into the bucket); an upload cut
+// off or refused midway leaves nothing. The type is sniffed from the first bytes, never taken from the
 // client. JPEG, PNG, GIF and WebP images get a thumbnail (longest side 100
 // px by default); one too large to decode safely or corrupt is kept
 // without one, since a message may carry any file. "Too large" is decided
@@ -81,6 +82,12 @@
 //
 // [BlobStore] is the storage interface; [FSStore] is the default, files
 // under one directory with a JSON sidecar of [Meta] beside each blob.
+// A node of a cluster uses media/objstore instead: a JetStream object
+// store bucket that every node reads and writes, replicated like the
+// messages, so any node serves any node's uploads. media/mediatest is the
+// conformance suite every BlobStore passes.
 // [Service.Run] sweeps expired blobs in the background; [Service.Sweep] is
-// the same, once, at a given time.
+// the same, once, at a given time. Each sweep also counts every account's
+// usage again from the store, so that Services sharing one (a cluster's
+// nodes) count each other's uploads and deletions.
 package media

@@ -91,7 +91,7 @@ func FuzzMediaID(f *testing.F) {
 		if !ok {
 			return
 		}
-		if !validKey(key) || strings.ContainsAny(key, "./\\") {
+		if !ValidKey(key) || strings.ContainsAny(key, "./\\") {
 			t.Fatalf("%q gives key %q", s, key)
 		}
 		b, err := idEncoding.DecodeString(s)

@@ -220,13 +220,14 @@ func (s *Service) upload(w http.ResponseWriter, r *http.Request) {
 		Expires: created.Add(s.cfg.TTL),
 	}
 	if err := bw.Commit(ctx, m); err != nil {
-		s.release(account, n)
+		s.unreserve(account, n)
 		if ctx.Err() != nil {
 			return // the client left after sending it all; nothing is kept
 		}
 		s.internal(w, "commit blob", err)
 		return
 	}
+	s.committed(account, n)
 	s.log.Info("media: uploaded", "user", account, "blob", key[:16], "size", n, "mime", mime)
 
 	resp := uploadResponse{

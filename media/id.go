@@ -62,9 +62,10 @@ func keyOf(idb []byte) string {
 	return hex.EncodeToString(h.Sum(nil))
 }
 
-// validKey reports whether key has the form keyOf produces: 64 lowercase
-// hex digits. Stores check it again so that they are safe on their own.
-func validKey(key string) bool {
+// ValidKey reports whether key has the form of a BlobStore key: 64
+// lowercase hex digits, as the Service derives them. Every BlobStore
+// checks it again, so that it is safe on its own.
+func ValidKey(key string) bool {
 	if len(key) != 2*sha256.Size {
 		return false
 	}

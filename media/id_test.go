@@ -12,7 +12,7 @@ func TestMediaID(t *testing.T) {
 		if len(id) != 22 {
 			t.Fatalf("id %q is %d chars, want 22", id, len(id))
 		}
-		if got, ok := parseID(id); !ok || got != key || !validKey(key) {
+		if got, ok := parseID(id); !ok || got != key || !ValidKey(key) {
 			t.Fatalf("parseID(%q) = %q, %t; want %q", id, got, ok, key)
 		}
 		if seen[id] {

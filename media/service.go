@@ -129,8 +129,12 @@ type Service struct {
 	bufs sync.Pool
 
 	mu    sync.Mutex
-	usage map[string]int64       // bytes stored, per account
-	hits  map[string][]time.Time // upload starts within rateWindow, per account, ascending
+	usage map[string]int64 // bytes stored or being stored, per account
+	// pending is the part of usage reserved by uploads not yet committed
+	// (so not yet listed by the store): what Sweep's recount adds to what
+	// it lists.
+	pending map[string]int64
+	hits    map[string][]time.Time // upload starts within rateWindow, per account, ascending
 }
 
 // New checks cfg, fills in defaults, opens the store and counts what each
@@ -193,6 +197,7 @@ func New(cfg Config) (*Service, error) {
 		baseURL: base,
 		decodes: newDecodeGate(cfg.MaxDecodes, cfg.DecodeMemory),
 		usage:   make(map[string]int64),
+		pending: make(map[string]int64),
 		hits:    make(map[string][]time.Time),
 	}
 	s.bufs.New = func() any { return new([copyBufSize]byte) }
@@ -262,17 +267,39 @@ func (s *Service) reserve(account string, n int64) (ok bool, used int64) {
 		return false, used
 	}
 	s.usage[account] = used + n
+	s.pending[account] += n
 	return true, used
 }
 
-// release takes n bytes off account's usage.
+// committed says that n bytes reserved for account are now stored: the
+// store lists them from now on.
+func (s *Service) committed(account string, n int64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	addTo(s.pending, account, -n)
+}
+
+// unreserve gives back a reservation whose upload was not stored.
+func (s *Service) unreserve(account string, n int64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	addTo(s.usage, account, -n)
+	addTo(s.pending, account, -n)
+}
+
+// release takes n bytes of stored media off account's usage.
 func (s *Service) release(account string, n int64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if u := s.usage[account] - n; u > 0 {
-		s.usage[account] = u
+	addTo(s.usage, account, -n)
+}
+
+// addTo adds n to m[k], dropping the entry at zero or below.
+func addTo(m map[string]int64, k string, n int64) {
+	if v := m[k] + n; v > 0 {
+		m[k] = v
 	} else {
-		delete(s.usage, account)
+		delete(m, k)
 	}
 }
 
@@ -303,6 +330,15 @@ type staleRemover interface {
 // it also forgets rate-limit history older than the window and, where the
 // store offers it, removes files abandoned by crashes. It returns how many
 // media it deleted. Run calls it; tests call it with a chosen now.
+//
+// After a complete listing it also counts each account's usage again:
+// what the store lists and keeps, plus what uploads in progress have
+// reserved. A store shared by several Services (the nodes of a cluster,
+// media/objstore) changes under each of them: media another node took,
+// deleted or swept are counted rightly from the next sweep on, so that
+// the quota holds across the nodes, within a sweep's interval. An upload
+// committed, or media deleted, while the listing ran may be counted
+// wrongly until the next sweep.
 func (s *Service) Sweep(ctx context.Context, now time.Time) (removed int, err error) {
 	type victim struct {
 		key   string
@@ -310,9 +346,12 @@ func (s *Service) Sweep(ctx context.Context, now time.Time) (removed int, err er
 		size  int64
 	}
 	var expired []victim
+	kept := make(map[string]int64) // listed and not expired, per account
 	listErr := s.store.List(ctx, func(key string, m Meta) error {
 		if !now.Before(m.Expires) {
 			expired = append(expired, victim{key, m.Owner, m.Size})
+		} else {
+			kept[m.Owner] += m.Size
 		}
 		return nil
 	})
@@ -327,6 +366,7 @@ func (s *Service) Sweep(ctx context.Context, now time.Time) (removed int, err er
 			// Deleted by its owner meanwhile, who freed the quota.
 		case err != nil:
 			errs = append(errs, err)
+			kept[v.owner] += v.size // still stored
 		default:
 			s.release(v.owner, v.size)
 			removed++
@@ -337,6 +377,12 @@ func (s *Service) Sweep(ctx context.Context, now time.Time) (removed int, err er
 	}
 
 	s.mu.Lock()
+	if listErr == nil && ctx.Err() == nil {
+		for a, n := range s.pending {
+			kept[a] += n
+		}
+		s.usage = kept
+	}
 	for a, ts := range s.hits {
 		if ts = pruneHits(ts, now); len(ts) == 0 {
 			delete(s.hits, a)

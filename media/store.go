@@ -40,7 +40,8 @@ type BlobStore interface {
 	// Delete removes a blob, or returns ErrNotFound.
 	Delete(ctx context.Context, key string) error
 	// List calls fn for every committed blob, for the sweep and to count
-	// each account's usage at start; an error from fn stops it.
+	// each account's usage (at start and at each sweep); an error from fn
+	// stops it.
 	List(ctx context.Context, fn func(key string, m Meta) error) error
 }
 
@@ -61,7 +62,7 @@ type BlobWriter interface {
 //	<dir>/<key[:2]>/.tmp-*       uploads in progress
 //
 // The two-digit shards keep directories small. Every path is built from a
-// key checked by validKey, so nothing from a client ever reaches one.
+// key checked by ValidKey, so nothing from a client ever reaches one.
 type FSStore struct {
 	dir string
 }
@@ -98,7 +99,7 @@ func (s *FSStore) paths(key string) (blob, meta string) {
 }
 
 func checkKey(key string) error {
-	if !validKey(key) {
+	if !ValidKey(key) {
 		// Only a bug in the caller gets here: keys are derived, not received.
 		return fmt.Errorf("media store: malformed key %q", key)
 	}
@@ -357,7 +358,7 @@ func (s *FSStore) List(ctx context.Context, fn func(key string, m Meta) error) e
 		}
 		for _, e := range ents {
 			key, ok := strings.CutSuffix(e.Name(), metaExt)
-			if !ok || !validKey(key) || key[:2] != sh {
+			if !ok || !ValidKey(key) || key[:2] != sh {
 				continue
 			}
 			m, err := readMeta(filepath.Join(s.dir, sh, e.Name()))
@@ -399,7 +400,7 @@ func (s *FSStore) RemoveStale(ctx context.Context, before time.Time) (removed in
 		for _, e := range ents {
 			name := e.Name()
 			stale := strings.HasPrefix(name, tmpPrefix)
-			if key, ok := strings.CutSuffix(name, blobExt); ok && validKey(key) {
+			if key, ok := strings.CutSuffix(name, blobExt); ok && ValidKey(key) {
 				_, err := os.Lstat(filepath.Join(d, key+metaExt))
 				stale = errors.Is(err, fs.ErrNotExist)
 			}

@@ -447,3 +447,58 @@ func TestQuotaHoldsUnderConcurrentUploads(t *testing.T) {
 		t.Errorf("files %v, want a blob and a sidecar per upload", f)
 	}
 }
+
+// Two Services on one store, as the nodes of a cluster share one bucket:
+// each counts what the other stored or deleted at its next sweep.
+func TestQuotaRecountedBySweep(t *testing.T) {
+	const alice = "+14155550100"
+	a := newEnv(t, func(c *Config) { c.QuotaBytes = 10 << 10 })
+	first := a.uploadOK(alice, make([]byte, 6<<10))
+	b := newEnv(t, func(c *Config) { c.Dir = a.dir; c.QuotaBytes = 10 << 10; c.Now = a.clock.Now })
+	if r := a.do(http.MethodDelete, "/v1/media/"+first.ID, a.token(alice), nil, nil); r.status != http.StatusNoContent {
+		t.Fatalf("delete on a: %d %s", r.status, r.body)
+	}
+	if r := b.upload(b.token(alice), make([]byte, 5<<10)); r.status != http.StatusRequestEntityTooLarge {
+		t.Errorf("b before its sweep: %d, want 413 (it still counts what a deleted)", r.status)
+	}
+	if _, err := b.svc.Sweep(t.Context(), a.clock.Now()); err != nil {
+		t.Fatal(err)
+	}
+	b.uploadOK(alice, make([]byte, 5<<10))
+	if got := a.svc.used(alice); got != 0 {
+		t.Errorf("a before its sweep: %d bytes, want 0", got)
+	}
+	if _, err := a.svc.Sweep(t.Context(), a.clock.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if got := a.svc.used(alice); got != 5<<10 {
+		t.Errorf("a after its sweep: %d bytes, want b's upload, %d", got, 5<<10)
+	}
+	if r := a.upload(a.token(alice), make([]byte, 6<<10)); r.status != http.StatusRequestEntityTooLarge {
+		t.Errorf("a over the quota both hold: %d, want 413", r.status)
+	}
+}
+
+// A sweep's recount keeps what uploads in progress have reserved: they
+// are not listed yet.
+func TestRecountKeepsReservations(t *testing.T) {
+	const alice = "+14155550100"
+	e := newEnv(t, func(c *Config) { c.QuotaBytes = 10 << 10 })
+	e.uploadOK(alice, make([]byte, 2<<10))
+	if ok, _ := e.svc.reserve(alice, 3<<10); !ok {
+		t.Fatal("reserve refused")
+	}
+	if _, err := e.svc.Sweep(t.Context(), e.clock.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if got := e.svc.used(alice); got != 5<<10 {
+		t.Errorf("after the recount: %d, want the stored 2 KiB and the reserved 3 KiB", got)
+	}
+	e.svc.unreserve(alice, 3<<10)
+	if _, err := e.svc.Sweep(t.Context(), e.clock.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if got := e.svc.used(alice); got != 2<<10 {
+		t.Errorf("after the reservation went: %d, want 2 KiB", got)
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"time"
@@ -13,6 +14,8 @@ import (
 	"github.com/nats-io/nats.go"
 	njs "github.com/nats-io/nats.go/jetstream"
 
+	"github.com/parleyhq/parley/media"
+	"github.com/parleyhq/parley/media/objstore"
 	"github.com/parleyhq/parley/noise"
 	"github.com/parleyhq/parley/store"
 	"github.com/parleyhq/parley/store/jetstream"
@@ -21,8 +24,11 @@ import (
 // ClusterConfig makes a node one of a cluster (see package cluster, which
 // provides the connection): its store is JetStream (store/jetstream), not
 // Pebble; the server key and the resumption ticket key are the cluster's,
-// so a device may log in on any node; and a message to a user connected
-// to another node is delivered live (see route_cluster.go).
+// so a device may log in on any node; media are kept in a JetStream object
+// store bucket (media/objstore), not the data directory, so any node
+// serves any node's uploads, and upload tokens are signed with the
+// cluster's key; and a message to a user connected to another node is
+// delivered live (see route_cluster.go).
 type ClusterConfig struct {
 	// Conn is connected to the cluster's NATS system, with JetStream.
 	// The node does not close it.
@@ -45,6 +51,12 @@ var nodeNameRE = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
 type clusterState struct {
 	ticketSecret []byte
 	settings     njs.KeyValue
+	// media holds the cluster's media (a JetStream object store bucket),
+	// so that every node serves every node's uploads; mediaSecret signs
+	// upload tokens, the same on every node, so that a token one node
+	// issued is good on all (behind one --public-url, say).
+	media       media.BlobStore
+	mediaSecret []byte
 }
 
 // Names of the cluster's JetStream state beside the store's streams.
@@ -54,6 +66,8 @@ const (
 	settingsBucket = "parley_settings"
 	// sessionsBucket holds the hints of where users are connected.
 	sessionsBucket = "parley_sessions"
+	// mediaBucket is the object store bucket of the cluster's media.
+	mediaBucket = "parley_media"
 )
 
 // joinCluster opens the cluster's store and shared settings and sets up
@@ -123,7 +137,27 @@ func (n *Node) joinCluster(ctx context.Context) error {
 	if ticket, err = sharedSecret(ctx, settings, "ticket-key", ticket); err != nil {
 		return fmt.Errorf("cluster: ticket key: %w", err)
 	}
-	n.cluster = &clusterState{ticketSecret: ticket, settings: settings}
+	mediaSecret := make([]byte, 32)
+	if _, err := rand.Read(mediaSecret); err != nil {
+		return err
+	}
+	if mediaSecret, err = sharedSecret(ctx, settings, "media-secret", mediaSecret); err != nil {
+		return fmt.Errorf("cluster: media upload token key: %w", err)
+	}
+	var blobs *objstore.Store
+	err = n.retryPlacement(ctx, "the media bucket", func(ctx context.Context) error {
+		blobs, err = objstore.Open(ctx, js, objstore.Options{
+			Bucket:   mediaBucket,
+			Replicas: cc.Replicas,
+			SpoolDir: filepath.Join(n.cfg.DataDir, "media-spool"),
+			Timeout:  cc.Timeout,
+		})
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	n.cluster = &clusterState{ticketSecret: ticket, settings: settings, media: blobs, mediaSecret: mediaSecret}
 	r, err := newClusterRouter(n, n.router.(*router), cc, sessions)
 	if err != nil {
 		return err

@@ -1,11 +1,15 @@
 package node_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -385,4 +389,82 @@ func getJSON(t *testing.T, url string, v any) int {
 		t.Fatalf("GET %s: %v", url, err)
 	}
 	return resp.StatusCode
+}
+
+// Media uploaded on node 1 are served by node 2 (whole, and a range),
+// with node 1's link; an upload token node 1 issued is good on node 2
+// too (the cluster signs them with one key); and node 2 deletes what
+// node 1 stored. Nothing lands in either node's data directory but the
+// spool.
+func TestClusterMediaServedByEveryNode(t *testing.T) {
+	ns := startClusterNodes(t, 2)
+	akp, reg := clRegister(t, ns[0], alicePhone)
+	alice := clDial(t, ns[0], alicePhone, akp, reg.ServerKey)
+	ctx, cancel := context.WithTimeout(context.Background(), clGuard)
+	defer cancel()
+	tok, err := alice.UploadToken(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := ns[0].HTTPURL() + "/v1/media"; tok.URL != want {
+		t.Errorf("upload URL %s, want node 1's own %s", tok.URL, want)
+	}
+	content := []byte(strings.Repeat("parley media on every node\n", 10000))
+	m, err := client.Upload(ctx, nil, tok, bytes.NewReader(content), int64(len(content)))
+	if err != nil {
+		t.Fatalf("upload on node 1: %v", err)
+	}
+	if want := ns[0].HTTPURL() + "/v1/media/" + m.Id; m.Url != want {
+		t.Errorf("link %s, want node 1's %s", m.Url, want)
+	}
+
+	onNode2 := ns[1].HTTPURL() + "/v1/media/" + m.Id
+	var got bytes.Buffer
+	if _, err := client.DownloadVerified(ctx, nil, onNode2, m.Sha256, &got); err != nil || !bytes.Equal(got.Bytes(), content) {
+		t.Fatalf("download from node 2: %v (%d bytes)", err, got.Len())
+	}
+	req, _ := http.NewRequestWithContext(ctx, "GET", onNode2, nil)
+	req.Header.Set("Range", "bytes=200000-200009")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	part, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusPartialContent || string(part) != string(content[200000:200010]) {
+		t.Errorf("range from node 2: %s %q, want 206 %q", resp.Status, part, content[200000:200010])
+	}
+
+	tok2 := tok
+	tok2.URL = ns[1].HTTPURL() + "/v1/media"
+	m2, err := client.Upload(ctx, nil, tok2, strings.NewReader("second"), 6)
+	if err != nil {
+		t.Fatalf("node 1's token on node 2: %v", err)
+	}
+	if want := ns[1].HTTPURL() + "/v1/media/" + m2.Id; m2.Url != want {
+		t.Errorf("link %s, want node 2's %s", m2.Url, want)
+	}
+	del, _ := http.NewRequestWithContext(ctx, "DELETE", ns[1].HTTPURL()+"/v1/media/"+m.Id, nil)
+	del.Header.Set("Authorization", "Bearer "+tok.Token)
+	resp, err = http.DefaultClient.Do(del)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusNoContent {
+		t.Errorf("delete on node 2: %s", resp.Status)
+	}
+	resp, err = http.Get(m.Url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusNotFound {
+		t.Errorf("node 1 after node 2's delete: %s, want 404", resp.Status)
+	}
+	for _, n := range ns {
+		if _, err := os.Stat(filepath.Join(n.DataDir, "media")); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("%s has a media directory (%v): media belong in the bucket", n.DataDir, err)
+		}
+	}
 }

@@ -579,12 +579,19 @@ func (n *Node) startHTTP() error {
 	if n.cfg.PublicURL == "" {
 		n.cfg.PublicURL = "http://" + n.httpLn.Addr().String()
 	}
-	secret, err := loadOrCreateSecret(filepath.Join(n.cfg.DataDir, "media.secret"), "outstanding upload tokens stop working")
-	if err != nil {
+	// A node alone keeps media in its data directory; a node of a cluster
+	// in the cluster's bucket, with the cluster's token key (see
+	// joinCluster), so that every node serves them.
+	var blobs media.BlobStore
+	var secret []byte
+	if n.cluster != nil {
+		blobs, secret = n.cluster.media, n.cluster.mediaSecret
+	} else if secret, err = loadOrCreateSecret(filepath.Join(n.cfg.DataDir, "media.secret"), "outstanding upload tokens stop working"); err != nil {
 		return err
 	}
 	n.media, err = media.New(media.Config{
 		Dir:     filepath.Join(n.cfg.DataDir, "media"),
+		Store:   blobs,
 		Secret:  secret,
 		MaxSize: n.cfg.MediaMaxSize,
 		TTL:     n.cfg.MediaTTL,

@@ -11,6 +11,7 @@ import (
 	njs "github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/parleyhq/parley/internal/natstest"
 	"github.com/parleyhq/parley/monitor"
 	"github.com/parleyhq/parley/session"
 	"github.com/parleyhq/parley/wire"
@@ -27,19 +28,7 @@ type claimRig struct {
 // test ends (exported for the node_test package's cluster tests too).
 func StartJetStream(t *testing.T) *server.Server {
 	t.Helper()
-	ns, err := server.NewServer(&server.Options{
-		JetStream: true, StoreDir: t.TempDir(),
-		Host: "127.0.0.1", Port: -1, NoLog: true, NoSigs: true,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	go ns.Start()
-	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
-	if !ns.ReadyForConnections(30 * time.Second) {
-		t.Fatal("nats server not ready")
-	}
-	return ns
+	return natstest.StartServer(t, "")
 }
 
 func newClaimRig(t *testing.T) *claimRig {

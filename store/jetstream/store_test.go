@@ -11,6 +11,7 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 
+	"github.com/parleyhq/parley/internal/natstest"
 	"github.com/parleyhq/parley/store"
 	"github.com/parleyhq/parley/store/jetstream"
 	"github.com/parleyhq/parley/store/storetest"
@@ -25,27 +26,8 @@ func startServer(t testing.TB, dir string) (nc *nats.Conn, stop func()) {
 
 func startServerNS(t testing.TB, dir string) (nc *nats.Conn, ns *server.Server, stop func()) {
 	t.Helper()
-	var err error
-	ns, err = server.NewServer(&server.Options{
-		JetStream: true,
-		StoreDir:  dir,
-		Host:      "127.0.0.1",
-		Port:      -1,
-		NoLog:     true,
-		NoSigs:    true,
-	})
-	if err != nil {
-		t.Fatalf("nats server: %v", err)
-	}
-	go ns.Start()
-	if !ns.ReadyForConnections(30 * time.Second) {
-		t.Fatalf("nats server not ready")
-	}
-	nc, err = nats.Connect("", nats.InProcessServer(ns))
-	if err != nil {
-		ns.Shutdown()
-		t.Fatalf("connect: %v", err)
-	}
+	ns = natstest.StartServer(t, dir)
+	nc = natstest.Connect(t, ns)
 	stopped := false
 	stop = func() {
 		if stopped {
