@@ -24,7 +24,10 @@ import (
 // stream's gate (so does Resync, for every partition); while it is
 // closed, requests to the stream fail at once with ErrUnavailable
 // (retryable: a client sends again, same id) and a prober tries the
-// stream every gateProbeEvery, each try bounded by twice Options.Timeout
+// stream at once, then after gateProbeFirst, doubling up to every
+// gateProbeEvery (an election after a step-down takes tens of
+// milliseconds, one after a lost leader seconds), each try bounded by
+// twice Options.Timeout
 // (a loaded cluster may take longer than one request's timeout to answer
 // a write, and the gate must not stay shut for that), until
 // it answers; then the gate opens. Requests never probe, so the committer
@@ -45,6 +48,7 @@ type gate struct {
 }
 
 const (
+	gateProbeFirst   = 20 * time.Millisecond
 	gateProbeEvery   = 200 * time.Millisecond
 	gateProbeTimeout = time.Second
 )
@@ -102,17 +106,15 @@ func (g *gates) done(i int, err error) {
 // starts another prober rather than none.
 func (g *gates) probe(i int) {
 	gt := &g.list[i]
-	t := time.NewTicker(gateProbeEvery)
+	t := time.NewTimer(0) // the first try at once: after an election the leader is there
 	defer t.Stop()
 	start := time.Now()
-	for first := true; ; first = false {
-		if !first { // the first try at once: after an election the leader is there
-			select {
-			case <-g.s.ctx.Done():
-				gt.probing.Store(false)
-				return
-			case <-t.C:
-			}
+	for wait := gateProbeFirst; ; wait = min(2*wait, gateProbeEvery) {
+		select {
+		case <-g.s.ctx.Done():
+			gt.probing.Store(false)
+			return
+		case <-t.C:
 		}
 		ctx, cancel := context.WithTimeout(g.s.ctx, 2*g.s.opts.Timeout)
 		err := g.try(ctx, i, true)
@@ -123,6 +125,7 @@ func (g *gates) probe(i int) {
 			g.s.log.Info("store stream answers again", "stream", g.name(i), "after", time.Since(start).Round(time.Millisecond))
 			return
 		}
+		t.Reset(wait)
 	}
 }
 
