@@ -42,9 +42,25 @@ import (
 // entry before it, so once the gate opens, every earlier write that will
 // ever land has landed. The other streams' probes read their first
 // message: only their leader answers it (or "not found").
+//
+// A leader that steps down (a node stopping hands its leaderships over)
+// drops the requests it has not answered, and their senders would wait
+// out Options.Timeout (2 s) while the new leader already serves. So when
+// a stream elects a leader, the requests in flight to it fail at once,
+// as if their timeout had passed (ErrUnavailable: nothing is decided
+// about them that a timeout would not leave undecided; a send is sent
+// again with its id, after the barrier).
 type gate struct {
 	closed  atomic.Bool
 	probing atomic.Bool
+	// term ends when the stream elects a leader: the requests sent
+	// before then give up.
+	term atomic.Pointer[gateTerm]
+}
+
+type gateTerm struct {
+	ctx    context.Context
+	cancel context.CancelFunc
 }
 
 const (
@@ -78,12 +94,31 @@ func (g *gates) stream(i int) njs.Stream {
 // errGateClosed is what a request to a stream whose gate is closed gets.
 var errGateClosed = fmt.Errorf("the stream is between leaders, or did not answer the last request: waiting for a write through its leader: %w", ErrUnavailable)
 
-// enter says whether a request may go to stream i now.
-func (g *gates) enter(i int) error {
-	if g.list[i].closed.Load() {
-		return errGateClosed
+// enter says whether a request may go to stream i now, and gives it its
+// context: ctx, bounded by Options.Timeout, and ended early when the
+// stream elects a leader (see gate).
+func (g *gates) enter(ctx context.Context, i int) (context.Context, context.CancelFunc, error) {
+	gt := &g.list[i]
+	term := gt.term.Load() // before the check: a leader elected after it ends this request
+	if gt.closed.Load() {
+		return nil, nil, errGateClosed
 	}
-	return nil
+	ctx, cancel := context.WithTimeout(ctx, g.s.opts.Timeout)
+	if term == nil {
+		return ctx, cancel, nil
+	}
+	stop := context.AfterFunc(term.ctx, cancel)
+	return ctx, func() { stop(); cancel() }, nil
+}
+
+// newTerm starts gate i's next term, ending the one before: the requests
+// sent in it fail now instead of waiting for answers a leader that
+// stepped down will not send.
+func (g *gates) newTerm(i int) {
+	ctx, cancel := context.WithCancel(context.Background())
+	if old := g.list[i].term.Swap(&gateTerm{ctx: ctx, cancel: cancel}); old != nil {
+		old.cancel()
+	}
 }
 
 // isUnavailable reports whether err says the stream did not answer, or
@@ -212,15 +247,24 @@ func (s *Store) Resync(why string) {
 // has applied, which may not yet hold the last writes of the leader before
 // it, so no write is decided there until a barrier through it has gone
 // through (see gate).
+//
+// Every stream's election, a queue partition's or not, also ends the
+// requests in flight to it (see gate): the leader before may have
+// dropped them.
 func (s *Store) watchLeaders() (*nats.Subscription, error) {
-	byName := make(map[string]int, len(s.parts))
-	for p := range s.parts {
-		byName[s.lay.queueStream(p)] = p
+	byName := make(map[string]int, len(s.gates.list))
+	for i := range s.gates.list {
+		byName[s.gates.name(i)] = i
 	}
 	return s.nc.Subscribe("$JS.EVENT.ADVISORY.STREAM.LEADER_ELECTED.*", func(m *nats.Msg) {
 		name := m.Subject[strings.LastIndexByte(m.Subject, '.')+1:]
-		if p, ok := byName[name]; ok && s.ctx.Err() == nil {
-			s.gates.close(p, "a new leader was elected", nil)
+		i, ok := byName[name]
+		if !ok || s.ctx.Err() != nil {
+			return
 		}
+		if i < len(s.parts) {
+			s.gates.close(i, "a new leader was elected", nil)
+		}
+		s.gates.newTerm(i)
 	})
 }
