@@ -289,8 +289,12 @@ func (c *Cluster) ClientURL() string {
 // accounts, buckets) to the other nodes, for a planned stop: a request in
 // flight to a leader that shuts down is lost, and the node that sent it
 // waits out its timeout (2 s); a leader that steps down first hands over
-// what it has. It returns how many streams it asked to move. A cluster on
-// an external NATS system has no leaders of its own: nothing to do.
+// what it has. It returns once every stream it led has a leader on
+// another node, or ctx ends: JetStream answers a step-down before the new
+// leader is elected, and clients that move before that find the streams
+// between leaders (their logins and sends refused, to be tried again). It
+// returns how many streams it asked to move. A cluster on an external NATS
+// system has no leaders of its own: nothing to do.
 func (c *Cluster) StepDown(ctx context.Context) (int, error) {
 	if c.srv == nil || c.conn == nil {
 		return 0, nil
@@ -299,10 +303,11 @@ func (c *Cluster) StepDown(ctx context.Context) (int, error) {
 	if err != nil {
 		return 0, err
 	}
+	self := c.srv.Name()
 	var led []string
 	streams := js.ListStreams(ctx)
 	for info := range streams.Info() {
-		if info.Cluster != nil && info.Cluster.Leader == c.srv.Name() {
+		if info.Cluster != nil && info.Cluster.Leader == self {
 			led = append(led, info.Config.Name)
 		}
 	}
@@ -315,7 +320,39 @@ func (c *Cluster) StepDown(ctx context.Context) (int, error) {
 			errs = append(errs, fmt.Errorf("step down from %s: %w", name, err))
 		}
 	}
+	for _, name := range led {
+		if err := awaitLeaderElsewhere(ctx, js, name, self); err != nil {
+			errs = append(errs, err)
+			break // ctx is over: the others would wait for nothing
+		}
+	}
 	return len(led), errors.Join(errs...)
+}
+
+// leaderPoll is how often StepDown asks whether a stream has its new
+// leader: an election after a step-down takes tens of milliseconds.
+const leaderPoll = 10 * time.Millisecond
+
+// awaitLeaderElsewhere waits until stream name has a leader other than
+// self, or ctx ends.
+func awaitLeaderElsewhere(ctx context.Context, js njs.JetStream, name, self string) error {
+	for {
+		// Only the stream's leader answers its info; between leaders the
+		// request fails or times out, and is asked again.
+		rctx, cancel := context.WithTimeout(ctx, 250*time.Millisecond)
+		st, err := js.Stream(rctx, name)
+		cancel()
+		if err == nil {
+			if ci := st.CachedInfo().Cluster; ci != nil && ci.Leader != "" && ci.Leader != self {
+				return nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("stream %s has no leader on another node yet: %w", name, ctx.Err())
+		case <-time.After(leaderPoll):
+		}
+	}
 }
 
 // Close closes the connection and shuts the embedded server down (a

@@ -153,3 +153,97 @@ func TestRoutePortTakenIsAnError(t *testing.T) {
 		t.Fatalf("Join on a taken route port: %v, want it named", err)
 	}
 }
+
+// StepDown returns once every stream the node led has a leader on another
+// node: the clients it then sends away find no stream between leaders.
+func TestStepDownReturnsOnceTheLeadersMoved(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short: a three-server cluster")
+	}
+	routes := freeAddrs(t, 3)
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	cs := make([]*cluster.Cluster, 3)
+	errs := make([]error, 3)
+	var wg sync.WaitGroup
+	for i := range cs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			cs[i], errs[i] = cluster.Join(ctx, cluster.Config{
+				Name: "test", Node: fmt.Sprintf("n%d", i+1),
+				Listen: routes[i], Peers: routes,
+				Dir: t.TempDir(),
+			})
+		}()
+	}
+	wg.Wait()
+	for i, c := range cs {
+		if errs[i] != nil {
+			t.Fatalf("node %d: %v", i+1, errs[i])
+		}
+		t.Cleanup(func() { c.Close() })
+	}
+	js, err := njs.New(cs[0].Conn())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for k := range 4 {
+		name := fmt.Sprintf("S%d", k)
+		for try := 0; ; try++ {
+			_, err = js.CreateStream(ctx, njs.StreamConfig{Name: name, Subjects: []string{name}, Replicas: 3})
+			if err == nil || try == 100 || ctx.Err() != nil {
+				break
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+		if err != nil {
+			t.Fatalf("create stream %s: %v", name, err)
+		}
+		names = append(names, name)
+	}
+	leader := func(name string) string {
+		t.Helper()
+		for {
+			st, err := js.Stream(ctx, name)
+			if err == nil && st.CachedInfo().Cluster != nil && st.CachedInfo().Cluster.Leader != "" {
+				return st.CachedInfo().Cluster.Leader
+			}
+			if ctx.Err() != nil {
+				t.Fatalf("stream %s has no leader: %v", name, err)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	// Step down the node that leads the first stream.
+	var victim *cluster.Cluster
+	for _, c := range cs {
+		if c.Node() == leader(names[0]) {
+			victim = c
+		}
+	}
+	if victim == nil {
+		t.Fatalf("no node leads %s", names[0])
+	}
+	var led []string
+	for _, name := range names {
+		if leader(name) == victim.Node() {
+			led = append(led, name)
+		}
+	}
+	n, err := victim.StepDown(ctx)
+	if err != nil || n != len(led) {
+		t.Fatalf("StepDown = %d, %v; want %d streams moved", n, err, len(led))
+	}
+	// At once, without waiting: each has its new leader.
+	for _, name := range led {
+		st, err := js.Stream(ctx, name)
+		if err != nil {
+			t.Fatalf("stream %s right after StepDown: %v", name, err)
+		}
+		if l := st.CachedInfo().Cluster.Leader; l == "" || l == victim.Node() {
+			t.Fatalf("stream %s right after StepDown: leader %q, want another node", name, l)
+		}
+	}
+}

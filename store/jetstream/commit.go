@@ -890,12 +890,12 @@ func (c *committer) purgeBelow(ctx context.Context, p int, st *userState, head u
 	if sseq <= 1 {
 		return nil // nothing below; and sequence 1 once meant "everything"
 	}
-	if err := s.gates.enter(p); err != nil {
+	pctx, cancel, err := s.gates.enter(ctx, p)
+	if err != nil {
 		return err
 	}
-	pctx, cancel := context.WithTimeout(ctx, s.opts.Timeout)
 	s.n.purges.Add(1)
-	err := s.parts[p].Purge(pctx, njs.WithPurgeSubject(st.subj), njs.WithPurgeSequence(sseq))
+	err = s.parts[p].Purge(pctx, njs.WithPurgeSubject(st.subj), njs.WithPurgeSequence(sseq))
 	cancel()
 	if err != nil {
 		s.gates.done(p, err)
@@ -951,12 +951,12 @@ func (c *committer) deleteEach(ctx context.Context, p int, st *userState, from, 
 		}
 	}
 	for _, seq := range sseqs {
-		if err := s.gates.enter(p); err != nil {
+		dctx, cancel, err := s.gates.enter(ctx, p)
+		if err != nil {
 			return err
 		}
-		dctx, cancel := context.WithTimeout(ctx, s.opts.Timeout)
 		s.n.purges.Add(1)
-		err := s.parts[p].DeleteMsg(dctx, seq)
+		err = s.parts[p].DeleteMsg(dctx, seq)
 		cancel()
 		if err != nil && !isNotFound(err) {
 			s.gates.done(p, err)
@@ -978,10 +978,10 @@ func (c *committer) deleteEach(ctx context.Context, p int, st *userState, from, 
 // the last; the others have the seqs just before it. It waits at most
 // Options.Timeout for the answer, even within a longer ctx.
 func (s *Store) publishBatch(ctx context.Context, gi int, msgs []*nats.Msg) (uint64, error) {
-	if err := s.gates.enter(gi); err != nil {
+	ctx, cancel, err := s.gates.enter(ctx, gi)
+	if err != nil {
 		return 0, err
 	}
-	ctx, cancel := context.WithTimeout(ctx, s.opts.Timeout)
 	defer cancel()
 	seq, err := s.publishBatchTo(ctx, msgs)
 	s.gates.done(gi, err)

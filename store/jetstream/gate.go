@@ -24,7 +24,10 @@ import (
 // stream's gate (so does Resync, for every partition); while it is
 // closed, requests to the stream fail at once with ErrUnavailable
 // (retryable: a client sends again, same id) and a prober tries the
-// stream every gateProbeEvery, each try bounded by twice Options.Timeout
+// stream at once, then after gateProbeFirst, doubling up to every
+// gateProbeEvery (an election after a step-down takes tens of
+// milliseconds, one after a lost leader seconds), each try bounded by
+// twice Options.Timeout
 // (a loaded cluster may take longer than one request's timeout to answer
 // a write, and the gate must not stay shut for that), until
 // it answers; then the gate opens. Requests never probe, so the committer
@@ -39,12 +42,29 @@ import (
 // entry before it, so once the gate opens, every earlier write that will
 // ever land has landed. The other streams' probes read their first
 // message: only their leader answers it (or "not found").
+//
+// A leader that steps down (a node stopping hands its leaderships over)
+// drops the requests it has not answered, and their senders would wait
+// out Options.Timeout (2 s) while the new leader already serves. So when
+// a stream elects a leader, the requests in flight to it fail at once,
+// as if their timeout had passed (ErrUnavailable: nothing is decided
+// about them that a timeout would not leave undecided; a send is sent
+// again with its id, after the barrier).
 type gate struct {
 	closed  atomic.Bool
 	probing atomic.Bool
+	// term ends when the stream elects a leader: the requests sent
+	// before then give up.
+	term atomic.Pointer[gateTerm]
+}
+
+type gateTerm struct {
+	ctx    context.Context
+	cancel context.CancelFunc
 }
 
 const (
+	gateProbeFirst   = 20 * time.Millisecond
 	gateProbeEvery   = 200 * time.Millisecond
 	gateProbeTimeout = time.Second
 )
@@ -74,12 +94,31 @@ func (g *gates) stream(i int) njs.Stream {
 // errGateClosed is what a request to a stream whose gate is closed gets.
 var errGateClosed = fmt.Errorf("the stream is between leaders, or did not answer the last request: waiting for a write through its leader: %w", ErrUnavailable)
 
-// enter says whether a request may go to stream i now.
-func (g *gates) enter(i int) error {
-	if g.list[i].closed.Load() {
-		return errGateClosed
+// enter says whether a request may go to stream i now, and gives it its
+// context: ctx, bounded by Options.Timeout, and ended early when the
+// stream elects a leader (see gate).
+func (g *gates) enter(ctx context.Context, i int) (context.Context, context.CancelFunc, error) {
+	gt := &g.list[i]
+	term := gt.term.Load() // before the check: a leader elected after it ends this request
+	if gt.closed.Load() {
+		return nil, nil, errGateClosed
 	}
-	return nil
+	ctx, cancel := context.WithTimeout(ctx, g.s.opts.Timeout)
+	if term == nil {
+		return ctx, cancel, nil
+	}
+	stop := context.AfterFunc(term.ctx, cancel)
+	return ctx, func() { stop(); cancel() }, nil
+}
+
+// newTerm starts gate i's next term, ending the one before: the requests
+// sent in it fail now instead of waiting for answers a leader that
+// stepped down will not send.
+func (g *gates) newTerm(i int) {
+	ctx, cancel := context.WithCancel(context.Background())
+	if old := g.list[i].term.Swap(&gateTerm{ctx: ctx, cancel: cancel}); old != nil {
+		old.cancel()
+	}
 }
 
 // isUnavailable reports whether err says the stream did not answer, or
@@ -102,17 +141,15 @@ func (g *gates) done(i int, err error) {
 // starts another prober rather than none.
 func (g *gates) probe(i int) {
 	gt := &g.list[i]
-	t := time.NewTicker(gateProbeEvery)
+	t := time.NewTimer(0) // the first try at once: after an election the leader is there
 	defer t.Stop()
 	start := time.Now()
-	for first := true; ; first = false {
-		if !first { // the first try at once: after an election the leader is there
-			select {
-			case <-g.s.ctx.Done():
-				gt.probing.Store(false)
-				return
-			case <-t.C:
-			}
+	for wait := gateProbeFirst; ; wait = min(2*wait, gateProbeEvery) {
+		select {
+		case <-g.s.ctx.Done():
+			gt.probing.Store(false)
+			return
+		case <-t.C:
 		}
 		ctx, cancel := context.WithTimeout(g.s.ctx, 2*g.s.opts.Timeout)
 		err := g.try(ctx, i, true)
@@ -123,6 +160,7 @@ func (g *gates) probe(i int) {
 			g.s.log.Info("store stream answers again", "stream", g.name(i), "after", time.Since(start).Round(time.Millisecond))
 			return
 		}
+		t.Reset(wait)
 	}
 }
 
@@ -209,15 +247,24 @@ func (s *Store) Resync(why string) {
 // has applied, which may not yet hold the last writes of the leader before
 // it, so no write is decided there until a barrier through it has gone
 // through (see gate).
+//
+// Every stream's election, a queue partition's or not, also ends the
+// requests in flight to it (see gate): the leader before may have
+// dropped them.
 func (s *Store) watchLeaders() (*nats.Subscription, error) {
-	byName := make(map[string]int, len(s.parts))
-	for p := range s.parts {
-		byName[s.lay.queueStream(p)] = p
+	byName := make(map[string]int, len(s.gates.list))
+	for i := range s.gates.list {
+		byName[s.gates.name(i)] = i
 	}
 	return s.nc.Subscribe("$JS.EVENT.ADVISORY.STREAM.LEADER_ELECTED.*", func(m *nats.Msg) {
 		name := m.Subject[strings.LastIndexByte(m.Subject, '.')+1:]
-		if p, ok := byName[name]; ok && s.ctx.Err() == nil {
-			s.gates.close(p, "a new leader was elected", nil)
+		i, ok := byName[name]
+		if !ok || s.ctx.Err() != nil {
+			return
 		}
+		if i < len(s.parts) {
+			s.gates.close(i, "a new leader was elected", nil)
+		}
+		s.gates.newTerm(i)
 	})
 }

@@ -270,6 +270,9 @@ func Open(ctx context.Context, nc *nats.Conn, opts Options) (*Store, error) {
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.gates = gates{s: s, list: make([]gate, len(s.parts)+2)}
+	for i := range s.gates.list {
+		s.gates.newTerm(i)
+	}
 	if s.leaderSub, err = s.watchLeaders(); err != nil {
 		return nil, fmt.Errorf("open jetstream store: watch leader elections: %w", err)
 	}
@@ -413,10 +416,10 @@ func (s *Store) reqCtx() (context.Context, context.CancelFunc) {
 // wildcards) in the stream behind gate gi at or after stream seq from, or
 // nil. It waits at most Options.Timeout, even within a longer ctx.
 func (s *Store) getNext(ctx context.Context, gi int, subject string, from uint64) (*njs.RawStreamMsg, error) {
-	if err := s.gates.enter(gi); err != nil {
+	ctx, cancel, err := s.gates.enter(ctx, gi)
+	if err != nil {
 		return nil, err
 	}
-	ctx, cancel := context.WithTimeout(ctx, s.opts.Timeout)
 	defer cancel()
 	m, err := s.gates.stream(gi).GetMsg(ctx, max(from, 1), njs.WithGetMsgSubject(subject))
 	return s.gotMsg(gi, m, err)
@@ -424,10 +427,10 @@ func (s *Store) getNext(ctx context.Context, gi int, subject string, from uint64
 
 // getLast is getNext for the last message of subject.
 func (s *Store) getLast(ctx context.Context, gi int, subject string) (*njs.RawStreamMsg, error) {
-	if err := s.gates.enter(gi); err != nil {
+	ctx, cancel, err := s.gates.enter(ctx, gi)
+	if err != nil {
 		return nil, err
 	}
-	ctx, cancel := context.WithTimeout(ctx, s.opts.Timeout)
 	defer cancel()
 	m, err := s.gates.stream(gi).GetLastMsgForSubject(ctx, subject)
 	return s.gotMsg(gi, m, err)
