@@ -3,6 +3,7 @@ package media
 import (
 	"errors"
 	"fmt"
+	"strings"
 )
 
 // ErrBadRef is wrapped by what CheckRef returns.
@@ -11,7 +12,7 @@ var ErrBadRef = errors.New("media: not a link to media on this server")
 // CheckRef checks the media fields of a message a client sends (its url,
 // id and mime) before the server forwards them: the url must be exactly
 // the download URL this Service builds for the id (the one the upload
-// answered, Service.URL), the id must have the form of an id this
+// answered, Service.URL), or one built on a base of AcceptBaseURLs, the id must have the form of an id this
 // Service issues, and the mime must be one the upload's sniffer can
 // produce. It does not look the id up in the store: it checks form, not
 // existence, and does no I/O.
@@ -25,13 +26,29 @@ func (s *Service) CheckRef(url, id, mime string) error {
 	if _, ok := parseID(id); !ok {
 		return fmt.Errorf("%w: media id %s is not one this server issues; send the id the upload answered", ErrBadRef, clip(id))
 	}
-	if want := s.URL(id); url != want {
+	if want := s.URL(id); url != want && !s.peerLink(url, id) {
 		return fmt.Errorf("%w: media url %s is not this server's link for id %s (%s); send the url the upload answered", ErrBadRef, clip(url), id, want)
 	}
 	if !sniffable(mime) {
 		return fmt.Errorf("%w: media type %s is not one this server detects; send the mime the upload answered", ErrBadRef, clip(mime))
 	}
 	return nil
+}
+
+// peerLink reports whether url is the link for id on a base of
+// AcceptBaseURLs.
+func (s *Service) peerLink(url, id string) bool {
+	p := s.peerBases.Load()
+	if p == nil {
+		return false
+	}
+	for _, b := range *p {
+		rest, ok := strings.CutPrefix(url, b)
+		if rest, ok2 := strings.CutPrefix(rest, pathPrefix+"/"); ok && ok2 && rest == id {
+			return true
+		}
+	}
+	return false
 }
 
 // clip quotes s for an error message, cut to a length worth reading.

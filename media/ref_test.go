@@ -13,6 +13,12 @@ func TestCheckRef(t *testing.T) {
 		t.Fatalf("the upload's own answer: %v", err)
 	}
 	other := validUnknownID()
+	// A cluster's other nodes: their links are accepted, as they build
+	// them; nothing else about them is.
+	e.svc.AcceptBaseURLs([]string{"https://n2.example.com/", "ftp://n3.example.com", "https://media.example.com"})
+	if err := e.svc.CheckRef("https://n2.example.com/v1/media/"+u.ID, u.ID, u.MIME); err != nil {
+		t.Errorf("another node's link: %v", err)
+	}
 	for _, tc := range []struct{ name, url, id, mime, field string }{
 		{"another host", "http://evil.example/x", u.ID, u.MIME, "url"},
 		{"another host, same path", "https://evil.example/v1/media/" + u.ID, u.ID, u.MIME, "url"},
@@ -23,6 +29,10 @@ func TestCheckRef(t *testing.T) {
 		{"trailing slash", u.URL + "/", u.ID, u.MIME, "url"},
 		{"another id's url", e.svc.URL(other), u.ID, u.MIME, "url"},
 		{"relative path", "/v1/media/" + u.ID, u.ID, u.MIME, "url"},
+		{"another node, another id", "https://n2.example.com/v1/media/" + other, u.ID, u.MIME, "url"},
+		{"another node, no slash", "https://n2.example.com/v1/media" + u.ID, u.ID, u.MIME, "url"},
+		{"another node's host as a prefix", "https://n2.example.com.evil.example/v1/media/" + u.ID, u.ID, u.MIME, "url"},
+		{"a base that is not http", "ftp://n3.example.com/v1/media/" + u.ID, u.ID, u.MIME, "url"},
 		{"path traversal id", u.URL, "../../etc/passwd", u.MIME, "id"},
 		{"traversal in the url", "https://media.example.com/v1/media/../../etc/passwd", "../../etc/passwd", u.MIME, "id"},
 		{"empty id", u.URL, "", u.MIME, "id"},

@@ -8,6 +8,7 @@ import (
 	"net/url"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -110,6 +111,22 @@ type Config struct {
 	OnLimit func(limit string)
 }
 
+// AcceptBaseURLs makes CheckRef accept links built on these base URLs as
+// well as on Config.BaseURL: those of other Services that share this
+// one's BlobStore (a cluster's nodes, each with its own public URL), so
+// a link uploaded through one node may be sent through any. It replaces
+// the previous list; bases that are not http(s) URLs are skipped.
+func (s *Service) AcceptBaseURLs(bases []string) {
+	var ok []string
+	for _, b := range bases {
+		b = strings.TrimSuffix(b, "/")
+		if u, err := url.Parse(b); err == nil && (u.Scheme == "http" || u.Scheme == "https") && u.Host != "" && b != s.baseURL {
+			ok = append(ok, b)
+		}
+	}
+	s.peerBases.Store(&ok)
+}
+
 func (s *Service) limitHit(limit string) {
 	if s.cfg.OnLimit != nil {
 		s.cfg.OnLimit(limit)
@@ -122,6 +139,10 @@ type Service struct {
 	store   BlobStore
 	log     *slog.Logger
 	baseURL string
+	// peerBases are the other Services' base URLs whose links CheckRef
+	// accepts too (AcceptBaseURLs): the nodes of a cluster, which share
+	// one BlobStore.
+	peerBases atomic.Pointer[[]string]
 	// decodes bounds image decodes (Config.MaxDecodes, DecodeMemory).
 	decodes *decodeGate
 	// bufs holds copy buffers for uploads, so that a busy server does not

@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"maps"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -323,5 +324,55 @@ func (n *Node) storeOptions() store.Options {
 			n.smallGroup.Store(batches <= maxInlineGroup)
 		},
 		FS: n.cfg.StoreFS,
+	}
+}
+
+// publicURLKeyPrefix prefixes, in the settings bucket, each node's public
+// HTTP base (public-url.NODE): media links are built on it, and every
+// node accepts every node's links, since they share the media bucket.
+const publicURLKeyPrefix = "public-url."
+
+// shareMediaLinks publishes this node's public URL and keeps the media
+// service accepting the links of every node of the cluster, until ctx
+// ends. A node not yet seen only means its links are refused (clearly,
+// with ErrBadRef) a moment longer.
+func (n *Node) shareMediaLinks(ctx context.Context) {
+	for {
+		pctx, cancel := context.WithTimeout(ctx, n.cfg.Cluster.Timeout)
+		_, err := n.cluster.settings.PutString(pctx, publicURLKeyPrefix+n.cfg.Cluster.Node, n.cfg.PublicURL)
+		cancel()
+		if err == nil {
+			break
+		}
+		n.log.Warn("cluster: cannot publish this node's public URL; trying again", "err", err)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(time.Second):
+		}
+	}
+	for ctx.Err() == nil {
+		w, err := n.cluster.settings.Watch(ctx, publicURLKeyPrefix+">")
+		if err != nil {
+			n.log.Warn("cluster: cannot watch the nodes' public URLs; trying again", "err", err)
+			select {
+			case <-ctx.Done():
+			case <-time.After(time.Second):
+			}
+			continue
+		}
+		bases := map[string]string{}
+		for e := range w.Updates() {
+			if e == nil {
+				continue // the end of the values stored so far
+			}
+			if e.Operation() == njs.KeyValuePut {
+				bases[e.Key()] = string(e.Value())
+			} else {
+				delete(bases, e.Key())
+			}
+			n.media.AcceptBaseURLs(slices.Collect(maps.Values(bases)))
+		}
+		_ = w.Stop()
 	}
 }

@@ -393,7 +393,8 @@ func getJSON(t *testing.T, url string, v any) int {
 
 // Media uploaded on node 1 are served by node 2 (whole, and a range),
 // with node 1's link; an upload token node 1 issued is good on node 2
-// too (the cluster signs them with one key); and node 2 deletes what
+// too (the cluster signs them with one key), and node 2's link may be
+// sent through node 1; and node 2 deletes what
 // node 1 stored. Nothing lands in either node's data directory but the
 // spool.
 func TestClusterMediaServedByEveryNode(t *testing.T) {
@@ -443,6 +444,21 @@ func TestClusterMediaServedByEveryNode(t *testing.T) {
 	}
 	if want := ns[1].HTTPURL() + "/v1/media/" + m2.Id; m2.Url != want {
 		t.Errorf("link %s, want node 2's %s", m2.Url, want)
+	}
+	// Node 2's link, sent through node 1: accepted once node 1 has seen
+	// node 2's public URL (the nodes publish them at start).
+	clRegister(t, ns[1], bobPhone)
+	for deadline := time.Now().Add(clGuard); ; {
+		sctx, scancel := context.WithTimeout(ctx, 5*time.Second)
+		_, err := alice.SendMedia(sctx, bobPhone, m2)
+		scancel()
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("node 2's link sent through node 1: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 	del, _ := http.NewRequestWithContext(ctx, "DELETE", ns[1].HTTPURL()+"/v1/media/"+m.Id, nil)
 	del.Header.Set("Authorization", "Bearer "+tok.Token)

@@ -843,6 +843,7 @@ func (n *Node) startBackground() {
 		}
 	})
 	if cr, ok := n.router.(*clusterRouter); ok {
+		n.background(func() { n.shareMediaLinks(bgCtx) })
 		n.background(func() { n.sampleCluster(bgCtx, cr) })
 		n.every(bgCtx, clusterSampleEvery, func(time.Time) { n.sampleCluster(bgCtx, cr) })
 	}
