@@ -42,6 +42,8 @@ type frame struct {
 	// Error, Close
 	code int32
 	text []byte
+	// Close: reconnect_after_ms, the server's hint (0: none)
+	after uint64
 	// Deliver
 	seq      uint64
 	isMsg    bool // the item is a message (else a receipt, or unknown)
@@ -154,7 +156,8 @@ func parseFrame(b []byte, f *frame) error {
 			return n
 		})
 	case fError, fClose:
-		// Error{id=1, code=2, text=3}; Close{code=1, text=2}.
+		// Error{id=1, code=2, text=3}; Close{code=1, text=2,
+		// reconnect_after_ms=3}.
 		codeField, textField := protowire.Number(2), protowire.Number(3)
 		if f.kind == fClose {
 			codeField, textField = 1, 2
@@ -172,6 +175,10 @@ func parseFrame(b []byte, f *frame) error {
 			case typ == protowire.BytesType && num == textField:
 				s, n := protowire.ConsumeBytes(v)
 				f.text = s
+				return n
+			case typ == protowire.VarintType && num == 3 && f.kind == fClose:
+				x, n := protowire.ConsumeVarint(v)
+				f.after = x
 				return n
 			}
 			return -1

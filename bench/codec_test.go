@@ -53,7 +53,7 @@ func TestCodecDecodesLikeProto(t *testing.T) {
 			t.Fatalf("%s: %v", name, err)
 		}
 		if f.kind != want.kind || f.id != want.id || f.serverID != want.serverID || f.code != want.code ||
-			string(f.text) != string(want.text) || f.seq != want.seq || f.isMsg != want.isMsg || f.isRcpt != want.isRcpt ||
+			string(f.text) != string(want.text) || f.after != want.after || f.seq != want.seq || f.isMsg != want.isMsg || f.isRcpt != want.isRcpt ||
 			string(f.from) != string(want.from) || f.msgID != want.msgID || f.msgSrvID != want.msgSrvID ||
 			string(f.body) != string(want.body) || f.rKind != want.rKind || string(f.by) != string(want.by) || !slices.Equal(f.ids, want.ids) {
 			t.Errorf("%s: parsed %+v, want %+v", name, f, want)
@@ -65,6 +65,8 @@ func TestCodecDecodesLikeProto(t *testing.T) {
 		frame{kind: fError, id: 5, code: int32(wire.Error_QUEUE_FULL), text: []byte("full")})
 	check("close", enc(&wire.Frame{Kind: &wire.Frame_Close{Close: &wire.Close{Code: wire.Error_REPLACED, Text: "newer"}}}),
 		frame{kind: fClose, code: int32(wire.Error_REPLACED), text: []byte("newer")})
+	check("close with a hint", enc(&wire.Frame{Kind: &wire.Frame_Close{Close: &wire.Close{Code: wire.Error_SHUTTING_DOWN, Text: "stopping", ReconnectAfterMs: 340}}}),
+		frame{kind: fClose, code: int32(wire.Error_SHUTTING_DOWN), text: []byte("stopping"), after: 340})
 	check("pong", enc(&wire.Frame{Kind: &wire.Frame_Pong{Pong: &wire.Pong{Id: 3}}}), frame{kind: fPong, id: 3})
 	check("deliver message", enc(&wire.Frame{Kind: &wire.Frame_Deliver{Deliver: &wire.Deliver{Seq: 42, Item: &wire.Item{Kind: &wire.Item_Message{
 		Message: &wire.Message{From: "+15550000002", Id: 1 << 62, ServerId: 9, Ts: 1, Body: []byte("hi")}}}}}}),

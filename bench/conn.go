@@ -444,9 +444,30 @@ func (c *conn) settle(deadline time.Time) (acked int64, err error) {
 	}
 }
 
+// closedError is a Close frame from the server.
+type closedError struct {
+	code  wire.Error_Code
+	text  string
+	after time.Duration // the server's reconnect hint
+}
+
+func (e *closedError) Error() string {
+	return fmt.Sprintf("server closed the session (%s): %s", e.code, e.text)
+}
+
 // closeErr describes a Close frame from the server.
 func closeErr(f *frame) error {
-	return fmt.Errorf("server closed the session (%s): %s", wire.Error_Code(f.code), f.text)
+	return &closedError{code: wire.Error_Code(f.code), text: string(f.text), after: time.Duration(f.after) * time.Millisecond}
+}
+
+// reconnectHint is the wait a stopping server asked for in the Close
+// frame that err reports, as the SDK honours it; 0 when there is none.
+func reconnectHint(err error) time.Duration {
+	var ce *closedError
+	if errors.As(err, &ce) && ce.code == wire.Error_SHUTTING_DOWN {
+		return ce.after
+	}
+	return 0
 }
 
 // proveDrained shows that to's queue holds nothing more: sc (logged in as

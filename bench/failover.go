@@ -34,10 +34,17 @@ type FailoverOutcome struct {
 	// to its SendAck: the longest a sender could not get its message
 	// accepted, whichever node it was on.
 	GapMs float64 `json:"gap_ms"`
+	// GapBeforeMs is the same over the messages acknowledged before the
+	// signal: what the machine's load alone gives, to read GapMs against.
+	GapBeforeMs float64 `json:"gap_before_signal_ms"`
 	// Moved is how many connections logged in again on another node.
 	Moved        int64   `json:"moved"`
 	ReconnectP50 float64 `json:"reconnect_p50_ms"` // from the lost connection to the login elsewhere
 	ReconnectMax float64 `json:"reconnect_max_ms"`
+	// Hinted is how many lost connections carried a reconnect hint (a
+	// stopping node's Close: wait this long, then come back), waited out
+	// before the login elsewhere as the SDK does; included in Reconnect*.
+	Hinted int64 `json:"hinted"`
 	// Retried is how many sends a node refused with a retryable error
 	// (no quorum yet, shutting down) and the bench sent again, same id.
 	Retried int64 `json:"retried"`
@@ -67,8 +74,10 @@ func failoverRows(o *FailoverOutcome) []Row {
 	}
 	return append(rows,
 		Row{Name: "gap_ms", Value: fmtF(o.GapMs, 1), Note: "longest wait of a message for its SendAck (first write -> SendAck)"},
+		Row{Name: "gap_before_signal_ms", Value: fmtF(o.GapBeforeMs, 1), Note: "the same over the messages acked before the signal: the load's share"},
 		Row{Name: "moved", Value: fmtInt(o.Moved), Note: "connections logged in again on another node"},
 		Row{Name: "reconnect_ms p50 / max", Value: fmt.Sprintf("%s / %s", fmtF(o.ReconnectP50, 1), fmtF(o.ReconnectMax, 1)), Note: "lost connection -> login on another node"},
+		Row{Name: "hinted", Value: fmtInt(o.Hinted), Note: "of them told by the stopping node when to come back (its Close frame's spread), waited out first"},
 		Row{Name: "retried", Value: fmtInt(o.Retried), Note: "sends refused with a retryable error, sent again with the same id"},
 		Row{Name: "redelivered", Value: fmtInt(o.Redelivered), Note: "items delivered again after a reconnect (same seq), dropped"},
 		Row{Name: "receipts_again", Value: fmtInt(o.ReceiptsAgain), Note: "delivered receipts repeated (an ack written in part before the loss), dropped"},
@@ -88,7 +97,7 @@ type failoverRun struct {
 	before     *survivorHist
 	after      *survivorHist
 
-	retried, redelivered, receiptsAgain atomic.Int64
+	retried, redelivered, receiptsAgain, hinted atomic.Int64
 }
 
 type survivorHist struct {
@@ -111,12 +120,25 @@ func (fo *failoverRun) record(sentAt, us int64) {
 // reconnectGiveUp bounds the search for a node to log in again on.
 const reconnectGiveUp = 30 * time.Second
 
-// relogin logs u in again on another node than the one at cur (the next in
-// the list first), backing off between tries, and records how long it took.
-func (fo *failoverRun) relogin(u *user, cur string) (*conn, string, error) {
+// relogin logs u in again on another node than the one at cur (a random
+// other first, as the SDK does, so that a lost node's clients spread over
+// the rest), backing off between tries, and records how long it took.
+// A Close with a reconnect hint (why, from the lost connection) is waited
+// out first, as the SDK does.
+func (fo *failoverRun) relogin(u *user, cur string, why error) (*conn, string, error) {
 	t0 := time.Now()
 	addrs := fo.d.addrs
 	i := max(slices.Index(addrs, cur), 0)
+	if len(addrs) > 1 {
+		i += rand.N(len(addrs) - 1)
+	}
+	if hint := reconnectHint(why); hint > 0 {
+		fo.hinted.Add(1)
+		select {
+		case <-time.After(hint):
+		case <-fo.ctx.Done():
+		}
+	}
 	for attempt := 0; ; attempt++ {
 		addr := addrs[(i+1+attempt)%len(addrs)]
 		c, err := fo.d.dialAt(fo.ctx, addr, u, hello{}, 64<<10)
@@ -219,6 +241,7 @@ func (fo *failoverRun) outcome(o *FailoverOutcome, senders []*sender, now int64)
 			}
 		}
 		o.GapMs = max(o.GapMs, float64(wait)/1e6)
+		o.GapBeforeMs = max(o.GapBeforeMs, float64(s.maxAckWaitBefore)/1e6)
 	}
 	fo.mu.Lock()
 	rs := slices.Clone(fo.reconnects)
@@ -229,5 +252,5 @@ func (fo *failoverRun) outcome(o *FailoverOutcome, senders []*sender, now int64)
 		o.ReconnectP50 = float64(rs[len(rs)/2]) / 1e6
 		o.ReconnectMax = float64(rs[len(rs)-1]) / 1e6
 	}
-	o.Retried, o.Redelivered, o.ReceiptsAgain = fo.retried.Load(), fo.redelivered.Load(), fo.receiptsAgain.Load()
+	o.Retried, o.Redelivered, o.ReceiptsAgain, o.Hinted = fo.retried.Load(), fo.redelivered.Load(), fo.receiptsAgain.Load(), fo.hinted.Load()
 }

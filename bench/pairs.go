@@ -189,6 +189,7 @@ type sender struct {
 	seqHigh             uint64 // highest delivery seq seen
 	connHigh, ackSent   uint64 // highest delivery seq seen on c, and acked
 	maxAckWait          int64  // longest first write -> SendAck, ns
+	maxAckWaitBefore    int64  // of those acked before a failover's signal
 	down                bool   // failover: c is lost, the reader logs in again
 	refused             int    // sends the server refused
 	lastRefusal         string
@@ -239,12 +240,12 @@ func (s *sender) handle(f *frame, now int64) error {
 			if e.serverID != f.serverID {
 				s.r.errs.add(fmt.Errorf("%s -> %s: delivered receipt for message %d named server id %d; its SendAck gave %d", s.u.phone, s.to, f.id, e.serverID, f.serverID))
 			}
-			s.maxAckWait = max(s.maxAckWait, now-e.sentAt)
+			s.noteAckWait(now, now-e.sentAt)
 			break
 		}
 		if uint64(k) > s.rcptHigh {
 			s.ackSID[(k-1)%int64(len(s.ackSID))] = f.serverID
-			s.maxAckWait = max(s.maxAckWait, now-s.sendAt[(k-1)%int64(len(s.sendAt))])
+			s.noteAckWait(now, now-s.sendAt[(k-1)%int64(len(s.sendAt))])
 		}
 	case fError:
 		if k := int64(f.id - s.base); f.id > s.base && k <= s.sent {
@@ -503,7 +504,7 @@ func (s *sender) read() {
 			return
 		}
 		if err != nil {
-			if err := s.moveOn(); err != nil {
+			if err := s.moveOn(err); err != nil {
 				s.mu.Lock()
 				s.err = err
 				s.mu.Unlock()
@@ -513,16 +514,26 @@ func (s *sender) read() {
 	}
 }
 
+// noteAckWait records a message's wait for its SendAck, answered at now.
+func (s *sender) noteAckWait(now, wait int64) {
+	s.maxAckWait = max(s.maxAckWait, wait)
+	if s.r.fo != nil {
+		if k := s.r.fo.killAt.Load(); k == 0 || now < k {
+			s.maxAckWaitBefore = max(s.maxAckWaitBefore, wait)
+		}
+	}
+}
+
 // moveOn logs the sender in on another node after its connection failed
-// (failover) and sends again, marked as resends, the messages that had no
+// (failover; why is the failure, which may carry a reconnect hint) and sends again, marked as resends, the messages that had no
 // SendAck; the pacer leaves it alone meanwhile.
-func (s *sender) moveOn() error {
+func (s *sender) moveOn(why error) error {
 	s.mu.Lock()
 	s.down = true
 	old := s.c
 	s.mu.Unlock()
 	old.close()
-	c, addr, err := s.r.fo.relogin(s.u, s.addr)
+	c, addr, err := s.r.fo.relogin(s.u, s.addr, why)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if err != nil {
@@ -591,7 +602,7 @@ func (v *receiver) run(closing *atomic.Bool) {
 		}
 		// Failover: log in again elsewhere; the queue is still there.
 		v.c.close()
-		c, addr, err := v.fo.relogin(v.u, v.addr)
+		c, addr, err := v.fo.relogin(v.u, v.addr, err)
 		if err != nil {
 			v.err = err
 			return

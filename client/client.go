@@ -645,12 +645,20 @@ func (c *Client) run(cn *conn) {
 		if time.Since(cn.since) >= stableAfter {
 			attempt = 0
 		}
-		// The node may be gone: the first try goes to the next address.
-		if c.addrs[c.next] == cn.addr {
-			c.next = (c.next + 1) % len(c.addrs)
+		// The node may be gone: the first try goes to another address,
+		// picked at random so that a stopped node's clients spread over
+		// the others instead of all landing on the next one.
+		if n := len(c.addrs); n > 1 && c.addrs[c.next] == cn.addr {
+			c.next = (c.next + 1 + rand.IntN(n-1)) % n
 		}
-		c.log.Info("connection lost: reconnecting", "addr", cn.addr, "err", err)
-		cn, err = c.reconnect(&attempt)
+		// A stopping server says when to come back (it spreads its
+		// clients out): the first try waits that, not the backoff.
+		var hint time.Duration
+		if ce != nil && ce.Code == wire.Error_SHUTTING_DOWN {
+			hint = ce.ReconnectAfter
+		}
+		c.log.Info("connection lost: reconnecting", "addr", cn.addr, "err", err, "hint", hint)
+		cn, err = c.reconnect(&attempt, hint)
 		if err != nil {
 			c.end(err)
 			return
@@ -659,11 +667,15 @@ func (c *Client) run(cn *conn) {
 }
 
 // reconnect dials until it logs in, waiting a growing, jittered backoff
-// before each attempt, each attempt on the address after the last one
-// tried. It gives up only on a refused login or Close.
-func (c *Client) reconnect(attempt *int) (*conn, error) {
+// before each attempt (the first waits hint instead, when the server gave
+// one), each attempt on the address after the last one tried. It gives
+// up only on a refused login or Close.
+func (c *Client) reconnect(attempt *int, hint time.Duration) (*conn, error) {
 	for {
 		wait := c.backoff(*attempt)
+		if hint > 0 {
+			wait, hint = min(hint, c.cfg.MaxBackoff), 0
+		}
 		*attempt++
 		t := time.NewTimer(wait)
 		select {
@@ -784,7 +796,8 @@ func (c *Client) dispatch(cn *conn, f *wire.Frame) error {
 	case *wire.Frame_Deliver:
 		c.deliver(cn, k.Deliver)
 	case *wire.Frame_Close:
-		return &CloseError{Code: k.Close.GetCode(), Text: k.Close.GetText()}
+		return &CloseError{Code: k.Close.GetCode(), Text: k.Close.GetText(),
+			ReconnectAfter: time.Duration(k.Close.GetReconnectAfterMs()) * time.Millisecond}
 	default:
 		c.log.Warn("ignoring unexpected frame from server", "kind", fmt.Sprintf("%T", f.Kind))
 	}

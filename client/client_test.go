@@ -502,6 +502,25 @@ func TestShuttingDownReconnects(t *testing.T) {
 	}
 }
 
+// A stopping server's reconnect hint replaces the first backoff: with a
+// backoff far longer than the test's guard, the client is back only if
+// it waited the hint instead.
+func TestShuttingDownHintReplacesTheBackoff(t *testing.T) {
+	s := newFakeServer(t)
+	cfg := s.config(t)
+	cfg.Reconnect = true
+	cfg.MinBackoff, cfg.MaxBackoff = time.Hour, 2*time.Hour
+	c := dial(t, cfg)
+	fc := s.next()
+	fc.send(&wire.Frame{Kind: &wire.Frame_Close{Close: &wire.Close{Code: wire.Error_SHUTTING_DOWN, ReconnectAfterMs: 20}}})
+	fc.nc.Close()
+	fc2 := s.next()
+	fc2.send(deliverMsg(1, 101, "after the hint"))
+	if in, err := c.Recv(testCtx(t)); err != nil || in.Seq != 1 {
+		t.Fatalf("Recv = %+v, %v", in, err)
+	}
+}
+
 // A reconnect refused with LOGIN_FAILED ends the client with the LoginError.
 func TestReconnectLoginRefused(t *testing.T) {
 	s := newFakeServer(t)

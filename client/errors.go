@@ -70,6 +70,9 @@ func (e *ServerError) Error() string {
 type CloseError struct {
 	Code wire.Error_Code
 	Text string
+	// ReconnectAfter, with SHUTTING_DOWN, is the server's hint: when to
+	// come back (it spreads its clients out); 0 when it gave none.
+	ReconnectAfter time.Duration
 }
 
 func (e *CloseError) Error() string {

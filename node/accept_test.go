@@ -10,6 +10,7 @@ import (
 
 	"github.com/parleyhq/parley/account"
 	"github.com/parleyhq/parley/node"
+	"github.com/parleyhq/parley/wire"
 )
 
 // A reconnect storm is paced: past AcceptBurst, a new connection is reset
@@ -76,4 +77,51 @@ func TestAcceptRatePacesNewConnections(t *testing.T) {
 		rc.Close()
 		return true
 	})
+}
+
+// A stopping node tells each client when to come back, spread over its
+// connections at half the accept rate that will take them (its own, for
+// a node alone): here 2 connections at 2 a second, a window of 2 s.
+// Without pacing there is no hint (the client's own backoff).
+func TestStoppingNodeSpreadsReconnects(t *testing.T) {
+	for _, rate := range []int{2, -1} {
+		gw := &codeGateway{}
+		n, err := node.Start(context.Background(), node.Config{
+			DataDir: t.TempDir(), Listen: "127.0.0.1:0", HTTP: "127.0.0.1:0", Admin: "127.0.0.1:0",
+			SMS: gw, PerNumber: account.RateLimit{Max: 100, Window: time.Minute}, Log: testLogger(t),
+			Limits: node.Limits{AcceptRate: rate, AcceptBurst: 10},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var conns []*rawConn
+		for _, phone := range []string{alicePhone, bobPhone} {
+			kp, _ := register(t, n.HTTPURL(), phone, gw.code)
+			rc, err := dialLogin(n.NativeAddr(), n.PublicKey(), phone, kp)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer rc.Close()
+			conns = append(conns, rc)
+		}
+		go n.Close()
+		for i, rc := range conns {
+			for {
+				f, err := rc.readFrame(10 * time.Second)
+				if err != nil {
+					t.Fatalf("rate %d, client %d: no Close: %v", rate, i, err)
+				}
+				cl := f.GetClose()
+				if cl == nil {
+					continue
+				}
+				ms := cl.GetReconnectAfterMs()
+				if cl.GetCode() != wire.Error_SHUTTING_DOWN || rate > 0 && (ms < 1 || ms > 2001) || rate < 0 && ms != 0 {
+					t.Errorf("rate %d, client %d: Close %v; want SHUTTING_DOWN with a hint in [1, 2001] ms (none unpaced)", rate, i, cl)
+				}
+				break
+			}
+		}
+		n.Close()
+	}
 }

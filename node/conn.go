@@ -41,7 +41,10 @@ type event struct {
 	// size, on an evFrame, is the bytes of the message it came in: the
 	// frame holds about as much until the session has run (see
 	// Limits.MaxMailboxBytes).
-	size  int32
+	size int32
+	// seq is a store seq; on an evKick, the reconnect hint of the Close
+	// frame in milliseconds (the field is free there, and events are
+	// kept small).
 	seq   uint64
 	frame *wire.Frame
 	data  []byte
@@ -296,7 +299,7 @@ func (c *conn) handle(w *worker, ev *event) bool {
 	case evKick:
 		closeNow := false
 		if c.live {
-			c.core.StepKicked(ev.code, ev.text)
+			c.core.StepKicked(ev.code, ev.text, time.Duration(ev.seq)*time.Millisecond)
 			closeNow = c.ready(w)
 		}
 		if ev.next != nil {

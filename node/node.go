@@ -20,6 +20,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	mrand "math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -901,8 +902,13 @@ func (n *Node) Close() error {
 			}
 		}
 		if n.engine != nil {
+			window := n.reconnectWindow()
 			n.router.each(func(c *conn) {
-				c.post(n.pool, event{kind: evKick, code: wire.Error_SHUTTING_DOWN, text: "the server is restarting: reconnect"})
+				var after uint64 // ms; at least 1 when there is a window: 0 is no hint
+				if window > 0 {
+					after = 1 + uint64(mrand.N(window+time.Millisecond)/time.Millisecond)
+				}
+				c.post(n.pool, event{kind: evKick, code: wire.Error_SHUTTING_DOWN, text: "the server is stopping: reconnect", seq: after})
 			})
 			// Give the actors a moment to write their Close frames.
 			for i := 0; i < 100 && n.router.len() > 0; i++ {
@@ -924,6 +930,31 @@ func (n *Node) Close() error {
 		n.log.Info("parley node stopped")
 	})
 	return n.closeErr
+}
+
+// maxReconnectWindow bounds the wait a stopping node asks of its clients.
+const maxReconnectWindow = time.Minute
+
+// reconnectWindow is the time a stopping node spreads its clients'
+// reconnects over: its connections at half the accept rate of the nodes
+// that will take them (the other members of a cluster, this one's own
+// rate for a node alone, which they come back to after its restart), so
+// that the storm uses at most half of their accept budget (the rest is
+// for their own users) and none of them is refused for it. Each client is
+// told a uniform wait in [1 ms, window + 1 ms] in its Close frame. Zero
+// (no hint: the client's own backoff) when accepts are not paced.
+func (n *Node) reconnectWindow() time.Duration {
+	rate := n.cfg.Limits.AcceptRate
+	if rate <= 0 {
+		return 0
+	}
+	receivers := 1
+	if cr, ok := n.router.(*clusterRouter); ok {
+		receivers = max(cr.beats.others(), 1)
+	}
+	conns := n.router.len()
+	w := time.Duration(float64(conns) / (float64(rate*receivers) / 2) * float64(time.Second))
+	return min(w, maxReconnectWindow)
 }
 
 // loadOrCreateSecret reads the 32-byte secret kept at path, creating it on

@@ -96,6 +96,13 @@ func (b *beats) silent(now time.Time) []string {
 	return out
 }
 
+// others is how many other members were alive at the last check.
+func (b *beats) others() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return len(b.alive)
+}
+
 // check compares the members beating now with those at the last check.
 func (b *beats) check(now time.Time) (lost, joined []string, changed bool) {
 	b.mu.Lock()

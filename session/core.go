@@ -162,10 +162,13 @@ type (
 		Data []byte
 	}
 	// Kicked ends the session for a reason from outside (a new device
-	// registered, a newer login, shutdown).
+	// registered, a newer login, shutdown). ReconnectAfter, with
+	// SHUTTING_DOWN, is the wait the Close frame tells the client to take
+	// before it reconnects (whole milliseconds; 0: its own backoff).
 	Kicked struct {
-		Code wire.Error_Code
-		Text string
+		Code           wire.Error_Code
+		Text           string
+		ReconnectAfter time.Duration
 	}
 )
 
@@ -370,7 +373,7 @@ func (c *Core) Step(ev any) {
 	case Pushed:
 		c.StepPushed(e.Seq, e.Data)
 	case Kicked:
-		c.StepKicked(e.Code, e.Text)
+		c.StepKicked(e.Code, e.Text, e.ReconnectAfter)
 	default:
 		panic(fmt.Sprintf("session: unknown event %T", ev))
 	}
@@ -420,10 +423,10 @@ func (c *Core) StepPushed(seq uint64, data []byte) {
 	}
 }
 
-// StepKicked is Step(Kicked{Code: code, Text: text}).
-func (c *Core) StepKicked(code wire.Error_Code, text string) {
+// StepKicked is Step(Kicked{Code: code, Text: text, ReconnectAfter: after}).
+func (c *Core) StepKicked(code wire.Error_Code, text string, after time.Duration) {
 	if !c.closed {
-		c.close(code, text)
+		c.close(code, text).ReconnectAfterMs = uint32(min(after.Milliseconds(), math.MaxUint32))
 	}
 }
 
@@ -431,11 +434,14 @@ func (c *Core) send(f *wire.Frame) { c.out(Out{Frame: f}) }
 
 func (c *Core) out(o Out) { w := c.w(); w.rd.Frames = append(w.rd.Frames, o) }
 
-func (c *Core) close(code wire.Error_Code, text string) {
+// close ends the session with a Close frame, which it returns (still
+// unwritten: the caller may add to it).
+func (c *Core) close(code wire.Error_Code, text string) *wire.Close {
 	cl := &wire.Close{Code: code, Text: text}
 	c.send(&wire.Frame{Kind: &wire.Frame_Close{Close: cl}})
 	c.work.rd.Close = cl
 	c.closed = true
+	return cl
 }
 
 // defaultMaxReadIDs is Config.MaxReadIDs's default.

@@ -235,6 +235,10 @@ func (w *world) run(t *testing.T, d *datadriven.TestData) string {
 		w.frame(pos[0], &wire.Frame{Kind: &wire.Frame_Deliver{Deliver: &wire.Deliver{Seq: 1}}})
 	case "kick":
 		need(1)
+		if _, ok := args["reconnect-after"]; ok {
+			w.step(w.live[pos[0]], session.Kicked{Code: wire.Error_SHUTTING_DOWN, Text: "the server is stopping: reconnect", ReconnectAfter: dur("reconnect-after")})
+			break
+		}
 		w.step(w.live[pos[0]], session.Kicked{Code: wire.Error_REGISTERED_ELSEWHERE, Text: "registered on another device"})
 	case "hold":
 		need(1)
@@ -524,6 +528,9 @@ func fmtFrame(f *wire.Frame) string {
 	case *wire.Frame_Pong:
 		return fmt.Sprintf("Pong id=%d", k.Pong.Id)
 	case *wire.Frame_Close:
+		if ms := k.Close.ReconnectAfterMs; ms > 0 {
+			return fmt.Sprintf("Close %s: %s (reconnect after %d ms)", k.Close.Code, k.Close.Text, ms)
+		}
 		return fmt.Sprintf("Close %s: %s", k.Close.Code, k.Close.Text)
 	}
 	return fmt.Sprintf("%T", f.Kind)

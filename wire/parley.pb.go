@@ -1512,11 +1512,16 @@ func (x *Error) GetText() string {
 
 // Close is the server's last frame before it closes the connection.
 type Close struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Code          Error_Code             `protobuf:"varint,1,opt,name=code,proto3,enum=parley.v1.Error_Code" json:"code,omitempty"`
-	Text          string                 `protobuf:"bytes,2,opt,name=text,proto3" json:"text,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Code  Error_Code             `protobuf:"varint,1,opt,name=code,proto3,enum=parley.v1.Error_Code" json:"code,omitempty"`
+	Text  string                 `protobuf:"bytes,2,opt,name=text,proto3" json:"text,omitempty"`
+	// With SHUTTING_DOWN: wait this long before reconnecting (to another
+	// node of a cluster, or to this one after its restart). The server
+	// spreads its clients over a window sized by how many it had, so that
+	// they do not all arrive at once. 0: the client's own backoff.
+	ReconnectAfterMs uint32 `protobuf:"varint,3,opt,name=reconnect_after_ms,json=reconnectAfterMs,proto3" json:"reconnect_after_ms,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *Close) Reset() {
@@ -1561,6 +1566,13 @@ func (x *Close) GetText() string {
 		return x.Text
 	}
 	return ""
+}
+
+func (x *Close) GetReconnectAfterMs() uint32 {
+	if x != nil {
+		return x.ReconnectAfterMs
+	}
+	return 0
 }
 
 var File_parley_proto protoreflect.FileDescriptor
@@ -1677,10 +1689,11 @@ const file_parley_proto_rawDesc = "" +
 	"\rSHUTTING_DOWN\x10\n" +
 	"\x12\x17\n" +
 	"\x13UNSUPPORTED_VERSION\x10\v\x12\x0f\n" +
-	"\vUNAVAILABLE\x10\f\"F\n" +
+	"\vUNAVAILABLE\x10\f\"t\n" +
 	"\x05Close\x12)\n" +
 	"\x04code\x18\x01 \x01(\x0e2\x15.parley.v1.Error.CodeR\x04code\x12\x12\n" +
-	"\x04text\x18\x02 \x01(\tR\x04textB&Z$github.com/parleyhq/parley/wire;wireb\x06proto3"
+	"\x04text\x18\x02 \x01(\tR\x04text\x12,\n" +
+	"\x12reconnect_after_ms\x18\x03 \x01(\rR\x10reconnectAfterMsB&Z$github.com/parleyhq/parley/wire;wireb\x06proto3"
 
 var (
 	file_parley_proto_rawDescOnce sync.Once

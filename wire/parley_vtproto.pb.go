@@ -1303,6 +1303,11 @@ func (m *Close) MarshalToSizedBufferVT(dAtA []byte) (int, error) {
 		i -= len(m.unknownFields)
 		copy(dAtA[i:], m.unknownFields)
 	}
+	if m.ReconnectAfterMs != 0 {
+		i = protohelpers.EncodeVarint(dAtA, i, uint64(m.ReconnectAfterMs))
+		i--
+		dAtA[i] = 0x18
+	}
 	if len(m.Text) > 0 {
 		i -= len(m.Text)
 		copy(dAtA[i:], m.Text)
@@ -1879,6 +1884,9 @@ func (m *Close) SizeVT() (n int) {
 	l = len(m.Text)
 	if l > 0 {
 		n += 1 + l + protohelpers.SizeOfVarint(uint64(l))
+	}
+	if m.ReconnectAfterMs != 0 {
+		n += 1 + protohelpers.SizeOfVarint(uint64(m.ReconnectAfterMs))
 	}
 	n += len(m.unknownFields)
 	return n
@@ -4977,6 +4985,25 @@ func (m *Close) UnmarshalVT(dAtA []byte) error {
 			}
 			m.Text = string(dAtA[iNdEx:postIndex])
 			iNdEx = postIndex
+		case 3:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field ReconnectAfterMs", wireType)
+			}
+			m.ReconnectAfterMs = 0
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return protohelpers.ErrIntOverflow
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				m.ReconnectAfterMs |= uint32(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
 		default:
 			iNdEx = preIndex
 			skippy, err := protohelpers.Skip(dAtA[iNdEx:])
