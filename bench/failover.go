@@ -34,9 +34,12 @@ type FailoverOutcome struct {
 	// to its SendAck: the longest a sender could not get its message
 	// accepted, whichever node it was on.
 	GapMs float64 `json:"gap_ms"`
-	// GapBeforeMs is the same over the messages acknowledged before the
-	// signal: what the machine's load alone gives, to read GapMs against.
+	// GapBeforeMs and GapAfterMs split it by whether the SendAck came
+	// before the signal or after it (or never): the first is what the
+	// machine's load alone gives, the second what the node's loss added
+	// to it, to read against each other.
 	GapBeforeMs float64 `json:"gap_before_signal_ms"`
+	GapAfterMs  float64 `json:"gap_after_signal_ms"`
 	// Moved is how many connections logged in again on another node.
 	Moved        int64   `json:"moved"`
 	ReconnectP50 float64 `json:"reconnect_p50_ms"` // from the lost connection to the login elsewhere
@@ -74,7 +77,7 @@ func failoverRows(o *FailoverOutcome) []Row {
 	}
 	return append(rows,
 		Row{Name: "gap_ms", Value: fmtF(o.GapMs, 1), Note: "longest wait of a message for its SendAck (first write -> SendAck)"},
-		Row{Name: "gap_before_signal_ms", Value: fmtF(o.GapBeforeMs, 1), Note: "the same over the messages acked before the signal: the load's share"},
+		Row{Name: "gap_ms before / after", Value: fmt.Sprintf("%s / %s", fmtF(o.GapBeforeMs, 1), fmtF(o.GapAfterMs, 1)), Note: "the same, by whether the SendAck came before the signal (the load's share) or after it"},
 		Row{Name: "moved", Value: fmtInt(o.Moved), Note: "connections logged in again on another node"},
 		Row{Name: "reconnect_ms p50 / max", Value: fmt.Sprintf("%s / %s", fmtF(o.ReconnectP50, 1), fmtF(o.ReconnectMax, 1)), Note: "lost connection -> login on another node"},
 		Row{Name: "hinted", Value: fmtInt(o.Hinted), Note: "of them told by the stopping node when to come back (its Close frame's spread), waited out first"},
@@ -234,14 +237,15 @@ func (fo *failoverRun) killAfter(t0 time.Time, at time.Duration, pid int, sig sy
 // still without its SendAck counts in the gap with its wait so far.
 func (fo *failoverRun) outcome(o *FailoverOutcome, senders []*sender, now int64) {
 	for _, s := range senders {
-		wait := s.maxAckWait
+		pending := int64(0) // the longest wait of a message still without its SendAck
 		for k := int64(s.rcptHigh) + 1; k <= s.sent; k++ {
 			if s.ackSID[(k-1)%int64(len(s.ackSID))] == 0 {
-				wait = max(wait, now-s.sendAt[(k-1)%int64(len(s.sendAt))])
+				pending = max(pending, now-s.sendAt[(k-1)%int64(len(s.sendAt))])
 			}
 		}
-		o.GapMs = max(o.GapMs, float64(wait)/1e6)
+		o.GapMs = max(o.GapMs, float64(max(s.maxAckWait, pending))/1e6)
 		o.GapBeforeMs = max(o.GapBeforeMs, float64(s.maxAckWaitBefore)/1e6)
+		o.GapAfterMs = max(o.GapAfterMs, float64(max(s.maxAckWaitAfter, pending))/1e6)
 	}
 	fo.mu.Lock()
 	rs := slices.Clone(fo.reconnects)

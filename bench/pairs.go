@@ -190,6 +190,7 @@ type sender struct {
 	connHigh, ackSent   uint64 // highest delivery seq seen on c, and acked
 	maxAckWait          int64  // longest first write -> SendAck, ns
 	maxAckWaitBefore    int64  // of those acked before a failover's signal
+	maxAckWaitAfter     int64  // of those acked after it
 	down                bool   // failover: c is lost, the reader logs in again
 	refused             int    // sends the server refused
 	lastRefusal         string
@@ -520,6 +521,8 @@ func (s *sender) noteAckWait(now, wait int64) {
 	if s.r.fo != nil {
 		if k := s.r.fo.killAt.Load(); k == 0 || now < k {
 			s.maxAckWaitBefore = max(s.maxAckWaitBefore, wait)
+		} else {
+			s.maxAckWaitAfter = max(s.maxAckWaitAfter, wait)
 		}
 	}
 }

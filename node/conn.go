@@ -807,14 +807,35 @@ func (c *conn) prove(n *Node) {
 	// A re-registration may have landed between the handshake's key check
 	// and the registration above; it kicked whoever was registered then,
 	// so check again now that c is the one a kick would find.
-	switch a, err := n.store.Account(pl.user); {
+	n.recheckAccount(c, pl.user, pl.gen, 0)
+}
+
+// recheckAccount closes c if user's account is no longer at generation
+// gen (see prove). A store that cannot answer now (a cluster's stream
+// between leaders: a node just stopped or died, and its clients are
+// logging in here) is asked again every recheckEvery, up to
+// recheckTries times, before c is closed: closing a moved client for a
+// few hundred milliseconds of election would only move it again.
+func (n *Node) recheckAccount(c *conn, user string, gen uint64, try int) {
+	switch a, err := n.store.Account(user); {
+	case errors.Is(err, store.ErrClosed):
+		// The node is stopping; its sessions are closed with it.
+	case err != nil && errors.Is(err, store.ErrUnavailable) && try < recheckTries:
+		time.AfterFunc(recheckEvery, func() { n.recheckAccount(c, user, gen, try+1) })
 	case err != nil:
-		n.log.Error("account lookup at login", "user", pl.user, "err", err)
+		n.log.Error("account lookup at login", "user", user, "err", err)
 		c.post(n.pool, event{kind: evKick, code: wire.Error_INTERNAL, text: "account lookup failed: reconnect"})
-	case a.Generation != pl.gen:
+	case a.Generation != gen:
 		c.post(n.pool, event{kind: evKick, code: wire.Error_REGISTERED_ELSEWHERE, text: "this number was registered on another device"})
 	}
 }
+
+// recheckEvery and recheckTries bound recheckAccount's retries: 5 s in
+// all, about what JetStream takes to elect a leader after a node's loss.
+const (
+	recheckEvery = 250 * time.Millisecond
+	recheckTries = 20
+)
 
 // writeHandshake writes a handshake reply, length-prefixed (it is not
 // sealed: the handshake makes the ciphers).
