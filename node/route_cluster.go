@@ -86,10 +86,12 @@ const (
 	bellQueue   = 4096
 	kickTries   = 3
 	kickTimeout = time.Second
-	// A claim refused by the bucket is tried again claimTries times,
-	// after claimBackoff, doubling up to 5 s: about a minute in all.
-	claimTries    = 14
-	claimBackoff  = 125 * time.Millisecond
+	// A claim refused by the bucket is tried again after claimBackoff,
+	// doubling up to maxClaimBackoff, for as long as its login lasts;
+	// past claimTries each try that fails is logged.
+	claimTries      = 14
+	claimBackoff    = 125 * time.Millisecond
+	maxClaimBackoff = 5 * time.Second
 	maxDoorbell   = 1 << 20 // NATS's default max_payload
 	routerDrainIn = 3 * time.Second
 )
@@ -474,7 +476,9 @@ func (r *clusterRouter) claim(held map[string]heldHint, j hintJob) {
 		j.c.post(r.n.pool, event{kind: evPush, seq: wakeSeq})
 		return
 	}
-	r.n.log.Warn("cluster: could not record where a user is connected: too many logins at once", "user", j.user)
+	// Five logins in a row won the race for the entry: try again later,
+	// as for a refusal.
+	r.retryClaim(j, errors.New("too many logins of this user at once"))
 }
 
 // yield ends a login of this node whose claim found a newer login of
@@ -487,17 +491,26 @@ func (r *clusterRouter) yield(j hintJob, winner hint) {
 }
 
 // retryClaim tries a claim the bucket refused again later (a new leader
-// being elected, say), with a growing delay, while its login lasts:
-// until it is written, deliveries from other nodes wait for the
-// session's next read.
+// being elected, say), with a growing delay, for as long as its login
+// lasts (claim returns at once for a login that is gone): until it is
+// written, doorbells from other nodes do not find the session, so what
+// they send waits for its next read, which the claim's success makes.
+// Giving up would leave a live session deaf to other nodes for good.
 func (r *clusterRouter) retryClaim(j hintJob, err error) {
-	if j.tries >= claimTries || r.stopped.Load() {
-		r.n.log.Warn("cluster: could not record where a user is connected; deliveries from other nodes wait for the next read", "user", j.user, "err", err)
-		return
+	if r.stopped.Load() || r.router.lookup(j.user) != j.c {
+		return // the router stopped, or the login is gone
 	}
-	r.n.log.Debug("cluster: claim refused, will try again", "user", j.user, "err", err)
+	if j.tries >= claimTries {
+		r.n.log.Warn("cluster: could not record where a user is connected; deliveries from other nodes wait until it is, trying again", "user", j.user, "tries", j.tries, "err", err)
+	} else {
+		r.n.log.Debug("cluster: claim refused, will try again", "user", j.user, "err", err)
+	}
 	j.tries++
-	time.AfterFunc(min(claimBackoff<<j.tries, 5*time.Second), func() { r.enqueue(j, false) })
+	time.AfterFunc(min(claimBackoff<<min(j.tries, 10), maxClaimBackoff), func() {
+		if !r.enqueue(j, false) {
+			r.retryClaim(j, errors.New("the hint queue is full"))
+		}
+	})
 }
 
 func isWrongLastSeq(err error) bool {
