@@ -92,8 +92,8 @@ const (
 	claimTries      = 14
 	claimBackoff    = 125 * time.Millisecond
 	maxClaimBackoff = 5 * time.Second
-	maxDoorbell   = 1 << 20 // NATS's default max_payload
-	routerDrainIn = 3 * time.Second
+	maxDoorbell     = 1 << 20 // NATS's default max_payload
+	routerDrainIn   = 3 * time.Second
 )
 
 type hintJobKind uint8
