@@ -102,6 +102,19 @@ func TestStoppingNodeSpreadsReconnects(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer rc.Close()
+			// A Pong: the session runs, so the stop finds it to close.
+			if err := rc.writeFrame(&wire.Frame{Kind: &wire.Frame_Ping{Ping: &wire.Ping{Id: 7}}}); err != nil {
+				t.Fatal(err)
+			}
+			for {
+				f, err := rc.readFrame(10 * time.Second)
+				if err != nil {
+					t.Fatalf("%s: no Pong: %v", phone, err)
+				}
+				if f.GetPong() != nil {
+					break
+				}
+			}
 			conns = append(conns, rc)
 		}
 		go n.Close()
