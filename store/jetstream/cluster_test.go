@@ -379,3 +379,42 @@ func TestNoQuorumIsErrUnavailable(t *testing.T) {
 		t.Logf("%s: refused after %s: %v", tc.name, took.Round(time.Millisecond), r.Err)
 	}
 }
+
+// The recipient's node acks what the senders' nodes appended: its cached
+// view of the queue ends where it last wrote (its previous ack), before
+// those items. The ack still erases them: the node reads the queue again
+// rather than cut the ack down to its stale view, which would erase
+// nothing and leave the queue to grow with every message.
+func TestAckOfItemsAppendedOnAnotherNodeErasesThem(t *testing.T) {
+	ns := nodes(t, 2, jetstream.Options{Partitions: 1})
+	putAccounts(t, ns[0], bob)
+	sender, recipient := ns[0], ns[1]
+	if r := commit(t, sender, &store.Batch{Appends: []store.Append{{To: bob, Data: []byte("m1")}}}); r.Err != nil {
+		t.Fatalf("append: %v", r.Err)
+	}
+	if r := commit(t, recipient, &store.Batch{Acks: []store.Ack{{User: bob, UpTo: 1}}}); r.Err != nil {
+		t.Fatalf("ack 1: %v", r.Err)
+	}
+	for i := 2; i <= 4; i++ {
+		r := commit(t, sender, &store.Batch{Appends: []store.Append{{To: bob, Data: fmt.Appendf(nil, "m%d", i)}}})
+		if r.Err != nil || r.Seqs[0] != uint64(i) {
+			t.Fatalf("append %d = %+v", i, r)
+		}
+	}
+	if r := commit(t, recipient, &store.Batch{Acks: []store.Ack{{User: bob, UpTo: 3}}}); r.Err != nil {
+		t.Fatalf("ack 3: %v", r.Err)
+	}
+	items, err := sender.ReadQueue(bob, 0, 10)
+	if err != nil || len(items) != 1 || items[0].Seq != 4 {
+		t.Fatalf("bob's queue after acking 3 of 4 on the other node = %+v, %v; want only seq 4", items, err)
+	}
+	if r := commit(t, recipient, &store.Batch{Acks: []store.Ack{{User: bob, UpTo: 4}}}); r.Err != nil {
+		t.Fatalf("ack 4: %v", r.Err)
+	}
+	if n, err := sender.QueueLen(bob); err != nil || n != 0 {
+		t.Fatalf("bob's queue holds %d, %v after acking all on the other node; want 0", n, err)
+	}
+	if r := commit(t, sender, &store.Batch{Appends: []store.Append{{To: bob}}}); r.Err != nil || r.Seqs[0] != 5 {
+		t.Fatalf("append after the queue was emptied = %+v, want seq 5", r)
+	}
+}
