@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -416,5 +417,68 @@ func TestAckOfItemsAppendedOnAnotherNodeErasesThem(t *testing.T) {
 	}
 	if r := commit(t, sender, &store.Batch{Appends: []store.Append{{To: bob}}}); r.Err != nil || r.Seqs[0] != 5 {
 		t.Fatalf("append after the queue was emptied = %+v, want seq 5", r)
+	}
+}
+
+// A read goes on from where the last read of the queue ended: each item is
+// one request to the stream's leader (MSG.GET), so starting every read at
+// the queue's first message would make reading a long queue a window at a
+// time cost the square of its length, and a read deep in it outlast its
+// timeout. Here a node that never wrote bob's queue reads it a window at a
+// time: each read costs about its own items.
+func TestReadGoesOnWhereTheLastReadEnded(t *testing.T) {
+	_, srv, _ := startServerNS(t, t.TempDir())
+	var ns []*jetstream.Store
+	for range 2 {
+		c, err := nats.Connect(srv.ClientURL())
+		if err != nil {
+			t.Fatalf("connect: %v", err)
+		}
+		s, err := jetstream.Open(context.Background(), c, jetstream.Options{Partitions: 1})
+		if err != nil {
+			t.Fatalf("Open: %v", err)
+		}
+		t.Cleanup(func() { _ = s.Close(); c.Close() })
+		ns = append(ns, s)
+	}
+	putAccounts(t, ns[0], bob)
+	const window, windows = 50, 4
+	for i := range window * windows {
+		if r := commit(t, ns[0], &store.Batch{Appends: []store.Append{{To: bob, Data: fmt.Appendf(nil, "m%d", i+1)}}}); r.Err != nil {
+			t.Fatalf("append %d: %v", i+1, r.Err)
+		}
+	}
+	watch, err := nats.Connect(srv.ClientURL())
+	if err != nil {
+		t.Fatalf("connect: %v", err)
+	}
+	defer watch.Close()
+	var gets atomic.Int64
+	sub, err := watch.Subscribe("$JS.API.STREAM.MSG.GET.>", func(*nats.Msg) { gets.Add(1) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+	if err := watch.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	for w := range windows {
+		from := uint64(w*window + 1)
+		before := gets.Load()
+		items, err := ns[1].ReadQueue(bob, from, window)
+		if err != nil || len(items) != window || items[0].Seq != from {
+			t.Fatalf("read from %d = %d items, %v", from, len(items), err)
+		}
+		if err := watch.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		deadline := time.Now().Add(5 * time.Second)
+		for gets.Load()-before < window && time.Now().Before(deadline) {
+			time.Sleep(5 * time.Millisecond)
+		}
+		time.Sleep(20 * time.Millisecond)
+		if n := gets.Load() - before; n > window+2 {
+			t.Errorf("reading %d items from seq %d took %d requests, want about %d", window, from, n, window)
+		}
 	}
 }
