@@ -3,18 +3,24 @@ package cluster_test
 import (
 	"context"
 	"crypto/rand"
+	"encoding/binary"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"io"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats.go"
 
 	"github.com/parleyhq/parley/client"
 	"github.com/parleyhq/parley/wire"
@@ -304,19 +310,14 @@ func await(ctx context.Context, t *testing.T, what string, cond func() bool, sen
 // Alice's sends with UNAVAILABLE (retryable) and acks none that it could
 // not replicate, and its /admin/cluster says it has no quorum. After the
 // heal Alice's resends (same ids) are acked, and Bob gets everything
-// either of them had acked, exactly once and in order.
+// either of them had acked, exactly once and in order; his acks, made on
+// node 2, erase it all from his queue. A failing run prints the nodes'
+// logs, and Bob's session when he stalls.
 func TestClusterPartitionMinorityRefusesAndHeals(t *testing.T) {
 	if testing.Short() {
 		t.Skip("-short: builds the server and runs three of it")
 	}
-	// Opt-in while a rare stall is open: in 1 run of the last 11 (stop
-	// 17) the recipient's session held 5 deliveries unacked after the heal
-	// and took no more, so the last message never came out. A failing
-	// run prints the three nodes' logs and the session.
-	if os.Getenv("PARLEY_PARTITION_TEST") == "" {
-		t.Skip("opt-in: set PARLEY_PARTITION_TEST=1 (and run as root) to run it; see README, 'A cluster of three'")
-	}
-	nn := newNetns(t)
+	nn := newNetns(t) // skips unless root with ip netns
 	bin := buildParley(t)
 	began := time.Now()
 	var routes []string
@@ -324,9 +325,25 @@ func TestClusterPartitionMinorityRefusesAndHeals(t *testing.T) {
 		routes = append(routes, net.JoinHostPort(h, "6222"))
 	}
 	token := rand.Text()
-	ps := startClusterOn(t, bin, clusterPlaces{hosts: nn.hosts, routes: routes, wrap: nn.exec, adminToken: token})
+	// For a look inside: PARLEY_PARTITION_LOG_LEVEL sets the nodes'
+	// --log-level (warn); PARLEY_PARTITION_KEEP names a directory where
+	// the run leaves each node's whole log, sessions, cluster status and
+	// goroutines, and Bob's queue (in end/, and in stall/ if Bob stalls).
+	// The nodes' NATS client ports are on their bridge addresses, so that
+	// the test reads Bob's queue itself.
+	var natsAddrs []string
+	for _, h := range nn.hosts {
+		natsAddrs = append(natsAddrs, net.JoinHostPort(h, "4222"))
+	}
+	ps := startClusterOn(t, bin, clusterPlaces{hosts: nn.hosts, routes: routes, wrap: nn.exec, adminToken: token,
+		logLevel: os.Getenv("PARLEY_PARTITION_LOG_LEVEL"), natsListen: natsAddrs})
 	t.Logf("three nodes serving in namespaces %s in %s", strings.Join(nn.names, ", "), time.Since(began).Round(time.Millisecond))
 	t.Cleanup(func() {
+		if dir := os.Getenv("PARLEY_PARTITION_KEEP"); dir != "" {
+			dir = filepath.Join(dir, "end")
+			keepEvidence(t, dir, ps)
+			_ = os.WriteFile(filepath.Join(dir, "queue.txt"), []byte(dumpQueue("nats://"+natsAddrs[1], bobPhone)), 0o644)
+		}
 		if t.Failed() {
 			for _, p := range ps {
 				t.Logf("%s's log:\n%s", p.name, tail(p.log))
@@ -437,9 +454,15 @@ func TestClusterPartitionMinorityRefusesAndHeals(t *testing.T) {
 		case b := <-received:
 			got = append(got, b)
 		case <-ctx.Done():
+			queue := dumpQueue("nats://"+natsAddrs[1], bobPhone)
+			if dir := os.Getenv("PARLEY_PARTITION_KEEP"); dir != "" {
+				dir = filepath.Join(dir, "stall")
+				keepEvidence(t, dir, ps)
+				_ = os.WriteFile(filepath.Join(dir, "bob.txt"), []byte(fmt.Sprintf("got %d: %q\n\nqueue:\n%s", len(got), got, queue)), 0o644)
+			}
 			st, err := readStatus(ps[1])
-			t.Fatalf("Bob has %d messages, not the last, after %s (his client's end: %v; the last he has: %q; acked: %d of Alice's, %d of Carol's); node 2's /admin/cluster: %+v %v; sessions: %s",
-				len(got), partitionGuard, bob.Err(), got[max(0, len(got)-6):], len(a.acks), len(c.acks), st, err, adminGet(ps[1], "/admin/sessions?limit=10"))
+			t.Fatalf("Bob has %d messages, not the last, after %s (his client's end: %v; the last he has: %q; acked: %d of Alice's, %d of Carol's); node 2's /admin/cluster: %+v %v; sessions: %s; his queue:\n%s",
+				len(got), partitionGuard, bob.Err(), got[max(0, len(got)-6):], len(a.acks), len(c.acks), st, err, adminGet(ps[1], "/admin/sessions?limit=10"), queue)
 		}
 	}
 	t.Logf("all delivered %s after the heal; %s in all", time.Since(healed).Round(time.Millisecond), time.Since(began).Round(time.Millisecond))
@@ -492,6 +515,22 @@ func TestClusterPartitionMinorityRefusesAndHeals(t *testing.T) {
 		}
 	}
 	checkUnbroken(t, nil, alice, bob, carol)
+	// Bob acked everything: his node erases it, though the messages were
+	// appended on the others. (Acks on a node that never appended to
+	// the queue used to erase nothing, and every read walked the whole
+	// queue, one request per message: see README.)
+	var left int
+	var dump string
+	for deadline := time.Now().Add(15 * time.Second); ; {
+		left, dump = queueItems("nats://"+natsAddrs[1], bobPhone)
+		if left == 0 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if left != 0 {
+		t.Errorf("Bob's queue holds %d items after he acked everything, want 0:\n%s", left, dump)
+	}
 }
 
 func keys(m map[string]bool) []string {
@@ -515,4 +554,103 @@ func adminGet(p *proc, path string) string {
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
 	return string(b)
+}
+
+// keepEvidence writes, for each node still running, its log, its admin
+// answers (sessions, cluster) and its goroutines into dir.
+func keepEvidence(t *testing.T, dir string, ps []*proc) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Logf("keep evidence: %v", err)
+		return
+	}
+	for _, p := range ps {
+		for name, path := range map[string]string{
+			"sessions.json":  "/admin/sessions?limit=100",
+			"cluster.json":   "/admin/cluster",
+			"goroutines.txt": "/debug/pprof/goroutine?debug=2",
+		} {
+			_ = os.WriteFile(filepath.Join(dir, p.name+"."+name), []byte(adminGet(p, path)), 0o644)
+		}
+		if b, err := os.ReadFile(p.log); err == nil {
+			_ = os.WriteFile(filepath.Join(dir, p.name+".log"), b, 0o644)
+		}
+	}
+	t.Logf("evidence kept in %s", dir)
+}
+
+// dumpQueue lists what user's queue holds, read through the NATS server
+// at url: every message of its subject, with its record's kind, seq and
+// item.
+func dumpQueue(url, user string) string {
+	_, dump := queueItems(url, user)
+	return dump
+}
+
+// queueItems counts the items (not markers) of user's queue, read through
+// the NATS server at url from its stream's leader, one MSG.GET a message,
+// and lists them; -1 if it could not read them all. It knows the store's
+// layout: queue streams PARLEY_Q_<p> (startClusterOn's four), subjects
+// parley.q.<p>.<user>, p = fnv32a(user) mod 4, records of a kind byte (0
+// an item, 1 an empty-marker), the seq and a timestamp, then the item.
+func queueItems(url, user string) (int, string) {
+	nc, err := nats.Connect(url, nats.Timeout(5*time.Second))
+	if err != nil {
+		return -1, err.Error()
+	}
+	defer nc.Close()
+	h := fnv.New32a()
+	h.Write([]byte(user))
+	p := h.Sum32() % 4
+	stream, subj := fmt.Sprintf("PARLEY_Q_%d", p), fmt.Sprintf("parley.q.%d.%s", p, user)
+	var b strings.Builder
+	n := 0
+	for cur := uint64(1); ; {
+		req, _ := json.Marshal(map[string]any{"seq": cur, "next_by_subj": subj})
+		resp, err := nc.Request("$JS.API.STREAM.MSG.GET."+stream, req, 5*time.Second)
+		if err != nil {
+			fmt.Fprintf(&b, "%s from %d: %v\n", stream, cur, err)
+			return -1, b.String()
+		}
+		var r struct {
+			Message *struct {
+				Seq  uint64 `json:"seq"`
+				Data []byte `json:"data"`
+			} `json:"message"`
+			Error *struct {
+				Code        int    `json:"code"`
+				Description string `json:"description"`
+			} `json:"error"`
+		}
+		if err := json.Unmarshal(resp.Data, &r); err != nil {
+			fmt.Fprintf(&b, "%s from %d: %v\n", stream, cur, err)
+			return -1, b.String()
+		}
+		if r.Error != nil {
+			if r.Error.Code == 404 { // no more
+				return n, b.String()
+			}
+			fmt.Fprintf(&b, "%s from %d: %d %s\n", stream, cur, r.Error.Code, r.Error.Description)
+			return -1, b.String()
+		}
+		if r.Message == nil {
+			fmt.Fprintf(&b, "%s from %d: no message in %s\n", stream, cur, resp.Data)
+			return -1, b.String()
+		}
+		cur = r.Message.Seq + 1
+		d := r.Message.Data
+		if len(d) < 17 {
+			fmt.Fprintf(&b, "  stream seq %d: short record %x\n", r.Message.Seq, d)
+			continue
+		}
+		kind, seq := d[0], binary.BigEndian.Uint64(d[1:])
+		fmt.Fprintf(&b, "  stream seq %d: kind %d seq %d", r.Message.Seq, kind, seq)
+		if kind == 0 {
+			n++
+			if it, err := wire.DecodeItem(d[17:]); err == nil && it.GetMessage() != nil {
+				m := it.GetMessage()
+				fmt.Fprintf(&b, " from %s id %d server id %d: %q", m.From, m.Id, m.ServerId, m.Body)
+			}
+		}
+		b.WriteString("\n")
+	}
 }

@@ -3,6 +3,7 @@ package cluster_test
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -106,6 +107,11 @@ type clusterPlaces struct {
 	// adminToken, if set, is required by the admin listeners (which need
 	// one when they do not listen on loopback).
 	adminToken string
+	// logLevel is the nodes' --log-level; default warn.
+	logLevel string
+	// natsListen, if set, is each node's embedded NATS client address
+	// (--nats-listen), for a test that reads the streams itself.
+	natsListen []string
 }
 
 // startClusterOn starts three `parley serve` processes placed as pl says,
@@ -128,10 +134,13 @@ func startClusterOn(t *testing.T, bin string, pl clusterPlaces) []*proc {
 		argv := []string{bin, "serve",
 			"--data", filepath.Join(dir, "data"),
 			"--listen", anyPort, "--http", anyPort, "--admin", anyPort,
-			"--sms", "file:" + p.codes, "--log-level", "warn",
+			"--sms", "file:" + p.codes, "--log-level", cmp.Or(pl.logLevel, "warn"),
 			"--cluster", "test", "--node", p.name,
 			"--cluster-listen", routes[i], "--peers", strings.Join(routes, ","),
 			"--partitions", "4"}
+		if pl.natsListen != nil {
+			argv = append(argv, "--nats-listen", pl.natsListen[i])
+		}
 		if pl.adminToken != "" {
 			tf := filepath.Join(dir, "admin.token")
 			if err := os.WriteFile(tf, []byte(pl.adminToken), 0o600); err != nil {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -377,5 +378,107 @@ func TestNoQuorumIsErrUnavailable(t *testing.T) {
 			t.Errorf("%s with 2 of 3 nodes down refused after %s, want within a few request timeouts (%s)", tc.name, took, timeout)
 		}
 		t.Logf("%s: refused after %s: %v", tc.name, took.Round(time.Millisecond), r.Err)
+	}
+}
+
+// The recipient's node acks what the senders' nodes appended: its cached
+// view of the queue ends where it last wrote (its previous ack), before
+// those items. The ack still erases them: the node reads the queue again
+// rather than cut the ack down to its stale view, which would erase
+// nothing and leave the queue to grow with every message.
+func TestAckOfItemsAppendedOnAnotherNodeErasesThem(t *testing.T) {
+	ns := nodes(t, 2, jetstream.Options{Partitions: 1})
+	putAccounts(t, ns[0], bob)
+	sender, recipient := ns[0], ns[1]
+	if r := commit(t, sender, &store.Batch{Appends: []store.Append{{To: bob, Data: []byte("m1")}}}); r.Err != nil {
+		t.Fatalf("append: %v", r.Err)
+	}
+	if r := commit(t, recipient, &store.Batch{Acks: []store.Ack{{User: bob, UpTo: 1}}}); r.Err != nil {
+		t.Fatalf("ack 1: %v", r.Err)
+	}
+	for i := 2; i <= 4; i++ {
+		r := commit(t, sender, &store.Batch{Appends: []store.Append{{To: bob, Data: fmt.Appendf(nil, "m%d", i)}}})
+		if r.Err != nil || r.Seqs[0] != uint64(i) {
+			t.Fatalf("append %d = %+v", i, r)
+		}
+	}
+	if r := commit(t, recipient, &store.Batch{Acks: []store.Ack{{User: bob, UpTo: 3}}}); r.Err != nil {
+		t.Fatalf("ack 3: %v", r.Err)
+	}
+	items, err := sender.ReadQueue(bob, 0, 10)
+	if err != nil || len(items) != 1 || items[0].Seq != 4 {
+		t.Fatalf("bob's queue after acking 3 of 4 on the other node = %+v, %v; want only seq 4", items, err)
+	}
+	if r := commit(t, recipient, &store.Batch{Acks: []store.Ack{{User: bob, UpTo: 4}}}); r.Err != nil {
+		t.Fatalf("ack 4: %v", r.Err)
+	}
+	if n, err := sender.QueueLen(bob); err != nil || n != 0 {
+		t.Fatalf("bob's queue holds %d, %v after acking all on the other node; want 0", n, err)
+	}
+	if r := commit(t, sender, &store.Batch{Appends: []store.Append{{To: bob}}}); r.Err != nil || r.Seqs[0] != 5 {
+		t.Fatalf("append after the queue was emptied = %+v, want seq 5", r)
+	}
+}
+
+// A read goes on from where the last read of the queue ended: each item is
+// one request to the stream's leader (MSG.GET), so starting every read at
+// the queue's first message would make reading a long queue a window at a
+// time cost the square of its length, and a read deep in it outlast its
+// timeout. Here a node that never wrote bob's queue reads it a window at a
+// time: each read costs about its own items.
+func TestReadGoesOnWhereTheLastReadEnded(t *testing.T) {
+	_, srv, _ := startServerNS(t, t.TempDir())
+	var ns []*jetstream.Store
+	for range 2 {
+		c, err := nats.Connect(srv.ClientURL())
+		if err != nil {
+			t.Fatalf("connect: %v", err)
+		}
+		s, err := jetstream.Open(context.Background(), c, jetstream.Options{Partitions: 1})
+		if err != nil {
+			t.Fatalf("Open: %v", err)
+		}
+		t.Cleanup(func() { _ = s.Close(); c.Close() })
+		ns = append(ns, s)
+	}
+	putAccounts(t, ns[0], bob)
+	const window, windows = 50, 4
+	for i := range window * windows {
+		if r := commit(t, ns[0], &store.Batch{Appends: []store.Append{{To: bob, Data: fmt.Appendf(nil, "m%d", i+1)}}}); r.Err != nil {
+			t.Fatalf("append %d: %v", i+1, r.Err)
+		}
+	}
+	watch, err := nats.Connect(srv.ClientURL())
+	if err != nil {
+		t.Fatalf("connect: %v", err)
+	}
+	defer watch.Close()
+	var gets atomic.Int64
+	sub, err := watch.Subscribe("$JS.API.STREAM.MSG.GET.>", func(*nats.Msg) { gets.Add(1) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+	if err := watch.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	for w := range windows {
+		from := uint64(w*window + 1)
+		before := gets.Load()
+		items, err := ns[1].ReadQueue(bob, from, window)
+		if err != nil || len(items) != window || items[0].Seq != from {
+			t.Fatalf("read from %d = %d items, %v", from, len(items), err)
+		}
+		if err := watch.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		deadline := time.Now().Add(5 * time.Second)
+		for gets.Load()-before < window && time.Now().Before(deadline) {
+			time.Sleep(5 * time.Millisecond)
+		}
+		time.Sleep(20 * time.Millisecond)
+		if n := gets.Load() - before; n > window+2 {
+			t.Errorf("reading %d items from seq %d took %d requests, want about %d", window, from, n, window)
+		}
 	}
 }

@@ -30,7 +30,9 @@
 // Nats-Rollup: sub, which erases every earlier message of the subject as
 // part of the same write and records the tail, so seqs are never reused.
 // An ack that leaves items is one PurgeEx of the subject below the first
-// kept item. Both replace the per-item DeleteMsg (each a JSON API request
+// kept item. An ack past the tail of the node's cached view of the queue
+// (the recipient's node acks what the senders' nodes appended) reloads
+// the view first. Both replace the per-item DeleteMsg (each a JSON API request
 // and its own Raft entry); see the benchmarks. A user's last marker stays
 // for good: about 150-190 bytes of JetStream index memory per user who
 // ever emptied a queue, per replica.
@@ -107,7 +109,8 @@
 // for each other) measured slower on a 2-vCPU box and was reverted.
 // Replicas 1 is much slower than 3 per message: the server stages an R1
 // file stream's atomic batch in a new file store, an R3 one in memory.
-// Reads are one MSG.GET per item (leader-routed). Sweep reads each
+// Reads are one MSG.GET per message (leader-routed), starting where the
+// last read of the queue came to, or at the head the committer knows. Sweep reads each
 // partition from its start: one message per idle queue (its marker) plus
 // the expired items.
 //

@@ -154,9 +154,12 @@ type Store struct {
 	closeOnce sync.Once
 
 	// stMu guards states (the committer's cached view of queues) for the
-	// readers that use it as a hint and for QueueDepths.
+	// readers that use it as a hint and for QueueDepths, and readAt.
 	stMu   sync.Mutex
 	states map[string]*userState
+	// readAt is, by user, the last item a read of the queue came to, with
+	// its stream seq: where the next read starts (see ReadQueue).
+	readAt map[string]seqPair
 
 	acctMu   sync.RWMutex
 	accounts map[string]struct{} // phones known to have an account
@@ -468,9 +471,11 @@ func (s *Store) ReadQueue(user string, from uint64, max int) ([]store.Item, erro
 	subj := s.lay.queueSubject(p, user)
 	cur := s.startHint(user, from)
 	var items []store.Item
+	var at seqPair // the last item come to
 	for len(items) < max {
 		m, err := s.getNext(ctx, p, subj, cur)
 		if err != nil {
+			s.noteReadAt(user, at)
 			return nil, fmt.Errorf("read queue %s: %w", user, err)
 		}
 		if m == nil {
@@ -481,30 +486,63 @@ func (s *Store) ReadQueue(user string, from uint64, max int) ([]store.Item, erro
 		if err != nil {
 			return nil, fmt.Errorf("read queue %s at stream seq %d: %w", user, m.Sequence, err)
 		}
-		if r.kind != kindItem || r.seq < from {
+		if r.kind != kindItem {
+			continue
+		}
+		at = seqPair{r.seq, m.Sequence}
+		if r.seq < from {
 			continue
 		}
 		items = append(items, store.Item{Seq: r.seq, TS: r.ts, Data: append([]byte(nil), r.data...)})
 	}
+	s.noteReadAt(user, at)
 	return items, nil
 }
 
 // startHint is a stream seq at or before the item with seq from, from what
-// the committer knows; 1 (the start) when it knows nothing useful.
+// the committer knows and where the last read came to; 1 (the start) when
+// neither says anything useful. Any item's (seq, stream seq) will do for
+// a from at or past its seq, however old: a queue's items are in the
+// stream in the order of their seqs (every write to it is a
+// compare-and-set on its last message), erased or not.
 func (s *Store) startHint(user string, from uint64) uint64 {
 	s.stMu.Lock()
 	defer s.stMu.Unlock()
-	st := s.states[user]
-	if st == nil {
-		return 1
-	}
 	var best uint64 = 1
-	for _, k := range st.known {
-		if k.seq <= from && k.sseq > best {
-			best = k.sseq
+	if k, ok := s.readAt[user]; ok && k.seq <= from {
+		best = k.sseq
+	}
+	if st := s.states[user]; st != nil {
+		for _, k := range st.known {
+			if k.seq <= from && k.sseq > best {
+				best = k.sseq
+			}
 		}
 	}
 	return best
+}
+
+// noteReadAt records that a read of user's queue came to item at (none if
+// at.sseq is 0), for the next read to start there: every read walks the
+// queue one request per message, so one that started at the queue's
+// first message each time would take the longer the further the user is
+// into a long queue (a recipient reading a backlog a window at a time),
+// until it outlasts its timeout and the user gets nothing more. A read
+// that failed part way records where it came to as well, so that the next
+// try goes on from there.
+func (s *Store) noteReadAt(user string, at seqPair) {
+	if at.sseq == 0 {
+		return
+	}
+	s.stMu.Lock()
+	defer s.stMu.Unlock()
+	if k, ok := s.readAt[user]; ok && k.sseq >= at.sseq {
+		return
+	}
+	if s.readAt == nil || len(s.readAt) >= maxCachedStates {
+		s.readAt = make(map[string]seqPair)
+	}
+	s.readAt[user] = at
 }
 
 // QueueLen is the number of items in user's queue, read from the stream's
