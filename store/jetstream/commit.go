@@ -703,10 +703,30 @@ func (c *committer) dedupTTL(ts, now int64) (ttl time.Duration, deadline int64) 
 	}
 }
 
+// lookupDedup finds the dedup record subj in partition part: this group's
+// own, else the stream's. A record not found is looked for once more
+// after a barrier write through the partition's leader: a leader elected
+// moments ago (the last one stopped or died with the first send in its
+// log) answers reads from what it has applied so far, and acknowledges
+// the barrier only once it has applied everything before it. A record
+// found needs no barrier (records are never erased before their TTL).
+// This costs a write only for resends that are new (the first send was
+// never stored), which are rare.
 func (c *committer) lookupDedup(ctx context.Context, part int, subj string) (dedupSlot, bool, error) {
 	if slot, ok := c.overlay[subj]; ok {
 		return slot, true, nil
 	}
+	slot, found, err := c.readDedup(ctx, part, subj)
+	if err != nil || found {
+		return slot, found, err
+	}
+	if err := c.s.barrier(ctx, part); err != nil {
+		return dedupSlot{}, false, fmt.Errorf("look up dedup %s: barrier: %w", subj, err)
+	}
+	return c.readDedup(ctx, part, subj)
+}
+
+func (c *committer) readDedup(ctx context.Context, part int, subj string) (dedupSlot, bool, error) {
 	m, err := c.s.getLast(ctx, part, subj)
 	if err != nil {
 		return dedupSlot{}, false, fmt.Errorf("look up dedup %s: %w", subj, err)

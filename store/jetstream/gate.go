@@ -168,11 +168,7 @@ func (g *gates) probe(i int) {
 // (barrier), else a read of the first message.
 func (g *gates) try(ctx context.Context, i int, barrier bool) error {
 	if barrier && i < len(g.s.parts) {
-		m := nats.NewMsg(g.s.lay.barrierSubject(i))
-		m.Header.Set(njs.MsgRollup, njs.MsgRollupSubject)
-		m.Header.Set(njs.MsgTTLHeader, "60")
-		_, err := g.s.publish(ctx, m)
-		return err
+		return g.s.writeBarrier(ctx, i)
 	}
 	// Only the leader answers a message or "not found"; an error
 	// answered by another server (no leader yet) keeps the gate shut.
@@ -181,6 +177,31 @@ func (g *gates) try(ctx context.Context, i int, barrier bool) error {
 		return nil
 	}
 	return err
+}
+
+// writeBarrier writes one message to queue partition p (its barrier
+// subject, a rollup with a TTL: one message at most, for a minute). The
+// partition's leader acknowledges it only after applying every entry
+// before it, so what is read from that leader afterwards includes them.
+func (s *Store) writeBarrier(ctx context.Context, p int) error {
+	m := nats.NewMsg(s.lay.barrierSubject(p))
+	m.Header.Set(njs.MsgRollup, njs.MsgRollupSubject)
+	m.Header.Set(njs.MsgTTLHeader, "60")
+	_, err := s.publish(ctx, m)
+	return err
+}
+
+// barrier is writeBarrier through partition p's gate, bounded by
+// Options.Timeout.
+func (s *Store) barrier(ctx context.Context, p int) error {
+	ctx, cancel, err := s.gates.enter(ctx, p)
+	if err != nil {
+		return err
+	}
+	defer cancel()
+	err = s.writeBarrier(ctx, p)
+	s.gates.done(p, err)
+	return unavailable(err)
 }
 
 // ready waits until every stream's leader answers a read, or ctx ends.

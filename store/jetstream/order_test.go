@@ -107,3 +107,33 @@ func TestReceivedRecordWrittenOncePerRefresh(t *testing.T) {
 		t.Fatalf("ReceivedFrom = %v, %v; want true", ok, err)
 	}
 }
+
+// A checked send (a resend) whose dedup record is not found is looked up
+// again after a barrier write through the partition's leader, which a
+// leader elected moments ago answers only once it has applied its
+// predecessor's writes; a fresh send, or a resend whose record is found,
+// costs no barrier.
+func TestResendNotFoundLooksAgainAfterABarrier(t *testing.T) {
+	nc, _ := startServer(t, t.TempDir())
+	s, err := jetstream.Open(context.Background(), nc, jetstream.Options{Partitions: 1})
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	defer s.Close()
+	putAccounts(t, s, alice, bob)
+	send := func(id uint64, fresh bool) (store.Result, uint64) {
+		before := s.Counters().Writes
+		r := commit(t, s, &store.Batch{Dedup: &store.Dedup{Sender: alice, ClientID: id, ServerID: 100 + id, TS: time.Now().UnixNano(), Fresh: fresh},
+			Appends: []store.Append{{To: bob, Data: []byte("hi")}}})
+		return r, s.Counters().Writes - before
+	}
+	if r, w := send(1, true); r.Err != nil || w != 1 {
+		t.Fatalf("fresh send: %+v, %d writes; want stored with 1 write", r, w)
+	}
+	if r, w := send(2, false); r.Err != nil || r.Dup != nil || w != 2 {
+		t.Fatalf("new resend: %+v, %d writes; want stored, with a barrier first (2 writes)", r, w)
+	}
+	if r, w := send(2, false); r.Err != nil || r.Dup == nil || r.Dup.ServerID != 102 || w != 0 {
+		t.Fatalf("resend of a stored send: %+v, %d writes; want its Dup (server id 102), no write", r, w)
+	}
+}
