@@ -256,17 +256,23 @@ func TestClusterQueuedAndResumedOnAnotherNode(t *testing.T) {
 // that learnt them from any one can move to another.
 func TestClusterServerInfoListsEveryNode(t *testing.T) {
 	nodes := startClusterNodes(t, 2)
-	want := []string{nodes[0].NativeAddr(), nodes[1].NativeAddr()}
-	slices.Sort(want)
+	checkServerInfo(t, nodes, []string{nodes[0].NativeAddr(), nodes[1].NativeAddr()})
+}
+
+// checkServerInfo checks that GET /v1/server of node i names own[i] as
+// its native address, and every one of own as the cluster's.
+func checkServerInfo(t *testing.T, nodes []*nodetest.Node, own []string) {
+	t.Helper()
+	want := slices.Sorted(slices.Values(own))
 	ctx, cancel := context.WithTimeout(context.Background(), clGuard)
 	defer cancel()
-	for _, n := range nodes {
+	for i, n := range nodes {
 		si, err := client.ServerInfo(ctx, nil, n.HTTPURL())
 		if err != nil {
 			t.Fatal(err)
 		}
-		if si.NativeAddr != n.NativeAddr() || !slices.Equal(si.NativeAddrs, want) {
-			t.Errorf("GET /v1/server of %s: native_addr %s, native_addrs %v; want %s and %v", n.NativeAddr(), si.NativeAddr, si.NativeAddrs, n.NativeAddr(), want)
+		if si.NativeAddr != own[i] || !slices.Equal(si.NativeAddrs, want) {
+			t.Errorf("GET /v1/server of %s: native_addr %s, native_addrs %v; want %s and %v", n.NativeAddr(), si.NativeAddr, si.NativeAddrs, own[i], want)
 		}
 	}
 }
@@ -281,22 +287,9 @@ func TestClusterAdvertisedAddresses(t *testing.T) {
 			c.Advertise = far
 		}
 	})
-	want := []string{nodes[0].NativeAddr(), far}
-	slices.Sort(want)
+	checkServerInfo(t, nodes, []string{nodes[0].NativeAddr(), far})
 	ctx, cancel := context.WithTimeout(context.Background(), clGuard)
 	defer cancel()
-	for _, n := range nodes {
-		si, err := client.ServerInfo(ctx, nil, n.HTTPURL())
-		if err != nil {
-			t.Fatal(err)
-		}
-		if !slices.Equal(si.NativeAddrs, want) {
-			t.Errorf("GET /v1/server of %s: native_addrs %v; want %v", n.NativeAddr(), si.NativeAddrs, want)
-		}
-	}
-	if si, err := client.ServerInfo(ctx, nil, nodes[1].HTTPURL()); err != nil || si.NativeAddr != far {
-		t.Errorf("node 2's native_addr %q (%v), want %s", si.NativeAddr, err, far)
-	}
 	for _, c := range []struct{ listen, advertise, want string }{
 		{"0.0.0.0:0", "", "--advertise HOST:PORT"},
 		{"[::]:0", "", "--advertise HOST:PORT"},
