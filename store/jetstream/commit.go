@@ -274,6 +274,13 @@ func (c *committer) commitGroup(group []request) {
 		if r.sweep != nil {
 			r.res = c.decideSweep(ctx, i, r.sweep)
 		} else {
+			if r.tries > 0 && r.b != nil && r.b.Dedup != nil && r.b.Dedup.Fresh {
+				// Decided again after a lost compare-and-set: meanwhile its
+				// sender may have given up on this node (it is stopping)
+				// and sent it again elsewhere, so it is checked now, and its
+				// record written only if none is there.
+				r.b = checkedCopy(r.b)
+			}
 			r.res = c.decide(ctx, i, r.b, now)
 		}
 	}
@@ -540,6 +547,15 @@ func (c *committer) dedupPartition(b *store.Batch) int {
 		return c.s.lay.partition(b.Appends[0].To)
 	}
 	return c.s.lay.partition(b.Dedup.Sender)
+}
+
+// checkedCopy is b with its Dedup no longer Fresh (b is the caller's).
+func checkedCopy(b *store.Batch) *store.Batch {
+	d := *b.Dedup
+	d.Fresh = false
+	nb := *b
+	nb.Dedup = &d
+	return &nb
 }
 
 // decide checks b against the state left by every earlier batch (this

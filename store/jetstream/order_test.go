@@ -137,3 +137,32 @@ func TestResendNotFoundLooksAgainAfterABarrier(t *testing.T) {
 		t.Fatalf("resend of a stored send: %+v, %d writes; want its Dup (server id 102), no write", r, w)
 	}
 }
+
+// A fresh send refused by a compare-and-set is decided again as a checked
+// one: meanwhile its sender may have sent it again through another node
+// (this one was stopping, its SendAck never came), and storing it again
+// would deliver it twice. Here node b stores the resend first; a's fresh
+// original, decided on a's stale view of the queue, loses the
+// compare-and-set and then finds b's record: a Dup, stored once.
+func TestFreshSendDecidedAgainIsChecked(t *testing.T) {
+	ns := nodes(t, 2, jetstream.Options{Partitions: 1})
+	a, b := ns[0], ns[1]
+	putAccounts(t, a, alice, bob)
+	send := func(s *jetstream.Store, id, serverID uint64, fresh bool) store.Result {
+		return commit(t, s, &store.Batch{Dedup: &store.Dedup{Sender: alice, ClientID: id, ServerID: serverID, TS: time.Now().UnixNano(), Fresh: fresh},
+			Appends: []store.Append{{To: bob, Data: []byte("hi")}}})
+	}
+	if r := send(a, 1, 101, true); r.Err != nil { // a caches bob's queue
+		t.Fatal(r.Err)
+	}
+	if r := send(b, 2, 202, false); r.Err != nil || r.Dup != nil { // the resend, elsewhere
+		t.Fatalf("resend on b: %+v", r)
+	}
+	r := send(a, 2, 102, true) // the original, late
+	if r.Err != nil || r.Dup == nil || r.Dup.ServerID != 202 {
+		t.Fatalf("the late original on a: %+v; want the resend's Dup (server id 202)", r)
+	}
+	if items, err := a.ReadQueue(bob, 0, 10); err != nil || len(items) != 2 {
+		t.Fatalf("bob's queue: %d items (%v); want 2: the message stored once", len(items), err)
+	}
+}
