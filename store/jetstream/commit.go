@@ -520,16 +520,6 @@ func (c *committer) state(ctx context.Context, user string) (*userState, error) 
 	return st, nil
 }
 
-// reload drops user's cached state and loads it from the stream again. A
-// write this group planned on the old state keeps it: its compare-and-set
-// is made on what that state saw, and fails if the queue changed.
-func (c *committer) reload(ctx context.Context, user string) (*userState, error) {
-	c.s.stMu.Lock()
-	delete(c.s.states, user)
-	c.s.stMu.Unlock()
-	return c.state(ctx, user)
-}
-
 func (c *committer) touch(st *userState) int {
 	for i := range c.touched {
 		if c.touched[i].st == st {
@@ -589,15 +579,6 @@ func (c *committer) decide(ctx context.Context, i int, b *store.Batch, now int64
 	c.targets = c.targets[:0]
 	for _, a := range b.Acks {
 		st, err := c.state(ctx, a.User)
-		if err == nil && a.UpTo > st.tail {
-			// An ack names only seqs that were delivered, so they are in
-			// the queue: this view of it is stale. Another node appended
-			// since (the recipient's node seldom writes the recipient's
-			// queue but to erase it). Cut down to the stale tail, the ack
-			// would erase nothing, and the queue would grow with every
-			// message (and every read walk all of it).
-			st, err = c.reload(ctx, a.User)
-		}
 		if err != nil {
 			return store.Result{Err: err}
 		}

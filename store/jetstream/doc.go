@@ -31,8 +31,11 @@
 // part of the same write and records the tail, so seqs are never reused.
 // An ack that leaves items is one PurgeEx of the subject below the first
 // kept item. An ack past the tail of the node's cached view of the queue
-// (the recipient's node acks what the senders' nodes appended) reloads
-// the view first. Both replace the per-item DeleteMsg (each a JSON API request
+// is cut down to that view. Known bug, open: on the recipient's node,
+// which acks what the senders' nodes appended, the view ends at its own
+// last write, so such acks erase nothing and the queue grows (see
+// TestAckOfItemsAppendedOnAnotherNodeErasesThem for why the fix waits for
+// receipts to be written before the erase). Both replace the per-item DeleteMsg (each a JSON API request
 // and its own Raft entry); see the benchmarks. A user's last marker stays
 // for good: about 150-190 bytes of JetStream index memory per user who
 // ever emptied a queue, per replica.
