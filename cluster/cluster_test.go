@@ -70,9 +70,10 @@ func freeAddrs(t *testing.T, n int) []string {
 	return out
 }
 
-// Three embedded servers, each given the same peer list (itself
-// included), form one JetStream cluster that holds a stream of 3 replicas.
-func TestThreeNodesFormAJetStreamCluster(t *testing.T) {
+// joinThree joins three embedded servers on free loopback ports, each
+// given the same peer list (itself included), closed when t ends.
+func joinThree(t *testing.T) []*cluster.Cluster {
+	t.Helper()
 	routes := freeAddrs(t, 3)
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
@@ -96,6 +97,17 @@ func TestThreeNodesFormAJetStreamCluster(t *testing.T) {
 			t.Fatalf("node %d: %v", i+1, errs[i])
 		}
 		t.Cleanup(func() { c.Close() })
+	}
+	return cs
+}
+
+// Three embedded servers, each given the same peer list (itself
+// included), form one JetStream cluster that holds a stream of 3 replicas.
+func TestThreeNodesFormAJetStreamCluster(t *testing.T) {
+	cs := joinThree(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	for i, c := range cs {
 		if c.Replicas() != 3 {
 			t.Fatalf("node %d: %d replicas, want the default 3", i+1, c.Replicas())
 		}
@@ -160,30 +172,9 @@ func TestStepDownReturnsOnceTheLeadersMoved(t *testing.T) {
 	if testing.Short() {
 		t.Skip("-short: a three-server cluster")
 	}
-	routes := freeAddrs(t, 3)
+	cs := joinThree(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
-	cs := make([]*cluster.Cluster, 3)
-	errs := make([]error, 3)
-	var wg sync.WaitGroup
-	for i := range cs {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			cs[i], errs[i] = cluster.Join(ctx, cluster.Config{
-				Name: "test", Node: fmt.Sprintf("n%d", i+1),
-				Listen: routes[i], Peers: routes,
-				Dir: t.TempDir(),
-			})
-		}()
-	}
-	wg.Wait()
-	for i, c := range cs {
-		if errs[i] != nil {
-			t.Fatalf("node %d: %v", i+1, errs[i])
-		}
-		t.Cleanup(func() { c.Close() })
-	}
 	js, err := njs.New(cs[0].Conn())
 	if err != nil {
 		t.Fatal(err)
