@@ -106,18 +106,7 @@ func receiveAll(t *testing.T, c *client.Client) chan string {
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	out := make(chan string, 10000)
-	go func() {
-		for {
-			in, err := c.Recv(ctx)
-			if err != nil {
-				return
-			}
-			if in.Message != nil {
-				out <- string(in.Message.Body)
-			}
-			_ = c.Ack(in.Seq)
-		}
-	}()
+	go ackAll(ctx, c, out)
 	return out
 }
 

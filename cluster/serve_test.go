@@ -370,6 +370,21 @@ func dialClient(t *testing.T, addr, phone string, kp noise.Keypair, serverKey []
 	return c
 }
 
+// ackAll acks everything c receives until ctx ends, handing the
+// messages' bodies to out (if not nil) in the order received.
+func ackAll(ctx context.Context, c *client.Client, out chan<- string) {
+	for {
+		in, err := c.Recv(ctx)
+		if err != nil {
+			return
+		}
+		if in.Message != nil && out != nil {
+			out <- string(in.Message.Body)
+		}
+		_ = c.Ack(in.Seq)
+	}
+}
+
 // flow has Alice send messages numbered m0000 and up to Bob, one at a
 // time, each until it is acked: a send refused while a stream elects a new
 // leader is sent again with the same id, which stores it once. Alice reads
@@ -377,28 +392,9 @@ func dialClient(t *testing.T, addr, phone string, kp noise.Keypair, serverKey []
 // received; sent says how Alice's sending ended; acked counts her acks,
 // and maxGap is the longest time between two of them (nanoseconds).
 func flow(ctx context.Context, alice, bob *client.Client) (received chan string, sent chan error, acked, maxGap *atomic.Int64) {
-	go func() {
-		for {
-			in, err := alice.Recv(ctx)
-			if err != nil {
-				return
-			}
-			_ = alice.Ack(in.Seq)
-		}
-	}()
+	go ackAll(ctx, alice, nil)
 	received = make(chan string, messages)
-	go func() {
-		for {
-			in, err := bob.Recv(ctx)
-			if err != nil {
-				return
-			}
-			if in.Message != nil {
-				received <- string(in.Message.Body)
-			}
-			_ = bob.Ack(in.Seq)
-		}
-	}()
+	go ackAll(ctx, bob, received)
 	sent = make(chan error, 1)
 	acked, maxGap = new(atomic.Int64), new(atomic.Int64)
 	go func() {
