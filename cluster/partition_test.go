@@ -310,8 +310,8 @@ func await(ctx context.Context, t *testing.T, what string, cond func() bool, sen
 // Alice's sends with UNAVAILABLE (retryable) and acks none that it could
 // not replicate, and its /admin/cluster says it has no quorum. After the
 // heal Alice's resends (same ids) are acked, and Bob gets everything
-// either of them had acked, exactly once and in order (what is left in
-// his queue after his acks is shown: see the end). A failing run prints the nodes'
+// either of them had acked, exactly once and in order, and his acks erase
+// his queue. A failing run prints the nodes'
 // logs, and Bob's session when he stalls.
 func TestClusterPartitionMinorityRefusesAndHeals(t *testing.T) {
 	if testing.Short() {
@@ -529,11 +529,7 @@ func TestClusterPartitionMinorityRefusesAndHeals(t *testing.T) {
 		time.Sleep(200 * time.Millisecond)
 	}
 	if left != 0 {
-		// Known, open: acks on a node that did not append to the queue
-		// erase nothing (store/jetstream's
-		// TestAckOfItemsAppendedOnAnotherNodeErasesThem says why the fix
-		// is out). Shown, not failed, until it is back.
-		t.Logf("Bob's queue holds %d items after he acked everything (known bug: acks on his node erase nothing):\n%s", left, dump)
+		t.Errorf("Bob's queue holds %d items after he acked everything, want 0:\n%s", left, dump)
 	}
 }
 

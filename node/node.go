@@ -809,7 +809,11 @@ func (n *Node) commit(c *conn, b *store.Batch) {
 				if to := n.router.lookup(a.To); to != nil {
 					to.postFrom(n.pool, event{kind: evPush, seq: r.Seqs[i], data: a.Data}, here)
 				} else {
-					n.router.elsewhere(a.To, r.Seqs[i], a.Data)
+					var loc uint64
+					if i < len(r.Locs) {
+						loc = r.Locs[i]
+					}
+					n.router.elsewhere(a.To, r.Seqs[i], loc, a.Data, b.Acks)
 				}
 			}
 		} else if r.Dup != nil {
@@ -822,7 +826,7 @@ func (n *Node) commit(c *conn, b *store.Batch) {
 				if to := n.router.lookup(a.To); to != nil {
 					to.postFrom(n.pool, event{kind: evPush, seq: wakeSeq}, here)
 				} else {
-					n.router.elsewhere(a.To, wakeSeq, nil)
+					n.router.elsewhere(a.To, wakeSeq, 0, nil, nil)
 				}
 			}
 		}

@@ -3,6 +3,7 @@ package node
 import (
 	"math"
 
+	"github.com/parleyhq/parley/store"
 	"github.com/parleyhq/parley/wire"
 )
 
@@ -27,9 +28,12 @@ type routes interface {
 
 	// elsewhere is told of every committed append (item seq, data, in
 	// the user's queue) whose recipient has no session on this node, so
-	// that a session on another node can be woken. It runs on the
-	// store's committer goroutine and must not block.
-	elsewhere(user string, seq uint64, data []byte)
+	// that a session on another node can be woken: with where the store
+	// put it (loc, a store.Result.Locs; 0 if none) and the acks of the
+	// batch that made it (a receipt's), for that node's store (see
+	// storeNotes). It runs on the store's committer goroutine and must
+	// not block.
+	elsewhere(user string, seq, loc uint64, data []byte, acked []store.Ack)
 	// kickElsewhere closes the user's sessions on the other nodes (a
 	// re-registration). It must not block.
 	kickElsewhere(user string, code wire.Error_Code, text string)
@@ -39,7 +43,7 @@ type routes interface {
 }
 
 // A node alone has nowhere else to route.
-func (r *router) elsewhere(string, uint64, []byte)              {}
+func (r *router) elsewhere(string, uint64, uint64, []byte, []store.Ack) {}
 func (r *router) kickElsewhere(string, wire.Error_Code, string) {}
 func (r *router) close()                                        {}
 

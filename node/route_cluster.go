@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"hash/maphash"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -14,6 +15,7 @@ import (
 	"github.com/nats-io/nats.go"
 	njs "github.com/nats-io/nats.go/jetstream"
 
+	"github.com/parleyhq/parley/store"
 	"github.com/parleyhq/parley/wire"
 )
 
@@ -116,9 +118,28 @@ type hintJob struct {
 }
 
 type bell struct {
-	user string
-	seq  uint64
-	data []byte
+	user  string
+	seq   uint64
+	loc   uint64 // where the store put the item; 0 if it does not say
+	data  []byte
+	acked []store.Ack // the acks of the batch that made the item (the batch's own)
+}
+
+// A doorbell's headers carry what the ringing node's store learnt that the
+// rung node's store would otherwise have to read (storeNotes): where the
+// item is, and how far the batch that made it (a delivered receipt) erased
+// its acker's queue. A node that does not know them ignores them.
+const (
+	hdrBellLoc   = "Parley-Loc"
+	hdrBellAcked = "Parley-Acked" // "UPTO USER", one value per ack
+)
+
+// storeNotes is what a cluster store learns from other nodes' doorbells
+// (jetstream.Store): where an item of one of this node's users was put,
+// and how far another node erased a queue this node appends to.
+type storeNotes interface {
+	NoteItem(user string, seq, loc uint64)
+	NoteAcked(user string, upTo uint64)
 }
 
 // hint is a user's entry: where the user logged in last, and when.
@@ -282,12 +303,12 @@ func (r *clusterRouter) unregister(user string, c *conn) {
 	r.enqueue(hintJob{kind: jobRelease, user: user, c: c}, false)
 }
 
-func (r *clusterRouter) elsewhere(user string, seq uint64, data []byte) {
-	if r.stopped.Load() || len(data) > maxDoorbell-256 {
+func (r *clusterRouter) elsewhere(user string, seq, loc uint64, data []byte, acked []store.Ack) {
+	if r.stopped.Load() || len(data) > maxDoorbell-256-64*len(acked) {
 		return // too big to ring with: the session's next read finds it
 	}
 	select {
-	case r.bells <- bell{user: user, seq: seq, data: data}:
+	case r.bells <- bell{user: user, seq: seq, loc: loc, data: data, acked: acked}:
 	default:
 		// Behind: this item waits for the session's next read.
 	}
@@ -427,7 +448,7 @@ func (r *clusterRouter) drop(user string, c *conn, code wire.Error_Code, winner 
 	r.router.unregister(user, c)
 	c.post(r.n.pool, event{kind: evKick, code: code, text: kickText(code)})
 	if winner.node != "" {
-		r.ring(winner, user, wakeSeq, nil)
+		r.ring(winner, bell{user: user, seq: wakeSeq})
 	}
 }
 
@@ -588,11 +609,11 @@ func (r *clusterRouter) bellWorker() {
 				// The bucket does not answer (its stream between leaders):
 				// ring every node rather than leave the item to a read
 				// that a quiet session may not make for a long time.
-				r.ringAll(b.user, b.seq, b.data)
+				r.ringAll(b)
 				continue
 			}
 			if h, ok := decodeHint(e.Value()); ok && h.node != r.node {
-				r.ring(h, b.user, b.seq, b.data)
+				r.ring(h, b)
 			}
 		case <-r.stop:
 			return
@@ -602,20 +623,8 @@ func (r *clusterRouter) bellWorker() {
 
 // ring publishes a doorbell: seq of user's queue (wakeSeq: read the
 // queue), with the item's data.
-func (r *clusterRouter) ring(to hint, user string, seq uint64, data []byte) {
-	if len(user) > 255 {
-		return
-	}
-	b := make([]byte, 0, 17+len(user)+len(data))
-	b = binary.BigEndian.AppendUint64(b, to.epoch)
-	b = binary.BigEndian.AppendUint64(b, seq)
-	b = append(b, byte(len(user)))
-	b = append(b, user...)
-	b = append(b, data...)
-	if err := r.nc.Publish(bellSubject(to.node), b); err != nil {
-		r.n.log.Debug("cluster: doorbell", "user", user, "node", to.node, "err", err)
-		r.publishFailed()
-	}
+func (r *clusterRouter) ring(to hint, b bell) {
+	r.publishBell(bellSubject(to.node), to.epoch, b)
 }
 
 // bellAllSubject reaches every node: a doorbell for a user whose hint
@@ -624,18 +633,56 @@ const bellAllSubject = "parley.bell.all"
 
 // ringAll rings every node's doorbell for user: a node where the user has
 // a session pushes the item to it, the others drop it.
-func (r *clusterRouter) ringAll(user string, seq uint64, data []byte) {
-	if len(user) > 255 {
+func (r *clusterRouter) ringAll(b bell) {
+	r.publishBell(bellAllSubject, 0, b) // no epoch: whoever holds the user
+}
+
+func (r *clusterRouter) publishBell(subject string, epoch uint64, b bell) {
+	if len(b.user) > 255 {
 		return
 	}
-	b := make([]byte, 0, 17+len(user)+len(data))
-	b = binary.BigEndian.AppendUint64(b, 0) // no epoch: whoever holds the user
-	b = binary.BigEndian.AppendUint64(b, seq)
-	b = append(b, byte(len(user)))
-	b = append(b, user...)
-	b = append(b, data...)
-	if err := r.nc.Publish(bellAllSubject, b); err != nil {
+	m := &nats.Msg{Subject: subject, Data: make([]byte, 0, 17+len(b.user)+len(b.data))}
+	m.Data = binary.BigEndian.AppendUint64(m.Data, epoch)
+	m.Data = binary.BigEndian.AppendUint64(m.Data, b.seq)
+	m.Data = append(m.Data, byte(len(b.user)))
+	m.Data = append(m.Data, b.user...)
+	m.Data = append(m.Data, b.data...)
+	if b.loc != 0 || len(b.acked) > 0 {
+		m.Header = make(nats.Header, 2)
+		if b.loc != 0 {
+			m.Header.Set(hdrBellLoc, strconv.FormatUint(b.loc, 10))
+		}
+		for _, a := range b.acked {
+			m.Header.Add(hdrBellAcked, strconv.FormatUint(a.UpTo, 10)+" "+a.User)
+		}
+	}
+	if err := r.nc.PublishMsg(m); err != nil {
+		r.n.log.Debug("cluster: doorbell", "user", b.user, "subject", subject, "err", err)
 		r.publishFailed()
+	}
+}
+
+// noteBell tells this node's store what a doorbell's headers say (see
+// hdrBellLoc), before the item is pushed: the session's ack of it comes
+// after.
+func (r *clusterRouter) noteBell(m *nats.Msg, user string, seq uint64) {
+	if len(m.Header) == 0 {
+		return
+	}
+	sn, ok := r.n.store.(storeNotes)
+	if !ok {
+		return
+	}
+	if v := m.Header.Get(hdrBellLoc); v != "" && seq != wakeSeq {
+		if loc, err := strconv.ParseUint(v, 10, 64); err == nil {
+			sn.NoteItem(user, seq, loc)
+		}
+	}
+	for _, v := range m.Header.Values(hdrBellAcked) {
+		n, u, ok := strings.Cut(v, " ")
+		if upTo, err := strconv.ParseUint(n, 10, 64); ok && err == nil {
+			sn.NoteAcked(u, upTo)
+		}
 	}
 }
 
@@ -661,6 +708,7 @@ func (r *clusterRouter) onBell(m *nats.Msg) {
 		return
 	}
 	user, data := string(b[17:17+ul]), b[17+ul:]
+	r.noteBell(m, user, seq)
 	if seq != wakeSeq && len(data) == 0 {
 		seq = wakeSeq // no item to deliver from: read it
 	}

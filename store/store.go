@@ -118,6 +118,11 @@ type Result struct {
 	Err error
 	// Seqs holds the sequence number given to each Append, in order.
 	Seqs []uint64
+	// Locs, when the store keeps them, say where each Append was put, in
+	// the store's own terms (a cluster store's stream seq), for another
+	// node to tell its store (the cluster's doorbell carries them), so
+	// that erasing the item there needs no search. Nil otherwise.
+	Locs []uint64
 	// Dup is the earlier record when Dedup matched one; then nothing was
 	// written and Seqs is empty.
 	Dup *Dedup

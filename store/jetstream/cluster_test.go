@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -272,13 +273,16 @@ func TestAcksEraseMessages(t *testing.T) {
 		}
 		return info.State.Msgs
 	}
+	if n := msgs(); n != 5+1 {
+		t.Fatalf("after 5 appends: %d messages in the stream, want 6 (and the tail record)", n)
+	}
 	commit(t, s, &store.Batch{Acks: []store.Ack{{User: bob, UpTo: 2}}})
-	if n := msgs(); n != 3 {
-		t.Fatalf("after acking 2 of 5: %d messages in the stream, want 3", n)
+	if n := msgs(); n != 3+1 {
+		t.Fatalf("after acking 2 of 5: %d messages in the stream, want 4 (3 and the tail record)", n)
 	}
 	commit(t, s, &store.Batch{Acks: []store.Ack{{User: bob, UpTo: 5}}})
 	if n := msgs(); n != 1 {
-		t.Fatalf("after acking all: %d messages in the stream, want 1 (the marker)", n)
+		t.Fatalf("after acking all: %d messages in the stream, want 1 (the tail record)", n)
 	}
 	if r := commit(t, s, &store.Batch{Appends: []store.Append{{To: bob}}}); r.Err != nil || r.Seqs[0] != 6 {
 		t.Fatalf("append after emptying = %+v, want seq 6", r)
@@ -382,15 +386,12 @@ func TestNoQuorumIsErrUnavailable(t *testing.T) {
 }
 
 // The recipient's node acks what the senders' nodes appended: its cached
-// view of the queue ends where it last wrote (its previous ack), before
-// those items. The ack still erases them: the node reads the queue again
-// rather than cut the ack down to its stale view, which would erase
-// nothing and leave the queue to grow with every message.
+// view of the queue ends where it last looked, before those items. The
+// ack still erases them: the node finds the acked item in the stream and
+// raises its view's tail to it, rather than cut the ack down to its stale
+// view, which would erase nothing and leave the queue to grow with every
+// message.
 func TestAckOfItemsAppendedOnAnotherNodeErasesThem(t *testing.T) {
-	t.Skip("known bug, open: the fix (reload the queue on an ack past the node's view) was taken out at the end of stop 18. " +
-		"With acks really erasing, an ack whose erase part was written and whose receipt part (another partition) was not " +
-		"loses the receipt when the session ends before its retry (CI: a delivered receipt missing after SIGKILL/SIGTERM). " +
-		"It comes back with the receipts written before the erase: see BENCHMARKS.md, \"Stop 18\".")
 	ns := nodes(t, 2, jetstream.Options{Partitions: 1})
 	putAccounts(t, ns[0], bob)
 	sender, recipient := ns[0], ns[1]
@@ -484,5 +485,89 @@ func TestReadGoesOnWhereTheLastReadEnded(t *testing.T) {
 		if n := gets.Load() - before; n > window+2 {
 			t.Errorf("reading %d items from seq %d took %d requests, want about %d", window, from, n, window)
 		}
+	}
+}
+
+// One node appends to bob's queue, another acks each item as bob would,
+// told where each is (NoteItem, as the cluster's doorbell does): the
+// acking node finds the items without a read, and its erasures never make
+// the appending node lose a compare-and-set (erasing writes nothing to
+// what appends compare). Told of the acks (NoteAcked), the appending node
+// sees the queue empty again.
+func TestAckingOnAnotherNodeCostsTheAppenderNothing(t *testing.T) {
+	ns := nodes(t, 2, jetstream.Options{Partitions: 1})
+	putAccounts(t, ns[0], bob)
+	sender, recipient := ns[0], ns[1]
+	const n = 20
+	var reads uint64
+	for i := 1; i <= n; i++ {
+		r := commit(t, sender, &store.Batch{Appends: []store.Append{{To: bob, Data: fmt.Appendf(nil, "m%d", i)}}})
+		if r.Err != nil || len(r.Locs) != 1 || r.Locs[0] == 0 {
+			t.Fatalf("append %d = %+v, want a seq and its loc", i, r)
+		}
+		recipient.NoteItem(bob, r.Seqs[0], r.Locs[0])
+		if i == 2 {
+			reads = recipient.Counters().Reads // the first ack loaded the queue
+		}
+		if r := commit(t, recipient, &store.Batch{Acks: []store.Ack{{User: bob, UpTo: r.Seqs[0]}}}); r.Err != nil {
+			t.Fatalf("ack %d: %v", i, r.Err)
+		}
+		sender.NoteAcked(bob, r.Seqs[0])
+	}
+	if c := sender.Counters(); c.Conflicts != 0 {
+		t.Errorf("the appending node lost %d compare-and-sets, want 0", c.Conflicts)
+	}
+	if got := recipient.Counters().Reads - reads; got != 0 {
+		t.Errorf("the acking node made %d reads for %d acks of items it was told of, want 0", got, n-1)
+	}
+	if l, err := sender.QueueLen(bob); err != nil || l != 0 {
+		t.Errorf("bob's queue holds %d, %v; want 0", l, err)
+	}
+	if l, ok := sender.QueueLenCached(bob); !ok || l != 0 {
+		t.Errorf("the appending node's view of bob's queue: %d, %v; want 0 once told of the acks", l, ok)
+	}
+	if r := commit(t, sender, &store.Batch{Appends: []store.Append{{To: bob}}}); r.Err != nil || r.Seqs[0] != n+1 {
+		t.Fatalf("append after the queue was emptied = %+v, want seq %d", r, n+1)
+	}
+}
+
+// An ack's erasure is made only once its receipts are written: here the
+// receipt's partition is gone (its stream deleted), so the receipt cannot
+// be written, and bob's item stays, to be delivered and acked again with
+// its receipt, rather than be erased with no receipt ever made. alice and
+// bob are in different partitions of 2.
+func TestAckErasesNothingWhenItsReceiptFails(t *testing.T) {
+	nc, _ := startServer(t, t.TempDir())
+	ctx := context.Background()
+	s, err := jetstream.Open(ctx, nc, jetstream.Options{Partitions: 2, Timeout: time.Second})
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	defer s.Close()
+	putAccounts(t, s, alice, bob)
+	for _, to := range []string{alice, bob} {
+		if r := commit(t, s, &store.Batch{Appends: []store.Append{{To: to, Data: []byte("m")}}}); r.Err != nil {
+			t.Fatalf("append to %s: %v", to, r.Err)
+		}
+	}
+	partition := func(user string) int { // the store's layout: fnv32a mod the count
+		h := fnv.New32a()
+		h.Write([]byte(user))
+		return int(h.Sum32() % 2)
+	}
+	if partition(alice) == partition(bob) {
+		t.Fatal("alice and bob are in one partition")
+	}
+	js, _ := njs.New(nc)
+	name := fmt.Sprintf("PARLEY_Q_%d", partition(alice))
+	if err := js.DeleteStream(ctx, name); err != nil {
+		t.Fatalf("delete %s: %v", name, err)
+	}
+	r := commit(t, s, &store.Batch{Acks: []store.Ack{{User: bob, UpTo: 1}}, Appends: []store.Append{{To: alice, Data: []byte("delivered")}}})
+	if r.Err == nil {
+		t.Fatalf("ack with a receipt to a partition that is gone = %+v, want an error", r)
+	}
+	if n, err := s.QueueLen(bob); err != nil || n != 1 {
+		t.Fatalf("bob's queue holds %d, %v after the ack whose receipt failed; want 1 (kept)", n, err)
 	}
 }

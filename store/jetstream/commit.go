@@ -126,15 +126,17 @@ func (q *commitQueue) take(group []request, max int) ([]request, bool) {
 // are written by the committer (last and known by the goroutine writing
 // the queue's partition) under Store.stMu.
 type userState struct {
-	user string
-	part int
-	subj string
+	user  string
+	part  int
+	subj  string // the items
+	tsubj string // the tail record
 	// head is the lowest seq not erased and tail the last seq assigned;
 	// head = tail+1 when the queue is empty.
 	head, tail uint64
-	// last is the stream seq of the subject's last message as last seen:
-	// every write to the subject is a compare-and-set on it, so a write
-	// made meanwhile by another node is detected, never overwritten.
+	// last is the stream seq of the tail record as last seen (of the
+	// items subject's last message, with DeletePerItem): every append is
+	// a compare-and-set on it, so an append made meanwhile by another
+	// node is detected, never overwritten.
 	last uint64
 	// marker and prevMarker are the stream seqs of the queue's newest
 	// empty-marker and the one before (DeletePerItem deletes it); 0: none.
@@ -162,6 +164,7 @@ type op struct {
 	seq  uint64     // item, marker
 	ts   int64
 	data []byte // item
+	app  int    // item: its index in the batch's Appends
 
 	subject  string // dedup
 	dedupCAS bool   // dedup: must not exist yet
@@ -172,13 +175,32 @@ type op struct {
 // partPlan is what a group writes to one partition.
 type partPlan struct {
 	ops []op
-	// purge maps a queue acked only in part to its new head: the items
-	// below it are erased with one PurgeEx after the group's publishes.
-	purge     map[*userState]uint64
-	purgeReqs map[*userState][]int
+	// purges are the erasures the group's requests planned, in order:
+	// each queue is purged below the highest head of the requests whose
+	// writes all succeeded, after every partition's publishes (erasePart).
+	purges []purgeReq
+	// purgeTo is erasePart's scratch: by queue, the head to purge below.
+	purgeTo map[*userState]uint64
+	blocked map[*userState]bool
+	// tails is publishChunk's scratch: the tail record of each queue a
+	// chunk appends to.
+	tails []tailRec
 	// dels, with DeletePerItem, maps a queue to the seqs [from, to) its
 	// acks erase, each with its own DeleteMsg after the publishes.
 	dels map[*userState][2]uint64
+}
+
+// tailRec is a queue's tail record to write: see publishChunk.
+type tailRec struct {
+	st  *userState
+	seq uint64
+}
+
+// purgeReq is a request's erasure of st's items below head.
+type purgeReq struct {
+	st   *userState
+	req  int
+	head uint64
 }
 
 // touchedQueue is a queue the batch being decided touches.
@@ -211,6 +233,8 @@ type committer struct {
 	resMu   sync.Mutex
 	failed  []error // by request index
 	written []bool  // by request index: some part of it was written
+	// locs are, by request index, the stream seqs of its appends (Result.Locs).
+	locs [][]uint64
 	// unwritten lists, by request index, the partitions where the
 	// request's writes failed with nothing of them written, and why.
 	unwritten [][]partFailure
@@ -252,10 +276,11 @@ func (c *committer) commitGroup(group []request) {
 	clear(c.overlay)
 	for p := range c.plans {
 		c.plans[p].ops = c.plans[p].ops[:0]
-		clear(c.plans[p].purge)
-		clear(c.plans[p].purgeReqs)
+		clear(c.plans[p].purges)
+		c.plans[p].purges = c.plans[p].purges[:0]
 		clear(c.plans[p].dels)
 	}
+	c.locs = append(c.locs[:0], make([][]uint64, len(group))...)
 	c.failed = append(c.failed[:0], make([]error, len(group))...)
 	c.written = append(c.written[:0], make([]bool, len(group))...)
 	c.unwritten = append(c.unwritten[:0], make([][]partFailure, len(group))...)
@@ -288,7 +313,7 @@ func (c *committer) commitGroup(group []request) {
 	waitReceived := c.writeReceived(ctx, group, now)
 	var wg sync.WaitGroup
 	for p := range c.plans {
-		if len(c.plans[p].ops) == 0 && len(c.plans[p].purge) == 0 && len(c.plans[p].dels) == 0 {
+		if len(c.plans[p].ops) == 0 && len(c.plans[p].dels) == 0 {
 			continue
 		}
 		wg.Add(1)
@@ -298,7 +323,25 @@ func (c *committer) commitGroup(group []request) {
 		}()
 	}
 	wg.Wait()
+	// The erasures go last, once every publish of the group is in: see
+	// erase.
+	for p := range c.plans {
+		if len(c.plans[p].purges) == 0 || s.opts.DeletePerItem {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c.erasePart(ctx, p, &c.plans[p])
+		}()
+	}
+	wg.Wait()
 	waitReceived()
+	for i := range group {
+		if c.failed[i] == nil && c.locs[i] != nil {
+			group[i].res.Locs = c.locs[i]
+		}
+	}
 
 	for i, owner := range c.dupOf {
 		if owner >= 0 && c.failed[owner] != nil && c.failed[i] == nil {
@@ -435,9 +478,9 @@ func (c *committer) forgetFailed(group []request) {
 					forget(o.st)
 				}
 			}
-			for st, reqs := range pl.purgeReqs {
-				if slices.Contains(reqs, i) {
-					forget(st)
+			for _, pr := range pl.purges {
+				if pr.req == i {
+					forget(pr.st)
 				}
 			}
 		}
@@ -501,6 +544,14 @@ func (c *committer) state(ctx context.Context, user string) (*userState, error) 
 	s := c.s
 	s.stMu.Lock()
 	st := s.states[user]
+	if st != nil {
+		if h := s.headOf(st); h <= st.head {
+			delete(s.ackedAt, user)
+		} else if !c.planned(st) {
+			st.head = h
+			delete(s.ackedAt, user)
+		}
+	}
 	s.stMu.Unlock()
 	if st != nil {
 		return st, nil
@@ -510,11 +561,13 @@ func (c *committer) state(ctx context.Context, user string) (*userState, error) 
 		return nil, fmt.Errorf("load queue %s: %w", user, err)
 	}
 	p := s.lay.partition(user)
-	st = &userState{user: user, part: p, subj: s.lay.queueSubject(p, user), head: b.head, tail: b.tail, last: b.last}
+	st = &userState{user: user, part: p, subj: s.lay.queueSubject(p, user), tsubj: s.lay.tailSubject(p, user),
+		head: b.head, tail: b.tail, last: b.last}
 	if b.headSeq != 0 {
 		st.known = append(st.known, seqPair{b.head, b.headSeq})
 	}
 	s.stMu.Lock()
+	delete(s.ackedAt, user)
 	s.states[user] = st
 	s.stMu.Unlock()
 	return st, nil
@@ -582,9 +635,20 @@ func (c *committer) decide(ctx context.Context, i int, b *store.Batch, now int64
 		if err != nil {
 			return store.Result{Err: err}
 		}
+		if a.UpTo > st.tail && !s.opts.DeletePerItem {
+			// Another node appended what is acked (the recipient's node
+			// seldom writes the recipient's queue but to erase it): the
+			// view's tail is raised to it once the item is known to be
+			// there, so the ack erases it. Cut down to the stale tail it
+			// would erase nothing, and the queue would only grow.
+			if err := c.raiseTail(ctx, st, a.UpTo); err != nil {
+				return store.Result{Err: err}
+			}
+		}
 		t := &c.touched[c.touch(st)]
+		t.tail = max(t.tail, st.tail)
 		if a.UpTo >= t.head {
-			t.head = min(a.UpTo, st.tail) + 1
+			t.head = min(a.UpTo, t.tail) + 1
 		}
 	}
 	for _, a := range b.Appends {
@@ -598,6 +662,14 @@ func (c *committer) decide(ctx context.Context, i int, b *store.Batch, now int64
 		st, err := c.state(ctx, a.To)
 		if err != nil {
 			return store.Result{Err: err}
+		}
+		if st.tail+1-st.head >= uint64(s.opts.Store.MaxQueueLen) && !c.planned(st) {
+			// Full as this node sees it; but other nodes erase what
+			// their users ack without writing the subject, so this
+			// view's head may be stale: look again before refusing.
+			if err := c.refreshHead(ctx, st); err != nil {
+				return store.Result{Err: err}
+			}
 		}
 		ti := c.touch(st)
 		t := &c.touched[ti]
@@ -625,7 +697,7 @@ func (c *committer) decide(ctx context.Context, i int, b *store.Batch, now int64
 		t.next++
 		seqs[k] = t.next
 		pl := &c.plans[t.st.part]
-		pl.ops = append(pl.ops, op{req: i, kind: opItem, st: t.st, seq: t.next, ts: now, data: a.Data})
+		pl.ops = append(pl.ops, op{req: i, kind: opItem, st: t.st, seq: t.next, ts: now, data: a.Data, app: k})
 	}
 	if d := b.Dedup; d != nil {
 		o := op{req: i, kind: opDedup, subject: ddSubj, dedupCAS: !d.Fresh, ts: d.TS, seq: d.ServerID}
@@ -642,10 +714,19 @@ func (c *committer) decide(ctx context.Context, i int, b *store.Batch, now int64
 	return store.Result{Seqs: seqs}
 }
 
-// erase plans the erasure of st's items below newHead (> st.head). A queue
-// left empty gets an empty-marker written with Nats-Rollup: sub, one
-// message that erases every earlier one of the subject; a queue acked in
-// part is purged below its new head after the group's publishes.
+// erase plans the erasure of st's items below newHead (> st.head): one
+// PurgeEx of the subject below the stream seq just past the last erased
+// item, made after every partition's publishes of the group (erasePart),
+// and only for requests whose publishes all succeeded: an ack's delivered
+// receipts are written before its erase, so an ack cut short by a failure
+// leaves the item to be delivered and acked again, and its receipt made
+// again, rather than erased with no receipt. The purge writes nothing to
+// the subject: the queue's last message stays the tail record of the
+// last append (see publishChunk), so the nodes appending to the queue do
+// not lose their compare-and-set to the node erasing it.
+//
+// With DeletePerItem (the per-item baseline, for one node), a queue left
+// empty gets an empty-marker, and each erased item its own DeleteMsg.
 func (c *committer) erase(i int, st *userState, newHead uint64, now int64) {
 	pl := &c.plans[st.part]
 	if c.s.opts.DeletePerItem {
@@ -661,26 +742,8 @@ func (c *committer) erase(i int, st *userState, newHead uint64, now int64) {
 		}
 		d[1] = newHead
 		pl.dels[st] = d
-		if pl.purgeReqs == nil {
-			pl.purgeReqs = make(map[*userState][]int)
-		}
-		pl.purgeReqs[st] = append(pl.purgeReqs[st], i)
-		return
 	}
-	if newHead > st.tail {
-		pl.ops = append(pl.ops, op{req: i, kind: opMarker, st: st, seq: st.tail, ts: now})
-		delete(pl.purge, st)
-	} else {
-		if pl.purge == nil {
-			pl.purge = make(map[*userState]uint64)
-			pl.purgeReqs = make(map[*userState][]int)
-		}
-		pl.purge[st] = newHead
-	}
-	if pl.purgeReqs == nil {
-		pl.purgeReqs = make(map[*userState][]int)
-	}
-	pl.purgeReqs[st] = append(pl.purgeReqs[st], i)
+	pl.purges = append(pl.purges, purgeReq{st: st, req: i, head: newHead})
 }
 
 // dedupTTL is the Nats-TTL of a record with timestamp ts written at now:
@@ -749,14 +812,18 @@ func (c *committer) writePart(ctx context.Context, p int, pl *partPlan) {
 	for len(ops) > 0 && failure == nil {
 		// A chunk ends at a request boundary, under maxAtomic messages
 		// when it can (a single request past it is written alone and is
-		// refused by the server).
+		// refused by the server); each item may bring a tail record.
+		limit := maxAtomic / 2
+		if s.opts.DeletePerItem {
+			limit = maxAtomic
+		}
 		n := 0
 		for n < len(ops) {
 			end := n + 1
 			for end < len(ops) && ops[end].req == ops[n].req {
 				end++
 			}
-			if n > 0 && end > maxAtomic {
+			if n > 0 && end > limit {
 				break
 			}
 			n = end
@@ -783,11 +850,9 @@ func (c *committer) writePart(ctx context.Context, p int, pl *partPlan) {
 			c.failed[o.req] = failure
 			c.noteUnwritten(o.req, p, failure, true)
 		}
-		for _, reqs := range pl.purgeReqs {
-			for _, i := range reqs {
-				c.failed[i] = failure
-				c.noteUnwritten(i, p, failure, true)
-			}
+		for _, pr := range pl.purges {
+			c.failed[pr.req] = failure
+			c.noteUnwritten(pr.req, p, failure, true)
 		}
 		return
 	}
@@ -796,24 +861,59 @@ func (c *committer) writePart(ctx context.Context, p int, pl *partPlan) {
 			err = fmt.Errorf("erase queue %s below %d: %w", st.user, d[1], err)
 			s.log.Warn("store erase failed", "user", st.user, "seq", d[1], "err", err)
 			c.resMu.Lock()
-			for _, i := range pl.purgeReqs[st] {
-				c.failed[i] = err
-				c.noteUnwritten(i, p, err, false)
+			for _, pr := range pl.purges {
+				if pr.st == st {
+					c.failed[pr.req] = err
+					c.noteUnwritten(pr.req, p, err, false)
+				}
 			}
 			c.resMu.Unlock()
 		}
 	}
-	for st, head := range pl.purge {
-		if err := c.purgeBelow(ctx, p, st, head); err != nil {
-			err = fmt.Errorf("erase queue %s below %d: %w", st.user, head, err)
-			s.log.Warn("store erase failed", "user", st.user, "seq", head, "err", err)
-			c.resMu.Lock()
-			for _, i := range pl.purgeReqs[st] {
-				c.failed[i] = err
-				c.noteUnwritten(i, p, err, false)
-			}
-			c.resMu.Unlock()
+}
+
+// erasePart makes partition p's purges (see erase), once every publish of
+// the group is in: each queue below the highest head of the requests that
+// did not fail. A request that failed erases nothing; its erasure is noted
+// unwritten, so that a retry of what it did not write (retryRest) makes
+// it.
+func (c *committer) erasePart(ctx context.Context, p int, pl *partPlan) {
+	s := c.s
+	if pl.purgeTo == nil {
+		pl.purgeTo = make(map[*userState]uint64)
+		pl.blocked = make(map[*userState]bool)
+	}
+	clear(pl.purgeTo)
+	clear(pl.blocked)
+	c.resMu.Lock()
+	for _, pr := range pl.purges {
+		if err := c.failed[pr.req]; err != nil {
+			// Nor does any later request erase past it: its receipts
+			// are yet to be written.
+			c.noteUnwritten(pr.req, p, err, true)
+			pl.blocked[pr.st] = true
+			continue
 		}
+		if !pl.blocked[pr.st] {
+			pl.purgeTo[pr.st] = max(pl.purgeTo[pr.st], pr.head)
+		}
+	}
+	c.resMu.Unlock()
+	for st, head := range pl.purgeTo {
+		err := c.purgeBelow(ctx, p, st, head)
+		if err == nil {
+			continue
+		}
+		err = fmt.Errorf("erase queue %s below %d: %w", st.user, head, err)
+		s.log.Warn("store erase failed", "user", st.user, "seq", head, "err", err)
+		c.resMu.Lock()
+		for _, pr := range pl.purges {
+			if pr.st == st && c.failed[pr.req] == nil {
+				c.failed[pr.req] = err
+				c.noteUnwritten(pr.req, p, err, false)
+			}
+		}
+		c.resMu.Unlock()
 	}
 }
 
@@ -830,14 +930,11 @@ func (c *committer) publishChunk(ctx context.Context, p int, ops []op) error {
 		case opItem, opMarker:
 			m = nats.NewMsg(o.st.subj)
 			kind := byte(kindItem)
-			if o.kind == opMarker {
+			if o.kind == opMarker { // DeletePerItem's empty-marker
 				kind = kindMarker
-				if !s.opts.DeletePerItem {
-					m.Header.Set(njs.MsgRollup, njs.MsgRollupSubject)
-				}
 			}
 			m.Data = appendRecord(make([]byte, 0, recHeader+len(o.data)), kind, o.seq, o.ts, o.data)
-			if !seen[o.st.subj] {
+			if s.opts.DeletePerItem && !seen[o.st.subj] {
 				seen[o.st.subj] = true
 				m.Header.Set(njs.ExpectedLastSubjSeqHeader, strconv.FormatUint(o.st.last, 10))
 			}
@@ -852,6 +949,37 @@ func (c *committer) publishChunk(ctx context.Context, p int, ops []op) error {
 		}
 		msgs[k] = m
 	}
+	// Each queue the chunk appends to gets its tail record rewritten, a
+	// compare-and-set on the one before: its seq is the queue's tail. The
+	// record is in a subject of its own, which erasing never touches, so
+	// only an append moves what the next append's compare-and-set is made
+	// on (a node erasing the queue does not make the nodes appending to
+	// it lose theirs), and a queue whose items are all erased still says
+	// how far its seqs went, so that none is reused.
+	nItems := len(msgs)
+	tails := c.plans[p].tails[:0]
+	if !s.opts.DeletePerItem {
+		for k := range ops {
+			o := &ops[k]
+			if o.kind != opItem {
+				continue
+			}
+			j := slices.IndexFunc(tails, func(t tailRec) bool { return t.st == o.st })
+			if j < 0 {
+				tails = append(tails, tailRec{st: o.st})
+				j = len(tails) - 1
+			}
+			tails[j].seq = o.seq
+		}
+		for _, t := range tails {
+			m := nats.NewMsg(t.st.tsubj)
+			m.Data = appendRecord(make([]byte, 0, recHeader), kindMarker, t.seq, time.Now().UnixNano(), nil)
+			m.Header.Set(njs.MsgRollup, njs.MsgRollupSubject)
+			m.Header.Set(njs.ExpectedLastSubjSeqHeader, strconv.FormatUint(t.st.last, 10))
+			msgs = append(msgs, m)
+		}
+	}
+	c.plans[p].tails = tails
 	// A stream leader cut off from its quorum keeps the write it could
 	// not acknowledge pending, and would check the next compare-and-sets
 	// against it; no write gets there: the first ErrUnavailable shuts
@@ -862,13 +990,31 @@ func (c *committer) publishChunk(ctx context.Context, p int, ops []op) error {
 		return fmt.Errorf("write %d messages to partition %d: %w", len(msgs), p, err)
 	}
 	first := last - uint64(len(msgs)) + 1
+	c.resMu.Lock()
+	for k := range ops {
+		if o := &ops[k]; o.kind == opItem {
+			if c.locs[o.req] == nil {
+				c.locs[o.req] = make([]uint64, o.app+1, o.app+4)
+			}
+			for len(c.locs[o.req]) <= o.app {
+				c.locs[o.req] = append(c.locs[o.req], 0)
+			}
+			c.locs[o.req][o.app] = first + uint64(k)
+		}
+	}
+	c.resMu.Unlock()
 	s.stMu.Lock()
+	for k, t := range tails {
+		t.st.last = first + uint64(nItems+k)
+	}
 	for k := range ops {
 		o := &ops[k]
 		sseq := first + uint64(k)
 		switch o.kind {
 		case opItem:
-			o.st.last = sseq
+			if s.opts.DeletePerItem {
+				o.st.last = sseq
+			}
 			o.st.known = append(o.st.known, seqPair{o.seq, sseq})
 			if len(o.st.known) > maxKnown {
 				o.st.known = append(o.st.known[:0], o.st.known[len(o.st.known)-maxKnown/2:]...)
@@ -876,10 +1022,6 @@ func (c *committer) publishChunk(ctx context.Context, p int, ops []op) error {
 		case opMarker:
 			o.st.last = sseq
 			o.st.prevMarker, o.st.marker = o.st.marker, sseq
-			if !s.opts.DeletePerItem {
-				o.st.known = o.st.known[:0]
-				o.st.prevMarker = 0 // the rollup erased it
-			}
 		case opDedup:
 			if o.deadline != 0 {
 				s.noteBornExpired(dedupRef{part: p, seq: sseq, deadline: o.deadline})
@@ -891,47 +1033,21 @@ func (c *committer) publishChunk(ctx context.Context, p int, ops []op) error {
 }
 
 // purgeBelow erases st's items with seq < head: one PurgeEx of the subject
-// below the stream seq of the item at head. Only the acked prefix goes:
-// items appended meanwhile, by any node, have higher stream seqs.
+// below the stream seq just past item head-1. Only the acked prefix goes:
+// items appended meanwhile, by any node, have higher stream seqs, and so
+// has the tail record of the append that wrote item head-1, which stays.
 func (c *committer) purgeBelow(ctx context.Context, p int, st *userState, head uint64) error {
 	s := c.s
-	s.stMu.Lock()
-	var from, sseq uint64 = 1, 0
-	for _, k := range st.known {
-		if k.seq == head {
-			sseq = k.sseq
-		}
-		if k.seq < head && k.sseq+1 > from {
-			from = k.sseq + 1
-		}
-	}
-	s.stMu.Unlock()
-	for sseq == 0 {
-		m, err := s.getNext(ctx, p, st.subj, from)
-		if err != nil {
-			return err
-		}
-		if m == nil {
-			return nil // erased meanwhile
-		}
-		r, err := decodeRecord(m.Data)
-		if err != nil {
-			return fmt.Errorf("stream seq %d: %w", m.Sequence, err)
-		}
-		if r.kind == kindItem && r.seq >= head {
-			sseq = m.Sequence
-		}
-		from = m.Sequence + 1
-	}
-	if sseq <= 1 {
-		return nil // nothing below; and sequence 1 once meant "everything"
+	sseq, err := c.locate(ctx, st, head-1)
+	if err != nil || sseq == 0 {
+		return err // sseq 0: nothing of it left (erased meanwhile)
 	}
 	pctx, cancel, err := s.gates.enter(ctx, p)
 	if err != nil {
 		return err
 	}
 	s.n.purges.Add(1)
-	err = s.parts[p].Purge(pctx, njs.WithPurgeSubject(st.subj), njs.WithPurgeSequence(sseq))
+	err = s.parts[p].Purge(pctx, njs.WithPurgeSubject(st.subj), njs.WithPurgeSequence(sseq+1))
 	cancel()
 	if err != nil {
 		s.gates.done(p, err)
@@ -944,7 +1060,133 @@ func (c *committer) purgeBelow(ctx context.Context, p int, st *userState, head u
 	}
 	st.known = append(st.known[:0], st.known[k:]...)
 	s.stMu.Unlock()
+	s.noteReadAt(st.user, seqPair{head - 1, sseq})
 	return nil
+}
+
+// locate is the stream seq of the last item of st's queue with seq <= seq
+// (0 if there is none): from what this node wrote or was told of the queue
+// (known, and NoteItem's or the last read's item), else found by reading
+// the subject from there.
+func (c *committer) locate(ctx context.Context, st *userState, seq uint64) (uint64, error) {
+	s := c.s
+	s.stMu.Lock()
+	var sseq uint64
+	for _, k := range st.known {
+		if k.seq == seq {
+			sseq = k.sseq
+		}
+	}
+	if k, ok := s.readAt[st.user]; ok && k.seq == seq {
+		sseq = k.sseq
+	}
+	s.stMu.Unlock()
+	if sseq != 0 {
+		return sseq, nil
+	}
+	at, err := c.walkTo(ctx, st, seq)
+	return at.sseq, err
+}
+
+// walkTo reads st's queue from where this node last knew it to the last
+// item with seq <= seq (none: the zero pair), and notes it (noteReadAt).
+func (c *committer) walkTo(ctx context.Context, st *userState, seq uint64) (seqPair, error) {
+	s := c.s
+	var at seqPair
+	for cur := s.startHint(st.user, seq); ; {
+		m, err := s.getNext(ctx, st.part, st.subj, cur)
+		if err != nil {
+			return seqPair{}, err
+		}
+		if m == nil {
+			break
+		}
+		cur = m.Sequence + 1
+		r, err := decodeRecord(m.Data)
+		if err != nil {
+			return seqPair{}, fmt.Errorf("stream seq %d: %w", m.Sequence, err)
+		}
+		if r.kind != kindItem {
+			continue
+		}
+		if r.seq > seq {
+			break
+		}
+		at = seqPair{r.seq, m.Sequence}
+	}
+	s.noteReadAt(st.user, at)
+	return at, nil
+}
+
+// raiseTail raises st's tail to seq if an item with that seq is in the
+// queue (see decide). last stays: this node's next append to the queue
+// loses its compare-and-set and reloads the queue, as it must, since
+// another node wrote it.
+func (c *committer) raiseTail(ctx context.Context, st *userState, seq uint64) error {
+	s := c.s
+	s.stMu.Lock()
+	k, ok := s.readAt[st.user]
+	s.stMu.Unlock()
+	if !ok || k.seq < seq {
+		// Not told of it: read it from the stream.
+		at, err := c.walkTo(ctx, st, seq)
+		if err != nil {
+			return fmt.Errorf("load queue %s: %w", st.user, err)
+		}
+		if at.seq != seq {
+			return nil // not there: erased, or never was
+		}
+	}
+	s.stMu.Lock()
+	st.tail = max(st.tail, seq)
+	s.stMu.Unlock()
+	return nil
+}
+
+// refreshHead raises st's head to the queue's first item in the stream
+// (past every item when none is left), for a node that appends to the
+// queue and sees others erase it only this way.
+func (c *committer) refreshHead(ctx context.Context, st *userState) error {
+	s := c.s
+	head := st.tail + 1
+	for cur := s.startHint(st.user, st.head); ; {
+		m, err := s.getNext(ctx, st.part, st.subj, cur)
+		if err != nil {
+			return fmt.Errorf("load queue %s: %w", st.user, err)
+		}
+		if m == nil {
+			break
+		}
+		cur = m.Sequence + 1
+		r, err := decodeRecord(m.Data)
+		if err != nil {
+			return fmt.Errorf("load queue %s at stream seq %d: %w", st.user, m.Sequence, err)
+		}
+		if r.kind == kindItem && r.seq >= st.head {
+			head = r.seq
+			break
+		}
+	}
+	s.stMu.Lock()
+	st.head = max(st.head, head)
+	s.stMu.Unlock()
+	return nil
+}
+
+// planned says whether the group has planned a write to st's queue.
+func (c *committer) planned(st *userState) bool {
+	pl := &c.plans[st.part]
+	for k := range pl.ops {
+		if pl.ops[k].st == st {
+			return true
+		}
+	}
+	for _, pr := range pl.purges {
+		if pr.st == st {
+			return true
+		}
+	}
+	return false
 }
 
 // deleteEach erases st's items with seq in [from, to), and its previous

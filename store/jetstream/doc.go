@@ -15,30 +15,43 @@
 // direct get may be answered by a lagging replica; see ADR-31).
 //
 // Each message of a queue subject is an item (per-user seq, timestamp,
-// data) or an empty-marker. Item.Seq is per queue: 1, 2, 3... assigned by
-// the committer and stored in the item, not the stream sequence (which is
-// shared by the partition). Every write to a queue subject is a
-// compare-and-set on the subject's last stream seq
-// (Nats-Expected-Last-Subject-Sequence), so two nodes writing one queue
-// can never give out the same seq: the second write is refused, nothing
-// of its partition's share is written, the node drops its cached queue
-// states, and the refused batches that wrote nothing are decided again,
-// ahead of every newer one (up to 8 times; then ErrConflict).
+// data). Item.Seq is per queue: 1, 2, 3... assigned by the committer and
+// stored in the item, not the stream sequence (which is shared by the
+// partition). Beside it, each queue has a tail subject,
+// name.t.<p>.<user>, holding one tail record: the last seq given out,
+// rewritten (Nats-Rollup: sub) in the same atomic write as every append.
+// Every append is a compare-and-set on the tail record's stream seq
+// (Nats-Expected-Last-Subject-Sequence), so two nodes appending to one
+// queue can never give out the same seq: the second write is refused,
+// nothing of its partition's share is written, the node drops its cached
+// queue states, and the refused batches that wrote nothing are decided
+// again, ahead of every newer one (up to 8 times; then ErrConflict).
 //
-// Erasing on ack: an ack that empties the queue (the common case: the
-// client acks everything it got) writes one empty-marker with
-// Nats-Rollup: sub, which erases every earlier message of the subject as
-// part of the same write and records the tail, so seqs are never reused.
-// An ack that leaves items is one PurgeEx of the subject below the first
-// kept item. An ack past the tail of the node's cached view of the queue
-// is cut down to that view. Known bug, open: on the recipient's node,
-// which acks what the senders' nodes appended, the view ends at its own
-// last write, so such acks erase nothing and the queue grows (see
-// TestAckOfItemsAppendedOnAnotherNodeErasesThem for why the fix waits for
-// receipts to be written before the erase). Both replace the per-item DeleteMsg (each a JSON API request
-// and its own Raft entry); see the benchmarks. A user's last marker stays
-// for good: about 150-190 bytes of JetStream index memory per user who
-// ever emptied a queue, per replica.
+// Erasing on ack: one PurgeEx of the queue subject below the stream seq
+// just past the last acked item. It writes nothing to the tail subject,
+// so the node erasing a queue (the recipient's) never makes the nodes
+// appending to it (the senders') lose their compare-and-set, and a queue
+// whose items are all erased still says how far its seqs went: they are
+// never reused. The acking node needs the acked item's stream seq: the
+// node that appended it sends it with its doorbell (Result.Locs, NoteItem),
+// else the node reads the queue to find it (one MSG.GET per item from
+// where it last knew the queue). An ack past the node's cached tail
+// raises the tail to the acked item once it is known to be there, and is
+// cut down to the tail otherwise. A node appending to a queue sees others
+// erase it only when told (NoteAcked, sent with a delivered receipt's
+// doorbell) or, when its view says the queue is full, by reading the
+// queue's head before it answers ErrQueueFull. A user's tail record
+// stays for good: about 150-190 bytes of JetStream index memory per user
+// ever written to, per replica.
+//
+// An ack's erasure is made after every publish of its group, and only if
+// all of its request's publishes succeeded (nor does a later ack of the
+// same queue in the group erase past it): an ack's delivered receipts are
+// in the queues of other users, often other partitions, and an item
+// erased whose receipt was not written would take its receipt with it if
+// the session ended before a retry. An erasure not made leaves the item
+// to be delivered again (the client drops it by server id) and acked
+// again, which makes its receipt again.
 //
 // Dedup records live in the partition of the batch's first append,
 // name.d.<p>.<sender>.<client id>, with a per-message TTL (Nats-TTL) of
@@ -54,7 +67,8 @@
 // or none. So a batch whose writes all fall in one partition is atomic.
 // That is every batch the session makes except an ack with receipts to
 // other users: a send (its item and its dedup record are in the
-// recipient's partition), a read receipt, an ack alone.
+// recipient's partition), a read receipt. (An ack's erasure is a purge
+// after the publishes, see above.)
 //
 // A batch spanning partitions (an ack whose receipts go to other
 // partitions) is written as several atomic parts, in parallel. A part
@@ -76,8 +90,11 @@
 // A checked resend whose Dup names a record still being written in the
 // same group is decided again if that write fails.
 //
-// MaxQueueLen is checked against the node's view; the compare-and-set
-// refuses a write decided on a stale view, so the limit holds.
+// MaxQueueLen is checked against the node's view: its tail is checked by
+// the compare-and-set (a write decided on a stale tail is refused), and
+// its head only ever moves to where items were really erased, so the view
+// never understates the queue and the limit holds; a view that says full
+// is read again from the stream before ErrQueueFull is answered.
 //
 // # Errors
 //
@@ -113,9 +130,10 @@
 // Replicas 1 is much slower than 3 per message: the server stages an R1
 // file stream's atomic batch in a new file store, an R3 one in memory.
 // Reads are one MSG.GET per message (leader-routed), starting where the
-// last read of the queue came to, or at the head the committer knows. Sweep reads each
-// partition from its start: one message per idle queue (its marker) plus
-// the expired items.
+// last read of the queue came to (or a doorbell said an item is), or at
+// the head the committer knows. An ack costs one PurgeEx (its own request
+// and Raft entry, after the group's publishes). Sweep reads each
+// partition's items from its start to the first young one.
 //
 // # Durability: what R3 promises and what it does not
 //

@@ -11,7 +11,8 @@ import (
 
 // Subjects and streams. With Options.Name "parley" and P partitions:
 //
-//	stream PARLEY_Q_<p>   parley.q.<p>.<user>             queue items and empty-markers
+//	stream PARLEY_Q_<p>   parley.q.<p>.<user>             queue items
+//	                      parley.t.<p>.<user>             the queue's tail record (Nats-Rollup: sub)
 //	                      parley.d.<p>.<sender>.<client>  dedup records (Nats-TTL)
 //	stream PARLEY_META    parley.acct.<phone>             accounts (last value per subject)
 //	                      parley.ids                      next unreserved id
@@ -74,7 +75,13 @@ func (l layout) metaStream() string       { return l.name + "_META" }
 
 func (l layout) queueSubjects(p int) []string {
 	ps := strconv.Itoa(p)
-	return []string{l.prefix + ".q." + ps + ".*", l.prefix + ".d." + ps + ".*.*"}
+	return []string{l.prefix + ".q." + ps + ".*", l.prefix + ".d." + ps + ".*.*", l.prefix + ".t." + ps + ".*"}
+}
+
+// tailSubject holds user's tail record: the seq of the queue's last item,
+// rewritten (rolled up) by every append, never erased by an ack.
+func (l layout) tailSubject(p int, user string) string {
+	return l.prefix + ".t." + strconv.Itoa(p) + "." + token(user)
 }
 
 // queueFilter matches every queue subject of partition p (not dedup records).
@@ -134,12 +141,12 @@ func untoken(t string) (string, error) {
 	return b.String(), nil
 }
 
-// A queue subject holds items and empty-markers. Both start with a kind
-// byte, the per-user seq and the unix-nanosecond timestamp. An item's seq
-// is its own; a marker's is the queue's tail when it was emptied: it is
-// written with Nats-Rollup: sub, which erases every earlier message of the
-// subject in the same write, and keeps the tail so that seqs are never
-// reused once the items are gone.
+// A queue subject holds items; a tail subject, one tail record. Both start
+// with a kind byte, the per-user seq and the unix-nanosecond timestamp. An
+// item's seq is its own; a tail record's is the queue's last seq given
+// out, so that seqs are never reused once the items are gone. (A queue
+// subject written before tail records existed, or with DeletePerItem, also
+// holds empty-markers: the queue's tail when it was emptied.)
 const (
 	kindItem   = 0
 	kindMarker = 1

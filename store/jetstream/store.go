@@ -86,10 +86,12 @@ type Options struct {
 	// Log receives the store's logs; nil means slog.Default().
 	Log *slog.Logger
 
-	// DeletePerItem erases acked items with one DeleteMsg each (and an
-	// emptied queue's marker is written without Nats-Rollup), the obvious
-	// pattern this store improves on. It exists for the benchmarks that
-	// compare the two; leave it off.
+	// DeletePerItem erases acked items with one DeleteMsg each, and keeps
+	// the tail in an emptied queue's empty-marker (every write to the
+	// queue a compare-and-set on its last message, so a node erasing and
+	// one appending conflict): the obvious pattern this store improves
+	// on. It exists for the one-node benchmarks that compare the two;
+	// leave it off.
 	DeletePerItem bool
 }
 
@@ -160,6 +162,9 @@ type Store struct {
 	// readAt is, by user, the last item a read of the queue came to, with
 	// its stream seq: where the next read starts (see ReadQueue).
 	readAt map[string]seqPair
+	// ackedAt is, by user, how far another node said it erased the queue
+	// (NoteAcked); the committer moves it into the state on use.
+	ackedAt map[string]uint64
 
 	acctMu   sync.RWMutex
 	accounts map[string]struct{} // phones known to have an account
@@ -255,9 +260,9 @@ func Open(ctx context.Context, nc *nats.Conn, opts Options) (*Store, error) {
 			Replicas: opts.Replicas,
 			Discard:  njs.DiscardOld,
 			// No MaxAge: the sweeper expires items (and reports each),
-			// and a queue's last marker must outlive any age so that
+			// and a queue's tail record must outlive any age so that
 			// its seqs are never reused.
-			AllowRollup:        true, // empty-markers erase a queue in one write
+			AllowRollup:        true, // a tail record replaces the one before
 			AllowMsgTTL:        true, // dedup records expire on their own
 			AllowAtomicPublish: true, // a batch's writes to one partition are one write
 			AllowDirect:        false,
@@ -545,6 +550,40 @@ func (s *Store) noteReadAt(user string, at seqPair) {
 	s.readAt[user] = at
 }
 
+// NoteItem tells the store that item seq of user's queue was put at loc
+// (a Result.Locs of another node's commit, brought by the cluster's
+// doorbell): the ack that erases it then needs no read to find it, and
+// a read starts there. loc 0 says nothing.
+func (s *Store) NoteItem(user string, seq, loc uint64) {
+	if loc != 0 {
+		s.noteReadAt(user, seqPair{seq, loc})
+	}
+}
+
+// NoteAcked tells the store that another node erased user's queue up to
+// upTo (an ack made there, brought by a doorbell for the receipts it
+// made): this node, which appended those items, sees its view of the
+// queue's length come down; it would otherwise never see it, since
+// erasing writes nothing a node appending to the queue reads. Until then
+// its view only overstates the queue (the gauges, and QUEUE_FULL checked
+// again against the stream before it is answered).
+func (s *Store) NoteAcked(user string, upTo uint64) {
+	s.stMu.Lock()
+	defer s.stMu.Unlock()
+	if s.ackedAt == nil || len(s.ackedAt) >= maxCachedStates {
+		s.ackedAt = make(map[string]uint64)
+	}
+	s.ackedAt[user] = max(s.ackedAt[user], upTo)
+}
+
+// headOf is st's head with what NoteAcked said of it. Under stMu.
+func (s *Store) headOf(st *userState) uint64 {
+	if a, ok := s.ackedAt[st.user]; ok && a >= st.head {
+		return min(a+1, st.tail+1)
+	}
+	return st.head
+}
+
 // QueueLen is the number of items in user's queue, read from the stream's
 // leader.
 func (s *Store) QueueLen(user string) (int, error) {
@@ -572,7 +611,7 @@ func (s *Store) QueueLenCached(user string) (n int, ok bool) {
 	if st == nil {
 		return 0, false
 	}
-	return int(st.tail + 1 - st.head), true
+	return int(st.tail + 1 - s.headOf(st)), true
 }
 
 // bounds is what the stream says of one queue.
@@ -585,31 +624,50 @@ type bounds struct {
 func (s *Store) loadBounds(ctx context.Context, user string) (bounds, error) {
 	p := s.lay.partition(user)
 	subj := s.lay.queueSubject(p, user)
-	last, err := s.getLast(ctx, p, subj)
-	if err != nil {
-		return bounds{}, err
+	var b bounds
+	if !s.opts.DeletePerItem {
+		t, err := s.getLast(ctx, p, s.lay.tailSubject(p, user))
+		if err != nil {
+			return bounds{}, err
+		}
+		if t != nil {
+			r, err := decodeRecord(t.Data)
+			if err != nil {
+				return bounds{}, fmt.Errorf("stream seq %d: %w", t.Sequence, err)
+			}
+			b = bounds{tail: r.seq, last: t.Sequence}
+		}
 	}
-	if last == nil {
-		return bounds{head: 1}, nil
+	if b.last == 0 {
+		// No tail record: the queue was never appended to, or only
+		// before there were tail records (its last message says the
+		// tail), or with DeletePerItem (where it is the compare-and-set's
+		// base too).
+		last, err := s.getLast(ctx, p, subj)
+		if err != nil {
+			return bounds{}, err
+		}
+		if last != nil {
+			r, err := decodeRecord(last.Data)
+			if err != nil {
+				return bounds{}, fmt.Errorf("stream seq %d: %w", last.Sequence, err)
+			}
+			b.tail = r.seq
+			if s.opts.DeletePerItem {
+				b.last = last.Sequence
+			}
+		}
 	}
-	r, err := decodeRecord(last.Data)
-	if err != nil {
-		return bounds{}, fmt.Errorf("stream seq %d: %w", last.Sequence, err)
-	}
-	b := bounds{tail: r.seq, head: r.seq + 1, last: last.Sequence}
-	if r.kind == kindMarker {
-		return b, nil
-	}
-	// A queue with items: its head is the first item (a marker, if any,
-	// comes before every item).
-	cur := uint64(1)
-	for {
+	b.head = b.tail + 1
+	// The head is the first item left, if any (an empty-marker comes
+	// before every item of the queue).
+	for cur := uint64(1); b.tail > 0; {
 		m, err := s.getNext(ctx, p, subj, cur)
 		if err != nil {
 			return bounds{}, err
 		}
-		if m == nil { // erased meanwhile
-			return bounds{tail: r.seq, head: r.seq + 1, last: last.Sequence}, nil
+		if m == nil {
+			break
 		}
 		fr, err := decodeRecord(m.Data)
 		if err != nil {
@@ -617,10 +675,11 @@ func (s *Store) loadBounds(ctx context.Context, user string) (bounds, error) {
 		}
 		if fr.kind == kindItem {
 			b.head, b.headSeq = fr.seq, m.Sequence
-			return b, nil
+			break
 		}
 		cur = m.Sequence + 1
 	}
+	return b, nil
 }
 
 // Account returns a copy of phone's account, or store.ErrNotFound.
@@ -787,10 +846,11 @@ func (s *Store) QueueDepths() (total int64, maxUser string, maxLen int) {
 	s.stMu.Lock()
 	defer s.stMu.Unlock()
 	for user, st := range s.states {
-		if st.tail < st.head {
+		head := s.headOf(st)
+		if st.tail < head {
 			continue
 		}
-		n := int(st.tail + 1 - st.head)
+		n := int(st.tail + 1 - head)
 		total += int64(n)
 		if n > maxLen {
 			maxUser, maxLen = user, n

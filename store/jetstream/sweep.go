@@ -24,8 +24,15 @@ type sweepQueue struct {
 // only up to what is still there, and op records exactly what was.
 func (c *committer) decideSweep(ctx context.Context, i int, op *sweepOp) store.Result {
 	for k := range op.queues {
-		if _, err := c.state(ctx, op.queues[k].user); err != nil {
+		st, err := c.state(ctx, op.queues[k].user)
+		if err != nil {
 			return store.Result{Err: err}
+		}
+		if q := op.queues[k]; q.upTo > st.tail && !c.s.opts.DeletePerItem {
+			// Appended by another node (see decide's acks).
+			if err := c.raiseTail(ctx, st, q.upTo); err != nil {
+				return store.Result{Err: err}
+			}
 		}
 	}
 	now := time.Now().UnixNano()
@@ -69,9 +76,9 @@ func (s *Store) sweepLoop() {
 // number of items expired.
 //
 // Each partition is scanned from its start up to its first young item.
-// Items and empty-markers are in stream order, which is time order, but
-// the empty-markers of idle queues stay at a partition's start for good,
-// so a pass reads one message per idle queue: run it hourly, not often.
+// Items are in stream order, which is time order, so a pass reads the
+// expired items and one more per partition (tail records are in subjects
+// of their own, which it does not read).
 func (s *Store) Sweep(now time.Time) (int, error) {
 	s.sweepMu.Lock()
 	defer s.sweepMu.Unlock()
