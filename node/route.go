@@ -44,8 +44,8 @@ type routes interface {
 
 // A node alone has nowhere else to route.
 func (r *router) elsewhere(string, uint64, uint64, []byte, []store.Ack) {}
-func (r *router) kickElsewhere(string, wire.Error_Code, string) {}
-func (r *router) close()                                        {}
+func (r *router) kickElsewhere(string, wire.Error_Code, string)         {}
+func (r *router) close()                                                {}
 
 // wakeSeq, pushed to a session, says "there may be items in your queue
 // beyond what you have read": it is past every real item, so the session
