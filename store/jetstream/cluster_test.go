@@ -281,8 +281,8 @@ func TestAcksEraseMessages(t *testing.T) {
 		t.Fatalf("after acking 2 of 5: %d messages in the stream, want 4 (3 and the tail record)", n)
 	}
 	commit(t, s, &store.Batch{Acks: []store.Ack{{User: bob, UpTo: 5}}})
-	if n := msgs(); n != 1 {
-		t.Fatalf("after acking all: %d messages in the stream, want 1 (the tail record)", n)
+	if n := msgs(); n != 2 {
+		t.Fatalf("after acking all: %d messages in the stream, want 2 (the empty-marker and the tail record)", n)
 	}
 	if r := commit(t, s, &store.Batch{Appends: []store.Append{{To: bob}}}); r.Err != nil || r.Seqs[0] != 6 {
 		t.Fatalf("append after emptying = %+v, want seq 6", r)

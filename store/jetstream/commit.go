@@ -183,8 +183,9 @@ type partPlan struct {
 	purgeTo map[*userState]uint64
 	blocked map[*userState]bool
 	// tails is publishChunk's scratch: the tail record of each queue a
-	// chunk appends to.
-	tails []tailRec
+	// chunk appends to; markers, erasePart's.
+	tails   []tailRec
+	markers []markerRec
 	// dels, with DeletePerItem, maps a queue to the seqs [from, to) its
 	// acks erase, each with its own DeleteMsg after the publishes.
 	dels map[*userState][2]uint64
@@ -878,7 +879,6 @@ func (c *committer) writePart(ctx context.Context, p int, pl *partPlan) {
 // unwritten, so that a retry of what it did not write (retryRest) makes
 // it.
 func (c *committer) erasePart(ctx context.Context, p int, pl *partPlan) {
-	s := c.s
 	if pl.purgeTo == nil {
 		pl.purgeTo = make(map[*userState]uint64)
 		pl.blocked = make(map[*userState]bool)
@@ -899,21 +899,108 @@ func (c *committer) erasePart(ctx context.Context, p int, pl *partPlan) {
 		}
 	}
 	c.resMu.Unlock()
+	// A queue acked to its last item (as far as this node knows) is
+	// emptied by an empty-marker written with Nats-Rollup: sub and a
+	// compare-and-set on that item being the subject's last message:
+	// all the group's such markers of the partition are one atomic write,
+	// much cheaper than a PurgeEx each (a JSON API request and a Raft
+	// entry of its own). An item appended meanwhile fails the
+	// compare-and-set (it is never rolled up), and those queues are
+	// purged instead, as are the queues with items known past the ack.
+	// The nodes appending to the queue compare their tail record, not
+	// this subject: the marker costs them nothing.
+	markers := pl.markers[:0]
 	for st, head := range pl.purgeTo {
-		err := c.purgeBelow(ctx, p, st, head)
-		if err == nil {
+		sseq, err := c.locate(ctx, st, head-1)
+		if err == nil && sseq != 0 && head > st.tail && !c.knownPast(st, head-1) {
+			markers = append(markers, markerRec{st: st, seq: head - 1, sseq: sseq})
 			continue
 		}
-		err = fmt.Errorf("erase queue %s below %d: %w", st.user, head, err)
-		s.log.Warn("store erase failed", "user", st.user, "seq", head, "err", err)
-		c.resMu.Lock()
-		for _, pr := range pl.purges {
-			if pr.st == st && c.failed[pr.req] == nil {
-				c.failed[pr.req] = err
-				c.noteUnwritten(pr.req, p, err, false)
-			}
+		if err == nil {
+			err = c.purgeBelow(ctx, p, st, head)
 		}
-		c.resMu.Unlock()
+		c.eraseFailed(p, pl, st, head, err)
+	}
+	pl.markers = markers
+	if len(markers) == 0 {
+		return
+	}
+	err := c.writeMarkers(ctx, p, markers)
+	if errors.Is(err, ErrConflict) {
+		for _, m := range markers {
+			c.eraseFailed(p, pl, m.st, m.seq+1, c.purgeBelow(ctx, p, m.st, m.seq+1))
+		}
+		return
+	}
+	for _, m := range markers {
+		c.eraseFailed(p, pl, m.st, m.seq+1, err)
+	}
+}
+
+// markerRec is an empty-marker to write: see erasePart.
+type markerRec struct {
+	st   *userState
+	seq  uint64 // the last item acked
+	sseq uint64 // its stream seq: the subject's last message, if nothing was appended since
+}
+
+// writeMarkers writes ms as atomic batches, each marker rolling up its
+// queue subject if its item is still the subject's last message.
+func (c *committer) writeMarkers(ctx context.Context, p int, ms []markerRec) error {
+	s := c.s
+	now := time.Now().UnixNano()
+	for len(ms) > 0 {
+		chunk := ms[:min(len(ms), maxAtomic)]
+		ms = ms[len(chunk):]
+		msgs := make([]*nats.Msg, len(chunk))
+		for k, m := range chunk {
+			msg := nats.NewMsg(m.st.subj)
+			msg.Data = appendRecord(make([]byte, 0, recHeader), kindMarker, m.seq, now, nil)
+			msg.Header.Set(njs.MsgRollup, njs.MsgRollupSubject)
+			msg.Header.Set(njs.ExpectedLastSubjSeqHeader, strconv.FormatUint(m.sseq, 10))
+			msgs[k] = msg
+		}
+		if _, err := s.publishBatch(ctx, p, msgs); err != nil {
+			return fmt.Errorf("write %d empty-markers to partition %d: %w", len(msgs), p, err)
+		}
+		s.stMu.Lock()
+		for _, m := range chunk {
+			m.st.known = m.st.known[:0]
+		}
+		s.stMu.Unlock()
+		for _, m := range chunk {
+			s.noteReadAt(m.st.user, seqPair{m.seq, m.sseq})
+		}
+	}
+	return nil
+}
+
+// knownPast says whether this node knows of an item of st's queue past seq.
+func (c *committer) knownPast(st *userState, seq uint64) bool {
+	s := c.s
+	s.stMu.Lock()
+	defer s.stMu.Unlock()
+	if k, ok := s.readAt[st.user]; ok && k.seq > seq {
+		return true
+	}
+	return len(st.known) > 0 && st.known[len(st.known)-1].seq > seq
+}
+
+// eraseFailed marks the requests whose erasure of st below head failed
+// with err (if it did) failed, their other writes made.
+func (c *committer) eraseFailed(p int, pl *partPlan, st *userState, head uint64, err error) {
+	if err == nil {
+		return
+	}
+	err = fmt.Errorf("erase queue %s below %d: %w", st.user, head, err)
+	c.s.log.Warn("store erase failed", "user", st.user, "seq", head, "err", err)
+	c.resMu.Lock()
+	defer c.resMu.Unlock()
+	for _, pr := range pl.purges {
+		if pr.st == st && c.failed[pr.req] == nil {
+			c.failed[pr.req] = err
+			c.noteUnwritten(pr.req, p, err, false)
+		}
 	}
 }
 
