@@ -22,9 +22,11 @@ import (
 // item), the recipient's read and ack (with a delivered receipt to the
 // sender), the sender's read and ack of the receipt. One op is one
 // message. Pairs run concurrently (RunParallel, 100 per CPU: 200 pairs on 2 CPUs). The erase
-// patterns side by side: rollup (an emptied queue's marker erases it;
-// partial acks one PurgeEx) and delete (one DeleteMsg per item), on a
-// one-node server (R1) and a three-node in-process cluster (R3).
+// patterns side by side: rollup (the store's: an emptied queue's
+// empty-marker, rolled up after the group's publishes, erases it; partial
+// acks one PurgeEx; appends compare the queue's tail record) and delete
+// (one DeleteMsg per item), on a one-node server (R1) and a three-node
+// in-process cluster (R3).
 func BenchmarkChat(b *testing.B) {
 	for _, r := range []int{1, 3} {
 		for _, mode := range []string{"rollup", "delete"} {
