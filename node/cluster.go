@@ -40,7 +40,8 @@ type ClusterConfig struct {
 	// Replicas is every stream's replication factor. Default 1.
 	Replicas int
 	// Partitions is the number of queue streams, fixed when the cluster's
-	// store is created (later values must match or be 0). Default 16.
+	// store is created (later values must match or be 0). Default 3
+	// (see jetstream.Options.Partitions).
 	Partitions int
 	// Timeout bounds each JetStream request. Default 2 s.
 	Timeout time.Duration

@@ -43,7 +43,7 @@ func (f *clusterFlags) register(fs *pflag.FlagSet) {
 	fs.StringSliceVar(&f.natsURLs, "nats", nil, "URLs of an external NATS system with JetStream, comma-separated, instead of embedding a server")
 	fs.StringVar(&f.creds, "nats-creds", "", "NATS credentials file for --nats")
 	fs.IntVar(&f.replicas, "replicas", 0, "copies of each stream (0: 3 when the cluster has 3 or more nodes, else 1)")
-	fs.IntVar(&f.partitions, "partitions", 0, "queue streams, fixed when the cluster's store is created (0: 16)")
+	fs.IntVar(&f.partitions, "partitions", 0, "queue streams, fixed when the cluster's store is created (0: 3; about one per node)")
 }
 
 // check refuses cluster flags that make no sense together.
