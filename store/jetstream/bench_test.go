@@ -38,7 +38,7 @@ func BenchmarkChat(b *testing.B) {
 				} else {
 					urls = startCluster(b, r)
 				}
-				benchChat(b, urls, jetstream.Options{Partitions: 16, Replicas: r, DeletePerItem: mode == "delete"})
+				benchChat(b, urls, jetstream.Options{Replicas: r, DeletePerItem: mode == "delete"})
 			})
 		}
 	}
