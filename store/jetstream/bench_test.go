@@ -26,7 +26,7 @@ import (
 // empty-marker, rolled up after the group's publishes, erases it; partial
 // acks one PurgeEx; appends compare the queue's tail record) and delete
 // (one DeleteMsg per item), on a one-node server (R1) and a three-node
-// in-process cluster (R3).
+// in-process cluster (R3), with the store's default partitions (3).
 func BenchmarkChat(b *testing.B) {
 	for _, r := range []int{1, 3} {
 		for _, mode := range []string{"rollup", "delete"} {
