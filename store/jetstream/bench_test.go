@@ -42,6 +42,88 @@ func BenchmarkChat(b *testing.B) {
 			})
 		}
 	}
+	b.Run("R3/nodes=2", func(b *testing.B) { benchChatTwoNodes(b, startCluster(b, 3)) })
+}
+
+// benchChatTwoNodes is BenchmarkChat's message as a cluster makes it when
+// the pair's users are on two nodes: the sender's node (one store, on one
+// server) appends the message and acks the receipt; the recipient's node
+// (another store, on another server) acks the message with the receipt.
+// What the cluster's doorbells carry between them is handed over as they
+// would (NoteItem, NoteAcked), and the recipient gets the item from the
+// doorbell, not a read. The erase pattern is the store's.
+func benchChatTwoNodes(b *testing.B, urls []string) {
+	var stores [2]*jetstream.Store
+	for i := range stores {
+		nc, err := nats.Connect(urls[i])
+		if err != nil {
+			b.Fatalf("connect: %v", err)
+		}
+		defer nc.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		s, err := jetstream.Open(ctx, nc, jetstream.Options{Replicas: 3})
+		cancel()
+		if err != nil {
+			b.Fatalf("Open: %v", err)
+		}
+		defer s.Close()
+		stores[i] = s
+	}
+	senders, recipients := stores[0], stores[1]
+	var pairs, clientIDs atomic.Uint64
+	b.SetParallelism(100)
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		n := pairs.Add(1)
+		from, to := fmt.Sprintf("+1556%07d", 2*n), fmt.Sprintf("+1556%07d", 2*n+1)
+		for _, p := range []string{from, to} {
+			if err := senders.PutAccount(store.Account{Phone: p, Key: make([]byte, 32), Generation: 1}); err != nil {
+				b.Errorf("PutAccount: %v", err)
+				return
+			}
+		}
+		body := make([]byte, 64)
+		res := make(chan store.Result, 1)
+		done := func(r store.Result) { res <- r }
+		commit := func(s *jetstream.Store, batch *store.Batch) (store.Result, bool) {
+			s.Commit(batch, done)
+			r := <-res
+			if r.Err != nil || len(r.Locs) != len(batch.Appends) {
+				b.Errorf("Commit: %+v", r)
+				return r, false
+			}
+			return r, true
+		}
+		for pb.Next() {
+			id := clientIDs.Add(1)
+			sent, ok := commit(senders, &store.Batch{
+				Dedup:   &store.Dedup{Sender: from, ClientID: id, ServerID: id, TS: time.Now().UnixNano(), Fresh: true},
+				Appends: []store.Append{{To: to, Data: body}},
+			})
+			if !ok {
+				return
+			}
+			recipients.NoteItem(to, sent.Seqs[0], sent.Locs[0])
+			receipt, ok := commit(recipients, &store.Batch{
+				Acks:    []store.Ack{{User: to, UpTo: sent.Seqs[0]}},
+				Appends: []store.Append{{To: from, Data: body[:32]}},
+			})
+			if !ok {
+				return
+			}
+			senders.NoteItem(from, receipt.Seqs[0], receipt.Locs[0])
+			senders.NoteAcked(to, sent.Seqs[0])
+			if _, ok := commit(senders, &store.Batch{Acks: []store.Ack{{User: from, UpTo: receipt.Seqs[0]}}}); !ok {
+				return
+			}
+		}
+	})
+	b.StopTimer()
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "msgs/s")
+	for i, s := range stores {
+		c := s.Counters()
+		b.ReportMetric(float64(c.Conflicts), fmt.Sprintf("conflicts-node%d", i+1))
+	}
 }
 
 func benchChat(b *testing.B, urls []string, opts jetstream.Options) {
