@@ -126,6 +126,11 @@ type Config struct {
 	// Cluster, when set, makes the node one of a cluster (see
 	// ClusterConfig): its store is JetStream instead of Pebble.
 	Cluster *ClusterConfig
+
+	// wrapStore, set only by this package's tests, puts a store of theirs
+	// between the node and the one it opened (one that fails some reads,
+	// say).
+	wrapStore func(nodeStore) nodeStore
 }
 
 func (c *Config) setDefaults() {
@@ -315,6 +320,9 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 		if err := n.openPebble(); err != nil {
 			return nil, err
 		}
+	}
+	if cfg.wrapStore != nil {
+		n.store = cfg.wrapStore(n.store)
 	}
 	n.storeOpened = time.Now()
 	n.ids = &idGen{st: n.store}

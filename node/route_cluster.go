@@ -64,6 +64,9 @@ type clusterRouter struct {
 	node    string
 	epoch   uint64
 	timeout time.Duration
+	// backoff and maxBackoff pace a refused claim's tries (retryClaim):
+	// claimBackoff and maxClaimBackoff, shortened only by tests.
+	backoff, maxBackoff time.Duration
 
 	tokens atomic.Uint64
 	seed   maphash.Seed
@@ -170,6 +173,9 @@ func newClusterRouter(n *Node, local *router, cc *ClusterConfig, kv njs.KeyValue
 		seed:    maphash.MakeSeed(),
 		bells:   make(chan bell, bellQueue),
 		stop:    make(chan struct{}),
+
+		backoff:    claimBackoff,
+		maxBackoff: maxClaimBackoff,
 	}
 	r.ctx, r.cancel = context.WithCancel(context.Background())
 	bellSub, err := r.nc.Subscribe(bellSubject(r.node), r.onBell)
@@ -527,7 +533,7 @@ func (r *clusterRouter) retryClaim(j hintJob, err error) {
 		r.n.log.Debug("cluster: claim refused, will try again", "user", j.user, "err", err)
 	}
 	j.tries++
-	time.AfterFunc(min(claimBackoff<<min(j.tries, 10), maxClaimBackoff), func() {
+	time.AfterFunc(min(r.backoff<<min(j.tries, 10), r.maxBackoff), func() {
 		if !r.enqueue(j, false) {
 			r.retryClaim(j, errors.New("the hint queue is full"))
 		}

@@ -31,7 +31,9 @@ func StartJetStream(t *testing.T) *server.Server {
 	return natstest.StartServer(t, "")
 }
 
-func newClaimRig(t *testing.T) *claimRig {
+// newClaimRig starts the rig. wrap, if given, is the bucket as router i
+// sees it (a bucket that fails some writes, say).
+func newClaimRig(t *testing.T, wrap ...func(i int, kv njs.KeyValue) njs.KeyValue) *claimRig {
 	t.Helper()
 	nc, err := nats.Connect("", nats.InProcessServer(StartJetStream(t)))
 	if err != nil {
@@ -53,7 +55,11 @@ func newClaimRig(t *testing.T) *claimRig {
 		n := &Node{log: slog.New(slog.DiscardHandler), mx: monitor.NewMetrics(prometheus.NewRegistry())}
 		n.cfg.Limits = Limits{}.withDefaults()
 		n.pool = &pool{n: n}
-		r, err := newClusterRouter(n, newRouter(), &ClusterConfig{Conn: nc, Node: name, Timeout: 5 * time.Second}, kv)
+		seen := kv
+		for _, w := range wrap {
+			seen = w(i, seen)
+		}
+		r, err := newClusterRouter(n, newRouter(), &ClusterConfig{Conn: nc, Node: name, Timeout: 5 * time.Second}, seen)
 		if err != nil {
 			t.Fatal(err)
 		}
