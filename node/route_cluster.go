@@ -72,6 +72,7 @@ type clusterRouter struct {
 	seed   maphash.Seed
 	shards []chan hintJob
 	bells  chan bell
+	hints  hintCache // route_cluster_hints.go
 	subs   []*nats.Subscription
 	beats  beats // route_cluster_beat.go
 
@@ -227,6 +228,9 @@ func newClusterRouter(n *Node, local *router, cc *ClusterConfig, kv njs.KeyValue
 		r.wg.Add(1)
 		go r.bellWorker()
 	}
+	r.hints.m, r.hints.ttl = make(map[string]cachedHint), hintCacheTTL
+	r.wg.Add(1)
+	go r.watchHints()
 	// Flush the subscriptions, so that no node can find a hint of this
 	// one before its doorbell listens.
 	if err := r.nc.FlushTimeout(r.timeout); err != nil {
@@ -605,12 +609,7 @@ func (r *clusterRouter) bellWorker() {
 	for {
 		select {
 		case b := <-r.bells:
-			ctx, cancel := r.reqCtx()
-			e, err := r.kv.Get(ctx, hintKey(b.user))
-			cancel()
-			if errors.Is(err, njs.ErrKeyNotFound) {
-				continue // not connected anywhere: the next login reads it
-			}
+			h, ok, err := r.lookupHint(b.user)
 			if err != nil {
 				// The bucket does not answer (its stream between leaders):
 				// ring every node rather than leave the item to a read
@@ -618,9 +617,10 @@ func (r *clusterRouter) bellWorker() {
 				r.ringAll(b)
 				continue
 			}
-			if h, ok := decodeHint(e.Value()); ok && h.node != r.node {
+			if ok && h.node != r.node {
 				r.ring(h, b)
 			}
+			// Not connected anywhere: the next login reads it.
 		case <-r.stop:
 			return
 		}
