@@ -96,6 +96,7 @@ const (
 	// doubling up to maxClaimBackoff, for as long as its login lasts;
 	// past claimTries each try that fails is logged.
 	claimTries      = 14
+	claimWarnEvery  = 12 // past claimTries, one warning a minute per login
 	claimBackoff    = 125 * time.Millisecond
 	maxClaimBackoff = 5 * time.Second
 	maxDoorbell     = 1 << 20 // NATS's default max_payload
@@ -531,13 +532,14 @@ func (r *clusterRouter) retryClaim(j hintJob, err error) {
 	if r.stopped.Load() || r.router.lookup(j.user) != j.c {
 		return // the router stopped, or the login is gone
 	}
-	if j.tries >= claimTries {
+	if j.tries >= claimTries && (j.tries-claimTries)%claimWarnEvery == 0 {
 		r.n.log.Warn("cluster: could not record where a user is connected; deliveries from other nodes wait until it is, trying again", "user", j.user, "tries", j.tries, "err", err)
 	} else {
 		r.n.log.Debug("cluster: claim refused, will try again", "user", j.user, "err", err)
 	}
+	wait := min(r.backoff<<min(j.tries, 10), r.maxBackoff)
 	j.tries++
-	time.AfterFunc(min(r.backoff<<min(j.tries, 10), r.maxBackoff), func() {
+	time.AfterFunc(wait, func() {
 		if !r.enqueue(j, false) {
 			r.retryClaim(j, errors.New("the hint queue is full"))
 		}
