@@ -94,7 +94,7 @@ const (
 	kickTimeout = time.Second
 	// A claim refused by the bucket is tried again after claimBackoff,
 	// doubling up to maxClaimBackoff, for as long as its login lasts;
-	// past claimTries each try that fails is logged.
+	// past claimTries a failing claim is logged once a minute.
 	claimTries      = 14
 	claimWarnEvery  = 12 // past claimTries, one warning a minute per login
 	claimBackoff    = 125 * time.Millisecond
