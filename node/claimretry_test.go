@@ -79,13 +79,7 @@ func TestClaimIsRetriedUntilWritten(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			bucket := &flakyBucket{refusals: tc.refusals, rivals: tc.rivals}
-			rig := newClaimRig(t, func(i int, kv njs.KeyValue) njs.KeyValue {
-				if i == 0 {
-					bucket.KeyValue = kv
-					return bucket
-				}
-				return kv
-			})
+			rig := newClaimRig(t, onNode1(func(kv njs.KeyValue) njs.KeyValue { bucket.KeyValue = kv; return bucket }))
 			r1, r2 := rig.rs[0], rig.rs[1]
 			// The same schedule of tries, a thousand times faster (set
 			// before the first claim reaches r1's worker).

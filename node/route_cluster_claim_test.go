@@ -69,6 +69,17 @@ func newClaimRig(t *testing.T, wrap ...func(i int, kv njs.KeyValue) njs.KeyValue
 	return rig
 }
 
+// onNode1 is a newClaimRig wrapper that puts wrap between node 1's router
+// and the bucket, and leaves node 2's alone.
+func onNode1(wrap func(njs.KeyValue) njs.KeyValue) func(int, njs.KeyValue) njs.KeyValue {
+	return func(i int, kv njs.KeyValue) njs.KeyValue {
+		if i == 0 {
+			return wrap(kv)
+		}
+		return kv
+	}
+}
+
 // login registers a connection of user on router r, as a proven login
 // does, without queueing its claim: the test writes it when it chooses.
 func (rig *claimRig) login(r *clusterRouter, user string) *conn {

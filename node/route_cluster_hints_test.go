@@ -28,13 +28,7 @@ func (b *countingBucket) Get(ctx context.Context, key string) (njs.KeyValueEntry
 // watch of the bucket brought the claim.
 func TestDoorbellsUseCachedHintsTheBucketKeepsCurrent(t *testing.T) {
 	bucket := &countingBucket{}
-	rig := newClaimRig(t, func(i int, kv njs.KeyValue) njs.KeyValue {
-		if i == 0 {
-			bucket.KeyValue = kv
-			return bucket
-		}
-		return kv
-	})
+	rig := newClaimRig(t, onNode1(func(kv njs.KeyValue) njs.KeyValue { bucket.KeyValue = kv; return bucket }))
 	r1, r2 := rig.rs[0], rig.rs[1]
 	r1.hints.mu.Lock()
 	r1.hints.ttl = time.Hour
