@@ -47,10 +47,13 @@ import (
 //     is written: an append committed elsewhere before the claim was
 //     visible rang no bell, and this read finds it.
 //   - A commit to a user with no session on this node (elsewhere) looks
-//     up the hint and rings that node's doorbell: one core NATS subject
-//     per node, carrying the item, which the session there delivers like
-//     a local push. A doorbell is at most once; a lost one leaves the
-//     item for the session's next read.
+//     up the hint (in a cache a watch of the bucket keeps current, see
+//     route_cluster_hints.go) and rings that node's doorbell: one core
+//     NATS subject per node, carrying the item, which the session there
+//     delivers like a local push. A doorbell is at most once; a lost one
+//     leaves the item for the session's next read. Its headers carry
+//     what the other node's store would otherwise read: where the item
+//     was put, and how far a receipt's batch erased its acker's queue.
 //   - A logout (unregister) deletes the hint if it is still its own.
 //
 // Hint work for one user is done in order, by one of a few workers
