@@ -51,6 +51,13 @@ type Config struct {
 	// Replicas is the replication factor of every stream. Zero: 3 when the
 	// cluster has at least 3 nodes (Peers, or the NATS URLs), else 1.
 	Replicas int
+	// RouteTLS, when its files are given, encrypts the routes between the
+	// embedded servers and authenticates both ends: every node presents
+	// Cert (PEM, with Key) and accepts only peers whose certificate CA
+	// signed. Without it the routes are plain and unauthenticated: anyone
+	// who reaches a route port joins the cluster and reads everything, so
+	// keep that port on a private network.
+	RouteTLS RouteTLS
 	// Log receives the embedded server's log and the package's own.
 	// Default slog.Default().
 	Log *slog.Logger
@@ -102,6 +109,23 @@ func (cfg Config) ReplicasOrDefault() int {
 	return 1
 }
 
+// RouteTLS names the PEM files of Config.RouteTLS: all three, or none.
+type RouteTLS struct {
+	Cert, Key, CA string
+}
+
+func (t RouteTLS) enabled() bool { return t.Cert != "" || t.Key != "" || t.CA != "" }
+
+func (t RouteTLS) check() error {
+	if !t.enabled() {
+		return nil
+	}
+	if t.Cert == "" || t.Key == "" || t.CA == "" {
+		return errors.New("cluster: route TLS needs a certificate, its key and the CA that signs every node's (--cluster-tls-cert, --cluster-tls-key, --cluster-tls-ca): one is missing")
+	}
+	return nil
+}
+
 func (cfg *Config) check() error {
 	if cfg.Node == "" {
 		return errors.New("cluster: no node name (--node): give every node of the cluster its own")
@@ -116,6 +140,9 @@ func (cfg *Config) check() error {
 		return errors.New("cluster: no directory for the embedded server's files")
 	case len(cfg.Peers) > 0 && cfg.Listen == "":
 		return errors.New("cluster: peers given but no route address of this node's own (--cluster-listen HOST:PORT)")
+	}
+	if err := cfg.RouteTLS.check(); err != nil {
+		return err
 	}
 	for _, p := range append([]string{cfg.Listen, cfg.NATSListen}, cfg.Peers...) {
 		if p == "" {
@@ -186,6 +213,17 @@ func (c *Cluster) embed() error {
 			return fmt.Errorf("cluster: --cluster-listen %q: %w", cfg.Listen, err)
 		}
 		opts.Cluster = server.ClusterOpts{Name: cfg.Name, Host: rh, Port: rp}
+		if t := cfg.RouteTLS; t.enabled() {
+			tc, err := server.GenTLSConfig(&server.TLSConfigOpts{CertFile: t.Cert, KeyFile: t.Key, CaFile: t.CA, Verify: true})
+			if err != nil {
+				return fmt.Errorf("cluster: route TLS: %w", err)
+			}
+			// A node is both ends of its routes: the CA verifies the
+			// peers it dials as well as those that dial it (nats-server's
+			// own configuration does the same).
+			tc.RootCAs = tc.ClientCAs
+			opts.Cluster.TLSConfig, opts.Cluster.TLSTimeout = tc, 2
+		}
 		for _, p := range cfg.Peers {
 			opts.Routes = append(opts.Routes, &url.URL{Scheme: "nats", Host: p})
 		}

@@ -46,6 +46,7 @@ func TestConfigErrorsSayWhatToDo(t *testing.T) {
 		{cluster.Config{Name: "c", Node: "n", Dir: dir, Peers: []string{"127.0.0.1:7"}}, "--cluster-listen"},
 		{cluster.Config{Name: "c", Node: "n", Dir: dir, Listen: "127.0.0.1", Peers: []string{"127.0.0.1:7"}}, "HOST:PORT"},
 		{cluster.Config{Name: "c", Node: "n", Dir: dir, Listen: "127.0.0.1:1", Peers: []string{"127.0.0.1:2"}, Replicas: 3}, "3 replicas"},
+		{cluster.Config{Name: "c", Node: "n", Dir: dir, Listen: "127.0.0.1:1", RouteTLS: cluster.RouteTLS{Cert: "c.pem", Key: "k.pem"}}, "--cluster-tls-ca"},
 	} {
 		_, err := cluster.Join(context.Background(), tc.cfg)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {

@@ -18,6 +18,7 @@ import (
 // clusterFlags are serve's flags for running the node in a cluster.
 type clusterFlags struct {
 	name, node, listen, natsListen, creds string
+	tlsCert, tlsKey, tlsCA                string
 	peers, natsURLs                       []string
 	replicas, partitions                  int
 }
@@ -30,6 +31,9 @@ Cluster (NATS JetStream; without these flags the node runs alone on Pebble):
              the accounts and the keys are the cluster's, replicated
   --nats URL,...  use an external NATS system with JetStream instead
   --replicas N    copies of everything (default 3 with 3 or more nodes)
+  --cluster-tls-cert F --cluster-tls-key F --cluster-tls-ca F
+             encrypt and authenticate the routes between nodes (without
+             them, keep the route port on a private network)
 With 3 replicas, losing one node loses no acknowledged message; JetStream
 does not fsync each write, so a power loss of every node at once may lose
 the last moments' messages (see the cluster package's documentation).`
@@ -43,12 +47,15 @@ func (f *clusterFlags) register(fs *pflag.FlagSet) {
 	fs.StringSliceVar(&f.natsURLs, "nats", nil, "URLs of an external NATS system with JetStream, comma-separated, instead of embedding a server")
 	fs.StringVar(&f.creds, "nats-creds", "", "NATS credentials file for --nats")
 	fs.IntVar(&f.replicas, "replicas", 0, "copies of each stream (0: 3 when the cluster has 3 or more nodes, else 1)")
+	fs.StringVar(&f.tlsCert, "cluster-tls-cert", "", "PEM certificate this node presents on the routes (naming the address the others dial); with --cluster-tls-key and --cluster-tls-ca, routes are TLS both ways")
+	fs.StringVar(&f.tlsKey, "cluster-tls-key", "", "PEM private key of --cluster-tls-cert")
+	fs.StringVar(&f.tlsCA, "cluster-tls-ca", "", "PEM CA that signs every node's route certificate: peers without one are refused")
 	fs.IntVar(&f.partitions, "partitions", 0, "queue streams, fixed when the cluster's store is created (0: 3; about one per node)")
 }
 
 // check refuses cluster flags that make no sense together.
 func (f *clusterFlags) check() error {
-	if !f.enabled() && (f.node != "" || f.listen != "" || len(f.peers) > 0 || f.natsListen != "" || f.replicas != 0) {
+	if !f.enabled() && (f.node != "" || f.listen != "" || len(f.peers) > 0 || f.natsListen != "" || f.replicas != 0 || f.tlsCert != "" || f.tlsKey != "" || f.tlsCA != "") {
 		return errors.New("cluster flags given without --cluster NAME (or --nats URL): give the cluster a name")
 	}
 	return nil
@@ -71,6 +78,7 @@ func (f *clusterFlags) join(ctx context.Context, dataDir string, log *slog.Logge
 		NATSListen: f.natsListen, Dir: filepath.Join(dataDir, "nats"),
 		NATS: f.natsURLs, NATSOptions: opts,
 		Replicas: f.replicas, Log: log,
+		RouteTLS: cluster.RouteTLS{Cert: f.tlsCert, Key: f.tlsKey, CA: f.tlsCA},
 	})
 	if err != nil {
 		return nil, nil, err

@@ -69,7 +69,12 @@ func TestClusterDeployExampleSettingsAreFlags(t *testing.T) {
 		t.Fatal(err)
 	}
 	env := map[string]string{}
+	var commented []string // settings shown commented out: names checked too
 	for i, line := range strings.Split(string(b), "\n") {
+		if k, _, ok := strings.Cut(strings.TrimPrefix(strings.TrimSpace(line), "#"), "="); ok && strings.HasPrefix(line, "#PARLEY_") {
+			commented = append(commented, k)
+			continue
+		}
 		if line = strings.TrimSpace(line); line == "" || strings.HasPrefix(line, "#") {
 			continue
 		}
@@ -80,6 +85,12 @@ func TestClusterDeployExampleSettingsAreFlags(t *testing.T) {
 		env[k] = v
 	}
 	fs := newServeCmd().Flags()
+	for _, k := range commented {
+		name := strings.ReplaceAll(strings.ToLower(strings.TrimPrefix(k, "PARLEY_")), "_", "-")
+		if fs.Lookup(name) == nil {
+			t.Errorf("commented-out setting %s: no flag --%s of parley serve", k, name)
+		}
+	}
 	if err := flagsFromEnv(fs, func(k string) (string, bool) { v, ok := env[k]; delete(env, k); return v, ok }); err != nil {
 		t.Fatal(err)
 	}
