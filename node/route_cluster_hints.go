@@ -32,6 +32,10 @@ type hintCache struct {
 	m    map[string]cachedHint // by hint key
 	live bool                  // the watch runs
 	ttl  time.Duration         // hintCacheTTL; longer only in tests
+	// term counts the watch's starts and ends: a bucket read begun in
+	// another term may predate an update the watch did not bring (it
+	// was not running), so its answer is not cached.
+	term uint64
 }
 
 type cachedHint struct {
@@ -47,22 +51,24 @@ const (
 	maxHintCache = 1 << 18
 )
 
-// get returns key's hint if the cache has a fresh one.
-func (c *hintCache) get(key string, now time.Time) (cachedHint, bool) {
+// get returns key's hint if the cache has a fresh one, and the term a
+// bucket read made now would be put in.
+func (c *hintCache) get(key string, now time.Time) (cachedHint, bool, uint64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	e, ok := c.m[key]
 	if !ok || !c.live || now.Sub(e.at) > c.ttl {
-		return cachedHint{}, false
+		return cachedHint{}, false, c.term
 	}
-	return e, true
+	return e, true, c.term
 }
 
-// put records e for key unless the cache holds a later revision.
-func (c *hintCache) put(key string, e cachedHint) {
+// put records e for key, unless the cache holds a later revision or the
+// watch started or stopped since term.
+func (c *hintCache) put(key string, e cachedHint, term uint64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if !c.live {
+	if !c.live || term != c.term {
 		return
 	}
 	if cur, ok := c.m[key]; ok && cur.rev > e.rev {
@@ -78,6 +84,7 @@ func (c *hintCache) setLive(live bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.live = live
+	c.term++
 	if !live {
 		clear(c.m)
 	}
@@ -121,7 +128,10 @@ func (r *clusterRouter) followHints(w njs.KeyWatcher) {
 			if e.Operation() == njs.KeyValuePut {
 				ch.h, ch.ok = decodeHint(e.Value())
 			}
-			r.hints.put(e.Key(), ch)
+			r.hints.mu.Lock()
+			term := r.hints.term
+			r.hints.mu.Unlock()
+			r.hints.put(e.Key(), ch, term)
 		}
 	}
 }
@@ -131,20 +141,21 @@ func (r *clusterRouter) followHints(w njs.KeyWatcher) {
 func (r *clusterRouter) lookupHint(user string) (h hint, ok bool, err error) {
 	key := hintKey(user)
 	now := time.Now()
-	if e, hit := r.hints.get(key, now); hit {
+	e, hit, term := r.hints.get(key, now)
+	if hit {
 		return e.h, e.ok, nil
 	}
 	ctx, cancel := r.reqCtx()
-	e, err := r.kv.Get(ctx, key)
+	got, err := r.kv.Get(ctx, key)
 	cancel()
 	switch {
 	case errors.Is(err, njs.ErrKeyNotFound):
-		r.hints.put(key, cachedHint{at: now})
+		r.hints.put(key, cachedHint{at: now}, term)
 		return hint{}, false, nil
 	case err != nil:
 		return hint{}, false, err
 	}
-	h, ok = decodeHint(e.Value())
-	r.hints.put(key, cachedHint{h: h, ok: ok, rev: e.Revision(), at: now})
+	h, ok = decodeHint(got.Value())
+	r.hints.put(key, cachedHint{h: h, ok: ok, rev: got.Revision(), at: now}, term)
 	return h, ok, nil
 }
