@@ -75,7 +75,13 @@ func freeAddrs(t *testing.T, n int) []string {
 // given the same peer list (itself included), closed when t ends.
 func joinThree(t *testing.T) []*cluster.Cluster {
 	t.Helper()
-	routes := freeAddrs(t, 3)
+	return joinThreeWith(t, freeAddrs(t, 3), func(*cluster.Config) {})
+}
+
+// joinThreeWith is joinThree on the route addresses routes, each node's
+// Config passed through set first.
+func joinThreeWith(t *testing.T, routes []string, set func(*cluster.Config)) []*cluster.Cluster {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
 	cs := make([]*cluster.Cluster, 3)
@@ -85,11 +91,13 @@ func joinThree(t *testing.T) []*cluster.Cluster {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			cs[i], errs[i] = cluster.Join(ctx, cluster.Config{
+			cfg := cluster.Config{
 				Name: "test", Node: fmt.Sprintf("n%d", i+1),
 				Listen: routes[i], Peers: routes,
 				Dir: t.TempDir(),
-			})
+			}
+			set(&cfg)
+			cs[i], errs[i] = cluster.Join(ctx, cfg)
 		}()
 	}
 	wg.Wait()

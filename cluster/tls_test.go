@@ -8,12 +8,10 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
-	"fmt"
 	"math/big"
 	"net"
 	"os"
 	"path/filepath"
-	"sync"
 	"testing"
 	"time"
 
@@ -80,29 +78,7 @@ func TestRouteTLSAdmitsOnlyTheCAsNodes(t *testing.T) {
 	dir := t.TempDir()
 	good, rogue := testCA(t, dir, "cluster"), testCA(t, dir, "rogue")
 	routes := freeAddrs(t, 4)
-	cs := make([]*cluster.Cluster, 3)
-	errs := make([]error, 3)
-	var wg sync.WaitGroup
-	for i := range cs {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
-			defer cancel()
-			cs[i], errs[i] = cluster.Join(ctx, cluster.Config{
-				Name: "tls", Node: fmt.Sprintf("n%d", i+1),
-				Listen: routes[i], Peers: routes[:3],
-				Dir: t.TempDir(), RouteTLS: good,
-			})
-		}()
-	}
-	wg.Wait()
-	for i, c := range cs {
-		if errs[i] != nil {
-			t.Fatalf("node %d (the CA's certificate): %v", i+1, errs[i])
-		}
-		t.Cleanup(func() { c.Close() })
-	}
+	joinThreeWith(t, routes[:3], func(cfg *cluster.Config) { cfg.RouteTLS = good })
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
 	c, err := cluster.Join(ctx, cluster.Config{
