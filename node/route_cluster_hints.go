@@ -72,6 +72,11 @@ func (c *hintCache) put(key string, e cachedHint, term uint64) {
 		return
 	}
 	if cur, ok := c.m[key]; ok && cur.rev > e.rev {
+		if !cur.ok && !e.ok {
+			// A read that agrees with a later logout: still nowhere.
+			cur.at = e.at
+			c.m[key] = cur
+		}
 		return
 	}
 	if len(c.m) >= maxHintCache {

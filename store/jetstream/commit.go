@@ -218,6 +218,10 @@ type partFailure struct {
 	// none: nothing of the request's share of the partition was written
 	// (its publish was refused, or never made).
 	none bool
+	// acksOnly: what was not written is only the request's erasure there
+	// (its appends to the partition, if any, were written): a retry
+	// makes its acks, not its appends, again.
+	acksOnly bool
 }
 
 type dedupSlot struct {
@@ -445,10 +449,23 @@ func (c *committer) noteUnwritten(i, p int, err error, none bool) {
 	for k := range c.unwritten[i] {
 		if f := &c.unwritten[i][k]; f.part == p {
 			f.none = f.none && none
+			f.acksOnly = false
 			return
 		}
 	}
 	c.unwritten[i] = append(c.unwritten[i], partFailure{part: p, err: err, none: none})
+}
+
+// noteEraseUnwritten records that request i's erasure in partition p was
+// not made, because err failed the request elsewhere (or an earlier one
+// of the group erasing the same queue). Under resMu.
+func (c *committer) noteEraseUnwritten(i, p int, err error) {
+	for _, f := range c.unwritten[i] {
+		if f.part == p {
+			return // its writes there failed too: retried whole
+		}
+	}
+	c.unwritten[i] = append(c.unwritten[i], partFailure{part: p, err: err, none: true, acksOnly: true})
 }
 
 // forgetFailed drops the cached states of the queues that a failed write
@@ -502,17 +519,17 @@ func (c *committer) retryRest(r *request, failures []partFailure) (request, bool
 	if b == nil || b.Dedup != nil || r.tries >= maxTries || len(failures) == 0 {
 		return request{}, false
 	}
-	failed := make(map[int]bool, len(failures))
+	failed := make(map[int]bool, len(failures)) // true: its appends too
 	for _, f := range failures {
 		if !f.none || !errors.Is(f.err, ErrConflict) {
 			return request{}, false
 		}
-		failed[f.part] = true
+		failed[f.part] = !f.acksOnly
 	}
 	lay := c.s.lay
 	rest := &store.Batch{}
 	for _, a := range b.Acks {
-		if failed[lay.partition(a.User)] {
+		if _, ok := failed[lay.partition(a.User)]; ok {
 			rest.Acks = append(rest.Acks, a)
 		}
 	}
@@ -715,16 +732,15 @@ func (c *committer) decide(ctx context.Context, i int, b *store.Batch, now int64
 	return store.Result{Seqs: seqs}
 }
 
-// erase plans the erasure of st's items below newHead (> st.head): one
-// PurgeEx of the subject below the stream seq just past the last erased
-// item, made after every partition's publishes of the group (erasePart),
-// and only for requests whose publishes all succeeded: an ack's delivered
-// receipts are written before its erase, so an ack cut short by a failure
-// leaves the item to be delivered and acked again, and its receipt made
-// again, rather than erased with no receipt. The purge writes nothing to
-// the subject: the queue's last message stays the tail record of the
-// last append (see publishChunk), so the nodes appending to the queue do
-// not lose their compare-and-set to the node erasing it.
+// erase plans the erasure of st's items below newHead (> st.head), made
+// after every partition's publishes of the group (erasePart: an
+// empty-marker, or a PurgeEx below the last erased item), and only for
+// requests whose publishes all succeeded: an ack's delivered receipts are
+// written before its erasure, so an ack cut short by a failure leaves the
+// item to be delivered and acked again, and its receipt made again,
+// rather than erased with no receipt. Neither touches the queue's tail
+// record (see publishChunk), so the nodes appending to the queue do not
+// lose their compare-and-set to the node erasing it.
 //
 // With DeletePerItem (the per-item baseline, for one node), a queue left
 // empty gets an empty-marker, and each erased item its own DeleteMsg.
@@ -803,9 +819,10 @@ func (c *committer) readDedup(ctx context.Context, part int, subj string) (dedup
 }
 
 // writePart writes one partition's share of the group: its messages as
-// atomic batches of whole requests (one, usually), then the purges of
-// queues acked in part. A request whose write fails is marked failed; so
-// are the requests after it in this partition (they may rest on it).
+// atomic batches of whole requests (one, usually), then, with
+// DeletePerItem, its deletes. A request whose write fails is marked
+// failed; so are the requests after it in this partition (they may rest
+// on it). Erasures are made later, by erasePart.
 func (c *committer) writePart(ctx context.Context, p int, pl *partPlan) {
 	s := c.s
 	var failure error
@@ -851,10 +868,9 @@ func (c *committer) writePart(ctx context.Context, p int, pl *partPlan) {
 			c.failed[o.req] = failure
 			c.noteUnwritten(o.req, p, failure, true)
 		}
-		for _, pr := range pl.purges {
-			c.failed[pr.req] = failure
-			c.noteUnwritten(pr.req, p, failure, true)
-		}
+		// The erasures in p of the requests whose publishes were
+		// written are still made (erasePart): they rest on nothing the
+		// failed chunk held.
 		return
 	}
 	for st, d := range pl.dels {
@@ -886,17 +902,28 @@ func (c *committer) erasePart(ctx context.Context, p int, pl *partPlan) {
 	clear(pl.purgeTo)
 	clear(pl.blocked)
 	c.resMu.Lock()
+	blockedBy := map[*userState]error(nil)
 	for _, pr := range pl.purges {
-		if err := c.failed[pr.req]; err != nil {
-			// Nor does any later request erase past it: its receipts
-			// are yet to be written.
-			c.noteUnwritten(pr.req, p, err, true)
-			pl.blocked[pr.st] = true
+		err := c.failed[pr.req]
+		if err == nil && pl.blocked[pr.st] {
+			// After a failed request of the same queue: erasing past it
+			// would erase the items whose receipts it did not write.
+			// This one is retried for its acks, after it.
+			err = blockedBy[pr.st]
+			c.failed[pr.req] = err
+		}
+		if err != nil {
+			c.noteEraseUnwritten(pr.req, p, err)
+			if !pl.blocked[pr.st] {
+				pl.blocked[pr.st] = true
+				if blockedBy == nil {
+					blockedBy = make(map[*userState]error)
+				}
+				blockedBy[pr.st] = err
+			}
 			continue
 		}
-		if !pl.blocked[pr.st] {
-			pl.purgeTo[pr.st] = max(pl.purgeTo[pr.st], pr.head)
-		}
+		pl.purgeTo[pr.st] = max(pl.purgeTo[pr.st], pr.head)
 	}
 	c.resMu.Unlock()
 	// A queue acked to its last item (as far as this node knows) is
@@ -1004,8 +1031,10 @@ func (c *committer) eraseFailed(p int, pl *partPlan, st *userState, head uint64,
 	}
 }
 
-// publishChunk publishes ops as one atomic batch, each queue's first
-// message a compare-and-set on the subject's last stream seq.
+// publishChunk publishes ops as one atomic batch, with each appended
+// queue's tail record, a compare-and-set on the one before (with
+// DeletePerItem, each queue's first message a compare-and-set on the
+// subject's last stream seq).
 func (c *committer) publishChunk(ctx context.Context, p int, ops []op) error {
 	s := c.s
 	msgs := make([]*nats.Msg, len(ops))
@@ -1121,8 +1150,8 @@ func (c *committer) publishChunk(ctx context.Context, p int, ops []op) error {
 
 // purgeBelow erases st's items with seq < head: one PurgeEx of the subject
 // below the stream seq just past item head-1. Only the acked prefix goes:
-// items appended meanwhile, by any node, have higher stream seqs, and so
-// has the tail record of the append that wrote item head-1, which stays.
+// items appended meanwhile, by any node, have higher stream seqs (the
+// tail record is in a subject of its own).
 func (c *committer) purgeBelow(ctx context.Context, p int, st *userState, head uint64) error {
 	s := c.s
 	sseq, err := c.locate(ctx, st, head-1)

@@ -86,7 +86,7 @@ type Options struct {
 	// Replicas is each stream's replication factor: 1 for a one-node
 	// cluster, 3 for three nodes or more. Default 1.
 	Replicas int
-	// Timeout bounds each JetStream request. Default 5 s.
+	// Timeout bounds each JetStream request. Default 2 s.
 	Timeout time.Duration
 	// Log receives the store's logs; nil means slog.Default().
 	Log *slog.Logger
@@ -513,8 +513,8 @@ func (s *Store) ReadQueue(user string, from uint64, max int) ([]store.Item, erro
 // the committer knows and where the last read came to; 1 (the start) when
 // neither says anything useful. Any item's (seq, stream seq) will do for
 // a from at or past its seq, however old: a queue's items are in the
-// stream in the order of their seqs (every write to it is a
-// compare-and-set on its last message), erased or not.
+// stream in the order of their seqs (every append is a compare-and-set on
+// the queue's tail record), erased or not.
 func (s *Store) startHint(user string, from uint64) uint64 {
 	s.stMu.Lock()
 	defer s.stMu.Unlock()
