@@ -61,3 +61,26 @@ func TestDoorbellsUseCachedHintsTheBucketKeepsCurrent(t *testing.T) {
 		t.Errorf("node 1 read the bucket %d times for its doorbells, want 1", n)
 	}
 }
+
+// A user who logged out (the watch's delete, a later revision than any
+// read) stays "connected nowhere" in the cache when a read after the
+// entry's lifetime agrees: it used to be refused for its older revision,
+// and every doorbell to the user read the bucket again.
+func TestHintCacheKeepsALogoutFresh(t *testing.T) {
+	c := hintCache{m: make(map[string]cachedHint), live: true, ttl: time.Second}
+	t0 := time.Now()
+	_, _, term := c.get("p1", t0)
+	c.put("p1", cachedHint{rev: 5, at: t0}, term) // the watch: a logout
+	if _, hit, _ := c.get("p1", t0.Add(2*time.Second)); hit {
+		t.Fatal("an entry past its lifetime was a hit")
+	}
+	c.put("p1", cachedHint{at: t0.Add(2 * time.Second)}, term) // a read: no hint
+	e, hit, _ := c.get("p1", t0.Add(2500*time.Millisecond))
+	if !hit || e.ok {
+		t.Fatalf("after a read that agrees with the logout: hit %v, connected %v; want a hit, connected nowhere", hit, e.ok)
+	}
+	c.put("p1", cachedHint{h: hint{node: "n2"}, ok: true, rev: 4, at: t0.Add(3 * time.Second)}, term)
+	if e, _, _ := c.get("p1", t0.Add(3*time.Second)); e.ok {
+		t.Fatal("a read of an older revision replaced the logout")
+	}
+}

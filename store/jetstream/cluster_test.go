@@ -571,3 +571,51 @@ func TestAckErasesNothingWhenItsReceiptFails(t *testing.T) {
 		t.Fatalf("bob's queue holds %d, %v after the ack whose receipt failed; want 1 (kept)", n, err)
 	}
 }
+
+// An ack with receipts in two partitions, one of them the acker's, whose
+// other part loses its compare-and-set (node 2's view of that sender's
+// queue is stale): the retry writes the lost receipt and the erasure, and
+// not again the receipt that was written with the first try. (The
+// erasure skipped for the failure was noted as the whole partition
+// unwritten, so the retry appended the written receipt a second time.)
+func TestAckRetryWritesNoReceiptTwice(t *testing.T) {
+	partition := func(user string) int {
+		h := fnv.New32a()
+		h.Write([]byte(user))
+		return int(h.Sum32() % 2)
+	}
+	acker := "+15550007000"
+	var near, far string // a sender in the acker's partition, one in the other
+	for i := 1; near == "" || far == ""; i++ {
+		u := fmt.Sprintf("+1555000%04d", 7000+i)
+		if partition(u) == partition(acker) && near == "" {
+			near = u
+		} else if partition(u) != partition(acker) && far == "" {
+			far = u
+		}
+	}
+	ns := nodes(t, 2, jetstream.Options{Partitions: 2})
+	putAccounts(t, ns[0], acker, near, far)
+	// Node 2 caches far's queue, node 1 then appends to it: node 2's
+	// view of it is stale. Then an item for the acker to ack.
+	for i, c := range []struct {
+		s  *jetstream.Store
+		to string
+	}{{ns[1], far}, {ns[0], far}, {ns[0], acker}} {
+		if r := commit(t, c.s, &store.Batch{Appends: []store.Append{{To: c.to, Data: []byte("m")}}}); r.Err != nil {
+			t.Fatalf("append %d: %v", i, r.Err)
+		}
+	}
+	r := commit(t, ns[1], &store.Batch{
+		Acks:    []store.Ack{{User: acker, UpTo: 1}},
+		Appends: []store.Append{{To: near, Data: []byte("receipt")}, {To: far, Data: []byte("receipt")}},
+	})
+	if r.Err != nil || len(r.Seqs) != 2 || r.Seqs[0] != 1 || r.Seqs[1] != 3 {
+		t.Fatalf("ack with two receipts = %+v, want seqs [1 3]", r)
+	}
+	for user, want := range map[string]int{near: 1, far: 3, acker: 0} {
+		if items, err := ns[0].ReadQueue(user, 0, 10); err != nil || len(items) != want {
+			t.Errorf("%s's queue = %d items %+v, %v; want %d", user, len(items), items, err, want)
+		}
+	}
+}
