@@ -509,6 +509,16 @@ func (r *clusterRouter) claim(held map[string]heldHint, j hintJob) {
 			r.kick(prev, j.user, wire.Error_REPLACED, prev.token, mine)
 		}
 		j.c.post(r.n.pool, event{kind: evPush, seq: wakeSeq})
+		// And once more when no node can still hold a hint from before
+		// this claim (hintCacheTTL): a doorbell rung within a watch's
+		// delay went to where the user was, and its item waits for a
+		// read (see hintCache).
+		c := j.c
+		time.AfterFunc(hintCacheTTL+time.Second, func() {
+			if r.router.lookup(j.user) == c {
+				c.post(r.n.pool, event{kind: evPush, seq: wakeSeq})
+			}
+		})
 		return
 	}
 	// Five logins in a row won the race for the entry: try again later,

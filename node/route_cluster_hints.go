@@ -26,7 +26,8 @@ import (
 // running nothing is cached. What is left is the watch's delay: a
 // doorbell rung within it may go to the node the user just left, which
 // drops it, and the item waits for the session's next read, as with any
-// lost doorbell.
+// lost doorbell; each claim therefore wakes its session once more when no
+// node can still hold the hint from before it (see claim).
 type hintCache struct {
 	mu   sync.Mutex
 	m    map[string]cachedHint // by hint key
