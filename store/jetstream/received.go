@@ -2,6 +2,7 @@ package jetstream
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"time"
@@ -82,9 +83,21 @@ func (s *Store) ReceivedFrom(reader, sender string) (bool, error) {
 	if s.closed.Load() {
 		return false, fmt.Errorf("received from %s by %s: %w", sender, reader, store.ErrClosed)
 	}
-	ctx, cancel := s.reqCtx()
-	defer cancel()
-	m, err := s.getLast(ctx, s.gates.recvIndex(), s.lay.receivedSubject(reader, sender))
+	var m *njs.RawStreamMsg
+	var err error
+	for try := 0; ; try++ {
+		ctx, cancel := s.reqCtx()
+		m, err = s.getLast(ctx, s.gates.recvIndex(), s.lay.receivedSubject(reader, sender))
+		cancel()
+		// A read is asked again, twice at most, when the stream could
+		// not answer: a leader election ends the reads in flight, and
+		// takes tens of milliseconds when the leader stepped down (the
+		// read receipt waiting on it is refused otherwise).
+		if err == nil || !errors.Is(err, ErrUnavailable) || try == 2 || s.closed.Load() {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 	if err != nil {
 		return false, fmt.Errorf("received from %s by %s: %w", sender, reader, err)
 	}
