@@ -284,6 +284,14 @@ func TestAcksEraseMessages(t *testing.T) {
 	if n := msgs(); n != 2 {
 		t.Fatalf("after acking all: %d messages in the stream, want 2 (the empty-marker and the tail record)", n)
 	}
+	// The marker expires on its own: the tail record keeps the tail.
+	st, err := js.Stream(ctx, "PARLEY_Q_0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m, err := st.GetLastMsgForSubject(ctx, "parley.q.0."+bob); err != nil || m.Header.Get(njs.MsgTTLHeader) == "" {
+		t.Fatalf("the empty-marker: %v, headers %v; want a Nats-TTL", err, m)
+	}
 	if r := commit(t, s, &store.Batch{Appends: []store.Append{{To: bob}}}); r.Err != nil || r.Seqs[0] != 6 {
 		t.Fatalf("append after emptying = %+v, want seq 6", r)
 	}

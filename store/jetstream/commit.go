@@ -964,6 +964,13 @@ func (c *committer) erasePart(ctx context.Context, p int, pl *partPlan) {
 	}
 }
 
+// markerTTL is an empty-marker's Nats-TTL. A marker holds nothing once
+// its rollup has erased the items before it (the tail is in the tail
+// record), so it expires: a queue emptied long ago then has nothing left
+// in its items subject for a sweep or a load to read past, and a user
+// ever acked keeps one message for good, not two.
+const markerTTL = "60s"
+
 // markerRec is an empty-marker to write: see erasePart.
 type markerRec struct {
 	st   *userState
@@ -985,6 +992,7 @@ func (c *committer) writeMarkers(ctx context.Context, p int, ms []markerRec) err
 			msg.Data = appendRecord(make([]byte, 0, recHeader), kindMarker, m.seq, now, nil)
 			msg.Header.Set(njs.MsgRollup, njs.MsgRollupSubject)
 			msg.Header.Set(njs.ExpectedLastSubjSeqHeader, strconv.FormatUint(m.sseq, 10))
+			msg.Header.Set(njs.MsgTTLHeader, markerTTL)
 			msgs[k] = msg
 		}
 		if _, err := s.publishBatch(ctx, p, msgs); err != nil {

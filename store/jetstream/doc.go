@@ -47,10 +47,11 @@
 // cut down to the tail otherwise. A node appending to a queue sees others
 // erase it only when told (NoteAcked, sent with a delivered receipt's
 // doorbell) or, when its view says the queue is full, by reading the
-// queue's head before it answers ErrQueueFull. A user's tail record and
-// last empty-marker stay for good: two messages per user ever written to,
-// each about 150-190 bytes of JetStream index memory per replica (the
-// figure measured for a marker; the tail record is not measured).
+// queue's head before it answers ErrQueueFull. A user's tail record stays
+// for good: about 150-190 bytes of JetStream index memory per user ever
+// written to, per replica (the figure measured for a marker, a message
+// of the same size). An empty-marker holds nothing once its rollup is
+// done, and expires after a minute (Nats-TTL).
 //
 // An ack's erasure is made after every publish of its group, and only if
 // all of its request's publishes succeeded (nor does a later ack of the

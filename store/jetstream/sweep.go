@@ -76,11 +76,10 @@ func (s *Store) sweepLoop() {
 // number of items expired.
 //
 // Each partition is scanned from its start up to its first young item.
-// Items are in stream order, which is time order, but the empty-marker of
-// every emptied queue stays in its subject, before its later items, so a
-// pass reads the expired items plus one marker per emptied queue before
-// the first young item: run it hourly, not often. (Tail records are in
-// subjects of their own, which it does not read.)
+// Items are in stream order, which is time order, so a pass reads the
+// expired items, the empty-markers of the last minute (they expire) and
+// one more message per partition. (Tail records are in subjects of their
+// own, which it does not read.)
 func (s *Store) Sweep(now time.Time) (int, error) {
 	s.sweepMu.Lock()
 	defer s.sweepMu.Unlock()
