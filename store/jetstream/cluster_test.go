@@ -627,3 +627,55 @@ func TestAckRetryWritesNoReceiptTwice(t *testing.T) {
 		}
 	}
 }
+
+// One queue's empty-marker losing its compare-and-set (another node
+// appended to it) costs that queue a purge, not every queue whose marker
+// shared its atomic write: the refused write is split and tried again.
+func TestOneMarkerConflictPurgesOneQueue(t *testing.T) {
+	ns := nodes(t, 2, jetstream.Options{Partitions: 1})
+	sender, recipient := ns[0], ns[1]
+	var users []string
+	for i := range 9 {
+		users = append(users, fmt.Sprintf("+1555200%04d", i))
+	}
+	putAccounts(t, sender, users...)
+	var acks []store.Ack
+	for _, u := range users {
+		r := commit(t, sender, &store.Batch{Appends: []store.Append{{To: u, Data: []byte("m1")}}})
+		if r.Err != nil {
+			t.Fatalf("append: %v", r.Err)
+		}
+		recipient.NoteItem(u, r.Seqs[0], r.Locs[0])
+		acks = append(acks, store.Ack{User: u, UpTo: r.Seqs[0]})
+	}
+	// The recipient's node loads the queues (an ack of nothing), then the
+	// sender appends a second item to one of them, which the recipient's
+	// node is not told of: its view says item 1 is that queue's last.
+	none := make([]store.Ack, len(acks))
+	for i, a := range acks {
+		none[i] = store.Ack{User: a.User}
+	}
+	if r := commit(t, recipient, &store.Batch{Acks: none}); r.Err != nil {
+		t.Fatalf("ack of nothing: %v", r.Err)
+	}
+	moved := users[4]
+	if r := commit(t, sender, &store.Batch{Appends: []store.Append{{To: moved, Data: []byte("m2")}}}); r.Err != nil {
+		t.Fatalf("append: %v", r.Err)
+	}
+	purges := recipient.Counters().Purges
+	if r := commit(t, recipient, &store.Batch{Acks: acks}); r.Err != nil {
+		t.Fatalf("acks: %v", r.Err)
+	}
+	if n := recipient.Counters().Purges - purges; n != 1 {
+		t.Errorf("%d purges for one marker that lost its compare-and-set, want 1", n)
+	}
+	for _, u := range users {
+		want := 0
+		if u == moved {
+			want = 1
+		}
+		if items, err := sender.ReadQueue(u, 0, 10); err != nil || len(items) != want {
+			t.Errorf("%s's queue = %+v, %v; want %d items", u, items, err, want)
+		}
+	}
+}

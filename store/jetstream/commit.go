@@ -949,18 +949,34 @@ func (c *committer) erasePart(ctx context.Context, p int, pl *partPlan) {
 		c.eraseFailed(p, pl, st, head, err)
 	}
 	pl.markers = markers
-	if len(markers) == 0 {
+	c.markOrPurge(ctx, p, pl, markers)
+}
+
+// markOrPurge writes ms (writeMarkers). A batch refused by a
+// compare-and-set says nothing of which marker failed, so it is split in
+// two and each half tried again, down to single markers, whose queues
+// are purged instead: a conflict costs its own queue a purge and the
+// batch a few more writes, not every queue of the batch a purge.
+func (c *committer) markOrPurge(ctx context.Context, p int, pl *partPlan, ms []markerRec) {
+	for len(ms) > maxAtomic {
+		c.markOrPurge(ctx, p, pl, ms[:maxAtomic])
+		ms = ms[maxAtomic:]
+	}
+	if len(ms) == 0 {
 		return
 	}
-	err := c.writeMarkers(ctx, p, markers)
-	if errors.Is(err, ErrConflict) {
-		for _, m := range markers {
-			c.eraseFailed(p, pl, m.st, m.seq+1, c.purgeBelow(ctx, p, m.st, m.seq+1))
+	err := c.writeMarkers(ctx, p, ms)
+	switch {
+	case errors.Is(err, ErrConflict) && len(ms) > 1:
+		half := len(ms) / 2
+		c.markOrPurge(ctx, p, pl, ms[:half])
+		c.markOrPurge(ctx, p, pl, ms[half:])
+	case errors.Is(err, ErrConflict):
+		c.eraseFailed(p, pl, ms[0].st, ms[0].seq+1, c.purgeBelow(ctx, p, ms[0].st, ms[0].seq+1))
+	default:
+		for _, m := range ms {
+			c.eraseFailed(p, pl, m.st, m.seq+1, err)
 		}
-		return
-	}
-	for _, m := range markers {
-		c.eraseFailed(p, pl, m.st, m.seq+1, err)
 	}
 }
 
