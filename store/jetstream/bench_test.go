@@ -53,34 +53,16 @@ func BenchmarkChat(b *testing.B) {
 // would (NoteItem, NoteAcked), and the recipient gets the item from the
 // doorbell, not a read. The erase pattern is the store's.
 func benchChatTwoNodes(b *testing.B, urls []string) {
-	var stores [2]*jetstream.Store
-	for i := range stores {
-		nc, err := nats.Connect(urls[i])
-		if err != nil {
-			b.Fatalf("connect: %v", err)
-		}
-		defer nc.Close()
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		s, err := jetstream.Open(ctx, nc, jetstream.Options{Replicas: 3})
-		cancel()
-		if err != nil {
-			b.Fatalf("Open: %v", err)
-		}
-		defer s.Close()
-		stores[i] = s
-	}
-	senders, recipients := stores[0], stores[1]
+	senders := openBenchStore(b, urls[0], jetstream.Options{Replicas: 3})
+	recipients := openBenchStore(b, urls[1], jetstream.Options{Replicas: 3})
+	stores := [2]*jetstream.Store{senders, recipients}
 	var pairs, clientIDs atomic.Uint64
 	b.SetParallelism(100)
 	b.ResetTimer()
 	b.RunParallel(func(pb *testing.PB) {
-		n := pairs.Add(1)
-		from, to := fmt.Sprintf("+1556%07d", 2*n), fmt.Sprintf("+1556%07d", 2*n+1)
-		for _, p := range []string{from, to} {
-			if err := senders.PutAccount(store.Account{Phone: p, Key: make([]byte, 32), Generation: 1}); err != nil {
-				b.Errorf("PutAccount: %v", err)
-				return
-			}
+		from, to, ok := benchPair(b, senders, "+1556", pairs.Add(1))
+		if !ok {
+			return
 		}
 		body := make([]byte, 64)
 		res := make(chan store.Result, 1)
@@ -127,31 +109,16 @@ func benchChatTwoNodes(b *testing.B, urls []string) {
 }
 
 func benchChat(b *testing.B, urls []string, opts jetstream.Options) {
-	nc, err := nats.Connect(strings.Join(urls, ","))
-	if err != nil {
-		b.Fatalf("connect: %v", err)
-	}
-	defer nc.Close()
 	var groups, batches atomic.Int64
 	opts.Store.OnGroup = func(n int) { groups.Add(1); batches.Add(int64(n)) }
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	s, err := jetstream.Open(ctx, nc, opts)
-	cancel()
-	if err != nil {
-		b.Fatalf("Open: %v", err)
-	}
-	defer s.Close()
+	s := openBenchStore(b, strings.Join(urls, ","), opts)
 	var pairs, clientIDs atomic.Uint64
 	b.SetParallelism(100)
 	b.ResetTimer()
 	b.RunParallel(func(pb *testing.PB) {
-		n := pairs.Add(1)
-		from, to := fmt.Sprintf("+1555%07d", 2*n), fmt.Sprintf("+1555%07d", 2*n+1)
-		for _, p := range []string{from, to} {
-			if err := s.PutAccount(store.Account{Phone: p, Key: make([]byte, 32), Generation: 1}); err != nil {
-				b.Errorf("PutAccount: %v", err)
-				return
-			}
+		from, to, ok := benchPair(b, s, "+1555", pairs.Add(1))
+		if !ok {
+			return
 		}
 		body := make([]byte, 64)
 		res := make(chan store.Result, 1)
@@ -206,6 +173,36 @@ func benchChat(b *testing.B, urls []string, opts jetstream.Options) {
 	if g := groups.Load(); g > 0 {
 		b.ReportMetric(float64(batches.Load())/float64(g), "batches/group")
 	}
+}
+
+// openBenchStore opens a store through its own connection to url, both
+// closed when b ends.
+func openBenchStore(b *testing.B, url string, opts jetstream.Options) *jetstream.Store {
+	nc, err := nats.Connect(url)
+	if err != nil {
+		b.Fatalf("connect: %v", err)
+	}
+	b.Cleanup(nc.Close)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	s, err := jetstream.Open(ctx, nc, opts)
+	if err != nil {
+		b.Fatalf("Open: %v", err)
+	}
+	b.Cleanup(func() { _ = s.Close() })
+	return s
+}
+
+// benchPair makes the accounts of pair n, numbered after prefix.
+func benchPair(b *testing.B, s *jetstream.Store, prefix string, n uint64) (from, to string, ok bool) {
+	from, to = fmt.Sprintf("%s%07d", prefix, 2*n), fmt.Sprintf("%s%07d", prefix, 2*n+1)
+	for _, p := range []string{from, to} {
+		if err := s.PutAccount(store.Account{Phone: p, Key: make([]byte, 32), Generation: 1}); err != nil {
+			b.Errorf("PutAccount: %v", err)
+			return "", "", false
+		}
+	}
+	return from, to, true
 }
 
 // startCluster runs an n-node NATS cluster with JetStream in this process

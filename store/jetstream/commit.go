@@ -181,7 +181,9 @@ type partPlan struct {
 	purges []purgeReq
 	// purgeTo is erasePart's scratch: by queue, the head to purge below.
 	purgeTo map[*userState]uint64
-	blocked map[*userState]bool
+	// blockedBy is erasePart's scratch: by queue, the failure of the
+	// request that stops the group's erasures of it.
+	blockedBy map[*userState]error
 	// tails is publishChunk's scratch: the tail record of each queue a
 	// chunk appends to; markers, erasePart's.
 	tails   []tailRec
@@ -897,29 +899,24 @@ func (c *committer) writePart(ctx context.Context, p int, pl *partPlan) {
 func (c *committer) erasePart(ctx context.Context, p int, pl *partPlan) {
 	if pl.purgeTo == nil {
 		pl.purgeTo = make(map[*userState]uint64)
-		pl.blocked = make(map[*userState]bool)
+		pl.blockedBy = make(map[*userState]error)
 	}
 	clear(pl.purgeTo)
-	clear(pl.blocked)
+	clear(pl.blockedBy)
 	c.resMu.Lock()
-	blockedBy := map[*userState]error(nil)
 	for _, pr := range pl.purges {
 		err := c.failed[pr.req]
-		if err == nil && pl.blocked[pr.st] {
+		if b := pl.blockedBy[pr.st]; err == nil && b != nil {
 			// After a failed request of the same queue: erasing past it
 			// would erase the items whose receipts it did not write.
 			// This one is retried for its acks, after it.
-			err = blockedBy[pr.st]
+			err = b
 			c.failed[pr.req] = err
 		}
 		if err != nil {
 			c.noteEraseUnwritten(pr.req, p, err)
-			if !pl.blocked[pr.st] {
-				pl.blocked[pr.st] = true
-				if blockedBy == nil {
-					blockedBy = make(map[*userState]error)
-				}
-				blockedBy[pr.st] = err
+			if pl.blockedBy[pr.st] == nil {
+				pl.blockedBy[pr.st] = err
 			}
 			continue
 		}
@@ -1193,13 +1190,7 @@ func (c *committer) purgeBelow(ctx context.Context, p int, st *userState, head u
 		s.gates.done(p, err)
 		return unavailable(err)
 	}
-	s.stMu.Lock()
-	k := 0
-	for k < len(st.known) && st.known[k].seq < head {
-		k++
-	}
-	st.known = append(st.known[:0], st.known[k:]...)
-	s.stMu.Unlock()
+	c.dropKnownBelow(st, head)
 	s.noteReadAt(st.user, seqPair{head - 1, sseq})
 	return nil
 }
@@ -1381,14 +1372,19 @@ func (c *committer) deleteEach(ctx context.Context, p int, st *userState, from, 
 			return unavailable(err)
 		}
 	}
-	s.stMu.Lock()
+	c.dropKnownBelow(st, to)
+	return nil
+}
+
+// dropKnownBelow forgets st's known items with seq < seq: they are erased.
+func (c *committer) dropKnownBelow(st *userState, seq uint64) {
+	c.s.stMu.Lock()
+	defer c.s.stMu.Unlock()
 	k := 0
-	for k < len(st.known) && st.known[k].seq < to {
+	for k < len(st.known) && st.known[k].seq < seq {
 		k++
 	}
 	st.known = append(st.known[:0], st.known[k:]...)
-	s.stMu.Unlock()
-	return nil
 }
 
 // publishBatch publishes msgs to the stream behind gate gi as one atomic

@@ -626,41 +626,42 @@ type bounds struct {
 	headSeq    uint64 // stream seq of the head item; 0 if empty
 }
 
+// lastRecord is the record of subj's last message and its stream seq;
+// sseq 0 (and a zero record) when the subject has none.
+func (s *Store) lastRecord(ctx context.Context, p int, subj string) (r record, sseq uint64, err error) {
+	m, err := s.getLast(ctx, p, subj)
+	if err != nil || m == nil {
+		return record{}, 0, err
+	}
+	if r, err = decodeRecord(m.Data); err != nil {
+		return record{}, 0, fmt.Errorf("stream seq %d: %w", m.Sequence, err)
+	}
+	return r, m.Sequence, nil
+}
+
 func (s *Store) loadBounds(ctx context.Context, user string) (bounds, error) {
 	p := s.lay.partition(user)
 	subj := s.lay.queueSubject(p, user)
 	var b bounds
 	if !s.opts.DeletePerItem {
-		t, err := s.getLast(ctx, p, s.lay.tailSubject(p, user))
+		r, sseq, err := s.lastRecord(ctx, p, s.lay.tailSubject(p, user))
 		if err != nil {
 			return bounds{}, err
 		}
-		if t != nil {
-			r, err := decodeRecord(t.Data)
-			if err != nil {
-				return bounds{}, fmt.Errorf("stream seq %d: %w", t.Sequence, err)
-			}
-			b = bounds{tail: r.seq, last: t.Sequence}
-		}
+		b = bounds{tail: r.seq, last: sseq}
 	}
 	if b.last == 0 {
 		// No tail record: the queue was never appended to, or only
 		// before there were tail records (its last message says the
 		// tail), or with DeletePerItem (where it is the compare-and-set's
 		// base too).
-		last, err := s.getLast(ctx, p, subj)
+		r, sseq, err := s.lastRecord(ctx, p, subj)
 		if err != nil {
 			return bounds{}, err
 		}
-		if last != nil {
-			r, err := decodeRecord(last.Data)
-			if err != nil {
-				return bounds{}, fmt.Errorf("stream seq %d: %w", last.Sequence, err)
-			}
-			b.tail = r.seq
-			if s.opts.DeletePerItem {
-				b.last = last.Sequence
-			}
+		b.tail = r.seq
+		if s.opts.DeletePerItem {
+			b.last = sseq
 		}
 	}
 	b.head = b.tail + 1
