@@ -90,7 +90,7 @@ type conn struct {
 	msgsIn, msgsOut atomic.Uint32 // actor
 	rates           monitor.Rates // the monitor's alone, under its lock
 
-	rx        noise.Cipher // poller; set by the handshake, with stageProving
+	rx        noise.Cipher // poller (lookUp in stageLooking); set by the handshake, with stageProving
 	tx        noise.Cipher // actor
 	live      bool         // actor: core is a running session, from evStart until evClosed
 	scheduled bool         // under mu
@@ -127,10 +127,13 @@ type mailbox struct {
 //	stageNew ──────────────┬─▶ stageProving ─▶ stageLoggedIn ─▶ stageFailed
 //	   │ ticket refused    │        │                 (bad input: a Close
 //	   ▼                   │        │                  frame, then closed)
-//	stageRetry ────────────┘        │
-//	   │ any failure                │ timeout, close
-//	   ▼                            ▼
-//	stageRefused (closed)        (closed; counted as unproven)
+//	stageRetry ────────────┤        │
+//	   │ any failure       │        │ timeout, close
+//	   ▼                   │        ▼
+//	stageRefused (closed)  │     (closed; counted as unproven)
+//	   ▲                   │
+//	   └── stageLooking ◀──┘ (a cluster: the account is read off the
+//	                          event loop, then on to stageProving)
 const (
 	// stageNew: waiting for the client's first handshake message.
 	stageNew uint32 = iota
@@ -153,6 +156,14 @@ const (
 	// stageUncounted: refused at accept for a limit (see admission); it
 	// was never counted, so its close uncounts nothing.
 	stageUncounted
+	// stageLooking: the first message is read and the login decoded; its
+	// account is being read across the network (a cluster's store, see
+	// lookUp), off the event loop. The lookup's goroutine owns the read
+	// side meanwhile and moves c on to stageProving or stageRefused; the
+	// poller refuses anything the client sends before that, and a close
+	// moves c to stageRefused, each by a compare-and-swap, so that only
+	// one of them decides.
+	stageLooking
 )
 
 // secured reports whether the handshake is done, so messages are sealed.
@@ -575,6 +586,14 @@ func (c *conn) onData(n *Node, data []byte) {
 // onMessage handles one complete message; false stops reading. A frame
 // that schedules the actor sets *run: the caller runs it (runHere).
 func (c *conn) onMessage(n *Node, msg []byte, run *bool) bool {
+	if c.stage.Load() == stageLooking && c.stage.CompareAndSwap(stageLooking, stageRefused) {
+		// A message before the handshake's answer: no client sends one
+		// (its next message is sealed with the answer's keys).
+		n.mx.HandshakeFailures.BadFrame.Inc()
+		n.failures.fail(c.peer.AddrPort().Addr(), time.Now())
+		c.nc.Close()
+		return false
+	}
 	if !c.secured() {
 		return c.handshake(n, msg)
 	}
@@ -610,16 +629,22 @@ func (c *conn) fail(n *Node, code wire.Error_Code, text string) {
 	c.partial = nil
 	n.mx.BadInput.Inc()
 	if c.stage.Load() != stageLoggedIn {
-		c.stage.Store(stageRefused)
-		n.failures.fail(c.peer.AddrPort().Addr(), time.Now())
-		if n.loginLogs.allow(time.Now()) {
-			n.log.Info("connection refused", "conn", c.id(), "reason", text)
-		}
-		c.nc.Close()
+		c.refuse(n, text)
 		return
 	}
 	c.stage.Store(stageFailed)
 	c.post(n.pool, event{kind: evKick, code: code, text: text})
+}
+
+// refuse closes a connection that has not logged in, for bad input: its
+// address is counted as failing (see failThrottle).
+func (c *conn) refuse(n *Node, text string) {
+	c.stage.Store(stageRefused)
+	n.failures.fail(c.peer.AddrPort().Addr(), time.Now())
+	if n.loginLogs.allow(time.Now()) {
+		n.log.Info("connection refused", "conn", c.id(), "reason", text)
+	}
+	c.nc.Close()
 }
 
 // handshake answers the client's first message: a full handshake (Noise
@@ -670,7 +695,6 @@ func (c *conn) handshake(n *Node, msg []byte) bool {
 	}
 	var login wire.Login
 	res := &wire.LoginResult{ServerTime: time.Now().UnixNano(), Window: uint32(n.cfg.Limits.Window)}
-	var acct store.Account
 	switch err = login.UnmarshalVT(h.Payload); {
 	case err != nil:
 		res.Error = &wire.Error{Code: wire.Error_BAD_FRAME, Text: "login payload does not decode"}
@@ -678,8 +702,46 @@ func (c *conn) handshake(n *Node, msg []byte) bool {
 		res.Error = &wire.Error{Code: wire.Error_UNSUPPORTED_VERSION, Text: fmt.Sprintf("protocol version %d is not supported; this server speaks 1: update the client", login.Version)}
 	case h.Ticket != nil && h.Ticket.Phone != login.Phone:
 		res.Error = &wire.Error{Code: wire.Error_LOGIN_FAILED, Text: "the resumption ticket is for another number: log in with a full handshake"}
+	case n.remoteAccounts:
+		// The account is read across the network, which may take as long
+		// as an election: not on the event loop, whose other connections
+		// would wait for it (see stageLooking).
+		c.stage.Store(stageLooking)
+		go c.lookUp(n, h, &login, res)
+		return true
 	default:
-		acct, err = n.store.Account(login.Phone)
+		acct, err := n.store.Account(login.Phone)
+		return c.answer(n, h, &login, res, acct, err)
+	}
+	return c.answer(n, h, &login, res, store.Account{}, nil)
+}
+
+// lookUp reads the account of a login in stageLooking and answers it. A
+// store between leaders (ErrUnavailable: a node of the cluster just died,
+// and its clients are logging in here) is asked again every recheckEvery
+// for up to half the handshake timeout, rather than refusing a client
+// that would only come back; a connection closed meanwhile stops it.
+func (c *conn) lookUp(n *Node, h *noise.Hello, login *wire.Login, res *wire.LoginResult) {
+	until := time.Now().Add(n.cfg.Limits.HandshakeTimeout / 2)
+	for {
+		acct, err := n.store.Account(login.Phone)
+		if errors.Is(err, store.ErrUnavailable) && time.Now().Add(recheckEvery).Before(until) && c.stage.Load() == stageLooking {
+			time.Sleep(recheckEvery)
+			continue
+		}
+		c.answer(n, h, login, res, acct, err)
+		return
+	}
+}
+
+// answer completes a handshake whose login has been decoded (res.Error set
+// if it was refused already) and whose account was read (acct, err): it
+// checks the device's key or ticket against the account, writes the reply
+// and moves c to stageProving, or refuses the login and closes c. It runs
+// on the poller, or on lookUp's goroutine while c is in stageLooking, when
+// the poller does not touch c's read side.
+func (c *conn) answer(n *Node, h *noise.Hello, login *wire.Login, res *wire.LoginResult, acct store.Account, err error) bool {
+	if res.Error == nil {
 		switch {
 		case errors.Is(err, store.ErrNotFound):
 			res.Error = &wire.Error{Code: wire.Error_LOGIN_FAILED, Text: "no account has this number: register first"}
@@ -717,7 +779,8 @@ func (c *conn) handshake(n *Node, msg []byte) bool {
 		}
 	}
 	if err != nil {
-		c.fail(n, wire.Error_INTERNAL, err.Error())
+		n.mx.BadInput.Inc()
+		c.refuse(n, err.Error())
 		return false
 	}
 	if res.Error == nil {
@@ -725,7 +788,12 @@ func (c *conn) handshake(n *Node, msg []byte) bool {
 		// deadline set at accept still runs, so a replayer that cannot
 		// answer is closed by it.
 		n.proving.Store(c, provingLogin{user: login.Phone, gen: acct.Generation, resumed: h.Ticket != nil})
-		c.stage.Store(stageProving)
+		if from := c.stage.Load(); from == stageRefused || !c.stage.CompareAndSwap(from, stageProving) {
+			// lookUp's connection, refused by the poller (it sent before
+			// the answer) or closed meanwhile.
+			n.proving.Delete(c)
+			return false
+		}
 	}
 	if res.Error.GetCode() == wire.Error_LOGIN_FAILED {
 		// Counted before the refusal is sent: a client that tries again
@@ -806,8 +874,13 @@ func (c *conn) prove(n *Node) {
 	}
 	// A re-registration may have landed between the handshake's key check
 	// and the registration above; it kicked whoever was registered then,
-	// so check again now that c is the one a kick would find.
-	n.recheckAccount(c, pl.user, pl.gen, 0)
+	// so check again now that c is the one a kick would find (off the
+	// event loop where the read crosses the network).
+	if n.remoteAccounts {
+		go n.recheckAccount(c, pl.user, pl.gen, 0)
+	} else {
+		n.recheckAccount(c, pl.user, pl.gen, 0)
+	}
 }
 
 // recheckAccount closes c if user's account is no longer at generation

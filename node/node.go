@@ -196,6 +196,10 @@ type Node struct {
 	engine  *nbio.Engine
 	counts  counts
 	mx      *monitor.Metrics
+	// remoteAccounts: the store's account reads cross the network (a
+	// cluster), so logins read accounts off the event loop (stageLooking,
+	// and the re-check of prove).
+	remoteAccounts bool
 	// lazyAcks: the store holds acks back to share an fsync (Pebble's
 	// lazy batches), so a fresh login delivers after a barrier (see prove).
 	lazyAcks bool
@@ -324,6 +328,7 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 	if cfg.wrapStore != nil {
 		n.store = cfg.wrapStore(n.store)
 	}
+	n.remoteAccounts = n.cluster != nil
 	n.storeOpened = time.Now()
 	n.ids = &idGen{st: n.store}
 	n.sessionCfg = session.Config{
@@ -518,9 +523,11 @@ func (n *Node) startLoop() error {
 				n.admission.closed(c.peer.AddrPort().Addr(), stage != stageLoggedIn && stage != stageFailed)
 			}
 			switch stage {
-			case stageNew, stageRetry:
+			case stageNew, stageRetry, stageLooking:
 				// Closed before the handshake finished: the deadline, or
-				// a peer that gave up.
+				// a peer that gave up. A lookup in flight finds the stage
+				// moved on and stops.
+				c.stage.CompareAndSwap(stageLooking, stageRefused)
 				n.mx.HandshakeFailures.Timeout.Inc()
 			case stageProving:
 				// Answered, never proven: a replayed first message, or a
