@@ -25,6 +25,7 @@ const (
 	defaultPartitions = 3
 	defaultReplicas   = 1
 	defaultTimeout    = 2 * time.Second
+	defaultSweepBatch = 1024
 
 	defaultMaxQueueLen = 100000
 	defaultMaxAge      = 30 * 24 * time.Hour
@@ -88,6 +89,11 @@ type Options struct {
 	Replicas int
 	// Timeout bounds each JetStream request. Default 2 s.
 	Timeout time.Duration
+	// SweepBatch bounds the expired items one step of a sweep reads,
+	// holds and erases: a backlog (a partition whose items expired by the
+	// million) is swept in steps, each erased before the next is read.
+	// Default 1,024.
+	SweepBatch int
 	// Log receives the store's logs; nil means slog.Default().
 	Log *slog.Logger
 
@@ -109,6 +115,9 @@ func (o Options) withDefaults() Options {
 	}
 	if o.Timeout <= 0 {
 		o.Timeout = defaultTimeout
+	}
+	if o.SweepBatch <= 0 {
+		o.SweepBatch = defaultSweepBatch
 	}
 	if o.Log == nil {
 		o.Log = slog.Default()

@@ -3,6 +3,7 @@ package jetstream_test
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -128,4 +129,50 @@ func TestConformanceR3(t *testing.T) {
 		}
 		return serverStore{Store: s, stop: nc.Close}
 	})
+}
+
+// A sweep erases a backlog in steps of SweepBatch expired items, each
+// erased (and reported) before the next is read: what a pass holds is
+// bounded however many items expired. Before, a pass read a partition's
+// whole backlog into memory, under one request timeout for all its reads,
+// and a backlog too long to read in it was never swept.
+func TestSweepErasesABacklogInSteps(t *testing.T) {
+	const alice, items, batch = "+15550007001", 10, 3
+	nc, _ := startServer(t, t.TempDir())
+	// left, at each report, is how many of alice's items were still there.
+	var left []int
+	var s *jetstream.Store
+	opts := store.Options{MaxAge: time.Hour, OnExpire: func(user string, it store.Item) {
+		got, err := s.ReadQueue(alice, 0, items)
+		if err != nil {
+			t.Errorf("read in OnExpire: %v", err)
+		}
+		left = append(left, len(got))
+	}}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	s, err := jetstream.Open(ctx, nc, jetstream.Options{Store: opts, Partitions: 1, SweepBatch: batch, Timeout: suiteTimeout})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	if err := s.PutAccount(store.Account{Phone: alice, Key: make([]byte, 32), Generation: 1}); err != nil {
+		t.Fatal(err)
+	}
+	for i := range items {
+		res := make(chan store.Result, 1)
+		s.Commit(&store.Batch{Appends: []store.Append{{To: alice, Data: fmt.Appendf(nil, "item %d", i)}}}, func(r store.Result) { res <- r })
+		if r := <-res; r.Err != nil {
+			t.Fatal(r.Err)
+		}
+	}
+	n, err := s.Sweep(time.Now().Add(2 * time.Hour))
+	if err != nil || n != items {
+		t.Fatalf("Sweep = %d, %v; want %d expired", n, err, items)
+	}
+	// Steps of 3: the reports of the first step see 7 left, then 4, 1, 0.
+	want := []int{7, 7, 7, 4, 4, 4, 1, 1, 1, 0}
+	if !slices.Equal(left, want) {
+		t.Fatalf("items left at each report: %v, want %v", left, want)
+	}
 }

@@ -79,7 +79,11 @@ func (s *Store) sweepLoop() {
 // Items are in stream order, which is time order, so a pass reads the
 // expired items, the empty-markers of the last minute (they expire) and
 // one more message per partition. (Tail records are in subjects of their
-// own, which it does not read.)
+// own, which it does not read.) It goes in steps of at most SweepBatch
+// expired items, each erased before the next is read, so that what a pass
+// holds is bounded however large the backlog; each read has its own
+// Timeout, so a long pass is never taken for a stream that does not
+// answer.
 func (s *Store) Sweep(now time.Time) (int, error) {
 	s.sweepMu.Lock()
 	defer s.sweepMu.Unlock()
@@ -90,24 +94,40 @@ func (s *Store) Sweep(now time.Time) (int, error) {
 		return 0, err
 	}
 	cutoff := now.Add(-s.opts.Store.MaxAge).UnixNano()
-	type found struct {
-		upTo  uint64
-		items []store.Item
-	}
-	expired := make(map[string]*found)
+	n := 0
 	for p := range s.parts {
-		if err := s.scanExpired(p, cutoff, func(user string, it store.Item) {
-			f := expired[user]
-			if f == nil {
-				f = &found{}
-				expired[user] = f
+		for from := uint64(1); from != 0; {
+			select {
+			case <-s.stopSweep:
+				// Closing: the rest is for the next pass (Close waits for
+				// this one).
+				return n, fmt.Errorf("sweep: %w", store.ErrClosed)
+			default:
 			}
-			f.upTo = max(f.upTo, it.Seq)
-			f.items = append(f.items, it)
-		}); err != nil {
-			return 0, err
+			expired, next, err := s.scanExpired(p, from, cutoff, s.opts.SweepBatch)
+			if err != nil {
+				return n, err
+			}
+			k, err := s.eraseExpired(expired)
+			n += k
+			if err != nil {
+				return n, err
+			}
+			from = next
 		}
 	}
+	return n, nil
+}
+
+// expiredItems are one queue's expired items a sweep's step found.
+type expiredItems struct {
+	upTo  uint64
+	items []store.Item
+}
+
+// eraseExpired erases what a sweep's step found, as far as it is still
+// there, and reports each item erased to OnExpire.
+func (s *Store) eraseExpired(expired map[string]*expiredItems) (int, error) {
 	if len(expired) == 0 {
 		return 0, nil
 	}
@@ -136,37 +156,47 @@ func (s *Store) Sweep(now time.Time) (int, error) {
 	return n, nil
 }
 
-// scanExpired calls fn for each item of partition p older than cutoff,
-// from the partition's start to its first younger item.
-func (s *Store) scanExpired(p int, cutoff int64, fn func(user string, it store.Item)) error {
-	ctx, cancel := context.WithTimeout(s.ctx, s.opts.Timeout)
-	defer cancel()
+// scanExpired reads partition p from stream seq from and returns its items
+// older than cutoff, up to limit of them, by user, and where to go on: the
+// stream seq after the last item returned, or 0 when the partition has no
+// more expired items (a younger item, or its end, was come to).
+func (s *Store) scanExpired(p int, from uint64, cutoff int64, limit int) (map[string]*expiredItems, uint64, error) {
 	filter := s.lay.queueFilter(p)
-	var cur uint64 = 1
-	for {
-		m, err := s.getNext(ctx, p, filter, cur)
+	found := make(map[string]*expiredItems)
+	for cur, n := from, 0; ; {
+		if n == limit {
+			return found, cur, nil
+		}
+		m, err := s.getNext(s.ctx, p, filter, cur)
 		if err != nil {
-			return fmt.Errorf("sweep partition %d: %w", p, err)
+			return nil, 0, fmt.Errorf("sweep partition %d: %w", p, err)
 		}
 		if m == nil {
-			return nil
+			return found, 0, nil
 		}
 		cur = m.Sequence + 1
 		r, err := decodeRecord(m.Data)
 		if err != nil {
-			return fmt.Errorf("sweep partition %d at %d: %w", p, m.Sequence, err)
+			return nil, 0, fmt.Errorf("sweep partition %d at %d: %w", p, m.Sequence, err)
 		}
 		if r.kind != kindItem {
 			continue
 		}
 		if r.ts >= cutoff {
-			return nil
+			return found, 0, nil
 		}
 		user, err := untoken(userTokenOf(m.Subject))
 		if err != nil {
-			return fmt.Errorf("sweep partition %d: %w", p, err)
+			return nil, 0, fmt.Errorf("sweep partition %d: %w", p, err)
 		}
-		fn(user, store.Item{Seq: r.seq, TS: r.ts, Data: append([]byte(nil), r.data...)})
+		f := found[user]
+		if f == nil {
+			f = &expiredItems{}
+			found[user] = f
+		}
+		f.upTo = max(f.upTo, r.seq)
+		f.items = append(f.items, store.Item{Seq: r.seq, TS: r.ts, Data: append([]byte(nil), r.data...)})
+		n++
 	}
 }
 
@@ -183,12 +213,28 @@ func (s *Store) sweepDedup(now time.Time) error {
 	}
 	s.bornExpired = keep
 	s.beMu.Unlock()
-	ctx, cancel := context.WithTimeout(s.ctx, s.opts.Timeout)
-	defer cancel()
-	for _, r := range due {
-		if err := s.parts[r.part].DeleteMsg(ctx, r.seq); err != nil && !isNotFound(err) {
+	for k, r := range due {
+		if err := s.deleteDedup(r); err != nil {
+			// The rest are deleted by a later pass.
+			s.beMu.Lock()
+			s.bornExpired = append(s.bornExpired, due[k:]...)
+			if extra := len(s.bornExpired) - maxBornExpired; extra > 0 {
+				s.bornExpired = s.bornExpired[extra:] // as the committer does
+			}
+			s.beMu.Unlock()
 			return fmt.Errorf("sweep dedup record %d/%d: %w", r.part, r.seq, err)
 		}
+	}
+	return nil
+}
+
+// deleteDedup deletes one born-expired dedup record, in a request of its
+// own (each with its own Timeout: see Sweep).
+func (s *Store) deleteDedup(r dedupRef) error {
+	ctx, cancel := context.WithTimeout(s.ctx, s.opts.Timeout)
+	defer cancel()
+	if err := s.parts[r.part].DeleteMsg(ctx, r.seq); err != nil && !isNotFound(err) {
+		return err
 	}
 	return nil
 }
