@@ -1187,7 +1187,7 @@ func (c *committer) purgeBelow(ctx context.Context, p int, st *userState, head u
 	err = s.parts[p].Purge(pctx, njs.WithPurgeSubject(st.subj), njs.WithPurgeSequence(sseq+1))
 	cancel()
 	if err != nil {
-		s.gates.done(p, err)
+		s.gates.done(ctx, p, err)
 		return unavailable(err)
 	}
 	c.dropKnownBelow(st, head)
@@ -1368,7 +1368,7 @@ func (c *committer) deleteEach(ctx context.Context, p int, st *userState, from, 
 		err = s.parts[p].DeleteMsg(dctx, seq)
 		cancel()
 		if err != nil && !isNotFound(err) {
-			s.gates.done(p, err)
+			s.gates.done(ctx, p, err)
 			return unavailable(err)
 		}
 	}
@@ -1392,13 +1392,13 @@ func (c *committer) dropKnownBelow(st *userState, seq uint64) {
 // the last; the others have the seqs just before it. It waits at most
 // Options.Timeout for the answer, even within a longer ctx.
 func (s *Store) publishBatch(ctx context.Context, gi int, msgs []*nats.Msg) (uint64, error) {
-	ctx, cancel, err := s.gates.enter(ctx, gi)
+	rctx, cancel, err := s.gates.enter(ctx, gi)
 	if err != nil {
 		return 0, err
 	}
 	defer cancel()
-	seq, err := s.publishBatchTo(ctx, msgs)
-	s.gates.done(gi, err)
+	seq, err := s.publishBatchTo(rctx, msgs)
+	s.gates.done(ctx, gi, err)
 	return seq, err
 }
 

@@ -127,10 +127,13 @@ func isUnavailable(err error) bool {
 	return errors.Is(unavailable(err), ErrUnavailable)
 }
 
-// done records the outcome of a request to stream i: a stream that did
-// not answer closes its gate (and starts its prober).
-func (g *gates) done(i int, err error) {
-	if err == nil || !isUnavailable(err) || g.s.ctx.Err() != nil {
+// done records the outcome of a request to stream i, made within parent
+// (the ctx given to enter): a stream that did not answer closes its gate
+// (and starts its prober). A request that ended because parent did (its
+// caller's deadline, spent on the requests before it: a sweep's or a
+// group's reads) says nothing about the stream, and closes nothing.
+func (g *gates) done(parent context.Context, i int, err error) {
+	if err == nil || !isUnavailable(err) || g.s.ctx.Err() != nil || parent.Err() != nil {
 		return
 	}
 	g.close(i, "a request was not answered", err)
@@ -194,13 +197,13 @@ func (s *Store) writeBarrier(ctx context.Context, p int) error {
 // barrier is writeBarrier through partition p's gate, bounded by
 // Options.Timeout.
 func (s *Store) barrier(ctx context.Context, p int) error {
-	ctx, cancel, err := s.gates.enter(ctx, p)
+	rctx, cancel, err := s.gates.enter(ctx, p)
 	if err != nil {
 		return err
 	}
 	defer cancel()
-	err = s.writeBarrier(ctx, p)
-	s.gates.done(p, err)
+	err = s.writeBarrier(rctx, p)
+	s.gates.done(ctx, p, err)
 	return unavailable(err)
 }
 

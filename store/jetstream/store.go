@@ -430,37 +430,42 @@ func (s *Store) Close() error {
 	return nil
 }
 
+// reqCtx is the budget of one of the store's calls made outside the
+// committer: twice a request's Timeout, so that its first request's
+// timeout is the request's own (and closes the stream's gate, see
+// gates.done), while a call of many requests (ReadQueue) is still bounded.
 func (s *Store) reqCtx() (context.Context, context.CancelFunc) {
-	return context.WithTimeout(s.ctx, s.opts.Timeout)
+	return context.WithTimeout(s.ctx, 2*s.opts.Timeout)
 }
 
 // getNext returns the first message of subject (a filter may have
 // wildcards) in the stream behind gate gi at or after stream seq from, or
 // nil. It waits at most Options.Timeout, even within a longer ctx.
 func (s *Store) getNext(ctx context.Context, gi int, subject string, from uint64) (*njs.RawStreamMsg, error) {
-	ctx, cancel, err := s.gates.enter(ctx, gi)
+	rctx, cancel, err := s.gates.enter(ctx, gi)
 	if err != nil {
 		return nil, err
 	}
 	defer cancel()
-	m, err := s.gates.stream(gi).GetMsg(ctx, max(from, 1), njs.WithGetMsgSubject(subject))
-	return s.gotMsg(gi, m, err)
+	m, err := s.gates.stream(gi).GetMsg(rctx, max(from, 1), njs.WithGetMsgSubject(subject))
+	return s.gotMsg(ctx, gi, m, err)
 }
 
 // getLast is getNext for the last message of subject.
 func (s *Store) getLast(ctx context.Context, gi int, subject string) (*njs.RawStreamMsg, error) {
-	ctx, cancel, err := s.gates.enter(ctx, gi)
+	rctx, cancel, err := s.gates.enter(ctx, gi)
 	if err != nil {
 		return nil, err
 	}
 	defer cancel()
-	m, err := s.gates.stream(gi).GetLastMsgForSubject(ctx, subject)
-	return s.gotMsg(gi, m, err)
+	m, err := s.gates.stream(gi).GetLastMsgForSubject(rctx, subject)
+	return s.gotMsg(ctx, gi, m, err)
 }
 
-// gotMsg reads a MSG.GET's outcome: not found is nil, no answer is
-// ErrUnavailable (and closes the stream's gate).
-func (s *Store) gotMsg(gi int, m *njs.RawStreamMsg, err error) (*njs.RawStreamMsg, error) {
+// gotMsg reads the outcome of a MSG.GET made within parent: not found is
+// nil, no answer is ErrUnavailable (and closes the stream's gate, see
+// gates.done).
+func (s *Store) gotMsg(parent context.Context, gi int, m *njs.RawStreamMsg, err error) (*njs.RawStreamMsg, error) {
 	s.n.reads.Add(1)
 	switch {
 	case err == nil:
@@ -469,7 +474,7 @@ func (s *Store) gotMsg(gi int, m *njs.RawStreamMsg, err error) (*njs.RawStreamMs
 		return nil, nil
 	}
 	if err = unavailable(err); errors.Is(err, ErrUnavailable) {
-		s.gates.done(gi, err)
+		s.gates.done(parent, gi, err)
 	}
 	return nil, err
 }
