@@ -185,11 +185,20 @@ func (g *pollerGate) onData() {
 // newGates adds gates to the event loop until every one of its pollers
 // has one (nbio assigns a connection to poller fd % pollers); the extras
 // are gates too, left unused.
+//
+// A gate takes the lowest free descriptor and keeps two (itself and its
+// peer), so with no holes below them every gate lands on a descriptor of
+// the same parity: with an even number of pollers, half of them would
+// never get one. After each gate that lands on a poller already gated, a
+// spacer descriptor is held until the gates are all placed, shifting the
+// next gate's by one.
 func (n *Node) newGates(pollers int) ([]*pollerGate, []*pollerGate, error) {
 	var all []*pollerGate
 	byPoller := make([]*pollerGate, pollers)
 	missing := pollers
 	release := make(chan struct{})
+	var spacers []int
+	defer func() { closeAll(spacers) }()
 	for try := 0; missing > 0 && try < 64*pollers+64; try++ {
 		syscall.ForkLock.RLock()
 		fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM, 0)
@@ -216,6 +225,8 @@ func (n *Node) newGates(pollers int) ([]*pollerGate, []*pollerGate, error) {
 		if i := nc.Hash() % pollers; byPoller[i] == nil {
 			byPoller[i] = g
 			missing--
+		} else if fd, err := unix.FcntlInt(uintptr(g.peer), unix.F_DUPFD_CLOEXEC, 0); err == nil {
+			spacers = append(spacers, fd)
 		}
 	}
 	if missing > 0 {

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/lesismal/nbio"
+	"golang.org/x/sys/unix"
 )
 
 // A live upgrade reads nbio's write queue through its fields (see
@@ -90,4 +91,45 @@ func tcpPairFD(t *testing.T, ln net.Listener) (net.Conn, int) {
 		t.Fatal(err)
 	}
 	return cl, fd
+}
+
+// A live upgrade parks every poller with a gate connection on it. Gates
+// take descriptors two at a time (the gate and its peer), so in a process
+// with no holes below them they all landed on one parity, and with an
+// even number of pollers the upgrade failed ("could not place a gate on
+// every poller"), as it did in CI once. Three rounds, the gates of each
+// kept open as a parked event loop keeps them; each round's gates must
+// each wake its own poller. (The wake-ups also keep e.Stop from racing
+// the pollers' start: nbio's loop clears its shutdown flag as it starts,
+// so a Stop right after Start can hang.)
+func TestGatesReachEveryPoller(t *testing.T) {
+	const pollers = 4
+	woke := make(chan *nbio.Conn, pollers)
+	e := nbio.NewEngine(nbio.Config{NPoller: pollers})
+	e.OnData(func(c *nbio.Conn, _ []byte) { woke <- c })
+	if err := e.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer e.Stop() // closes the gates (the peers close after it)
+	n := &Node{engine: e}
+	for round := range 3 {
+		all, byPoller, err := n.newGates(pollers)
+		for _, g := range all {
+			t.Cleanup(func() { unix.Close(g.peer) })
+		}
+		if err != nil {
+			t.Fatalf("round %d: %v (%d gates made)", round, err, len(all))
+		}
+		for i, g := range byPoller {
+			if g == nil || g.nc.Hash()%pollers != i {
+				t.Fatalf("round %d: poller %d has no gate", round, i)
+			}
+			if _, err := unix.Write(g.peer, []byte{1}); err != nil {
+				t.Fatal(err)
+			}
+			if c := <-woke; c != g.nc {
+				t.Fatalf("round %d: poller %d's gate woke another connection", round, i)
+			}
+		}
+	}
 }
