@@ -1187,7 +1187,7 @@ func (c *committer) purgeBelow(ctx context.Context, p int, st *userState, head u
 	err = s.parts[p].Purge(pctx, njs.WithPurgeSubject(st.subj), njs.WithPurgeSequence(sseq+1))
 	cancel()
 	if err != nil {
-		s.gates.done(ctx, p, err)
+		s.gates.wrote(p, err)
 		return unavailable(err)
 	}
 	c.dropKnownBelow(st, head)
@@ -1368,7 +1368,7 @@ func (c *committer) deleteEach(ctx context.Context, p int, st *userState, from, 
 		err = s.parts[p].DeleteMsg(dctx, seq)
 		cancel()
 		if err != nil && !isNotFound(err) {
-			s.gates.done(ctx, p, err)
+			s.gates.wrote(p, err)
 			return unavailable(err)
 		}
 	}
@@ -1398,7 +1398,7 @@ func (s *Store) publishBatch(ctx context.Context, gi int, msgs []*nats.Msg) (uin
 	}
 	defer cancel()
 	seq, err := s.publishBatchTo(rctx, msgs)
-	s.gates.done(ctx, gi, err)
+	s.gates.wrote(gi, err)
 	return seq, err
 }
 

@@ -127,13 +127,23 @@ func isUnavailable(err error) bool {
 	return errors.Is(unavailable(err), ErrUnavailable)
 }
 
-// done records the outcome of a request to stream i, made within parent
-// (the ctx given to enter): a stream that did not answer closes its gate
-// (and starts its prober). A request that ended because parent did (its
-// caller's deadline, spent on the requests before it: a sweep's or a
-// group's reads) says nothing about the stream, and closes nothing.
+// done records the outcome of a read of stream i, made within parent (the
+// ctx given to enter): a stream that did not answer closes its gate (and
+// starts its prober). A read that ended because parent did (its caller's
+// deadline, spent on the requests before it: a sweep's or a group's
+// reads) says nothing about the stream, and closes nothing.
 func (g *gates) done(parent context.Context, i int, err error) {
-	if err == nil || !isUnavailable(err) || g.s.ctx.Err() != nil || parent.Err() != nil {
+	if parent.Err() != nil {
+		return
+	}
+	g.wrote(i, err)
+}
+
+// wrote records the outcome of a write to stream i: one not answered
+// closes the gate whatever ended it, for its outcome is unknown, and the
+// next write must follow a barrier (see probe).
+func (g *gates) wrote(i int, err error) {
+	if err == nil || !isUnavailable(err) || g.s.ctx.Err() != nil {
 		return
 	}
 	g.close(i, "a request was not answered", err)
@@ -203,7 +213,7 @@ func (s *Store) barrier(ctx context.Context, p int) error {
 	}
 	defer cancel()
 	err = s.writeBarrier(rctx, p)
-	s.gates.done(ctx, p, err)
+	s.gates.wrote(p, err)
 	return unavailable(err)
 }
 

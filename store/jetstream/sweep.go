@@ -2,6 +2,7 @@ package jetstream
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -73,7 +74,8 @@ func (s *Store) sweepLoop() {
 // MaxAge (reporting each to OnExpire after the erasure) and deletes the
 // dedup records this store wrote with a TS already past DedupTTL (every
 // other dedup record expires on its own, by its Nats-TTL). It returns the
-// number of items expired.
+// number of items expired, and what failed: a partition that fails is
+// left for the next pass, and the others are swept.
 //
 // Each partition is scanned from its start up to its first young item.
 // Items are in stream order, which is time order, so a pass reads the
@@ -90,8 +92,11 @@ func (s *Store) Sweep(now time.Time) (int, error) {
 	if s.closed.Load() {
 		return 0, fmt.Errorf("sweep: %w", store.ErrClosed)
 	}
+	// A part that fails (a partition between leaders, a dedup record
+	// that would not go) is left for the next pass; the rest goes on.
+	var errs []error
 	if err := s.sweepDedup(now); err != nil {
-		return 0, err
+		errs = append(errs, err)
 	}
 	cutoff := now.Add(-s.opts.Store.MaxAge).UnixNano()
 	n := 0
@@ -105,18 +110,19 @@ func (s *Store) Sweep(now time.Time) (int, error) {
 			default:
 			}
 			expired, next, err := s.scanExpired(p, from, cutoff, s.opts.SweepBatch)
-			if err != nil {
-				return n, err
+			if err == nil {
+				var k int
+				k, err = s.eraseExpired(expired)
+				n += k
 			}
-			k, err := s.eraseExpired(expired)
-			n += k
 			if err != nil {
-				return n, err
+				errs = append(errs, err)
+				break
 			}
 			from = next
 		}
 	}
-	return n, nil
+	return n, errors.Join(errs...)
 }
 
 // expiredItems are one queue's expired items a sweep's step found.
