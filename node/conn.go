@@ -594,6 +594,11 @@ func (c *conn) onMessage(n *Node, msg []byte, run *bool) bool {
 		c.nc.Close()
 		return false
 	}
+	if c.stopped() {
+		// Refused meanwhile by lookUp's answer (it runs on a goroutine of
+		// its own): the rest of this read is not for anyone.
+		return false
+	}
 	if !c.secured() {
 		return c.handshake(n, msg)
 	}
@@ -640,6 +645,7 @@ func (c *conn) fail(n *Node, code wire.Error_Code, text string) {
 // address is counted as failing (see failThrottle).
 func (c *conn) refuse(n *Node, text string) {
 	c.stage.Store(stageRefused)
+	n.proving.Delete(c) // answered, then its proof did not decrypt
 	n.failures.fail(c.peer.AddrPort().Addr(), time.Now())
 	if n.loginLogs.allow(time.Now()) {
 		n.log.Info("connection refused", "conn", c.id(), "reason", text)
@@ -694,7 +700,7 @@ func (c *conn) handshake(n *Node, msg []byte) bool {
 		return false
 	}
 	var login wire.Login
-	res := &wire.LoginResult{ServerTime: time.Now().UnixNano(), Window: uint32(n.cfg.Limits.Window)}
+	res := &wire.LoginResult{Window: uint32(n.cfg.Limits.Window)}
 	switch err = login.UnmarshalVT(h.Payload); {
 	case err != nil:
 		res.Error = &wire.Error{Code: wire.Error_BAD_FRAME, Text: "login payload does not decode"}
@@ -706,7 +712,9 @@ func (c *conn) handshake(n *Node, msg []byte) bool {
 		// The account is read across the network, which may take as long
 		// as an election: not on the event loop, whose other connections
 		// would wait for it (see stageLooking).
-		c.stage.Store(stageLooking)
+		if from := c.stage.Load(); from == stageRefused || !c.stage.CompareAndSwap(from, stageLooking) {
+			return false
+		}
 		go c.lookUp(n, h, &login, res)
 		return true
 	default:
@@ -729,6 +737,9 @@ func (c *conn) lookUp(n *Node, h *noise.Hello, login *wire.Login, res *wire.Logi
 			time.Sleep(recheckEvery)
 			continue
 		}
+		if c.stage.Load() != stageLooking {
+			return // closed meanwhile: counted by OnClose, nobody to answer
+		}
 		c.answer(n, h, login, res, acct, err)
 		return
 	}
@@ -741,13 +752,16 @@ func (c *conn) lookUp(n *Node, h *noise.Hello, login *wire.Login, res *wire.Logi
 // on the poller, or on lookUp's goroutine while c is in stageLooking, when
 // the poller does not touch c's read side.
 func (c *conn) answer(n *Node, h *noise.Hello, login *wire.Login, res *wire.LoginResult, acct store.Account, err error) bool {
+	res.ServerTime = time.Now().UnixNano() // after the lookup, which may have taken seconds
 	if res.Error == nil {
 		switch {
 		case errors.Is(err, store.ErrNotFound):
 			res.Error = &wire.Error{Code: wire.Error_LOGIN_FAILED, Text: "no account has this number: register first"}
 		case err != nil:
 			res.Error = &wire.Error{Code: wire.Error_INTERNAL, Text: "account lookup failed: try again"}
-			n.log.Error("account lookup", "user", login.Phone, "err", err)
+			if !errors.Is(err, store.ErrClosed) { // the node stopping
+				n.log.Error("account lookup", "user", login.Phone, "err", err)
+			}
 		case h.Ticket != nil && (h.Ticket.Generation != acct.Generation || !bytes.Equal(h.Ticket.Key[:], acct.Key)):
 			// Re-registered, or its key replaced: the ticket's device is
 			// not the account's any more.
