@@ -92,8 +92,11 @@
 // sees the resident set as it is, garbage not yet collected or returned
 // included, which the collector's heap target (GOGC) decides. So idle also
 // reads the RSS without a collection, just before each forced-GC reading,
-// and reports that growth per connection (steady_rss_bytes_per_conn); take
-// it after a hold long enough for the runtime to settle (--hold 30s). On a freshly
+// and reports that growth per connection (steady_rss_bytes_per_conn). An
+// idle server returns the garbage of the activity before it to the OS by
+// itself (parley serve --idle-collect, 5 s of quiet by default): each of
+// these readings waits for that (up to 30 s), and the result says whether
+// the server had settled (server_settled_before, server_settled_after). On a freshly
 // started server the logins also fill the store's caches (accounts are read
 // at login); --warm logs every user in and out once before the first
 // reading so that this is not counted per connection. --heap-profile

@@ -14,7 +14,7 @@ import (
 const (
 	userMethod   = "server RSS delta / N, from GET /admin/process?gc=1 before the logins and after the hold; N = the change in the server's session count"
 	goMethod     = "delta of the memory the server's Go runtime holds (mapped less returned to the OS: heap, stacks, runtime metadata) / N, same readings; RSS less this is C memory, which in Parley is Pebble's memtables and block cache"
-	steadyMethod = "server RSS delta / N, from GET /admin/process without a collection, before the logins (before the forced-GC reading) and at the end of the hold (before the forced-GC reading): the growth an operator sees, garbage the collector has not yet returned included; hold long enough for the runtime to settle (--hold 30s)"
+	steadyMethod = "server RSS delta / N, from GET /admin/process without a forced collection, before the logins and at the end of the hold (each before the forced-GC reading, and once the server has settled by itself: its idle collection, --idle-collect, after the activity before; server_settled_before/after say whether it had): the growth an operator sees"
 	kernelMethod = "(delta of /proc/meminfo Slab - /proc inodes + /proc/net/sockstat TCP mem pages * page size) / 2 / N: loopback holds both ends, the server's share is half; /proc inodes (inode, dentry, security blob, from /proc/slabinfo) are left out: whoever lists /proc/PID/fd makes one per open file"
 )
 
@@ -59,9 +59,14 @@ type IdleResult struct {
 	GoMethod            string `json:"go_method"`
 	KernelMethod        string `json:"kernel_method"`
 
-	Warm         bool     `json:"warm"` // every user logged in and out once before the readings
-	Errors       int64    `json:"errors"`
-	ErrorSamples []string `json:"error_samples,omitempty"`
+	Warm bool `json:"warm"` // every user logged in and out once before the readings
+	// The server had settled (returned its garbage to the OS after the
+	// activity before, by itself: --idle-collect) at the readings without
+	// a collection.
+	SettledBefore bool     `json:"server_settled_before"`
+	SettledAfter  bool     `json:"server_settled_after"`
+	Errors        int64    `json:"errors"`
+	ErrorSamples  []string `json:"error_samples,omitempty"`
 }
 
 // Rows implements Result.
@@ -73,7 +78,7 @@ func (r *IdleResult) Rows() []Row {
 		{Name: "measured_conns", Value: fmtInt(int64(r.MeasuredConns)), Note: "N below: sessions the server gained between the two readings"},
 		{Name: "warm", Value: fmt.Sprint(r.Warm), Note: "true: every user logged in and out once first, so store caches do not count as connection memory"},
 		{Name: "user_bytes_per_conn", Value: fmtF(r.UserBytesPerConn, 0), Note: userMethod},
-		{Name: "steady_rss_bytes_per_conn", Value: fmtF(r.SteadyBytesPerConn, 0), Note: fmt.Sprintf("no forced collection, after a %.0f s hold: %s", r.HoldSeconds, steadyMethod)},
+		{Name: "steady_rss_bytes_per_conn", Value: fmtF(r.SteadyBytesPerConn, 0), Note: fmt.Sprintf("no forced collection, after a %.0f s hold, the server settled by itself before/after: %v/%v: %s", r.HoldSeconds, r.SettledBefore, r.SettledAfter, steadyMethod)},
 		{Name: "go_bytes_per_conn", Value: fmtF(r.GoBytesPerConn, 0), Note: goMethod},
 		{Name: "heap_bytes_per_conn", Value: fmtF(r.HeapBytesPerConn, 0), Note: "Go heap in use, same readings"},
 		{Name: "outside_go_bytes_per_conn", Value: fmtF(r.OutsideGoPerConn, 0), Note: fmt.Sprintf("user less Go: C memory; Pebble's memtables grew %.1f MiB with the exchanged messages", float64(r.StoreMemtableGrowth)/(1<<20))},
@@ -119,7 +124,12 @@ func Idle(ctx context.Context, cfg Config, progress io.Writer) (*IdleResult, err
 		}
 	}
 	// The reading without a collection comes first each time: a forced
-	// one returns memory to the OS and would hide what it shows.
+	// one returns memory to the OS and would hide what it shows. It waits
+	// for the server's own idle collection, as an operator reading an
+	// idle server's RSS would find it.
+	if res.SettledBefore, err = waitSettled(ctx, e.admin); err != nil {
+		return nil, err
+	}
 	steadyBefore, err := e.admin.process(ctx, false)
 	if err != nil {
 		return nil, err
@@ -232,6 +242,9 @@ func Idle(ctx context.Context, cfg Config, progress io.Writer) (*IdleResult, err
 	phaseMu.Unlock()
 	t2 := time.Now()
 	if err := sleepCtx(ctx, cfg.Hold); err != nil {
+		return nil, err
+	}
+	if res.SettledAfter, err = waitSettled(ctx, e.admin); err != nil {
 		return nil, err
 	}
 	res.HoldSeconds = time.Since(t2).Seconds()
@@ -348,6 +361,35 @@ func waitSessions(ctx context.Context, a *admin, want int, limit time.Duration) 
 			return err
 		}
 	}
+}
+
+// settleWait bounds the wait for the server's idle collection: at the
+// default --idle-collect (5 s) it comes within two or three checks.
+const settleWait = 30 * time.Second
+
+// waitSettled waits until the server has returned the garbage of what came
+// before to the OS by itself (node.Config.IdleCollect): two checks after
+// now, and settled. It reports whether it has: a server with idle
+// collections off (or from before them) never does, nor one kept busy by
+// something else within settleWait.
+func waitSettled(ctx context.Context, a *admin) (bool, error) {
+	p, err := a.process(ctx, false)
+	if err != nil || p.IdleChecks == 0 {
+		return false, err
+	}
+	from, end := p.IdleChecks, time.Now().Add(settleWait)
+	for !p.Settled || p.IdleChecks < from+2 {
+		if time.Now().After(end) {
+			return false, nil
+		}
+		if err := sleepCtx(ctx, 250*time.Millisecond); err != nil {
+			return false, err
+		}
+		if p, err = a.process(ctx, false); err != nil {
+			return false, err
+		}
+	}
+	return true, nil
 }
 
 func sleepCtx(ctx context.Context, d time.Duration) error {

@@ -83,11 +83,19 @@ type ProcessStats struct {
 	Logins             int64  `json:"logins"`
 	Commits            int64  `json:"commits"`
 	Backlog            int    `json:"backlog"`
-	Time               int64  `json:"time_unix_nano"`
+	// The node's idle collections (Config.IdleCollect): how many periods
+	// it has checked, how many times it returned its garbage to the OS,
+	// and whether it has since the last period that was not quiet. An RSS
+	// read when Settled is true, two checks after the last activity, is
+	// what the idle process keeps. All zero with IdleCollect off.
+	IdleChecks      int64 `json:"idle_checks"`
+	IdleCollections int64 `json:"idle_collections"`
+	Settled         bool  `json:"settled"`
+	Time            int64 `json:"time_unix_nano"`
 }
 
 func (n *Node) handleProcess(w http.ResponseWriter, r *http.Request) {
-	st := ProcessStats{
+	p := ProcessStats{
 		Goroutines:  runtime.NumGoroutine(),
 		Sessions:    n.router.len(),
 		Connections: n.counts.open.Load(),
@@ -96,6 +104,9 @@ func (n *Node) handleProcess(w http.ResponseWriter, r *http.Request) {
 		Backlog:     n.pool.backlog(),
 		Time:        time.Now().UnixNano(),
 	}
+	if st := n.settler; st != nil {
+		p.IdleChecks, p.IdleCollections, p.Settled = st.checks.Load(), st.collections.Load(), st.settled.Load()
+	}
 	if r.URL.Query().Get("gc") == "1" {
 		// A settled heap, returned to the OS, makes RSS deltas comparable
 		// between runs (freed-but-kept memory would count otherwise).
@@ -103,16 +114,16 @@ func (n *Node) handleProcess(w http.ResponseWriter, r *http.Request) {
 	}
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
-	st.HeapInuse = ms.HeapInuse
-	st.GoBytes = ms.Sys - ms.HeapReleased
-	st.StoreMemtableBytes, st.StoreCacheBytes = n.store.MemoryStats()
+	p.HeapInuse = ms.HeapInuse
+	p.GoBytes = ms.Sys - ms.HeapReleased
+	p.StoreMemtableBytes, p.StoreCacheBytes = n.store.MemoryStats()
 	cpu, rss, err := readProcSelf()
 	if err != nil {
 		writeError(w, http.StatusInternalServerError, "internal", "read /proc/self: "+err.Error())
 		return
 	}
-	st.CPUSeconds, st.RSSBytes = cpu, rss
-	writeJSON(w, http.StatusOK, st)
+	p.CPUSeconds, p.RSSBytes = cpu, rss
+	writeJSON(w, http.StatusOK, p)
 }
 
 // readProcSelf reads CPU seconds and resident memory from /proc (Linux).

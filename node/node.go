@@ -86,6 +86,11 @@ type Config struct {
 	// noise/ticket.go). Default 7 days; negative: no tickets, every login
 	// is a full handshake.
 	TicketTTL time.Duration
+	// IdleCollect is how often the node looks whether the process has been
+	// quiet (see settle): a process quiet for one such period returns its
+	// garbage to the OS once. Default 5 s; negative: never (the Go
+	// runtime's own schedule only).
+	IdleCollect time.Duration
 	// AdminToken, when set, is required (Authorization: Bearer) on the
 	// admin listener. It must be set when Admin is not a loopback address.
 	AdminToken string
@@ -149,6 +154,9 @@ func (c *Config) setDefaults() {
 	if c.Pollers <= 0 {
 		c.Pollers = runtime.GOMAXPROCS(0)
 	}
+	if c.IdleCollect == 0 {
+		c.IdleCollect = 5 * time.Second
+	}
 	if c.TicketTTL == 0 {
 		c.TicketTTL = 7 * 24 * time.Hour
 	}
@@ -195,6 +203,7 @@ type Node struct {
 	pool    *pool
 	engine  *nbio.Engine
 	counts  counts
+	settler *settler // nil with IdleCollect off
 	mx      *monitor.Metrics
 	// remoteAccounts: the store's account reads cross the network (a
 	// cluster), so logins read accounts off the event loop (stageLooking,
@@ -268,6 +277,9 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 	}
 	reg := prometheus.NewRegistry()
 	n := &Node{cfg: cfg, log: cfg.Log, router: newRouter(), mx: monitor.NewMetrics(reg), started: time.Now()}
+	if cfg.IdleCollect > 0 {
+		n.settler = newSettler()
+	}
 	if err := registerBuildInfo(reg); err != nil {
 		return nil, err
 	}
@@ -856,6 +868,9 @@ func (n *Node) startBackground() {
 	bgCtx, stop := context.WithCancel(context.Background())
 	n.stopBG = stop
 	n.every(bgCtx, time.Minute, func(now time.Time) { n.accounts.Sweep(now) })
+	if n.settler != nil {
+		n.every(bgCtx, n.cfg.IdleCollect, func(time.Time) { n.settler.settle() })
+	}
 	n.background(func() { n.monitor.Run(bgCtx) })
 	n.background(func() {
 		if err := n.media.Run(bgCtx); err != nil {

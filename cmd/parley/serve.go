@@ -109,6 +109,7 @@ SMS gateways (--sms):
 	// 200 holds it at ~1.4 KB with no measurable cost at saturation (issue
 	// 11, BENCHMARKS.md). GOGC in the environment wins over the flag.
 	f.IntVar(&gcPercent, "gc-percent", 200, "Go GC target percentage (GOGC); lower saves memory, higher saves CPU; -1 turns the collector off")
+	f.DurationVar(&cfg.IdleCollect, "idle-collect", 5*time.Second, "once the process has been quiet this long, return its garbage to the OS (once per quiet period; never under load); a negative duration (-1s): never")
 	f.StringVar(&cfg.Listen, "listen", "127.0.0.1:5222", "native protocol listen address")
 	f.StringVar(&cfg.Advertise, "advertise", "", "native address clients are told to dial, HOST:PORT, when --listen is not it (a wildcard, NAT or load balancer); a cluster node listening on every interface must set it (default: the --listen address)")
 	f.StringVar(&cfg.HTTP, "http", "127.0.0.1:8080", "public HTTP API listen address")
