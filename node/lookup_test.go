@@ -3,7 +3,6 @@ package node
 import (
 	"context"
 	"fmt"
-	"log/slog"
 	"sync"
 	"testing"
 	"time"
@@ -11,7 +10,6 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/parleyhq/parley/client"
-	"github.com/parleyhq/parley/noise"
 	"github.com/parleyhq/parley/store"
 )
 
@@ -149,31 +147,14 @@ func startLookupNode(t *testing.T, st *heldStore, phones ...string) (dial func(c
 		t.Fatal(err)
 	}
 	t.Cleanup(nc.Close)
-	n, err := Start(context.Background(), Config{
-		DataDir: t.TempDir(), Listen: "127.0.0.1:0", HTTP: "127.0.0.1:0", Admin: "127.0.0.1:0",
+	n, keys := startInternalNode(t, Config{
 		Pollers: 1,
-		Log:     slog.New(slog.DiscardHandler),
 		Cluster: &ClusterConfig{Conn: nc, Node: "n1", Partitions: 1},
 		wrapStore: func(s nodeStore) nodeStore {
 			st.nodeStore = s
 			return st
 		},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { n.Close() })
-	keys := map[string]noise.Keypair{}
-	for _, phone := range phones {
-		kp, err := noise.GenerateKeypair(nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := n.store.PutAccount(store.Account{Phone: phone, Key: kp.Public, Generation: 1}); err != nil {
-			t.Fatal(err)
-		}
-		keys[phone] = kp
-	}
+	}, phones...)
 	return func(ctx context.Context, phone string) (*client.Client, error) {
 		return client.Dial(ctx, client.Config{Addr: n.NativeAddr(), ServerKey: n.key.Public, Phone: phone, Key: keys[phone]})
 	}

@@ -1,14 +1,11 @@
 package node
 
 import (
-	"context"
-	"log/slog"
 	"net"
 	"testing"
 	"time"
 
 	"github.com/parleyhq/parley/noise"
-	"github.com/parleyhq/parley/store"
 	"github.com/parleyhq/parley/wire"
 )
 
@@ -17,21 +14,8 @@ import (
 // proof went with it. It stayed, holding the connection, for ever.
 func TestAProofThatDoesNotDecryptLeavesNothing(t *testing.T) {
 	const phone = "+15550006101"
-	n, err := Start(context.Background(), Config{
-		DataDir: t.TempDir(), Listen: "127.0.0.1:0", HTTP: "127.0.0.1:0", Admin: "127.0.0.1:0",
-		Log: slog.New(slog.DiscardHandler),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { n.Close() })
-	kp, err := noise.GenerateKeypair(nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := n.store.PutAccount(store.Account{Phone: phone, Key: kp.Public, Generation: 1}); err != nil {
-		t.Fatal(err)
-	}
+	n, keys := startInternalNode(t, Config{}, phone)
+	kp := keys[phone]
 	login, err := (&wire.Login{Phone: phone, Version: 1}).MarshalVT()
 	if err != nil {
 		t.Fatal(err)

@@ -4,13 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/parleyhq/parley/client"
-	"github.com/parleyhq/parley/noise"
 	"github.com/parleyhq/parley/store"
 	"github.com/parleyhq/parley/wire"
 )
@@ -77,25 +75,13 @@ func TestLoginRecheckWaitsForTheStore(t *testing.T) {
 			t.Parallel()
 			const phone = "+15550004444"
 			st := &recheckStore{phone: phone, unavailable: tc.unavailable, bump: tc.bump}
-			n, err := Start(context.Background(), Config{
-				DataDir: t.TempDir(), Listen: "127.0.0.1:0", HTTP: "127.0.0.1:0", Admin: "127.0.0.1:0",
-				Log: slog.New(slog.DiscardHandler),
+			n, keys := startInternalNode(t, Config{
 				wrapStore: func(s nodeStore) nodeStore {
 					st.nodeStore = s
 					return st
 				},
-			})
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { n.Close() })
-			kp, err := noise.GenerateKeypair(nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := n.store.PutAccount(store.Account{Phone: phone, Key: kp.Public, Generation: 1}); err != nil {
-				t.Fatal(err)
-			}
+			}, phone)
+			kp := keys[phone]
 			// Bounds, not assertions: the retries alone take up to 5 s.
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
