@@ -136,3 +136,18 @@ func TestWaitUsesBufferedMessages(t *testing.T) {
 		t.Fatalf("split = %q, %v, %v", got, ok, err)
 	}
 }
+
+// A receiver's jump past sends the server refused (retryable refusals are
+// not sent again outside a failover run) keeps the order and loses
+// nothing: only a jump past an accepted message counts as lost. A cluster
+// refusing sends while it formed made the loss check report 33 lost.
+func TestJumpsPastRefusedSendsAreNoLoss(t *testing.T) {
+	v := &receiver{gaps: [][2]uint64{{3, 3}, {7, 8}, {10, 11}}}
+	refused := map[uint64]bool{3: true, 7: true, 8: true, 10: true}
+	if got := v.jumpsOverAccepted(refused); got != 1 {
+		t.Fatalf("jumps past an accepted message: %d, want 1 (the one past 11)", got)
+	}
+	if got := v.jumpsOverAccepted(nil); got != 3 {
+		t.Fatalf("with no sends refused: %d, want all 3", got)
+	}
+}

@@ -185,14 +185,15 @@ type sender struct {
 	early map[int64]earlyRcpt
 
 	sent, failed, acked int64
-	rcptHigh            uint64 // highest message number with a receipt
-	seqHigh             uint64 // highest delivery seq seen
-	connHigh, ackSent   uint64 // highest delivery seq seen on c, and acked
-	maxAckWait          int64  // longest first write -> SendAck, ns
-	maxAckWaitBefore    int64  // of those acked before a failover's signal
-	maxAckWaitAfter     int64  // of those acked after it
-	down                bool   // failover: c is lost, the reader logs in again
-	refused             int    // sends the server refused
+	rcptHigh            uint64          // highest message number with a receipt
+	seqHigh             uint64          // highest delivery seq seen
+	connHigh, ackSent   uint64          // highest delivery seq seen on c, and acked
+	maxAckWait          int64           // longest first write -> SendAck, ns
+	maxAckWaitBefore    int64           // of those acked before a failover's signal
+	maxAckWaitAfter     int64           // of those acked after it
+	down                bool            // failover: c is lost, the reader logs in again
+	refused             int             // sends the server refused
+	refusedIDs          map[uint64]bool // message numbers refused for good (failed), not sent again
 	lastRefusal         string
 	retryAt             int64 // failover: r.now() when a refused send goes again; 0: none
 	stale               int64
@@ -258,6 +259,10 @@ func (s *sender) handle(f *frame, now int64) error {
 				return nil
 			}
 			s.failed++
+			if s.refusedIDs == nil {
+				s.refusedIDs = map[uint64]bool{}
+			}
+			s.refusedIDs[uint64(k)] = true
 			s.r.errs.add(fmt.Errorf("send refused (%d): %s", f.code, f.text))
 			return nil
 		}
@@ -567,18 +572,22 @@ func (s *sender) resend() error {
 // receiver is one pair's receiving side: it checks the order and acks
 // every read batch.
 type receiver struct {
-	mu       sync.Mutex // guards c's replacement (failover) against its readers elsewhere
-	c        *conn
-	u        *user
-	addr     string // the node c is connected to
-	fo       *failoverRun
-	from     string
-	base     uint64
-	body     []byte // every message's body
-	next     uint64 // the message number expected next
-	unique   int64
-	dups     int64 // seen before (or late after a gap)
-	jumps    int64 // arrived ahead of a missing one
+	mu     sync.Mutex // guards c's replacement (failover) against its readers elsewhere
+	c      *conn
+	u      *user
+	addr   string // the node c is connected to
+	fo     *failoverRun
+	from   string
+	base   uint64
+	body   []byte // every message's body
+	next   uint64 // the message number expected next
+	unique int64
+	dups   int64 // seen before (or late after a gap)
+	jumps  int64 // arrived ahead of a missing one
+	// gaps are the message numbers each jump went past, first and last:
+	// a gap of sends the server refused (its sender's refusedIDs) is
+	// not a loss.
+	gaps     [][2]uint64
 	corrupt  int64 // arrived with another body
 	stale    int64
 	seqHigh  uint64 // highest delivery seq seen
@@ -617,6 +626,22 @@ func (v *receiver) run(closing *atomic.Bool) {
 }
 
 // conn is the receiver's connection, for a goroutine other than its reader.
+// jumpsOverAccepted counts v's jumps past a message the server accepted:
+// one past only sends it refused for good (refused, by message number) is
+// the order kept, not a loss.
+func (v *receiver) jumpsOverAccepted(refused map[uint64]bool) int64 {
+	var n int64
+	for _, g := range v.gaps {
+		for k := g[0]; k <= g[1]; k++ {
+			if !refused[k] {
+				n++
+				break
+			}
+		}
+	}
+	return n
+}
+
 func (v *receiver) conn() *conn {
 	v.mu.Lock()
 	defer v.mu.Unlock()
@@ -666,6 +691,7 @@ func (v *receiver) batch(f *frame) error {
 				v.next++
 			case k > v.next:
 				v.jumps++
+				v.gaps = append(v.gaps, [2]uint64{v.next, k - 1})
 				v.unique++
 				v.next = k + 1
 			default:
@@ -939,9 +965,10 @@ func Pairs(ctx context.Context, cfg Config, progress io.Writer) (*PairsResult, e
 		if missing < 0 {
 			missing = -missing
 		}
-		if l := missing + v.dups + v.jumps + v.corrupt + late[i]; l > 0 {
+		jumps := v.jumpsOverAccepted(s.refusedIDs)
+		if l := missing + v.dups + jumps + v.corrupt + late[i]; l > 0 {
 			r.errs.add(fmt.Errorf("%s -> %s: %d accepted, %d received once; missing %d, duplicated %d, ahead of a missing one %d, wrong body %d, late %d",
-				e.users[2*i].phone, e.users[2*i+1].phone, expected, v.unique, missing, v.dups, v.jumps, v.corrupt, late[i]))
+				e.users[2*i].phone, e.users[2*i+1].phone, expected, v.unique, missing, v.dups, jumps, v.corrupt, late[i]))
 			res.Lost += l
 		}
 	}
