@@ -190,7 +190,7 @@ func Drain(ctx context.Context, cfg Config, progress io.Writer) (*DrainResult, e
 	if missing < 0 {
 		missing = -missing
 	}
-	res.Lost = missing + v.dups + v.jumps + v.corrupt + late
+	res.Lost = missing + v.dups + v.jumpsOverAccepted(nil) + v.corrupt + late
 	res.Stale += v.stale
 	res.Errors, res.ErrorSamples = errs.count(), errs.list()
 	pr.end()

@@ -583,10 +583,9 @@ type receiver struct {
 	next   uint64 // the message number expected next
 	unique int64
 	dups   int64 // seen before (or late after a gap)
-	jumps  int64 // arrived ahead of a missing one
-	// gaps are the message numbers each jump went past, first and last:
-	// a gap of sends the server refused (its sender's refusedIDs) is
-	// not a loss.
+	// gaps are the message numbers each arrival ahead of a missing one
+	// went past, first and last: a gap of sends the server refused (its
+	// sender's refusedIDs) is not a loss (jumpsOverAccepted).
 	gaps     [][2]uint64
 	corrupt  int64 // arrived with another body
 	stale    int64
@@ -625,7 +624,6 @@ func (v *receiver) run(closing *atomic.Bool) {
 	}
 }
 
-// conn is the receiver's connection, for a goroutine other than its reader.
 // jumpsOverAccepted counts v's jumps past a message the server accepted:
 // one past only sends it refused for good (refused, by message number) is
 // the order kept, not a loss.
@@ -642,6 +640,7 @@ func (v *receiver) jumpsOverAccepted(refused map[uint64]bool) int64 {
 	return n
 }
 
+// conn is the receiver's connection, for a goroutine other than its reader.
 func (v *receiver) conn() *conn {
 	v.mu.Lock()
 	defer v.mu.Unlock()
@@ -690,7 +689,6 @@ func (v *receiver) batch(f *frame) error {
 				v.unique++
 				v.next++
 			case k > v.next:
-				v.jumps++
 				v.gaps = append(v.gaps, [2]uint64{v.next, k - 1})
 				v.unique++
 				v.next = k + 1

@@ -95,7 +95,7 @@ type ProcessStats struct {
 }
 
 func (n *Node) handleProcess(w http.ResponseWriter, r *http.Request) {
-	p := ProcessStats{
+	st := ProcessStats{
 		Goroutines:  runtime.NumGoroutine(),
 		Sessions:    n.router.len(),
 		Connections: n.counts.open.Load(),
@@ -104,8 +104,8 @@ func (n *Node) handleProcess(w http.ResponseWriter, r *http.Request) {
 		Backlog:     n.pool.backlog(),
 		Time:        time.Now().UnixNano(),
 	}
-	if st := n.settler; st != nil {
-		p.IdleChecks, p.IdleCollections, p.Settled = st.checks.Load(), st.collections.Load(), st.settled.Load()
+	if s := n.settler; s != nil {
+		st.IdleChecks, st.IdleCollections, st.Settled = s.checks.Load(), s.collections.Load(), s.settled.Load()
 	}
 	if r.URL.Query().Get("gc") == "1" {
 		// A settled heap, returned to the OS, makes RSS deltas comparable
@@ -114,16 +114,16 @@ func (n *Node) handleProcess(w http.ResponseWriter, r *http.Request) {
 	}
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
-	p.HeapInuse = ms.HeapInuse
-	p.GoBytes = ms.Sys - ms.HeapReleased
-	p.StoreMemtableBytes, p.StoreCacheBytes = n.store.MemoryStats()
+	st.HeapInuse = ms.HeapInuse
+	st.GoBytes = ms.Sys - ms.HeapReleased
+	st.StoreMemtableBytes, st.StoreCacheBytes = n.store.MemoryStats()
 	cpu, rss, err := readProcSelf()
 	if err != nil {
 		writeError(w, http.StatusInternalServerError, "internal", "read /proc/self: "+err.Error())
 		return
 	}
-	p.CPUSeconds, p.RSSBytes = cpu, rss
-	writeJSON(w, http.StatusOK, p)
+	st.CPUSeconds, st.RSSBytes = cpu, rss
+	writeJSON(w, http.StatusOK, st)
 }
 
 // readProcSelf reads CPU seconds and resident memory from /proc (Linux).
