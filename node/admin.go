@@ -91,7 +91,13 @@ type ProcessStats struct {
 	IdleChecks      int64 `json:"idle_checks"`
 	IdleCollections int64 `json:"idle_collections"`
 	Settled         bool  `json:"settled"`
-	Time            int64 `json:"time_unix_nano"`
+	// The scheduler: the event loop's pollers and the Ps the Go runtime
+	// runs on (parley serve gives the pollers Ps of their own beyond the
+	// CPUs), and the session workers.
+	Pollers    int   `json:"pollers"`
+	GoMaxProcs int   `json:"gomaxprocs"`
+	Workers    int   `json:"workers"`
+	Time       int64 `json:"time_unix_nano"`
 }
 
 func (n *Node) handleProcess(w http.ResponseWriter, r *http.Request) {
@@ -102,6 +108,9 @@ func (n *Node) handleProcess(w http.ResponseWriter, r *http.Request) {
 		Logins:      n.counts.logins.Load(),
 		Commits:     n.counts.commits.Load(),
 		Backlog:     n.pool.backlog(),
+		Pollers:     n.cfg.Pollers,
+		GoMaxProcs:  runtime.GOMAXPROCS(0),
+		Workers:     n.cfg.Workers,
 		Time:        time.Now().UnixNano(),
 	}
 	if s := n.settler; s != nil {
