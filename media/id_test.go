@@ -31,3 +31,14 @@ func TestMediaID(t *testing.T) {
 		}
 	}
 }
+
+// No id begins with '-', which a command line would take for a flag
+// (parley fetch ID). Without the redraw, one id in 64 would: 10,000 ids
+// would all miss it with a chance of about 10^-68.
+func TestMediaIDNeverLooksLikeAFlag(t *testing.T) {
+	for range 10_000 {
+		if id, _ := newID(); strings.HasPrefix(id, "-") {
+			t.Fatalf("id %q begins with '-'", id)
+		}
+	}
+}
