@@ -57,8 +57,8 @@ recv --json' prints it as media.sha256). --from-json LINE takes the URL and
 the hash from one line of 'parley recv --json' output ("-": read the line
 from stdin).
 
-Ids given out since December 2026 never begin with '-'; an older one that
-does goes after '--' (parley fetch -- -ID), or else it reads as a flag.
+A server of this version gives out no id that begins with '-'; an older
+id that does goes after '--' (parley fetch -- -ID), or it reads as a flag.
 
 Prints the path, size and SHA-256, or with --json one object:
   {"path":"..","url":"..","size":..,"sha256":"<hex>","verified":true|false}`,
