@@ -80,6 +80,10 @@ type Config struct {
 	// Workers is the size of the session worker pool. Default 4 x GOMAXPROCS.
 	Workers int
 	// Pollers is the number of event-loop goroutines. Default GOMAXPROCS.
+	// Each blocks in epoll_wait holding a P: with a poller on every P the
+	// runtime's sysmon polls a lightly loaded node thousands of times a
+	// second, so parley serve runs fewer and gives them Ps of their own
+	// beyond the CPUs (cmd/parley, pollerProcs).
 	Pollers int
 	// TicketTTL is how long a resumption ticket is good for: a device that
 	// logged in within it logs in again with a cheaper handshake (see

@@ -74,18 +74,15 @@ SMS gateways (--sms):
 				// command, not to the node.
 				debug.SetGCPercent(gcPercent)
 			}
-			// Also process-wide: the pollers' own Ps (see pollerProcs). The
-			// workers stay sized on the CPUs.
-			cpus := runtime.GOMAXPROCS(0)
-			if cfg.Workers <= 0 {
-				cfg.Workers = 4 * cpus
-			}
+			// Also process-wide: the pollers' own Ps (see pollerProcs),
+			// taken once the node has started (runServer), so that what
+			// the node sizes on GOMAXPROCS (workers, accept rate) stays
+			// sized on the CPUs. GOMAXPROCS in the environment wins.
 			var procs int
-			cfg.Pollers, procs = pollerProcs(cpus, cfg.Pollers)
-			if _, set := os.LookupEnv("GOMAXPROCS"); !set {
-				runtime.GOMAXPROCS(procs)
+			cfg.Pollers, procs = pollerProcs(runtime.GOMAXPROCS(0), cfg.Pollers)
+			if _, set := os.LookupEnv("GOMAXPROCS"); set {
+				procs = 0
 			}
-			log.Debug("scheduler", "cpus", cpus, "pollers", cfg.Pollers, "gomaxprocs", runtime.GOMAXPROCS(0))
 			// nbio logs through a process-wide logger of its own; the process
 			// is ours here, so send it through slog with everything else.
 			logging.SetLogger(nbioLog{log.With("component", "eventloop")})
@@ -107,7 +104,7 @@ SMS gateways (--sms):
 			if err := node.CheckAdvertise(cfg.Listen, cfg.Advertise, clusterFl.enabled()); err != nil {
 				return err
 			}
-			return runServer(cmd, cfg, func(ctx context.Context) (*cluster.Cluster, *node.ClusterConfig, error) {
+			return runServer(cmd, cfg, procs, func(ctx context.Context) (*cluster.Cluster, *node.ClusterConfig, error) {
 				return clusterFl.join(ctx, cfg.DataDir, log, cmd.OutOrStdout())
 			})
 		},
@@ -141,7 +138,7 @@ SMS gateways (--sms):
 	cfg.Limits = lim
 	f.IntVar(&cfg.Limits.Window, "window", lim.Window, "most unacknowledged deliveries per session")
 	f.IntVar(&cfg.Workers, "workers", 0, "session worker goroutines (0: 4 x CPUs)")
-	f.IntVar(&cfg.Pollers, "pollers", 0, "event-loop goroutines (0: half the CPUs, at least one); each gets a scheduler P of its own beyond the CPUs (GOMAXPROCS is CPUs + pollers unless set in the environment)")
+	f.IntVar(&cfg.Pollers, "pollers", 0, "event-loop goroutines (0: half the CPUs, at least one); each gets a scheduler P of its own beyond the CPUs: GOMAXPROCS becomes CPUs + pollers, unless GOMAXPROCS is set in the environment (then that many Ps in all, pollers included)")
 	f.IntVar(&cfg.Limits.MaxQueueLen, "max-queue-len", lim.MaxQueueLen, "most items waiting for one user")
 	f.DurationVar(&cfg.Limits.MaxQueueAge, "max-queue-age", lim.MaxQueueAge, "how long an undelivered item waits before it expires")
 	f.DurationVar(&cfg.Limits.HandshakeTimeout, "handshake-timeout", lim.HandshakeTimeout, "close connections that have not logged in by then")

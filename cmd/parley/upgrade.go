@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -291,8 +292,10 @@ func notifySystemd(state string) {
 }
 
 // runServer runs the node until the command's context ends (SIGINT,
-// SIGTERM) or a live upgrade hands it over to a new process.
-func runServer(cmd *cobra.Command, cfg node.Config, join clusterJoin) error {
+// SIGTERM) or a live upgrade hands it over to a new process. procs, if
+// positive, is the GOMAXPROCS the process takes once its node has started
+// (see pollerProcs).
+func runServer(cmd *cobra.Command, cfg node.Config, procs int, join clusterJoin) error {
 	ctx, log := cmd.Context(), cfg.Log
 	var cur atomic.Pointer[node.Node]
 	u := newUpgrader(log, cfg.DataDir, cur.Load)
@@ -326,6 +329,9 @@ func runServer(cmd *cobra.Command, cfg node.Config, join clusterJoin) error {
 	}
 	if err != nil {
 		return err
+	}
+	if procs > 0 {
+		log.Debug("scheduler", "cpus", runtime.GOMAXPROCS(procs), "pollers", cfg.Pollers, "gomaxprocs", procs)
 	}
 	cur.Store(n)
 	fmt.Fprintf(cmd.OutOrStdout(), "parley serving: native %s, http %s, admin %s\nserver key: %x\n",

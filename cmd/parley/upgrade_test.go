@@ -16,6 +16,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -166,6 +167,32 @@ func (s *server) version() (node.Version, error) {
 	return v, json.NewDecoder(resp.Body).Decode(&v)
 }
 
+// mustBeScheduled checks that the server runs as parley serve promises:
+// the pollers and GOMAXPROCS of pollerProcs (its test pins the figures),
+// and the workers sized on the CPUs alone.
+// The CPUs are this test process's GOMAXPROCS, which the server, started
+// with the same environment on the same machine, starts with too.
+func (s *server) mustBeScheduled(t *testing.T) {
+	t.Helper()
+	resp, err := (&http.Client{Timeout: guard}).Get("http://" + s.admin + "/admin/process")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var st node.ProcessStats
+	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
+		t.Fatal(err)
+	}
+	cpus := runtime.GOMAXPROCS(0)
+	pollers, procs := pollerProcs(cpus, 0)
+	if _, set := os.LookupEnv("GOMAXPROCS"); set {
+		procs = cpus
+	}
+	if st.Pollers != pollers || st.GoMaxProcs != procs || st.Workers != 4*cpus {
+		t.Errorf("%d CPUs: the server runs %d pollers, GOMAXPROCS %d, %d workers; want %d, %d, %d", cpus, st.Pollers, st.GoMaxProcs, st.Workers, pollers, procs, 4*cpus)
+	}
+}
+
 func (s *server) mustVersion(t *testing.T) node.Version {
 	t.Helper()
 	v, err := s.version()
@@ -239,9 +266,11 @@ func TestUpgradeListeners(t *testing.T) {
 	if before.Version != "v1-test" {
 		t.Fatalf("old server says %q", before.Version)
 	}
+	s.mustBeScheduled(t)
 	d := startDialing(s.native)
 	rep, r := s.upgrade(t, v2)
 	r.must(t)
+	s.mustBeScheduled(t)
 	after := s.mustVersion(t)
 	if after.Version != "v2-test" || after.PID == before.PID || rep.NewPID != after.PID || rep.OldPID != before.PID || rep.NewVersion != "v2-test" || rep.OldVersion != "v1-test" {
 		t.Errorf("after the upgrade: %+v, report %+v", after, rep)
