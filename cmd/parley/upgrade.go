@@ -331,7 +331,8 @@ func runServer(cmd *cobra.Command, cfg node.Config, procs int, join clusterJoin)
 		return err
 	}
 	if procs > 0 {
-		log.Debug("scheduler", "cpus", runtime.GOMAXPROCS(procs), "pollers", cfg.Pollers, "gomaxprocs", procs)
+		cpus := runtime.GOMAXPROCS(procs)
+		log.Debug("scheduler", "cpus", cpus, "pollers", cfg.Pollers, "gomaxprocs", procs)
 	}
 	cur.Store(n)
 	fmt.Fprintf(cmd.OutOrStdout(), "parley serving: native %s, http %s, admin %s\nserver key: %x\n",
