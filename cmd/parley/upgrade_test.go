@@ -156,15 +156,21 @@ func waitGone(pid int) {
 
 func (s *server) version() (node.Version, error) {
 	var v node.Version
-	resp, err := (&http.Client{Timeout: guard}).Get("http://" + s.admin + "/admin/version")
+	return v, s.getAdmin("/admin/version", &v)
+}
+
+// getAdmin decodes the JSON that GET path answers on the admin listener
+// into v.
+func (s *server) getAdmin(path string, v any) error {
+	resp, err := (&http.Client{Timeout: guard}).Get("http://" + s.admin + path)
 	if err != nil {
-		return v, err
+		return err
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return v, fmt.Errorf("GET /admin/version: %s", resp.Status)
+		return fmt.Errorf("GET %s: %s", path, resp.Status)
 	}
-	return v, json.NewDecoder(resp.Body).Decode(&v)
+	return json.NewDecoder(resp.Body).Decode(v)
 }
 
 // mustBeScheduled checks that the server runs as parley serve promises:
@@ -174,13 +180,8 @@ func (s *server) version() (node.Version, error) {
 // with the same environment on the same machine, starts with too.
 func (s *server) mustBeScheduled(t *testing.T) {
 	t.Helper()
-	resp, err := (&http.Client{Timeout: guard}).Get("http://" + s.admin + "/admin/process")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
 	var st node.ProcessStats
-	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
+	if err := s.getAdmin("/admin/process", &st); err != nil {
 		t.Fatal(err)
 	}
 	cpus := runtime.GOMAXPROCS(0)
@@ -545,11 +546,7 @@ func (s *server) sessions(t *testing.T, want int) map[string]string {
 	deadline := time.Now().Add(guard)
 	for {
 		var r monitor.SessionsResponse
-		resp, err := (&http.Client{Timeout: guard}).Get("http://" + s.admin + "/admin/sessions?limit=1000")
-		if err == nil {
-			err = json.NewDecoder(resp.Body).Decode(&r)
-			resp.Body.Close()
-		}
+		err := s.getAdmin("/admin/sessions?limit=1000", &r)
 		if err == nil && r.Total == want && len(r.Sessions) == want {
 			m := make(map[string]string, want)
 			for _, se := range r.Sessions {
