@@ -61,8 +61,10 @@ type FailoverOutcome struct {
 	// acks the redelivered item. Receipts are idempotent.
 	ReceiptsAgain int64 `json:"receipts_again"`
 	// Survivors* are the send->delivered latencies of the pairs with
-	// neither side on the lost node, before the signal and after it: what
-	// the node's loss (its clients' reconnect storm) costs the others.
+	// neither side on the lost node: Before of the messages delivered
+	// before the signal (the run's normal), After of the rest (in flight
+	// at the signal, or sent after it): what the node's loss (its streams'
+	// elections, its clients' reconnect storm) costs the others.
 	SurvivorsBefore Latency `json:"survivors_before_ms"`
 	SurvivorsAfter  Latency `json:"survivors_after_ms"`
 }
@@ -84,7 +86,7 @@ func failoverRows(o *FailoverOutcome) []Row {
 		Row{Name: "retried", Value: fmtInt(o.Retried), Note: "sends refused with a retryable error, sent again with the same id"},
 		Row{Name: "redelivered", Value: fmtInt(o.Redelivered), Note: "items delivered again after a reconnect (same seq), dropped"},
 		Row{Name: "receipts_again", Value: fmtInt(o.ReceiptsAgain), Note: "delivered receipts repeated (an ack written in part before the loss), dropped"},
-		Row{Name: "survivors p99 before / after", Value: fmt.Sprintf("%s / %s ms", fmtF(o.SurvivorsBefore.P99, 3), fmtF(o.SurvivorsAfter.P99, 3)), Note: "send -> delivered of the pairs with neither side on the lost node"},
+		Row{Name: "survivors p99 before / after", Value: fmt.Sprintf("%s / %s ms", fmtF(o.SurvivorsBefore.P99, 3), fmtF(o.SurvivorsAfter.P99, 3)), Note: "send -> delivered of the pairs with neither side on the lost node; before: delivered before the signal"},
 	)
 }
 
@@ -108,11 +110,16 @@ type survivorHist struct {
 	h  *hdrhistogram.Histogram
 }
 
-// record adds a latency (us) of a pair untouched by the loss, by whether
-// the message was sent before the signal.
-func (fo *failoverRun) record(sentAt, us int64) {
+// record adds the latency of a message of a pair untouched by the loss,
+// sent at sentAt and its delivered receipt read at doneAt (r.now()): to
+// before if the receipt came before the signal, else to after. A message
+// in flight at the signal is the loss's to delay (its partition's leader
+// may have died with the node), so it counts after: before is the run's
+// normal, with nothing the loss touched.
+func (fo *failoverRun) record(sentAt, doneAt int64) {
+	us := (doneAt - sentAt) / 1000
 	h := fo.before
-	if k := fo.killAt.Load(); k != 0 && sentAt >= k {
+	if k := fo.killAt.Load(); k != 0 && doneAt >= k {
 		h = fo.after
 	}
 	h.mu.Lock()

@@ -318,7 +318,7 @@ func (s *sender) handle(f *frame, now int64) error {
 			s.rcptHigh = uint64(k)
 			us := (now - at) / 1000
 			if s.untouched {
-				s.r.fo.record(at, us)
+				s.r.fo.record(at, now)
 			}
 			if n == 0 {
 				sh.mu.Lock()
