@@ -19,7 +19,8 @@
 // items come back with it, are delivered again (the client drops them by
 // server id and acks them) and that ack makes the receipts again. A group
 // commit also starts no sooner than Options.MinSyncGap after the one
-// before, which at light load delays a batch by at most that much.
+// before, which delays a batch by at most that much, at light load and
+// under a load whose groups take less than the gap.
 package store
 
 import (
