@@ -40,6 +40,9 @@ type FailoverOutcome struct {
 	// to it, to read against each other.
 	GapBeforeMs float64 `json:"gap_before_signal_ms"`
 	GapAfterMs  float64 `json:"gap_after_signal_ms"`
+	// GapAfter says whose wait GapAfterMs is, and when it was: where to
+	// look for its cause.
+	GapAfter *SlowAck `json:"gap_after_signal,omitempty"`
 	// Moved is how many connections logged in again on another node.
 	Moved        int64   `json:"moved"`
 	ReconnectP50 float64 `json:"reconnect_p50_ms"` // from the lost connection to the login elsewhere
@@ -80,6 +83,7 @@ func failoverRows(o *FailoverOutcome) []Row {
 	return append(rows,
 		Row{Name: "gap_ms", Value: fmtF(o.GapMs, 1), Note: "longest wait of a message for its SendAck (first write -> SendAck)"},
 		Row{Name: "gap_ms before / after", Value: fmt.Sprintf("%s / %s", fmtF(o.GapBeforeMs, 1), fmtF(o.GapAfterMs, 1)), Note: "the same, by whether the SendAck came before the signal (the load's share) or after it"},
+		gapAfterRow(o),
 		Row{Name: "moved", Value: fmtInt(o.Moved), Note: "connections logged in again on another node"},
 		Row{Name: "reconnect_ms p50 / max", Value: fmt.Sprintf("%s / %s", fmtF(o.ReconnectP50, 1), fmtF(o.ReconnectMax, 1)), Note: "lost connection -> login on another node"},
 		Row{Name: "hinted", Value: fmtInt(o.Hinted), Note: "of them told by the stopping node when to come back (its Close frame's spread), waited out first"},
@@ -88,6 +92,30 @@ func failoverRows(o *FailoverOutcome) []Row {
 		Row{Name: "receipts_again", Value: fmtInt(o.ReceiptsAgain), Note: "delivered receipts repeated (an ack written in part before the loss), dropped"},
 		Row{Name: "survivors p99 before / after", Value: fmt.Sprintf("%s / %s ms", fmtF(o.SurvivorsBefore.P99, 3), fmtF(o.SurvivorsAfter.P99, 3)), Note: "send -> delivered of the pairs with neither side on the lost node; before: delivered before the signal"},
 	)
+}
+
+// SlowAck is one message's long wait for its SendAck.
+type SlowAck struct {
+	Sender string `json:"sender"`
+	// Survivor: neither side of the sender's pair was on the lost node.
+	Survivor bool    `json:"survivor"`
+	Node     string  `json:"node"`     // where the sender was connected at the end
+	SentMs   float64 `json:"sent_ms"`  // its first write, ms from the signal (negative: before it)
+	AckedMs  float64 `json:"acked_ms"` // its SendAck, ms from the signal
+	// NoSendAck: none came by the end of the run (AckedMs is the end).
+	NoSendAck bool `json:"no_sendack,omitempty"`
+}
+
+func (a *SlowAck) String() string {
+	who := "a pair on the lost node"
+	if a.Survivor {
+		who = "a pair neither side of which was on the lost node"
+	}
+	acked := fmt.Sprintf("SendAck at %s ms", fmtF(a.AckedMs, 1))
+	if a.NoSendAck {
+		acked = fmt.Sprintf("no SendAck by the end (%s ms)", fmtF(a.AckedMs, 1))
+	}
+	return fmt.Sprintf("%s (%s, now on %s): sent at %s ms, %s, from the signal", a.Sender, who, a.Node, fmtF(a.SentMs, 1), acked)
 }
 
 // failoverRun is what the pairs of a failover run share: how to log in
@@ -252,7 +280,20 @@ func (fo *failoverRun) outcome(o *FailoverOutcome, senders []*sender, now int64)
 		}
 		o.GapMs = max(o.GapMs, float64(max(s.maxAckWait, pending))/1e6)
 		o.GapBeforeMs = max(o.GapBeforeMs, float64(s.maxAckWaitBefore)/1e6)
-		o.GapAfterMs = max(o.GapAfterMs, float64(max(s.maxAckWaitAfter, pending))/1e6)
+		after := max(s.maxAckWaitAfter, pending)
+		if float64(after)/1e6 > o.GapAfterMs {
+			o.GapAfterMs = float64(after) / 1e6
+			k := fo.killAt.Load()
+			slow := &SlowAck{Sender: s.u.phone, Survivor: s.untouched, Node: s.addr}
+			if pending > s.maxAckWaitAfter {
+				slow.SentMs = float64(now-pending-k) / 1e6
+				slow.AckedMs, slow.NoSendAck = float64(now-k)/1e6, true
+			} else {
+				slow.SentMs = float64(s.maxAckWaitAfterAt-s.maxAckWaitAfter-k) / 1e6
+				slow.AckedMs = float64(s.maxAckWaitAfterAt-k) / 1e6
+			}
+			o.GapAfter = slow
+		}
 	}
 	fo.mu.Lock()
 	rs := slices.Clone(fo.reconnects)
@@ -264,4 +305,13 @@ func (fo *failoverRun) outcome(o *FailoverOutcome, senders []*sender, now int64)
 		o.ReconnectMax = float64(rs[len(rs)-1]) / 1e6
 	}
 	o.Retried, o.Redelivered, o.ReceiptsAgain, o.Hinted = fo.retried.Load(), fo.redelivered.Load(), fo.receiptsAgain.Load(), fo.hinted.Load()
+}
+
+// gapAfterRow names the message whose wait is the gap after the signal.
+func gapAfterRow(o *FailoverOutcome) Row {
+	r := Row{Name: "gap after, whose", Value: "-", Note: "no message waited after the signal"}
+	if o.GapAfter != nil {
+		r.Value, r.Note = o.GapAfter.Sender, o.GapAfter.String()
+	}
+	return r
 }

@@ -191,6 +191,7 @@ type sender struct {
 	maxAckWait          int64           // longest first write -> SendAck, ns
 	maxAckWaitBefore    int64           // of those acked before a failover's signal
 	maxAckWaitAfter     int64           // of those acked after it
+	maxAckWaitAfterAt   int64           // r.now() when that SendAck came
 	down                bool            // failover: c is lost, the reader logs in again
 	refused             int             // sends the server refused
 	refusedIDs          map[uint64]bool // message numbers refused for good (failed), not sent again
@@ -526,8 +527,8 @@ func (s *sender) noteAckWait(now, wait int64) {
 	if s.r.fo != nil {
 		if k := s.r.fo.killAt.Load(); k == 0 || now < k {
 			s.maxAckWaitBefore = max(s.maxAckWaitBefore, wait)
-		} else {
-			s.maxAckWaitAfter = max(s.maxAckWaitAfter, wait)
+		} else if wait > s.maxAckWaitAfter {
+			s.maxAckWaitAfter, s.maxAckWaitAfterAt = wait, now
 		}
 	}
 }
