@@ -343,6 +343,7 @@ func runServer(cmd *cobra.Command, cfg node.Config, procs int, join clusterJoin)
 		if cl != nil {
 			// Before the clients move: no request of theirs, or of the
 			// other nodes, goes to a leader here that is about to vanish.
+			log.Info("stopping: handing this node's stream leaderships to the other nodes")
 			sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			moved, err := cl.StepDown(sctx)
 			cancel()
