@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/parleyhq/parley/client"
+	"github.com/parleyhq/parley/internal/nodetest"
 	"github.com/parleyhq/parley/wire"
 )
 
@@ -75,8 +76,8 @@ func TestThreeProcessAccountsAcrossNodes(t *testing.T) {
 			}
 			<-done
 			<-done
-			live := liveSessions(cs)
-			for deadline := time.Now().Add(time.Minute); live > 1 && time.Now().Before(deadline); live = liveSessions(cs) {
+			live := nodetest.LiveClients(cs)
+			for deadline := time.Now().Add(time.Minute); live > 1 && time.Now().Before(deadline); live = nodetest.LiveClients(cs) {
 				time.Sleep(20 * time.Millisecond)
 			}
 			if live != 1 {
@@ -126,20 +127,4 @@ func TestThreeProcessAccountsAcrossNodes(t *testing.T) {
 			}
 		}
 	})
-}
-
-// liveSessions counts the clients of cs not closed.
-func liveSessions(cs []*client.Client) int {
-	live := 0
-	for _, c := range cs {
-		if c == nil {
-			continue
-		}
-		select {
-		case <-c.Done():
-		default:
-			live++
-		}
-	}
-	return live
 }

@@ -184,23 +184,8 @@ func TestClusterRacingLoginsLeaveOne(t *testing.T) {
 		}
 		<-done
 		<-done
-		live := 0
-		deadline := time.Now().Add(clGuard)
-		for {
-			live = 0
-			for _, c := range cs {
-				if c == nil {
-					continue
-				}
-				select {
-				case <-c.Done():
-				default:
-					live++
-				}
-			}
-			if live <= 1 || time.Now().After(deadline) {
-				break
-			}
+		live := nodetest.LiveClients(cs)
+		for deadline := time.Now().Add(clGuard); live > 1 && time.Now().Before(deadline); live = nodetest.LiveClients(cs) {
 			time.Sleep(20 * time.Millisecond)
 		}
 		if live != 1 {

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/parleyhq/parley/account"
+	"github.com/parleyhq/parley/client"
 	"github.com/parleyhq/parley/node"
 )
 
@@ -101,4 +102,21 @@ func (w *testWriter) Write(p []byte) (int, error) {
 		w.t.Logf("%s", p)
 	}
 	return len(p), nil
+}
+
+// LiveClients counts the clients of cs (nil ones skipped) whose
+// connection has not ended: how many sessions a race of logins left.
+func LiveClients(cs []*client.Client) int {
+	live := 0
+	for _, c := range cs {
+		if c == nil {
+			continue
+		}
+		select {
+		case <-c.Done():
+		default:
+			live++
+		}
+	}
+	return live
 }
