@@ -40,3 +40,10 @@ func RecvKey(reader, sender string) []byte {
 	putRecvKey(k, reader, sender)
 	return k
 }
+
+// RecvStamp is the timestamp on reader's record of having received from
+// sender, and whether there is one.
+func RecvStamp(p *Pebble, reader, sender string) (int64, bool) {
+	ts, found, err := getRecv(p.db, RecvKey(reader, sender))
+	return ts, found && err == nil
+}

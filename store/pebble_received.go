@@ -12,30 +12,44 @@ import (
 // Received records (rf/<reader>\x00<sender>, see pebble_keys.go): the
 // committer writes one per Ack user and Received sender of an accepted
 // batch, in the batch's own Pebble batch, so the record is durable exactly
-// when the ack is. The value is the group's timestamp; every ack naming
-// the pair rewrites it, and the sweeper deletes records older than MaxAge.
-// Nothing of them is kept in memory.
+// when the ack is. The value is the group's timestamp, and the sweeper
+// deletes records older than MaxAge.
+//
+// A chat acks every message, and rewriting the pair's record each time
+// was one memtable insert of six per message. So the committer skips a
+// record it stamped less than ReceivedRefresh ago, remembered in the
+// reader's queue state (its last sender only; a state dropped or
+// forgotten after a failed group is simply written again). The record
+// then dates from the first ack in that window, as in the cluster store.
 
-// putReceived adds b's received records to wb, stamped now.
+// putReceived adds b's received records to wb, stamped now, except those
+// the reader's queue state says were stamped less than refresh ago.
 func (c *committer) putReceived(wb *pebble.Batch, b *Batch, now int64) {
 	if len(b.Received) == 0 {
 		return
 	}
+	refresh := int64(ReceivedRefresh(c.p.opts.MaxAge))
 	for _, a := range b.Acks {
+		// The batch's acks made the state (apply), so it is loaded.
+		st := c.p.queues[a.User]
 		for _, sender := range b.Received {
+			if st != nil && st.recvSender == sender && now-st.recvAt < refresh {
+				continue // stamped a moment ago: it stands for this ack too
+			}
 			op := wb.SetDeferred(recvKeyLen(a.User, sender), 8)
 			putRecvKey(op.Key, a.User, sender)
 			binary.BigEndian.PutUint64(op.Value, uint64(now))
 			_ = op.Finish() // only fails for indexed batches
+			c.recvWritten = true
+			if st != nil {
+				// Set now, before the group is on disk: if it fails,
+				// forgetStates drops the state and this with it.
+				st.recvSender, st.recvAt = sender, now
+			}
 		}
 	}
-	c.recvWritten = true
 }
 
-// applyRecvSweep erases the received records the sweeper found expired,
-// unless one was rewritten since its scan: an ack of this group (whose
-// writes a read cannot see yet) or of an earlier one (which a read sees).
-// A record left now is found again by the next pass.
 func (c *committer) applyRecvSweep(wb *pebble.Batch, op *sweepOp) error {
 	if len(op.received) == 0 || c.recvWritten {
 		return nil

@@ -48,3 +48,52 @@ func TestPebbleSweepErasesOldReceivedRecords(t *testing.T) {
 		}
 	}
 }
+
+// A chat acks every message; the pair's received record is stamped by the
+// first ack and stands for the others until ReceivedRefresh has passed,
+// instead of being rewritten by each.
+func TestPebbleChatAcksStampTheReceivedRecordOncePerRefresh(t *testing.T) {
+	const maxAge = 64 * 300 * time.Millisecond
+	refresh := store.ReceivedRefresh(maxAge)
+	p := openPebble(t, t.TempDir(), store.Options{MaxAge: maxAge})
+	const reader, sender = "+15550000001", "+15550000002"
+	for _, u := range []string{reader, sender} {
+		if err := p.PutAccount(account(u)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	commit := func(b *store.Batch) {
+		t.Helper()
+		done := make(chan store.Result, 1)
+		p.Commit(b, func(r store.Result) { done <- r })
+		if r := <-done; r.Err != nil {
+			t.Fatalf("Commit: %v", r.Err)
+		}
+	}
+	var seq uint64
+	ack := func() int64 {
+		t.Helper()
+		seq++
+		commit(&store.Batch{Appends: []store.Append{{To: reader, Data: []byte("m")}}})
+		commit(&store.Batch{Acks: []store.Ack{{User: reader, UpTo: seq}}, Received: []string{sender}})
+		ts, ok := store.RecvStamp(p, reader, sender)
+		if !ok {
+			t.Fatalf("no received record after ack %d", seq)
+		}
+		return ts
+	}
+	first := ack()
+	start := time.Now()
+	for range 5 {
+		if ts := ack(); ts != first && time.Since(start) < refresh {
+			t.Fatalf("ack %d restamped the record (%d -> %d) within ReceivedRefresh (%v)", seq, first, ts, refresh)
+		}
+	}
+	time.Sleep(refresh)
+	if ts := ack(); ts == first {
+		t.Fatalf("an ack %v after the first left the record stamped by the first", refresh)
+	}
+	if ok, err := p.ReceivedFrom(reader, sender); !ok || err != nil {
+		t.Fatalf("ReceivedFrom = %v, %v; want true", ok, err)
+	}
+}

@@ -187,6 +187,15 @@ type Options struct {
 	FS vfs.FS
 }
 
+// ReceivedRefresh is how long a received record stands for the pair's
+// later acks before a store writes it again: MaxAge/64, at most an hour.
+// A chat acks every message; rewriting the record each time would be one
+// durable write of five or six per message, for a date that only matters
+// to the day.
+func ReceivedRefresh(maxAge time.Duration) time.Duration {
+	return min(maxAge/64, time.Hour)
+}
+
 // Store is Parley's durable state.
 type Store interface {
 	// Commit writes b atomically and durably, then calls done exactly once
@@ -215,8 +224,9 @@ type Store interface {
 	// (a Batch's Received) within the last Options.MaxAge: the server's
 	// evidence that a read receipt from reader to sender is not forged,
 	// kept after the messages themselves are erased. A record is
-	// refreshed by every ack that names the pair and expires MaxAge after
-	// the last one.
+	// refreshed by the pair's acks, at most once per ReceivedRefresh, and
+	// expires MaxAge after it was last refreshed: between MaxAge less
+	// ReceivedRefresh and MaxAge after the pair's last ack.
 	ReceivedFrom(reader, sender string) (bool, error)
 
 	// ReserveIDs durably reserves n ids and returns the first; ids are never

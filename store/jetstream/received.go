@@ -32,7 +32,7 @@ import (
 //
 // A chat writes the same pair's record on every ack: one replicated write
 // of five per message. The committer skips a record it wrote itself less
-// than receivedRefresh ago (MaxAge/64, at most an hour): the record then
+// than receivedRefresh ago (store.ReceivedRefresh): the record then
 // dates from the pair's first ack in that window, so ReceivedFrom may
 // answer false up to receivedRefresh before MaxAge after the pair's last
 // ack, instead of at MaxAge.
@@ -42,7 +42,7 @@ func (l layout) receivedStream() string { return l.name + "_RF" }
 // receivedRefresh is how long a record this node wrote stands for the
 // pair's acks after it (see above).
 func (s *Store) receivedRefresh() time.Duration {
-	return min(s.opts.Store.MaxAge/64, time.Hour)
+	return store.ReceivedRefresh(s.opts.Store.MaxAge)
 }
 
 // maxRecentReceived bounds the committer's memory of the records it wrote;
