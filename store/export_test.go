@@ -47,3 +47,6 @@ func RecvStamp(p *Pebble, reader, sender string) (int64, bool) {
 	ts, found, err := getRecv(p.db, RecvKey(reader, sender))
 	return ts, found && err == nil
 }
+
+// WALBytes is how many bytes p has written to its write-ahead log.
+func WALBytes(p *Pebble) uint64 { return p.db.Metrics().WAL.BytesIn }

@@ -222,14 +222,6 @@ type queueState struct {
 	// under Pebble.qmu.
 	durable uint64
 
-	// recvSender and recvAt: the received record (rf/<user>\x00<sender>)
-	// this store last wrote for the queue's user as a reader, and the time
-	// it stamped on it, so that a chat's next acks within ReceivedRefresh
-	// need not write it again (see pebble_received.go). Only the last
-	// sender: a reader's acks mostly name the one chat it is reading.
-	recvSender string
-	recvAt     int64
-
 	// lease is the seq recorded in qt/<user>: no seq above it has been
 	// handed out. Seqs must never be reused (clients ack and dedup by
 	// them), and the items alone cannot say so once a queue is empty, so
@@ -277,6 +269,9 @@ type committer struct {
 	// recvWritten: this group writes received records (see
 	// applyRecvSweep).
 	recvWritten bool
+	// stamps remembers the received records this committer stamped
+	// lately (see pebble_received.go).
+	stamps recvStamps
 }
 
 func newCommitter(p *Pebble) *committer {
@@ -351,6 +346,7 @@ func (c *committer) commitGroup(group []request) {
 			group[i].res = Result{Err: err}
 		}
 		c.forgetStates()
+		c.stamps.forget()
 	}
 	for i := range group {
 		if done := group[i].done; done != nil {

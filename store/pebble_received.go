@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"time"
 
 	"github.com/cockroachdb/pebble"
@@ -17,23 +18,23 @@ import (
 //
 // A chat acks every message, and rewriting the pair's record each time
 // was one memtable insert of six per message. So the committer skips a
-// record it stamped less than ReceivedRefresh ago, remembered in the
-// reader's queue state (its last sender only; a state dropped or
-// forgotten after a failed group is simply written again). The record
-// then dates from the first ack in that window, as in the cluster store.
+// record it stamped less than ReceivedRefresh ago (the record then dates
+// from the first ack in that window, as in the cluster store). It
+// remembers its stamps in a fixed table (recvStamps), not per user, so an
+// idle user costs nothing for it; a pair whose slot another pair took is
+// simply stamped again.
 
 // putReceived adds b's received records to wb, stamped now, except those
-// the reader's queue state says were stamped less than refresh ago.
+// stamped less than ReceivedRefresh ago.
 func (c *committer) putReceived(wb *pebble.Batch, b *Batch, now int64) {
 	if len(b.Received) == 0 {
 		return
 	}
 	refresh := int64(ReceivedRefresh(c.p.opts.MaxAge))
 	for _, a := range b.Acks {
-		// The batch's acks made the state (apply), so it is loaded.
-		st := c.p.queues[a.User]
 		for _, sender := range b.Received {
-			if st != nil && st.recvSender == sender && now-st.recvAt < refresh {
+			slot := c.stamps.slot(a.User, sender)
+			if slot.reader == a.User && slot.sender == sender && now-slot.at < refresh {
 				continue // stamped a moment ago: it stands for this ack too
 			}
 			op := wb.SetDeferred(recvKeyLen(a.User, sender), 8)
@@ -41,14 +42,46 @@ func (c *committer) putReceived(wb *pebble.Batch, b *Batch, now int64) {
 			binary.BigEndian.PutUint64(op.Value, uint64(now))
 			_ = op.Finish() // only fails for indexed batches
 			c.recvWritten = true
-			if st != nil {
-				// Set now, before the group is on disk: if it fails,
-				// forgetStates drops the state and this with it.
-				st.recvSender, st.recvAt = sender, now
-			}
+			// Remembered before the group is on disk: if it fails,
+			// commitGroup forgets every stamp.
+			*slot = recvStamp{reader: a.User, sender: sender, at: now}
 		}
 	}
 }
+
+// recvStampSlots is the size of the stamp table: 16,384 pairs chatting at
+// once hit it (40 bytes a slot, 640 KiB in all); more only miss it
+// sometimes, and write the record again.
+const recvStampSlots = 1 << 14
+
+// recvStamps is a direct-mapped table of the received records stamped
+// lately: a slot per hash of (reader, sender), the last pair to use it.
+type recvStamps struct {
+	seed  maphash.Seed
+	slots []recvStamp
+}
+
+type recvStamp struct {
+	reader, sender string
+	at             int64 // the stamp, unix nanoseconds
+}
+
+// slot returns the slot of (reader, sender), whichever pair it holds.
+func (t *recvStamps) slot(reader, sender string) *recvStamp {
+	if t.slots == nil {
+		t.seed = maphash.MakeSeed()
+		t.slots = make([]recvStamp, recvStampSlots)
+	}
+	var h maphash.Hash
+	h.SetSeed(t.seed)
+	h.WriteString(reader)
+	h.WriteByte(0)
+	h.WriteString(sender)
+	return &t.slots[h.Sum64()%recvStampSlots]
+}
+
+// forget drops every stamp: the records they stand for may not be on disk.
+func (t *recvStamps) forget() { clear(t.slots) }
 
 func (c *committer) applyRecvSweep(wb *pebble.Batch, op *sweepOp) error {
 	if len(op.received) == 0 || c.recvWritten {
