@@ -66,7 +66,11 @@
 // messages of that phase. Everything the server did in between counts,
 // receipts and acks included. Logins are counted by the server too (the
 // "logins" counter), so bench processes logging in at once each report the
-// true ratio.
+// true ratio. pairs also splits off the kernel's share (system time, the
+// same file) and reports how long the server's threads waited, runnable,
+// for a CPU (the sum of /proc/self/task/*/schedstat's second field, in
+// nanoseconds), both per message: on a machine the bench shares, the
+// wait is where latency goes when the CPUs are short.
 //
 // User-space memory per connection (idle): the server's RSS from
 // GET /admin/process?gc=1 (which runs a GC and returns freed memory to the

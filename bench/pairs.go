@@ -44,7 +44,16 @@ type PairsResult struct {
 
 	ServerCPUUsPerMsg float64 `json:"server_cpu_us_per_msg"`
 	ServerCPUS        float64 `json:"server_cpu_s"`
-	BenchCPUUsPerMsg  float64 `json:"bench_cpu_us_per_msg"`
+	// ServerSysUsPerMsg is the kernel's part of ServerCPUUsPerMsg (system
+	// time): on loopback the sockets' TCP work, the bench's receive path
+	// included, with the fsyncs, polling and thread switches.
+	ServerSysUsPerMsg float64 `json:"server_sys_us_per_msg"`
+	// ServerRunqueueWaitUsPerMsg is how long the server's threads waited,
+	// runnable, for a CPU, per message: above a few us per message the
+	// machine is short of CPUs, and the latencies queue for them. Absent
+	// where a node's kernel keeps no schedstat, or a thread exited.
+	ServerRunqueueWaitUsPerMsg *float64 `json:"server_runqueue_wait_us_per_msg,omitempty"`
+	BenchCPUUsPerMsg           float64  `json:"bench_cpu_us_per_msg"`
 
 	Errors       int64    `json:"errors"`
 	ErrorSamples []string `json:"error_samples,omitempty"`
@@ -88,10 +97,18 @@ func (r *PairsResult) Rows() []Row {
 		{Name: "latency_ms p999", Value: fmtF(r.Latency.P999, 3)},
 		{Name: "latency_ms max", Value: fmtF(r.Latency.Max, 3)},
 		r.serverCPURow(),
+	}
+	if r.ServerCPUS > 0 {
+		rows = append(rows, Row{Name: "server_sys_us_per_msg", Value: fmtF(r.ServerSysUsPerMsg, 2), Note: "of it in the kernel (system time): TCP (on loopback the bench's receive path too), fsync, polling, switches"})
+	}
+	if w := r.ServerRunqueueWaitUsPerMsg; w != nil {
+		rows = append(rows, Row{Name: "server_runqueue_wait_us_per_msg", Value: fmtF(*w, 2), Note: "the server's threads waiting for a CPU: a busy machine's queueing"})
+	}
+	rows = append(rows, []Row{
 		{Name: "bench_cpu_us_per_msg", Value: fmtF(r.BenchCPUUsPerMsg, 2), Note: "this load generator's own CPU"},
 		{Name: "lost", Value: fmtInt(r.Lost), Note: "missing + duplicated + out of order + late + wrong body; anything but 0 is a bug"},
 		{Name: "stale", Value: fmtInt(r.Stale), Note: "items from earlier runs, acked and ignored"},
-	}
+	}...)
 	for i, n := range r.Nodes {
 		row := Row{Name: fmt.Sprintf("node %d cpu_us_per_msg", i+1), Value: fmtF(n.UsPerMsg, 2), Note: fmt.Sprintf("%.2f CPU-seconds, %s", n.CPUS, n.Admin)}
 		if n.Note != "" {
@@ -974,6 +991,8 @@ func Pairs(ctx context.Context, cfg Config, progress io.Writer) (*PairsResult, e
 	res.Seconds = time.Duration(last).Seconds()
 	res.MsgsPerS = rate(res.Delivered, time.Duration(last))
 	res.Latency = latencyOf(r.hist.merged())
+	var sysS, waitS float64
+	waitOK := true
 	for i, a := range e.admins {
 		n := NodeCPU{Admin: a.url}
 		switch {
@@ -984,6 +1003,12 @@ func Pairs(ctx context.Context, cfg Config, progress io.Writer) (*PairsResult, e
 		default:
 			n.CPUS = p1[i].CPUSeconds - p0[i].CPUSeconds
 			res.ServerCPUS += n.CPUS
+			sysS += p1[i].SysCPUSeconds - p0[i].SysCPUSeconds
+			if w0, w1 := p0[i].RunqueueWaitSeconds, p1[i].RunqueueWaitSeconds; w0 != nil && w1 != nil && *w1 >= *w0 && waitOK {
+				waitS += *w1 - *w0
+			} else {
+				waitOK = false
+			}
 		}
 		if res.Delivered > 0 {
 			n.UsPerMsg = n.CPUS * 1e6 / float64(res.Delivered)
@@ -995,6 +1020,11 @@ func Pairs(ctx context.Context, cfg Config, progress io.Writer) (*PairsResult, e
 	}
 	if res.Delivered > 0 {
 		res.ServerCPUUsPerMsg = res.ServerCPUS * 1e6 / float64(res.Delivered)
+		res.ServerSysUsPerMsg = sysS * 1e6 / float64(res.Delivered)
+		if waitOK {
+			w := waitS * 1e6 / float64(res.Delivered)
+			res.ServerRunqueueWaitUsPerMsg = &w
+		}
 		res.BenchCPUUsPerMsg = float64(benchCPU.Microseconds()) / float64(res.Delivered)
 	}
 	if fo != nil {
@@ -1003,7 +1033,7 @@ func Pairs(ctx context.Context, cfg Config, progress io.Writer) (*PairsResult, e
 	}
 	if upgradeOutcome != nil && upgradeOutcome.Report != nil {
 		// The readings are of two processes: no server CPU figure.
-		res.ServerCPUS, res.ServerCPUUsPerMsg = 0, 0
+		res.ServerCPUS, res.ServerCPUUsPerMsg, res.ServerSysUsPerMsg, res.ServerRunqueueWaitUsPerMsg = 0, 0, 0, nil
 	}
 	res.Errors, res.ErrorSamples = r.errs.count(), r.errs.list()
 	pr.end()

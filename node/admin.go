@@ -67,8 +67,19 @@ func writeError(w http.ResponseWriter, status int, code, msg string) {
 // message and per connection without reading another process's /proc.
 type ProcessStats struct {
 	CPUSeconds float64 `json:"cpu_seconds"` // user + system since start
-	RSSBytes   int64   `json:"rss_bytes"`
-	HeapInuse  uint64  `json:"heap_inuse_bytes"`
+	// SysCPUSeconds is the part of CPUSeconds spent in the kernel (system
+	// time): the sockets' TCP work (on loopback, the peer's receive path
+	// too), fsyncs, polling and thread switches. The rest is Parley's,
+	// Pebble's and the Go runtime's own.
+	SysCPUSeconds float64 `json:"sys_cpu_seconds"`
+	// RunqueueWaitSeconds is how long the process's threads have waited,
+	// runnable, for a CPU (the kernel's /proc/self/task/*/schedstat; threads
+	// that have exited are not counted): what a busy machine adds to each
+	// hand-off between goroutines, the fsync's return included. Absent
+	// where the kernel keeps no schedstat.
+	RunqueueWaitSeconds *float64 `json:"runqueue_wait_seconds,omitempty"`
+	RSSBytes            int64    `json:"rss_bytes"`
+	HeapInuse           uint64   `json:"heap_inuse_bytes"`
 	// GoBytes is the memory the Go runtime holds: everything it mapped
 	// (heap, stacks, its own metadata) less what it returned to the OS.
 	// Of RSS, what it does not cover is the binary and C allocations,
@@ -126,37 +137,74 @@ func (n *Node) handleProcess(w http.ResponseWriter, r *http.Request) {
 	st.HeapInuse = ms.HeapInuse
 	st.GoBytes = ms.Sys - ms.HeapReleased
 	st.StoreMemtableBytes, st.StoreCacheBytes = n.store.MemoryStats()
-	cpu, rss, err := readProcSelf()
+	ps, err := readProcSelf()
 	if err != nil {
 		writeError(w, http.StatusInternalServerError, "internal", "read /proc/self: "+err.Error())
 		return
 	}
-	st.CPUSeconds, st.RSSBytes = cpu, rss
+	st.CPUSeconds, st.SysCPUSeconds, st.RSSBytes = ps.cpu, ps.sys, ps.rss
+	if wait, ok := readRunqueueWait(); ok {
+		st.RunqueueWaitSeconds = &wait
+	}
 	writeJSON(w, http.StatusOK, st)
 }
 
+// procSelf is what readProcSelf reads.
+type procSelf struct {
+	cpu, sys float64 // CPU seconds: user + system, and system alone
+	rss      int64   // bytes
+}
+
 // readProcSelf reads CPU seconds and resident memory from /proc (Linux).
-func readProcSelf() (cpu float64, rss int64, err error) {
+func readProcSelf() (procSelf, error) {
 	b, err := os.ReadFile("/proc/self/stat")
 	if err != nil {
-		return 0, 0, err
+		return procSelf{}, err
 	}
 	// Fields after the command name, which is in parentheses and may hold
 	// spaces: state is field 3, utime 14, stime 15, rss 24 (in pages).
 	s := string(b)
 	i := strings.LastIndexByte(s, ')')
 	if i < 0 {
-		return 0, 0, errors.New("unexpected /proc/self/stat format")
+		return procSelf{}, errors.New("unexpected /proc/self/stat format")
 	}
 	f := strings.Fields(s[i+1:])
 	if len(f) < 22 {
-		return 0, 0, errors.New("short /proc/self/stat")
+		return procSelf{}, errors.New("short /proc/self/stat")
 	}
 	ut, _ := strconv.ParseFloat(f[11], 64)
 	stt, _ := strconv.ParseFloat(f[12], 64)
 	pages, _ := strconv.ParseInt(f[21], 10, 64)
 	const clkTck = 100 // USER_HZ on Linux
-	return (ut + stt) / clkTck, pages * int64(os.Getpagesize()), nil
+	return procSelf{cpu: (ut + stt) / clkTck, sys: stt / clkTck, rss: pages * int64(os.Getpagesize())}, nil
+}
+
+// readRunqueueWait sums, over the process's threads, the nanoseconds each
+// has waited on a run queue (the second field of its schedstat). ok is
+// false where the kernel keeps no schedstat.
+func readRunqueueWait() (seconds float64, ok bool) {
+	tasks, err := os.ReadDir("/proc/self/task")
+	if err != nil {
+		return 0, false
+	}
+	var total int64
+	for _, t := range tasks {
+		b, err := os.ReadFile("/proc/self/task/" + t.Name() + "/schedstat")
+		if err != nil {
+			continue // the thread has exited since the listing
+		}
+		f := strings.Fields(string(b))
+		if len(f) < 2 {
+			return 0, false
+		}
+		ns, err := strconv.ParseInt(f[1], 10, 64)
+		if err != nil {
+			return 0, false
+		}
+		total += ns
+		ok = true
+	}
+	return float64(total) / 1e9, ok
 }
 
 // BulkAccount is one account of a POST /admin/accounts/bulk request.
