@@ -14,15 +14,7 @@ import (
 // workers are.
 func TestProcessSaysHowTheNodeIsScheduled(t *testing.T) {
 	n, _ := startInternalNode(t, Config{Pollers: 3, Workers: 5})
-	resp, err := (&http.Client{Timeout: 10 * time.Second}).Get(n.AdminURL() + "/admin/process")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	var st ProcessStats
-	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
-		t.Fatal(err)
-	}
+	st := readProcess(t, n)
 	if st.Pollers != 3 || st.Workers != 5 || st.GoMaxProcs != runtime.GOMAXPROCS(0) {
 		t.Fatalf("process says pollers %d, workers %d, gomaxprocs %d; want 3, 5, %d", st.Pollers, st.Workers, st.GoMaxProcs, runtime.GOMAXPROCS(0))
 	}
@@ -33,20 +25,7 @@ func TestProcessSaysHowTheNodeIsScheduled(t *testing.T) {
 // them to tell the machine's costs from Parley's own.
 func TestProcessSplitsTheKernelsShareAndTheWaitForACPU(t *testing.T) {
 	n, _ := startInternalNode(t, Config{})
-	read := func() ProcessStats {
-		t.Helper()
-		resp, err := (&http.Client{Timeout: 10 * time.Second}).Get(n.AdminURL() + "/admin/process")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		var st ProcessStats
-		if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
-			t.Fatal(err)
-		}
-		return st
-	}
-	before := read()
+	before := readProcess(t, n)
 	// Work in the kernel (this test is the node's process): syscalls
 	// until the system time has moved by at least one tick.
 	f, err := os.Open("/proc/self/stat")
@@ -63,7 +42,7 @@ func TestProcessSplitsTheKernelsShareAndTheWaitForACPU(t *testing.T) {
 			break
 		}
 	}
-	after := read()
+	after := readProcess(t, n)
 	if after.SysCPUSeconds <= before.SysCPUSeconds {
 		t.Fatalf("sys_cpu_seconds %v -> %v after a burst of syscalls, want it to grow", before.SysCPUSeconds, after.SysCPUSeconds)
 	}
@@ -77,4 +56,19 @@ func TestProcessSplitsTheKernelsShareAndTheWaitForACPU(t *testing.T) {
 			t.Fatal("runqueue_wait_seconds absent on a kernel that keeps schedstat")
 		}
 	}
+}
+
+// readProcess is n's answer to GET /admin/process.
+func readProcess(t *testing.T, n *Node) ProcessStats {
+	t.Helper()
+	resp, err := (&http.Client{Timeout: 10 * time.Second}).Get(n.AdminURL() + "/admin/process")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var st ProcessStats
+	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
+		t.Fatal(err)
+	}
+	return st
 }

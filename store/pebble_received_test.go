@@ -21,15 +21,7 @@ func TestPebbleSweepErasesOldReceivedRecords(t *testing.T) {
 	for i := range 1500 {
 		senders = append(senders, fmt.Sprintf("+1555100%04d", i))
 	}
-	commit := func(b *store.Batch) {
-		t.Helper()
-		done := make(chan store.Result, 1)
-		p.Commit(b, func(r store.Result) { done <- r })
-		if r := <-done; r.Err != nil {
-			t.Fatalf("Commit: %v", r.Err)
-		}
-	}
-	commit(&store.Batch{Acks: []store.Ack{{User: reader, UpTo: 1}}, Received: senders})
+	mustCommit(t, p, &store.Batch{Acks: []store.Ack{{User: reader, UpTo: 1}}, Received: senders})
 	written := time.Now()
 	if _, err := p.Sweep(written); err != nil {
 		t.Fatal(err)
@@ -62,20 +54,12 @@ func TestPebbleChatAcksStampTheReceivedRecordOncePerRefresh(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	commit := func(b *store.Batch) {
-		t.Helper()
-		done := make(chan store.Result, 1)
-		p.Commit(b, func(r store.Result) { done <- r })
-		if r := <-done; r.Err != nil {
-			t.Fatalf("Commit: %v", r.Err)
-		}
-	}
 	var seq uint64
 	ack := func() int64 {
 		t.Helper()
 		seq++
-		commit(&store.Batch{Appends: []store.Append{{To: reader, Data: []byte("m")}}})
-		commit(&store.Batch{Acks: []store.Ack{{User: reader, UpTo: seq}}, Received: []string{sender}})
+		mustCommit(t, p, &store.Batch{Appends: []store.Append{{To: reader, Data: []byte("m")}}})
+		mustCommit(t, p, &store.Batch{Acks: []store.Ack{{User: reader, UpTo: seq}}, Received: []string{sender}})
 		ts, ok := store.RecvStamp(p, reader, sender)
 		if !ok {
 			t.Fatalf("no received record after ack %d", seq)
@@ -95,5 +79,13 @@ func TestPebbleChatAcksStampTheReceivedRecordOncePerRefresh(t *testing.T) {
 	}
 	if ok, err := p.ReceivedFrom(reader, sender); !ok || err != nil {
 		t.Fatalf("ReceivedFrom = %v, %v; want true", ok, err)
+	}
+}
+
+// mustCommit commits b to p and fails the test if it is refused.
+func mustCommit(t *testing.T, p *store.Pebble, b *store.Batch) {
+	t.Helper()
+	if r := commit(p, b); r.Err != nil {
+		t.Fatalf("Commit: %v", r.Err)
 	}
 }
