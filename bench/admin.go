@@ -39,10 +39,20 @@ func unreachable(what, url string, err error) error {
 
 // process reads the server's process figures; gc asks it to collect first.
 func (a *admin) process(ctx context.Context, gc bool) (process, error) {
-	u := a.url + "/admin/process"
 	if gc {
-		u += "?gc=1"
+		return a.processQuery(ctx, "?gc=1")
 	}
+	return a.processQuery(ctx, "")
+}
+
+// processSched reads the server's process figures with its threads' wait
+// for a CPU (a file read per thread, so only where a mode reports it).
+func (a *admin) processSched(ctx context.Context) (process, error) {
+	return a.processQuery(ctx, "?sched=1")
+}
+
+func (a *admin) processQuery(ctx context.Context, query string) (process, error) {
+	u := a.url + "/admin/process" + query
 	var p process
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
 	if err != nil {

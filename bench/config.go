@@ -225,7 +225,7 @@ func open(ctx context.Context, cfg Config, what string, n int) (*env, error) {
 func (e *env) processAll(ctx context.Context) ([]process, error) {
 	ps := make([]process, len(e.admins))
 	for i, a := range e.admins {
-		p, err := a.process(ctx, false)
+		p, err := a.processSched(ctx)
 		if err != nil {
 			return nil, err
 		}

@@ -920,7 +920,7 @@ func Pairs(ctx context.Context, cfg Config, progress io.Writer) (*PairsResult, e
 	p1 := make([]process, len(e.admins))
 	p1err := make([]error, len(e.admins))
 	for i, a := range e.admins {
-		p1[i], p1err[i] = a.process(ctx, false)
+		p1[i], p1err[i] = a.processSched(ctx)
 	}
 	benchCPU := cpuSelf() - cpu0
 	closing.Store(true)

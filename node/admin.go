@@ -75,8 +75,9 @@ type ProcessStats struct {
 	// RunqueueWaitSeconds is how long the process's threads have waited,
 	// runnable, for a CPU (the kernel's /proc/self/task/*/schedstat; threads
 	// that have exited are not counted): what a busy machine adds to each
-	// hand-off between goroutines, the fsync's return included. Absent
-	// where the kernel keeps no schedstat.
+	// hand-off between goroutines, the fsync's return included. Only with
+	// ?sched=1 (it reads a file per thread), and absent where the kernel
+	// keeps no schedstat.
 	RunqueueWaitSeconds *float64 `json:"runqueue_wait_seconds,omitempty"`
 	RSSBytes            int64    `json:"rss_bytes"`
 	HeapInuse           uint64   `json:"heap_inuse_bytes"`
@@ -143,8 +144,10 @@ func (n *Node) handleProcess(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	st.CPUSeconds, st.SysCPUSeconds, st.RSSBytes = ps.cpu, ps.sys, ps.rss
-	if wait, ok := readRunqueueWait(); ok {
-		st.RunqueueWaitSeconds = &wait
+	if r.URL.Query().Get("sched") == "1" {
+		if wait, ok := readRunqueueWait(); ok {
+			st.RunqueueWaitSeconds = &wait
+		}
 	}
 	writeJSON(w, http.StatusOK, st)
 }

@@ -14,7 +14,7 @@ import (
 // workers are.
 func TestProcessSaysHowTheNodeIsScheduled(t *testing.T) {
 	n, _ := startInternalNode(t, Config{Pollers: 3, Workers: 5})
-	st := readProcess(t, n)
+	st := readProcess(t, n, "")
 	if st.Pollers != 3 || st.Workers != 5 || st.GoMaxProcs != runtime.GOMAXPROCS(0) {
 		t.Fatalf("process says pollers %d, workers %d, gomaxprocs %d; want 3, 5, %d", st.Pollers, st.Workers, st.GoMaxProcs, runtime.GOMAXPROCS(0))
 	}
@@ -25,7 +25,7 @@ func TestProcessSaysHowTheNodeIsScheduled(t *testing.T) {
 // them to tell the machine's costs from Parley's own.
 func TestProcessSplitsTheKernelsShareAndTheWaitForACPU(t *testing.T) {
 	n, _ := startInternalNode(t, Config{})
-	before := readProcess(t, n)
+	before := readProcess(t, n, "?sched=1")
 	// Work in the kernel (this test is the node's process): syscalls
 	// until the system time has moved by at least one tick.
 	f, err := os.Open("/proc/self/stat")
@@ -42,7 +42,7 @@ func TestProcessSplitsTheKernelsShareAndTheWaitForACPU(t *testing.T) {
 			break
 		}
 	}
-	after := readProcess(t, n)
+	after := readProcess(t, n, "?sched=1")
 	if after.SysCPUSeconds <= before.SysCPUSeconds {
 		t.Fatalf("sys_cpu_seconds %v -> %v after a burst of syscalls, want it to grow", before.SysCPUSeconds, after.SysCPUSeconds)
 	}
@@ -53,15 +53,18 @@ func TestProcessSplitsTheKernelsShareAndTheWaitForACPU(t *testing.T) {
 		// (Not compared between readings: a thread that exits takes its
 		// wait with it.)
 		if after.RunqueueWaitSeconds == nil {
-			t.Fatal("runqueue_wait_seconds absent on a kernel that keeps schedstat")
+			t.Fatal("runqueue_wait_seconds absent with ?sched=1 on a kernel that keeps schedstat")
+		}
+		if plain := readProcess(t, n, ""); plain.RunqueueWaitSeconds != nil {
+			t.Fatal("runqueue_wait_seconds read without ?sched=1: a file per thread on every poll")
 		}
 	}
 }
 
-// readProcess is n's answer to GET /admin/process.
-func readProcess(t *testing.T, n *Node) ProcessStats {
+// readProcess is n's answer to GET /admin/process with query.
+func readProcess(t *testing.T, n *Node, query string) ProcessStats {
 	t.Helper()
-	resp, err := (&http.Client{Timeout: 10 * time.Second}).Get(n.AdminURL() + "/admin/process")
+	resp, err := (&http.Client{Timeout: 10 * time.Second}).Get(n.AdminURL() + "/admin/process" + query)
 	if err != nil {
 		t.Fatal(err)
 	}
