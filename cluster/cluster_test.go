@@ -3,7 +3,10 @@ package cluster_test
 import (
 	"context"
 	"fmt"
+	"math/rand/v2"
 	"net"
+	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -56,19 +59,46 @@ func TestConfigErrorsSayWhatToDo(t *testing.T) {
 }
 
 // freeAddrs returns n loopback addresses whose ports were free a moment
-// ago.
+// ago. It picks them below the kernel's ephemeral range: a port from that
+// range can be taken between the check and the node's bind, as the source
+// port of any outgoing connection on the machine (CI's parallel packages
+// make thousands), and a route port lost that way failed a cluster test.
 func freeAddrs(t *testing.T, n int) []string {
 	t.Helper()
+	lo := ephemeralLow()
+	seen := make(map[int]bool)
 	var out []string
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
+	for try := 0; len(out) < n; try++ {
+		if try == 1000 {
+			t.Fatalf("no %d free loopback ports below %d in 1000 tries", n, lo)
 		}
+		port := lo/2 + rand.IntN(lo/2)
+		if seen[port] {
+			continue
+		}
+		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+		if err != nil {
+			continue // taken
+		}
+		seen[port] = true
 		out = append(out, l.Addr().String())
 		l.Close()
 	}
 	return out
+}
+
+// ephemeralLow is the lowest port the kernel hands out as a source port
+// (Linux's net.ipv4.ip_local_port_range; 32768 where it cannot be read).
+func ephemeralLow() int {
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err == nil {
+		if f := strings.Fields(string(b)); len(f) == 2 {
+			if lo, err := strconv.Atoi(f[0]); err == nil && lo >= 2048 {
+				return lo
+			}
+		}
+	}
+	return 32768
 }
 
 // joinThree joins three embedded servers on free loopback ports, each
