@@ -3,10 +3,7 @@ package cluster_test
 import (
 	"context"
 	"fmt"
-	"math/rand/v2"
 	"net"
-	"os"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -15,6 +12,7 @@ import (
 	njs "github.com/nats-io/nats.go/jetstream"
 
 	"github.com/parleyhq/parley/cluster"
+	"github.com/parleyhq/parley/internal/natstest"
 )
 
 func TestNodesAndDefaultReplicas(t *testing.T) {
@@ -58,54 +56,11 @@ func TestConfigErrorsSayWhatToDo(t *testing.T) {
 	}
 }
 
-// freeAddrs returns n loopback addresses whose ports were free a moment
-// ago. It picks them below the kernel's ephemeral range: a port from that
-// range can be taken between the check and the node's bind, as the source
-// port of any outgoing connection on the machine (CI's parallel packages
-// make thousands), and a route port lost that way failed a cluster test.
-func freeAddrs(t *testing.T, n int) []string {
-	t.Helper()
-	lo := ephemeralLow()
-	seen := make(map[int]bool)
-	var out []string
-	for try := 0; len(out) < n; try++ {
-		if try == 1000 {
-			t.Fatalf("no %d free loopback ports below %d in 1000 tries", n, lo)
-		}
-		port := lo/2 + rand.IntN(lo/2)
-		if seen[port] {
-			continue
-		}
-		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
-		if err != nil {
-			continue // taken
-		}
-		seen[port] = true
-		out = append(out, l.Addr().String())
-		l.Close()
-	}
-	return out
-}
-
-// ephemeralLow is the lowest port the kernel hands out as a source port
-// (Linux's net.ipv4.ip_local_port_range; 32768 where it cannot be read).
-func ephemeralLow() int {
-	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
-	if err == nil {
-		if f := strings.Fields(string(b)); len(f) == 2 {
-			if lo, err := strconv.Atoi(f[0]); err == nil && lo >= 2048 {
-				return lo
-			}
-		}
-	}
-	return 32768
-}
-
 // joinThree joins three embedded servers on free loopback ports, each
 // given the same peer list (itself included), closed when t ends.
 func joinThree(t *testing.T) []*cluster.Cluster {
 	t.Helper()
-	return joinThreeWith(t, freeAddrs(t, 3), func(*cluster.Config) {})
+	return joinThreeWith(t, natstest.FreeAddrs(t, 3), func(*cluster.Config) {})
 }
 
 // joinThreeWith is joinThree on the route addresses routes, each node's

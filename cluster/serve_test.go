@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/parleyhq/parley/client"
+	"github.com/parleyhq/parley/internal/natstest"
 	"github.com/parleyhq/parley/noise"
 )
 
@@ -92,7 +93,7 @@ var servingLine = regexp.MustCompile(`^parley serving: native (\S+), http (\S+),
 // with its own ports and data directory, given the same peer list.
 func startCluster(t *testing.T, bin string) []*proc {
 	t.Helper()
-	routes := freeAddrs(t, 3)
+	routes := natstest.FreeAddrs(t, 3)
 	return startClusterOn(t, bin, clusterPlaces{hosts: []string{"127.0.0.1", "127.0.0.1", "127.0.0.1"}, routes: routes})
 }
 

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/parleyhq/parley/cluster"
+	"github.com/parleyhq/parley/internal/natstest"
 )
 
 // testCA makes a CA and one route certificate it signs (for 127.0.0.1,
@@ -77,7 +78,7 @@ func testCA(t *testing.T, dir, name string) cluster.RouteTLS {
 func TestRouteTLSAdmitsOnlyTheCAsNodes(t *testing.T) {
 	dir := t.TempDir()
 	good, rogue := testCA(t, dir, "cluster"), testCA(t, dir, "rogue")
-	routes := freeAddrs(t, 4)
+	routes := natstest.FreeAddrs(t, 4)
 	joinThreeWith(t, routes[:3], func(cfg *cluster.Config) { cfg.RouteTLS = good })
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()

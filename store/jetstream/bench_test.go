@@ -3,7 +3,7 @@ package jetstream_test
 import (
 	"context"
 	"fmt"
-	"net"
+	"net/netip"
 	"net/url"
 	"strings"
 	"sync/atomic"
@@ -13,6 +13,7 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 
+	"github.com/parleyhq/parley/internal/natstest"
 	"github.com/parleyhq/parley/store"
 	"github.com/parleyhq/parley/store/jetstream"
 )
@@ -215,16 +216,12 @@ func startCluster(b testing.TB, n int) []string {
 
 func startClusterNS(b testing.TB, n int) ([]string, []*server.Server) {
 	b.Helper()
+	addrs := natstest.FreeAddrs(b, n)
 	ports := make([]int, n)
 	var routes []*url.URL
-	for i := range ports {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			b.Fatalf("free port: %v", err)
-		}
-		ports[i] = l.Addr().(*net.TCPAddr).Port
-		_ = l.Close()
-		routes = append(routes, &url.URL{Scheme: "nats", Host: fmt.Sprintf("127.0.0.1:%d", ports[i])})
+	for i, a := range addrs {
+		ports[i] = int(netip.MustParseAddrPort(a).Port())
+		routes = append(routes, &url.URL{Scheme: "nats", Host: a})
 	}
 	var (
 		urls []string
