@@ -215,8 +215,7 @@ func (c *conn) enqueue(p *pool, ev event) (ok, sched bool) {
 		c.dead = true
 	}
 	if c.mbox == nil {
-		c.mbox = new(mailbox)
-		c.mbox.evs = c.mbox.first[:0]
+		c.mbox = p.mailbox()
 	}
 	overflow := false
 	// A kick that hands over to a newer login always gets in: its
@@ -295,6 +294,7 @@ func (c *conn) run(w *worker, schedAt int64, rounds int) {
 				closeNow = true
 			}
 		}
+		w.n.pool.giveBack(mb)
 		c.flush(w, closeNow)
 	}
 }
