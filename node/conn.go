@@ -215,7 +215,8 @@ func (c *conn) enqueue(p *pool, ev event) (ok, sched bool) {
 		c.dead = true
 	}
 	if c.mbox == nil {
-		c.mbox = p.mailbox()
+		c.mbox = new(mailbox)
+		c.mbox.evs = c.mbox.first[:0]
 	}
 	overflow := false
 	// A kick that hands over to a newer login always gets in: its
@@ -294,7 +295,6 @@ func (c *conn) run(w *worker, schedAt int64, rounds int) {
 				closeNow = true
 			}
 		}
-		w.n.pool.giveBack(mb)
 		c.flush(w, closeNow)
 	}
 }

@@ -12,18 +12,12 @@ type pool struct {
 	// scratch is the workers' scratch for sessions run outside the pool
 	// (runHere), one per goroutine running one at a time.
 	scratch sync.Pool
-	// mailboxes are the mailboxes of sessions with nothing waiting: a
-	// connection holds one only while events wait for it (an idle one
-	// holds none), and borrowing one costs less than the allocation each
-	// event to an idle session used to make (seven or so per message at
-	// window 1, most of the server's garbage).
-	mailboxes sync.Pool
-	mu        sync.Mutex
-	cond      sync.Cond
-	queue     []queued
-	head      int
-	closed    bool
-	wg        sync.WaitGroup
+	mu      sync.Mutex
+	cond    sync.Cond
+	queue   []queued
+	head    int
+	closed  bool
+	wg      sync.WaitGroup
 }
 
 func newPool(n *Node, workers int) *pool {
@@ -108,31 +102,4 @@ func (p *pool) close() {
 type worker struct {
 	n   *Node
 	out []byte
-}
-
-// maxKeptMailbox is the most events a mailbox given back keeps room for;
-// one that grew past it (a burst to one session) goes to the collector.
-const maxKeptMailbox = 64
-
-// mailbox lends an empty mailbox, made if none is given back.
-func (p *pool) mailbox() *mailbox {
-	if mb, ok := p.mailboxes.Get().(*mailbox); ok {
-		return mb
-	}
-	mb := new(mailbox)
-	mb.evs = mb.first[:0]
-	return mb
-}
-
-// giveBack returns a drained mailbox for another idle session to use.
-func (p *pool) giveBack(mb *mailbox) {
-	clear(mb.evs)      // its frames, data and results
-	clear(mb.first[:]) // a copy of the first, if evs grew past it
-	if cap(mb.evs) > maxKeptMailbox {
-		mb.evs = mb.first[:0]
-	} else {
-		mb.evs = mb.evs[:0]
-	}
-	mb.bytes = 0
-	p.mailboxes.Put(mb)
 }
