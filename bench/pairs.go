@@ -1004,7 +1004,7 @@ func Pairs(ctx context.Context, cfg Config, progress io.Writer) (*PairsResult, e
 			n.CPUS = p1[i].CPUSeconds - p0[i].CPUSeconds
 			res.ServerCPUS += n.CPUS
 			sysS += p1[i].SysCPUSeconds - p0[i].SysCPUSeconds
-			if w0, w1 := p0[i].RunqueueWaitSeconds, p1[i].RunqueueWaitSeconds; w0 != nil && w1 != nil && *w1 >= *w0 && waitOK {
+			if w0, w1 := p0[i].RunqueueWaitSeconds, p1[i].RunqueueWaitSeconds; w0 != nil && w1 != nil && *w1 >= *w0 {
 				waitS += *w1 - *w0
 			} else {
 				waitOK = false

@@ -53,8 +53,8 @@ func (c *committer) putReceived(wb *pebble.Batch, b *Batch, now int64) {
 // (160 KiB, written as pairs use them). A few hundred pairs chatting at
 // once mostly keep their slots; with many more, more of their acks find
 // their slot taken and write the record, as every ack did before. Kept
-// small because an idle server's memory per connection counts it: at
-// 16,384 slots it was 34 bytes per connection of 19,000.
+// small because an idle server's memory per connection counts it: 16,384
+// slots would be 640 KiB, 34 bytes per connection of 19,000.
 const recvStampSlots = 1 << 12
 
 // recvStamps is a direct-mapped table of the received records stamped
@@ -86,6 +86,11 @@ func (t *recvStamps) slot(reader, sender string) *recvStamp {
 // forget drops every stamp: the records they stand for may not be on disk.
 func (t *recvStamps) forget() { clear(t.slots) }
 
+// applyRecvSweep erases the received records the sweeper found expired,
+// unless one was rewritten since its scan: an ack of this group (whose
+// writes a read cannot see yet) or of an earlier one (which a read sees).
+// A record left now is found again by the next pass. A record an ack
+// skipped (stamped less than ReceivedRefresh ago) is not expired.
 func (c *committer) applyRecvSweep(wb *pebble.Batch, op *sweepOp) error {
 	if len(op.received) == 0 || c.recvWritten {
 		return nil
